@@ -1,0 +1,30 @@
+# Dynamo — build, test and run targets. `make help` lists them.
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: help test lint fmt fmt-check clippy unit doc bench-core
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+test: fmt-check clippy unit ## everything CI runs: format check, clippy -D warnings, the whole test suite
+
+lint: fmt-check clippy ## format check and clippy
+
+fmt: ## format the workspace
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --locked
+
+doc: ## build the API docs (warnings are errors)
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --locked
+
+bench-core: ## criterion benchmarks of the core (numbers go to docs/benchmarks.md)
+	$(CARGO) bench -p dynamo-core --locked --bench core --bench merkle
