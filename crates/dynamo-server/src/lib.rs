@@ -1,0 +1,24 @@
+//! `dynamo-server`: the plumbing every Dynamo service shares, written once.
+//!
+//! # Layout
+//! - [`error`]: [`ApiError`], the one place an [`dynamo_core::ErrorCode`] becomes an HTTP
+//!   response with the JSON error body, and [`extract`]: axum extractors whose
+//!   rejections go through it.
+//! - [`metrics`]: a per-service Prometheus registry, HTTP request metrics, `/metrics`.
+//! - [`serve`]: health routes (`/healthz`, `/readyz`), the common tower layers (request
+//!   id, body limit, concurrency limit, panic catching) and graceful serving with a drain
+//!   deadline.
+//! - [`shutdown`]: the process's root cancellation token, cancelled by SIGTERM/SIGINT.
+//! - [`telemetry`]: tracing set-up for binaries.
+//!
+//! # It is not
+//! Domain logic (that is `dynamo-core`) or any one service's routes.
+
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::ApiError;

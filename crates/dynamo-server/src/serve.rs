@@ -1,0 +1,315 @@
+//! Serving: health routes, the layers every service puts in front of its routes, and
+//! graceful shutdown with a drain deadline.
+//!
+//! Shutdown order (STYLE §6): `/readyz` turns 503, the listener stops accepting, in-flight
+//! requests drain until the deadline, then [`serve`] returns and the caller stops its
+//! workers and persists its storage.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use dynamo_core::ErrorCode;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+
+use crate::ApiError;
+use crate::error::REQUEST_ID;
+use crate::metrics::{self, HttpMetrics};
+
+/// The request-id header, read from callers and forwarded on internal calls.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Whether the service should receive traffic; `/readyz` answers from it.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Returns a flag that starts not ready.
+    pub fn new() -> Self {
+        Readiness::default()
+    }
+
+    /// Sets the flag.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    /// Reads the flag.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Limits applied in front of a service's routes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes (`413 body_too_large` above).
+    pub max_body_bytes: usize,
+    /// Most requests served at once; more are answered `503 overloaded` at once rather
+    /// than queued, so a client's timeout budget is not spent waiting in line.
+    pub max_concurrent_requests: usize,
+}
+
+/// Builds `/healthz` (the process is alive), `/readyz` (ready for traffic) and `/metrics`.
+/// None needs a token or reveals data.
+pub fn health_routes(readiness: Readiness, registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = readiness.is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready").into_response()
+                    } else {
+                        ApiError::new(ErrorCode::ShuttingDown, "not ready").into_response()
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(metrics::render).with_state(registry))
+}
+
+#[derive(Clone, Default)]
+struct NextRequestId(Arc<AtomicU64>);
+
+impl MakeRequestId for NextRequestId {
+    fn make_request_id<B>(&mut self, _req: &axum::http::Request<B>) -> Option<RequestId> {
+        // Unique within the process; the pid keeps ids of different processes apart in
+        // merged logs.
+        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:x}-{n:x}", std::process::id()))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Runs the rest of the request inside a span and task-local carrying its request id, so
+/// logs and error bodies name it.
+pub async fn request_id_scope(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let span =
+        tracing::debug_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    tracing::Instrument::instrument(REQUEST_ID.scope(id, next.run(req)), span).await
+}
+
+async fn limit_concurrency(State(permits): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
+    match permits.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => ApiError::new(ErrorCode::Overloaded, "too many requests in flight; retry").into_response(),
+    }
+}
+
+/// Wraps a service's routes with the common layers: JSON 404/405 fallbacks, body limit,
+/// concurrency limit, request ids (set if absent, echoed back), panic catching and HTTP
+/// metrics. The health routes stay outside the concurrency limit so probes answer under
+/// load.
+pub fn with_common_layers(routes: Router, health: Router, limits: Limits, metrics: HttpMetrics) -> Router {
+    let header = HeaderName::from_static(REQUEST_ID_HEADER);
+    let routes = routes
+        .fallback(crate::error::route_not_found)
+        .method_not_allowed_fallback(crate::error::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            limit_concurrency,
+        ))
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes));
+    health
+        .merge(routes)
+        .layer(middleware::from_fn(request_id_scope))
+        .layer(middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(PropagateRequestIdLayer::new(header.clone()))
+        .layer(SetRequestIdLayer::new(header, NextRequestId::default()))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(ErrorCode::Internal, "the request handler failed").into_response()
+        }))
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then marks the service not
+/// ready, stops accepting and drains in-flight requests for at most `drain`.
+///
+/// # Errors
+/// An I/O error from the listener.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    readiness: Readiness,
+    drain: Duration,
+) -> std::io::Result<()> {
+    readiness.set(true);
+    let stop = shutdown.clone();
+    let not_ready = readiness.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stop.cancelled().await;
+        not_ready.set(false);
+    });
+    let server = std::pin::pin!(server.into_future());
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        r = server => r,
+        () = deadline => {
+            tracing::warn!(drain_ms = drain.as_millis() as u64, "drain deadline passed; dropping open connections");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::post;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn app() -> Router {
+        let registry = Arc::new(Registry::new());
+        let metrics = HttpMetrics::new(&registry, "test").expect("metrics");
+        let routes = Router::new()
+            .route(
+                "/echo",
+                post(
+                    |crate::extract::Json(v): crate::extract::Json<serde_json::Value>| async move {
+                        crate::extract::Json(v)
+                    },
+                ),
+            )
+            .route(
+                "/boom",
+                get(|| async { ApiError::new(ErrorCode::QuorumUnavailable, "2 of 3 needed") }),
+            );
+        let ready = Readiness::new();
+        ready.set(true);
+        with_common_layers(
+            routes,
+            health_routes(ready, registry),
+            Limits {
+                max_body_bytes: 64,
+                max_concurrent_requests: 8,
+            },
+            metrics,
+        )
+    }
+
+    async fn call(req: axum::http::Request<Body>) -> (StatusCode, serde_json::Value, Option<String>) {
+        let resp = app().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let rid = resp
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            rid,
+        )
+    }
+
+    fn req(method: &str, uri: &str, body: &'static str) -> axum::http::Request<Body> {
+        axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn errors_are_json_with_code_and_request_id() {
+        let (status, body, rid) = call(req("GET", "/boom", "")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "quorum_unavailable");
+        assert_eq!(body["error"]["request_id"].as_str(), rid.as_deref());
+        assert!(rid.is_some());
+    }
+
+    #[tokio::test]
+    async fn rejections_go_through_the_common_mapping() {
+        let (status, body, _) = call(req("POST", "/echo", "{nope")).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_json"))
+        );
+        let big: &'static str =
+            Box::leak("[1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9,0,1,2,3,4]".into());
+        let (status, body, _) = call(req("POST", "/echo", big)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+        );
+        let (status, body, _) = call(req("GET", "/nowhere", "")).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("route_not_found"))
+        );
+        let (status, body, _) = call(req("GET", "/echo", "")).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+        );
+        let (status, body, _) = call(req("POST", "/echo", "{\"a\":1}")).await;
+        assert_eq!((status, body), (StatusCode::OK, serde_json::json!({"a": 1})));
+    }
+
+    #[tokio::test]
+    async fn an_incoming_request_id_is_kept() {
+        let mut r = req("GET", "/boom", "");
+        r.headers_mut()
+            .insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+        let (_, body, rid) = call(r).await;
+        assert_eq!(rid.as_deref(), Some("abc-123"));
+        assert_eq!(body["error"]["request_id"], "abc-123");
+    }
+
+    #[tokio::test]
+    async fn serve_drains_and_turns_not_ready_on_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let shutdown = CancellationToken::new();
+        let ready = Readiness::new();
+        let task = tokio::spawn(serve(
+            listener,
+            app(),
+            shutdown.clone(),
+            ready.clone(),
+            Duration::from_secs(5),
+        ));
+        for _ in 0..100 {
+            if ready.is_ready() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(ready.is_ready());
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("serve returns after shutdown")
+            .expect("join")
+            .expect("io");
+        assert!(!ready.is_ready());
+    }
+}

@@ -1,0 +1,531 @@
+//! The node's internal HTTP API (node-to-node, JSON; not the public contract).
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /internal/v1/replicas` | a batch of replica operations (coordinate-put, replicate, get) |
+//! | `GET /internal/v1/node` | identity, durability, partition count |
+//! | `GET /internal/v1/merkle/{partition}` | the partition's Merkle summary (root) |
+//! | `POST /internal/v1/merkle/{partition}/children` | children of the given tree nodes |
+//! | `GET /internal/v1/partitions/{partition}/objects` | a page of the partition's objects in a hash range, resumable from a cursor (leaf reads and handoff streaming) |
+//! | `POST /internal/v1/partitions/{partition}/pull` | pull the partition from another node and merge it here (handoff, receiving side) |
+//!
+//! A batch is validated whole before anything runs: one bad operation refuses the batch
+//! with a 4xx and nothing changes. Failures while applying (e.g. `too_many_siblings`) are
+//! per operation.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dynamo_core::ErrorCode;
+use dynamo_core::ids::validate_key;
+use dynamo_core::limits::{MAX_SIBLINGS_LIMIT, MAX_VALUE_BYTES};
+use dynamo_core::merkle::{MerkleSummary, TreeNode};
+use dynamo_core::version::{NewWrite, VersionedObject};
+use dynamo_core::wire::internal::{
+    HintTarget, MAX_BATCH_OPS, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
+};
+use dynamo_core::{BucketName, PartitionId};
+use dynamo_server::ApiError;
+use dynamo_server::extract::{Json, Path, Query};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, HintFor, KeyRef};
+use crate::error::StorageError;
+use crate::syncer::Syncer;
+
+/// Longest `Content-Type` stored with a value.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 255;
+/// Most siblings a replicated object may carry. Above the write-time bound because
+/// merges never refuse, yet bounded so a peer cannot make a node hold an unbounded set.
+pub const MAX_REPLICATED_SIBLINGS: usize = 4 * MAX_SIBLINGS_LIMIT as usize;
+/// Largest page of a partition scan.
+pub const MAX_SCAN_PAGE: usize = 1000;
+/// Most tree nodes asked for in one children request.
+pub const MAX_MERKLE_NODES: usize = 4096;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The group-commit syncer (`sync` durability only).
+    pub syncer: Option<Syncer>,
+    /// The client for node-to-node calls.
+    pub client: reqwest::Client,
+    /// Cancelled at shutdown; long pulls stop at their next page.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Builds the internal API routes.
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/internal/v1/replicas", post(replicas))
+        .route("/internal/v1/node", get(node))
+        .route("/internal/v1/merkle/{partition}", get(merkle_summary))
+        .route("/internal/v1/merkle/{partition}/children", post(merkle_children))
+        .route(
+            "/internal/v1/partitions/{partition}/objects",
+            get(partition_objects),
+        )
+        .route("/internal/v1/partitions/{partition}/pull", post(partition_pull))
+        .with_state(state)
+}
+
+fn invalid(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, message)
+}
+
+fn check_key(key: &str) -> Result<(), ApiError> {
+    validate_key(key).map_err(ApiError::from)
+}
+
+fn check_hint(h: &Option<HintTarget>) -> Result<(), ApiError> {
+    if let Some(h) = h
+        && !(h.address.starts_with("http://") || h.address.starts_with("https://"))
+    {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            "hint address must be an http(s) URL",
+        ));
+    }
+    Ok(())
+}
+
+fn check_object(obj: &VersionedObject) -> Result<(), ApiError> {
+    if obj.siblings().len() > MAX_REPLICATED_SIBLINGS {
+        return Err(invalid(
+            ErrorCode::TooManySiblings,
+            format!(
+                "object has {} siblings; the limit is {MAX_REPLICATED_SIBLINGS}",
+                obj.siblings().len()
+            ),
+        ));
+    }
+    for s in obj.siblings() {
+        if s.value.len() > MAX_VALUE_BYTES {
+            return Err(invalid(
+                ErrorCode::ValueTooLarge,
+                format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", s.value.len()),
+            ));
+        }
+        if s.content_type.len() > MAX_CONTENT_TYPE_BYTES {
+            return Err(invalid(ErrorCode::InvalidRequest, "content type is too long"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a whole batch before anything runs.
+fn validate(batch: &ReplicaBatch) -> Result<(), ApiError> {
+    if batch.ops.is_empty() || batch.ops.len() > MAX_BATCH_OPS {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!(
+                "a batch holds 1 to {MAX_BATCH_OPS} operations, got {}",
+                batch.ops.len()
+            ),
+        ));
+    }
+    for op in &batch.ops {
+        match op {
+            ReplicaOp::CoordinatePut {
+                key,
+                value,
+                content_type,
+                hint,
+                tombstone,
+                ..
+            } => {
+                check_key(key)?;
+                check_hint(hint)?;
+                if value.len() > MAX_VALUE_BYTES {
+                    return Err(invalid(
+                        ErrorCode::ValueTooLarge,
+                        format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", value.len()),
+                    ));
+                }
+                if *tombstone && !value.is_empty() {
+                    return Err(invalid(ErrorCode::InvalidRequest, "a delete carries no value"));
+                }
+                if content_type.len() > MAX_CONTENT_TYPE_BYTES {
+                    return Err(invalid(ErrorCode::InvalidRequest, "content type is too long"));
+                }
+            }
+            ReplicaOp::Replicate {
+                key, object, hint, ..
+            } => {
+                check_key(key)?;
+                check_hint(hint)?;
+                check_object(object)?;
+            }
+            ReplicaOp::Get { key, .. } => check_key(key)?,
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn op_name(op: &ReplicaOp) -> &'static str {
+    match op {
+        ReplicaOp::CoordinatePut { .. } => "coordinate_put",
+        ReplicaOp::Replicate { .. } => "replicate",
+        ReplicaOp::Get { .. } => "get",
+    }
+}
+
+fn hint_for(h: &Option<HintTarget>) -> Option<HintFor> {
+    h.as_ref().map(|h| HintFor {
+        node: h.node.clone(),
+        address: h.address.clone(),
+    })
+}
+
+/// Applies one operation (blocking). Returns the result and whether it wrote.
+fn apply(engine: &Engine, op: ReplicaOp, now: u64) -> Result<(ReplicaResult, bool), StorageError> {
+    match op {
+        ReplicaOp::CoordinatePut {
+            bucket,
+            key,
+            context,
+            value,
+            content_type,
+            tombstone,
+            resolution,
+            hint,
+        } => {
+            let k = KeyRef {
+                bucket: bucket.as_str(),
+                key: &key,
+            };
+            let write = if tombstone {
+                NewWrite::tombstone(now)
+            } else {
+                NewWrite {
+                    value,
+                    content_type,
+                    now_ms: now,
+                    tombstone: false,
+                }
+            };
+            let (object, outcome) =
+                engine.coordinate_put(&k, &context, write, resolution, hint_for(&hint).as_ref())?;
+            Ok((
+                ReplicaResult::Put {
+                    object,
+                    dot: outcome.dot,
+                    context: outcome.context,
+                },
+                true,
+            ))
+        }
+        ReplicaOp::Replicate {
+            bucket,
+            key,
+            object,
+            resolution,
+            hint,
+        } => {
+            let k = KeyRef {
+                bucket: bucket.as_str(),
+                key: &key,
+            };
+            engine.replicate(&k, &object, resolution, hint_for(&hint).as_ref())?;
+            Ok((ReplicaResult::Replicated, true))
+        }
+        ReplicaOp::Get { bucket, key } => {
+            let k = KeyRef {
+                bucket: bucket.as_str(),
+                key: &key,
+            };
+            Ok((
+                ReplicaResult::Got {
+                    object: engine.get(&k)?,
+                },
+                false,
+            ))
+        }
+    }
+}
+
+async fn replicas(
+    State(state): State<AppState>,
+    Json(batch): Json<ReplicaBatch>,
+) -> Result<Json<ReplicaBatchResult>, ApiError> {
+    validate(&batch)?;
+    let engine = state.engine.clone();
+    engine.metrics().batch_ops.observe(batch.ops.len() as f64);
+    let now = now_ms();
+    // The batch runs to completion in its own task even if the caller hangs up: a dot
+    // once minted must be stored (STYLE §6, cancellation safety).
+    let (results, wrote, fatal) = tokio::task::spawn_blocking(move || {
+        let mut results = Vec::with_capacity(batch.ops.len());
+        let mut wrote = false;
+        let mut fatal = false;
+        for op in batch.ops {
+            let name = op_name(&op);
+            let start = Instant::now();
+            let r = apply(&engine, op, now);
+            let m = engine.metrics();
+            m.op_duration
+                .with_label_values(&[name])
+                .observe(start.elapsed().as_secs_f64());
+            match r {
+                Ok((res, w)) => {
+                    m.ops.with_label_values(&[name, "ok"]).inc();
+                    wrote |= w;
+                    results.push(res);
+                }
+                Err(e) => {
+                    fatal |= e.is_fatal();
+                    let api = ApiError::from(e);
+                    m.ops.with_label_values(&[name, api.code.as_str()]).inc();
+                    results.push(ReplicaResult::Error {
+                        code: api.code,
+                        message: api.message,
+                    });
+                }
+            }
+        }
+        (results, wrote, fatal)
+    })
+    .await
+    .map_err(|e| ApiError::from(StorageError::from(e)))?;
+    if fatal {
+        // fjall poisons itself after a failed journal write: nothing more can be trusted
+        // to disk. Stop, and let the restart recover from the journal (STYLE §4).
+        tracing::error!("storage engine poisoned; exiting");
+        std::process::exit(70);
+    }
+    if wrote && let Some(syncer) = &state.syncer {
+        syncer.barrier().await.map_err(ApiError::from)?;
+    }
+    Ok(Json(ReplicaBatchResult { results }))
+}
+
+#[derive(Serialize)]
+struct NodeInfo {
+    node_id: String,
+    actor: String,
+    durability: crate::engine::Durability,
+    partitions: u32,
+}
+
+async fn node(State(state): State<AppState>) -> Json<NodeInfo> {
+    let e = &state.engine;
+    Json(NodeInfo {
+        node_id: e.identity().node_id.to_string(),
+        actor: e.identity().actor.to_string(),
+        durability: e.durability(),
+        partitions: e.partitioning().count(),
+    })
+}
+
+fn partition(engine: &Engine, p: u32) -> Result<PartitionId, ApiError> {
+    if p >= engine.partitioning().count() {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!(
+                "partition {p} is not below the partition count {}",
+                engine.partitioning().count()
+            ),
+        ));
+    }
+    Ok(PartitionId(p))
+}
+
+async fn merkle_summary(
+    State(state): State<AppState>,
+    Path(p): Path<u32>,
+) -> Result<Json<MerkleSummary>, ApiError> {
+    let p = partition(&state.engine, p)?;
+    state
+        .engine
+        .with_merkle(p, |t| t.summary())
+        .map(Json)
+        .ok_or_else(|| invalid(ErrorCode::InvalidRequest, "no such partition"))
+}
+
+/// Body of a children request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChildrenRequest {
+    nodes: Vec<TreeNode>,
+}
+
+#[derive(Debug, Serialize)]
+struct ChildrenResponse {
+    /// Child values of each asked node, in the order asked.
+    children: Vec<Vec<u128>>,
+}
+
+async fn merkle_children(
+    State(state): State<AppState>,
+    Path(p): Path<u32>,
+    Json(req): Json<ChildrenRequest>,
+) -> Result<Json<ChildrenResponse>, ApiError> {
+    let p = partition(&state.engine, p)?;
+    if req.nodes.len() > MAX_MERKLE_NODES {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!("at most {MAX_MERKLE_NODES} nodes per request"),
+        ));
+    }
+    let children = state
+        .engine
+        .with_merkle(p, |t| {
+            req.nodes
+                .iter()
+                .map(|n| t.children(n.level, n.index).map(<[u128]>::to_vec))
+                .collect::<Result<Vec<Vec<u128>>, _>>()
+        })
+        .ok_or_else(|| invalid(ErrorCode::InvalidRequest, "no such partition"))?
+        .map_err(|e| invalid(e.code(), e.to_string()))?;
+    Ok(Json(ChildrenResponse { children }))
+}
+
+/// Query of a partition scan.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanQuery {
+    /// First key hash (inclusive); default the partition's first.
+    start: Option<u64>,
+    /// Last key hash (inclusive); default the partition's last.
+    end: Option<u64>,
+    /// Resume after this cursor (from a previous page).
+    after: Option<String>,
+    /// Page size (default and maximum [`MAX_SCAN_PAGE`]).
+    limit: Option<usize>,
+}
+
+/// One object of a scan page.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScannedObject {
+    /// The bucket.
+    pub bucket: BucketName,
+    /// The key.
+    pub key: String,
+    /// Its versions.
+    pub object: VersionedObject,
+}
+
+/// A page of a partition scan.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScanPage {
+    /// The objects, in storage order.
+    pub objects: Vec<ScannedObject>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+async fn partition_objects(
+    State(state): State<AppState>,
+    Path(p): Path<u32>,
+    Query(q): Query<ScanQuery>,
+) -> Result<Json<ScanPage>, ApiError> {
+    let p = partition(&state.engine, p)?;
+    let parts = state.engine.partitioning();
+    let (lo, hi) = (parts.start_of(p), parts.end_of(p));
+    let start = q.start.unwrap_or(lo);
+    let end = q.end.unwrap_or(hi);
+    if start < lo || end > hi || start > end {
+        return Err(invalid(
+            ErrorCode::InvalidParameter,
+            "the hash range must lie inside the partition",
+        ));
+    }
+    let limit = q.limit.unwrap_or(MAX_SCAN_PAGE);
+    if limit == 0 || limit > MAX_SCAN_PAGE {
+        return Err(invalid(
+            ErrorCode::InvalidParameter,
+            format!("limit must be 1..={MAX_SCAN_PAGE}"),
+        ));
+    }
+    let after = match q.after {
+        Some(c) => Some(
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .map_err(|_| invalid(ErrorCode::InvalidParameter, "after is not a cursor"))?,
+        ),
+        None => None,
+    };
+    let engine = state.engine.clone();
+    let (objects, next) =
+        tokio::task::spawn_blocking(move || engine.scan(p, start, end, after.as_deref(), limit))
+            .await
+            .map_err(|e| ApiError::from(StorageError::from(e)))?
+            .map_err(ApiError::from)?;
+    let objects = objects
+        .into_iter()
+        .map(|(k, object)| {
+            BucketName::new(k.bucket)
+                .map(|bucket| ScannedObject {
+                    bucket,
+                    key: k.key,
+                    object,
+                })
+                .map_err(ApiError::from)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(ScanPage {
+        objects,
+        next: next.map(|n| URL_SAFE_NO_PAD.encode(n)),
+    }))
+}
+
+/// Body of a pull request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullRequest {
+    /// The internal address of a node holding the partition.
+    source: String,
+    /// Resume after this cursor (from an interrupted pull).
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+async fn partition_pull(
+    State(state): State<AppState>,
+    Path(p): Path<u32>,
+    Json(req): Json<PullRequest>,
+) -> Result<Json<crate::handoff::PullProgress>, ApiError> {
+    let p = partition(&state.engine, p)?;
+    if !(req.source.starts_with("http://") || req.source.starts_with("https://")) {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            "source must be an http(s) URL",
+        ));
+    }
+    // The pull runs in its own task: a caller that hangs up does not leave a page half
+    // merged, and the progress so far stays on disk either way.
+    let task = tokio::spawn(async move {
+        crate::handoff::pull_partition(
+            &state.engine,
+            &state.client,
+            &req.source,
+            p,
+            req.cursor,
+            &state.shutdown,
+        )
+        .await
+    });
+    match task.await {
+        Ok(Ok(progress)) => Ok(Json(progress)),
+        Ok(Err(crate::handoff::PullError::Source(e))) => Err(invalid(
+            ErrorCode::QuorumUnavailable,
+            format!("source did not answer: {e}"),
+        )),
+        Ok(Err(crate::handoff::PullError::Storage(e))) => Err(ApiError::from(e)),
+        Err(e) => Err(ApiError::from(StorageError::from(e))),
+    }
+}

@@ -1,0 +1,291 @@
+//! On-disk layout: how keys and version sets are laid out in fjall.
+//!
+//! # Object keys (keyspace `objects`)
+//! `partition (u32 BE) ‖ key hash (u64 BE) ‖ bucket length (u8) ‖ bucket ‖ key`
+//!
+//! Partition first, then the hash, so one partition is one contiguous range and, inside
+//! it, one Merkle leaf (a hash range) is a contiguous sub-range: handoff streaming,
+//! Merkle rebuilds, leaf range reads and GC are all range scans.
+//!
+//! # Hint keys (keyspace `hints`)
+//! `target node id length (u8) ‖ target node id ‖ object key`: one contiguous range per
+//! intended owner, which is what delivery scans.
+//!
+//! # Values
+//! `format (u8 = 1) ‖ digest (u128 LE) ‖ postcard(StoredV1)`. The digest of the version
+//! set sits in a fixed header so a Merkle rebuild need not decode the body. A new layout is
+//! a new format byte with an explicit migration; an unknown byte is corruption, never
+//! guessed at.
+
+use dynamo_core::version::{InvalidObject, Sibling, VersionedObject};
+use dynamo_core::{ActorId, Dot, DotSet, KeyHash, NodeId, PartitionId};
+use serde::{Deserialize, Serialize};
+
+const FORMAT_V1: u8 = 1;
+const HEADER_BYTES: usize = 1 + 16;
+
+/// A stored value or key that does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The value's format byte is unknown.
+    #[error("unknown value format {0}")]
+    UnknownFormat(u8),
+    /// The value is shorter than its header.
+    #[error("value truncated")]
+    Truncated,
+    /// The body does not decode.
+    #[error("value body does not decode")]
+    Body(#[source] postcard::Error),
+    /// The body decodes to an object that breaks the version invariants.
+    #[error("stored object is invalid")]
+    Invalid(#[source] InvalidObject),
+    /// The key does not follow the layout.
+    #[error("stored key is malformed")]
+    Key,
+}
+
+/// The parts of an object key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectKey {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The key hash.
+    pub hash: KeyHash,
+    /// The bucket name.
+    pub bucket: String,
+    /// The key.
+    pub key: String,
+}
+
+/// Returns the storage key of `(bucket, key)`.
+pub fn object_key(partition: PartitionId, hash: KeyHash, bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13 + bucket.len() + key.len());
+    k.extend_from_slice(&partition.0.to_be_bytes());
+    k.extend_from_slice(&hash.0.to_be_bytes());
+    // Bucket names are at most 63 bytes (validated before any key is built).
+    k.push(bucket.len() as u8);
+    k.extend_from_slice(bucket.as_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Returns the first storage key of partition `p` whose hash is at least `hash`.
+pub fn range_start(p: PartitionId, hash: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(12);
+    k.extend_from_slice(&p.0.to_be_bytes());
+    k.extend_from_slice(&hash.to_be_bytes());
+    k
+}
+
+/// Returns a bound past every storage key of partition `p` whose hash is at most `hash`.
+pub fn range_end(p: PartitionId, hash: u64) -> Vec<u8> {
+    let mut k = range_start(p, hash);
+    k.push(0xff);
+    k
+}
+
+/// Splits a storage key into its parts.
+///
+/// # Errors
+/// [`CodecError::Key`] when the key does not follow the layout.
+pub fn parse_object_key(k: &[u8]) -> Result<ObjectKey, CodecError> {
+    let partition = u32::from_be_bytes(
+        k.get(0..4)
+            .ok_or(CodecError::Key)?
+            .try_into()
+            .map_err(|_| CodecError::Key)?,
+    );
+    let hash = u64::from_be_bytes(
+        k.get(4..12)
+            .ok_or(CodecError::Key)?
+            .try_into()
+            .map_err(|_| CodecError::Key)?,
+    );
+    let blen = *k.get(12).ok_or(CodecError::Key)? as usize;
+    let bucket = k.get(13..13 + blen).ok_or(CodecError::Key)?;
+    let key = k.get(13 + blen..).ok_or(CodecError::Key)?;
+    Ok(ObjectKey {
+        partition: PartitionId(partition),
+        hash: KeyHash(hash),
+        bucket: String::from_utf8(bucket.to_vec()).map_err(|_| CodecError::Key)?,
+        key: String::from_utf8(key.to_vec()).map_err(|_| CodecError::Key)?,
+    })
+}
+
+/// Returns the prefix of every hint for `target`.
+pub fn hint_prefix(target: &NodeId) -> Vec<u8> {
+    let id = target.as_str().as_bytes();
+    let mut k = Vec::with_capacity(1 + id.len());
+    // Node ids are at most 63 bytes (validated by `NodeId`).
+    k.push(id.len() as u8);
+    k.extend_from_slice(id);
+    k
+}
+
+/// Returns the hint key of an object key for `target`.
+pub fn hint_key(target: &NodeId, object_key: &[u8]) -> Vec<u8> {
+    let mut k = hint_prefix(target);
+    k.extend_from_slice(object_key);
+    k
+}
+
+/// Splits a hint key into the target and the object key.
+///
+/// # Errors
+/// [`CodecError::Key`] when the key does not follow the layout.
+pub fn parse_hint_key(k: &[u8]) -> Result<(NodeId, &[u8]), CodecError> {
+    let len = *k.first().ok_or(CodecError::Key)? as usize;
+    let id = k.get(1..1 + len).ok_or(CodecError::Key)?;
+    let id = std::str::from_utf8(id).map_err(|_| CodecError::Key)?;
+    let node = NodeId::new(id).map_err(|_| CodecError::Key)?;
+    Ok((node, k.get(1 + len..).ok_or(CodecError::Key)?))
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredV1 {
+    vv: Vec<(u64, u64)>,
+    cloud: Vec<(u64, u64)>,
+    siblings: Vec<StoredSibling>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSibling {
+    actor: u64,
+    counter: u64,
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+    content_type: String,
+    last_modified_ms: u64,
+    tombstone: bool,
+}
+
+/// Encodes an object as a stored value.
+pub fn encode_object(obj: &VersionedObject) -> Vec<u8> {
+    let history = obj.context();
+    let stored = StoredV1 {
+        vv: history.vector().map(|(a, n)| (a.0, n)).collect(),
+        cloud: history.cloud().map(|d| (d.actor.0, d.counter)).collect(),
+        siblings: obj
+            .siblings()
+            .iter()
+            .map(|s| StoredSibling {
+                actor: s.dot.actor.0,
+                counter: s.dot.counter,
+                value: s.value.clone(),
+                content_type: s.content_type.clone(),
+                last_modified_ms: s.last_modified_ms,
+                tombstone: s.tombstone,
+            })
+            .collect(),
+    };
+    let mut out =
+        Vec::with_capacity(HEADER_BYTES + 64 + obj.siblings().iter().map(|s| s.value.len()).sum::<usize>());
+    out.push(FORMAT_V1);
+    out.extend_from_slice(&obj.digest().to_le_bytes());
+    // Encoding plain integers, strings and byte vectors into a Vec cannot fail.
+    match postcard::to_extend(&stored, out) {
+        Ok(v) => v,
+        Err(_) => unreachable!("postcard cannot fail writing to a Vec"),
+    }
+}
+
+/// Reads only the digest from a stored value's header.
+///
+/// # Errors
+/// A [`CodecError`] for an unknown format or a truncated header.
+pub fn stored_digest(v: &[u8]) -> Result<u128, CodecError> {
+    match v.first() {
+        Some(&FORMAT_V1) => {}
+        Some(&f) => return Err(CodecError::UnknownFormat(f)),
+        None => return Err(CodecError::Truncated),
+    }
+    let d: [u8; 16] = v
+        .get(1..HEADER_BYTES)
+        .ok_or(CodecError::Truncated)?
+        .try_into()
+        .map_err(|_| CodecError::Truncated)?;
+    Ok(u128::from_le_bytes(d))
+}
+
+/// Decodes a stored value.
+///
+/// # Errors
+/// A [`CodecError`] when the value is not a valid stored object.
+pub fn decode_object(v: &[u8]) -> Result<VersionedObject, CodecError> {
+    stored_digest(v)?;
+    let stored: StoredV1 = postcard::from_bytes(&v[HEADER_BYTES..]).map_err(CodecError::Body)?;
+    let history = DotSet::from_parts(
+        stored.vv.into_iter().map(|(a, n)| (ActorId(a), n)),
+        stored.cloud.into_iter().map(|(a, c)| (ActorId(a), c)),
+    )
+    .map_err(|_| CodecError::Truncated)?;
+    let siblings = stored
+        .siblings
+        .into_iter()
+        .map(|s| Sibling {
+            dot: Dot::new(ActorId(s.actor), s.counter),
+            value: s.value,
+            content_type: s.content_type,
+            last_modified_ms: s.last_modified_ms,
+            tombstone: s.tombstone,
+        })
+        .collect();
+    VersionedObject::from_parts(history, siblings).map_err(CodecError::Invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynamo_core::version::{NewWrite, Resolution};
+
+    #[test]
+    fn object_keys_round_trip_and_sort_by_partition_then_hash() {
+        let k = object_key(PartitionId(7), KeyHash(0x0700_0000_0000_0001), "users", "alice/ä");
+        let parsed = parse_object_key(&k).expect("parse");
+        assert_eq!(parsed.partition, PartitionId(7));
+        assert_eq!(parsed.hash, KeyHash(0x0700_0000_0000_0001));
+        assert_eq!(
+            (parsed.bucket.as_str(), parsed.key.as_str()),
+            ("users", "alice/ä")
+        );
+        let a = object_key(PartitionId(1), KeyHash(u64::MAX), "z", "z");
+        let b = object_key(PartitionId(2), KeyHash(0), "a", "a");
+        assert!(a < b, "partition orders first");
+        assert!(range_start(PartitionId(7), 0x0700_0000_0000_0001) <= k);
+        assert!(k < range_end(PartitionId(7), 0x0700_0000_0000_0001));
+        assert!(parse_object_key(&[0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn values_round_trip_with_their_digest() {
+        let mut o = VersionedObject::new();
+        let r = Resolution::Siblings { max_siblings: 8 };
+        o.put(
+            &DotSet::new(),
+            ActorId(3),
+            NewWrite::value(b"hello".to_vec(), "text/plain", 5),
+            r,
+        )
+        .expect("put");
+        o.put(&DotSet::new(), ActorId(4), NewWrite::tombstone(6), r)
+            .expect("put");
+        let bytes = encode_object(&o);
+        assert_eq!(stored_digest(&bytes).expect("digest"), o.digest());
+        assert_eq!(decode_object(&bytes).expect("decode"), o);
+        assert!(matches!(decode_object(&[9]), Err(CodecError::UnknownFormat(9))));
+        assert!(matches!(decode_object(&bytes[..10]), Err(CodecError::Truncated)));
+        let mut broken = bytes.clone();
+        broken.truncate(bytes.len() - 3);
+        assert!(decode_object(&broken).is_err());
+    }
+
+    #[test]
+    fn hint_keys_round_trip() {
+        let node = NodeId::new("node-2").expect("id");
+        let ok = object_key(PartitionId(1), KeyHash(2), "b", "k");
+        let hk = hint_key(&node, &ok);
+        assert!(hk.starts_with(&hint_prefix(&node)));
+        let (n, rest) = parse_hint_key(&hk).expect("parse");
+        assert_eq!((n, rest), (node, ok.as_slice()));
+    }
+}

@@ -1,0 +1,142 @@
+//! The storage node's configuration: flags with `DYNAMO_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use dynamo_core::{NodeId, Partitioning};
+
+use crate::engine::Durability;
+
+/// A Dynamo storage node: one fjall database, the internal replica API.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "dynamo-storage", version, about)]
+pub struct Config {
+    /// The node's id in the ring. Default: the id stored in the data directory, else the
+    /// pod name (`HOSTNAME`) when it is a valid id, else a generated one.
+    #[arg(long, env = "DYNAMO_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Directory of the node's data (its volume).
+    #[arg(long, env = "DYNAMO_DATA_DIR", default_value = "data/storage")]
+    pub data_dir: PathBuf,
+
+    /// Address the internal API listens on.
+    #[arg(long, env = "DYNAMO_LISTEN", default_value = "127.0.0.1:7100")]
+    pub listen: SocketAddr,
+
+    /// How acknowledged writes are made durable: `sync` (fsync with group commit;
+    /// survives power loss) or `buffered` (survives a process crash).
+    #[arg(long, env = "DYNAMO_DURABILITY", value_enum, default_value = "sync")]
+    pub durability: Durability,
+
+    /// Partition count Q of the cluster (a power of two; fixed at cluster creation).
+    #[arg(long, env = "DYNAMO_PARTITIONS", default_value_t = 256)]
+    pub partitions: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "DYNAMO_MAX_BODY_BYTES", default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Most requests served at once (more get `503 overloaded`).
+    #[arg(long, env = "DYNAMO_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// How long in-flight requests may drain at shutdown.
+    #[arg(long, env = "DYNAMO_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Pause between hint delivery rounds.
+    #[arg(long, env = "DYNAMO_HINT_INTERVAL_MS", default_value_t = 1_000)]
+    pub hint_interval_ms: u64,
+
+    /// Timeout of one hint delivery request.
+    #[arg(long, env = "DYNAMO_HINT_TIMEOUT_MS", default_value_t = 2_000)]
+    pub hint_timeout_ms: u64,
+
+    /// In buffered mode, how often the journal is fsynced in the background.
+    #[arg(long, env = "DYNAMO_BACKGROUND_FSYNC_MS", default_value_t = 1_000)]
+    pub background_fsync_ms: u64,
+
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, env = "DYNAMO_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A field is out of range.
+    #[error("invalid --{field}: {reason}")]
+    Invalid {
+        /// The flag.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Checks ranges and cross-field rules.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if let Err(e) = Partitioning::with_count(self.partitions) {
+            return bad("partitions", e.to_string());
+        }
+        if let Some(id) = &self.node_id
+            && let Err(e) = NodeId::new(id.clone())
+        {
+            return bad("node-id", e.to_string());
+        }
+        if self.max_body_bytes < (2 << 20) {
+            return bad(
+                "max-body-bytes",
+                "must hold at least one 1 MiB value with its encoding (2 MiB)".into(),
+            );
+        }
+        for (field, v) in [
+            ("max-concurrent-requests", self.max_concurrent_requests as u64),
+            ("drain-timeout-ms", self.drain_timeout_ms),
+            ("hint-interval-ms", self.hint_interval_ms),
+            ("hint-timeout-ms", self.hint_timeout_ms),
+            ("background-fsync-ms", self.background_fsync_ms),
+        ] {
+            if v == 0 {
+                return bad(field, "must be greater than 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the configured node id, else `HOSTNAME` when it is a valid id (a
+    /// StatefulSet pod name).
+    pub fn effective_node_id(&self) -> Option<NodeId> {
+        self.node_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .and_then(|s| NodeId::new(s).ok())
+    }
+
+    /// Returns the partitioning (after [`Config::validate`]).
+    pub fn partitioning(&self) -> Partitioning {
+        Partitioning::with_count(self.partitions).unwrap_or_else(|_| {
+            Partitioning::with_count(1 << dynamo_core::limits::DEFAULT_PARTITION_BITS).expect("256 is valid")
+        })
+    }
+
+    /// Builds a configuration for tests and `dynamo dev`: defaults with `data_dir`.
+    pub fn for_dir(data_dir: impl Into<PathBuf>) -> Config {
+        let mut c = Config::parse_from(["dynamo-storage"]);
+        c.data_dir = data_dir.into();
+        c
+    }
+
+    /// The drain deadline.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}

@@ -1,0 +1,613 @@
+//! The engine: one fjall database per node with three keyspaces (`objects`, `hints`,
+//! `meta`), the per-partition Merkle trees kept current on every write, and the replica
+//! operations on top.
+//!
+//! Every method here blocks (fjall is synchronous): call them from `spawn_blocking`.
+//!
+//! # Invariants
+//! - A key's whole version set is one fjall value, written in one batch: readers never see
+//!   half a sibling set.
+//! - Read-modify-write of one key is serialised by a striped lock, so two concurrent
+//!   writes to a key never both read the old set.
+//! - The Merkle tree of a partition reflects every committed object write of that
+//!   partition: the tree update happens under the same stripe lock, right after commit.
+//! - Hints are kept apart from the node's own objects: they never enter a Merkle tree and
+//!   are deleted only after their owner confirmed, and only if unchanged since they were
+//!   sent.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use dynamo_core::merkle::{MerkleItem, MerkleShape, MerkleTree};
+use dynamo_core::version::{NewWrite, PutOutcome, Resolution, VersionedObject};
+use dynamo_core::{ActorId, DotSet, KeyHash, NodeId, PartitionId, Partitioning, key_hash};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::codec::{self, ObjectKey};
+use crate::error::StorageError;
+use crate::metrics::StorageMetrics;
+
+/// Stripes of the per-key write lock: enough that unrelated keys rarely share one.
+const LOCK_STRIPES: usize = 1024;
+
+/// How acknowledged writes are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// fsync before acknowledging (group commit: concurrent writers share an fsync). An
+    /// acknowledged write survives power loss.
+    Sync,
+    /// Flush to the OS before acknowledging, fsync in the background. An acknowledged
+    /// write survives `kill -9` of the process, not power loss (Dynamo's buffered writes).
+    Buffered,
+}
+
+/// The node's stable identity, kept on its volume.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Identity {
+    /// The node's name in the ring.
+    pub node_id: NodeId,
+    /// The actor that mints this incarnation's dots.
+    pub actor: ActorId,
+}
+
+/// One key, validated.
+#[derive(Debug, Clone)]
+pub struct KeyRef<'a> {
+    /// The bucket.
+    pub bucket: &'a str,
+    /// The key.
+    pub key: &'a str,
+}
+
+/// A hinted write's intended owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HintFor {
+    /// The owner.
+    pub node: NodeId,
+    /// The owner's internal address.
+    pub address: String,
+}
+
+/// A hint read for delivery.
+#[derive(Debug, Clone)]
+pub struct PendingHint {
+    /// The key.
+    pub key: ObjectKey,
+    /// The stored value bytes, compared before deleting.
+    pub raw: Vec<u8>,
+    /// The versions to deliver.
+    pub object: VersionedObject,
+}
+
+/// The storage engine.
+pub struct Engine {
+    db: Database,
+    objects: Keyspace,
+    hints: Keyspace,
+    meta: Keyspace,
+    partitioning: Partitioning,
+    identity: Identity,
+    durability: Durability,
+    stripes: Box<[Mutex<()>]>,
+    merkle: Box<[Mutex<MerkleTree>]>,
+    /// Intended owners with hints pending, and their addresses.
+    hint_targets: Mutex<BTreeMap<NodeId, String>>,
+    metrics: StorageMetrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short locks leaves consistent data behind (the
+    // guarded state is only written after fjall succeeded), so poisoning is ignored.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+const META_NODE_ID: &[u8] = b"node_id";
+const META_ACTOR: &[u8] = b"actor";
+const META_PARTITIONS: &[u8] = b"partitions";
+const META_HINT_ADDR: &[u8] = b"hint_addr/";
+
+impl Engine {
+    /// Opens (or creates) the engine in `dir`.
+    ///
+    /// The node id is taken from the volume if one is stored there, else from `node_id`,
+    /// else generated; a configured id that differs from the stored one is refused (the
+    /// volume belongs to another node). The actor id is drawn at random when the volume is
+    /// new. All Merkle trees are rebuilt from a scan; the time is reported in the metrics.
+    ///
+    /// # Errors
+    /// [`StorageError`] for engine failures, corrupt data or an identity mismatch.
+    pub fn open(
+        dir: &Path,
+        partitioning: Partitioning,
+        durability: Durability,
+        node_id: Option<NodeId>,
+        metrics: StorageMetrics,
+    ) -> Result<Engine, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::builder(dir).open()?;
+        let objects = db.keyspace("objects", KeyspaceCreateOptions::default)?;
+        let hints = db.keyspace("hints", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+
+        let identity = Self::load_identity(&db, &meta, node_id)?;
+        match meta.get(META_PARTITIONS)? {
+            Some(q) if q.as_ref() != partitioning.count().to_be_bytes() => {
+                return Err(StorageError::Invalid(dynamo_server::ApiError::new(
+                    dynamo_core::ErrorCode::InvalidRequest,
+                    "the data directory was created with another partition count",
+                )));
+            }
+            Some(_) => {}
+            None => {
+                meta.insert(META_PARTITIONS, partitioning.count().to_be_bytes())?;
+                db.persist(PersistMode::SyncAll)?;
+            }
+        }
+
+        let shape = MerkleShape::default();
+        let merkle = (0..partitioning.count())
+            .map(|p| MerkleTree::new(partitioning, PartitionId(p), shape).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(merkle_error)?
+            .into_boxed_slice();
+
+        let engine = Engine {
+            db,
+            objects,
+            hints,
+            meta,
+            partitioning,
+            identity,
+            durability,
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            merkle,
+            hint_targets: Mutex::new(BTreeMap::new()),
+            metrics,
+        };
+        engine.rebuild_merkle()?;
+        engine.load_hint_targets()?;
+        Ok(engine)
+    }
+
+    fn load_identity(
+        db: &Database,
+        meta: &Keyspace,
+        configured: Option<NodeId>,
+    ) -> Result<Identity, StorageError> {
+        let stored_id = meta.get(META_NODE_ID)?;
+        let stored_actor = meta.get(META_ACTOR)?;
+        match (stored_id, stored_actor) {
+            (Some(id), Some(actor)) => {
+                let id = std::str::from_utf8(&id)
+                    .ok()
+                    .and_then(|s| NodeId::new(s).ok())
+                    .ok_or(StorageError::Corrupt(codec::CodecError::Key))?;
+                if let Some(c) = configured
+                    && c != id
+                {
+                    return Err(StorageError::IdentityMismatch {
+                        stored: id.to_string(),
+                        configured: c.to_string(),
+                    });
+                }
+                let actor: [u8; 8] = actor
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| codec::CodecError::Truncated)?;
+                Ok(Identity {
+                    node_id: id,
+                    actor: ActorId(u64::from_be_bytes(actor)),
+                })
+            }
+            _ => {
+                let node_id = match configured {
+                    Some(id) => id,
+                    None => NodeId::new(format!("node-{:08x}", rand::random::<u32>()))
+                        .map_err(|e| StorageError::Invalid(e.into()))?,
+                };
+                let actor = ActorId(rand::random::<u64>());
+                let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+                b.insert(meta, META_NODE_ID, node_id.as_str().as_bytes());
+                b.insert(meta, META_ACTOR, actor.0.to_be_bytes());
+                b.commit()?;
+                tracing::info!(node_id = %node_id, actor = %actor, "new data directory: identity created");
+                Ok(Identity { node_id, actor })
+            }
+        }
+    }
+
+    fn rebuild_merkle(&self) -> Result<(), StorageError> {
+        let start = Instant::now();
+        let mut keys = 0i64;
+        // The scan is in key order, so partitions come one after another: rebuild each
+        // tree once its items are complete.
+        let mut items: Vec<MerkleItem<Vec<u8>>> = Vec::new();
+        let mut current: Option<PartitionId> = None;
+        for kv in self.objects.iter() {
+            let (k, v) = kv.into_inner()?;
+            let ok = codec::parse_object_key(&k)?;
+            let digest = codec::stored_digest(&v)?;
+            if current != Some(ok.partition) {
+                if let Some(p) = current {
+                    self.rebuild_tree(p, &mut items)?;
+                }
+                current = Some(ok.partition);
+            }
+            items.push(MerkleItem {
+                key_hash: ok.hash,
+                key: merkle_key(&ok.bucket, &ok.key),
+                digest,
+            });
+            keys += 1;
+        }
+        if let Some(p) = current {
+            self.rebuild_tree(p, &mut items)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        self.metrics.merkle_rebuilds.inc();
+        self.metrics.merkle_rebuild_seconds.set(secs);
+        self.metrics.keys.set(keys);
+        tracing::info!(keys, rebuild_ms = (secs * 1000.0) as u64, "merkle trees rebuilt");
+        Ok(())
+    }
+
+    fn rebuild_tree(&self, p: PartitionId, items: &mut Vec<MerkleItem<Vec<u8>>>) -> Result<(), StorageError> {
+        let tree = self.merkle.get(p.0 as usize).ok_or(codec::CodecError::Key)?;
+        lock(tree).rebuild(items.drain(..)).map_err(merkle_error)
+    }
+
+    fn load_hint_targets(&self) -> Result<(), StorageError> {
+        let mut targets = BTreeMap::new();
+        let mut pending = 0i64;
+        for kv in self.meta.prefix(META_HINT_ADDR) {
+            let (k, v) = kv.into_inner()?;
+            let id = std::str::from_utf8(&k[META_HINT_ADDR.len()..])
+                .ok()
+                .and_then(|s| NodeId::new(s).ok());
+            let addr = String::from_utf8(v.to_vec()).ok();
+            if let (Some(id), Some(addr)) = (id, addr) {
+                targets.insert(id, addr);
+            }
+        }
+        for kv in self.hints.iter() {
+            let _ = kv.key()?;
+            pending += 1;
+        }
+        self.metrics.hints_pending.set(pending);
+        *lock(&self.hint_targets) = targets;
+        Ok(())
+    }
+
+    /// Returns the node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Returns the durability mode.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Returns the partitioning.
+    pub fn partitioning(&self) -> Partitioning {
+        self.partitioning
+    }
+
+    /// Returns the metrics.
+    pub fn metrics(&self) -> &StorageMetrics {
+        &self.metrics
+    }
+
+    /// Returns the fjall database (for the syncer).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn locate(&self, k: &KeyRef<'_>) -> (PartitionId, KeyHash, Vec<u8>) {
+        let hash = key_hash(k.bucket, k.key);
+        let p = self.partitioning.partition_of(hash);
+        (p, hash, codec::object_key(p, hash, k.bucket, k.key))
+    }
+
+    fn stripe(&self, hash: KeyHash) -> MutexGuard<'_, ()> {
+        lock(&self.stripes[(hash.0 as usize) % LOCK_STRIPES])
+    }
+
+    fn persist_mode(&self) -> PersistMode {
+        // Both modes hand the journal to the OS before acknowledging (survives kill -9);
+        // `sync` adds the group-commit fsync on top, in `Syncer::barrier`.
+        PersistMode::Buffer
+    }
+
+    /// Reads a key's versions: the node's own copy merged with any hint it holds for the
+    /// key (a fallback answers reads for what it holds).
+    ///
+    /// # Errors
+    /// [`StorageError`] for engine failures or corrupt data.
+    pub fn get(&self, k: &KeyRef<'_>) -> Result<Option<VersionedObject>, StorageError> {
+        let (_, _, ok) = self.locate(k);
+        let mut found = match self.objects.get(&ok)? {
+            Some(v) => Some(codec::decode_object(&v)?),
+            None => None,
+        };
+        let targets: Vec<NodeId> = lock(&self.hint_targets).keys().cloned().collect();
+        for t in targets {
+            if let Some(v) = self.hints.get(codec::hint_key(&t, &ok))? {
+                let hinted = codec::decode_object(&v)?;
+                match &mut found {
+                    Some(obj) => obj.sync(
+                        &hinted,
+                        Resolution::Siblings {
+                            max_siblings: u32::MAX,
+                        },
+                    ),
+                    None => found = Some(hinted),
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Coordinates a client write: mints a dot with this node's actor, stores the result,
+    /// and returns it with the outcome.
+    ///
+    /// # Errors
+    /// [`StorageError::Version`] when the write would leave too many siblings (nothing is
+    /// stored), or engine failures.
+    pub fn coordinate_put(
+        &self,
+        k: &KeyRef<'_>,
+        context: &DotSet,
+        write: NewWrite,
+        resolution: Resolution,
+        hint: Option<&HintFor>,
+    ) -> Result<(VersionedObject, PutOutcome), StorageError> {
+        let (p, hash, ok) = self.locate(k);
+        let _guard = self.stripe(hash);
+        let (space, stored_key) = self.space_for(&ok, hint);
+        let old_raw = space.get(&stored_key)?;
+        let mut obj = match &old_raw {
+            Some(v) => codec::decode_object(v)?,
+            None => VersionedObject::new(),
+        };
+        let outcome = obj.put(context, self.identity.actor, write, resolution)?;
+        self.store(p, hash, k, space, stored_key, old_raw.as_deref(), &obj, hint)?;
+        Ok((obj, outcome))
+    }
+
+    /// Merges a replica's copy of a key (idempotent).
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    pub fn replicate(
+        &self,
+        k: &KeyRef<'_>,
+        incoming: &VersionedObject,
+        resolution: Resolution,
+        hint: Option<&HintFor>,
+    ) -> Result<(), StorageError> {
+        let (p, hash, ok) = self.locate(k);
+        let _guard = self.stripe(hash);
+        let (space, stored_key) = self.space_for(&ok, hint);
+        let old_raw = space.get(&stored_key)?;
+        let mut obj = match &old_raw {
+            Some(v) => codec::decode_object(v)?,
+            None => VersionedObject::new(),
+        };
+        let before = obj.digest();
+        obj.sync(incoming, resolution);
+        if old_raw.is_some() && obj.digest() == before {
+            // Nothing new: skip the write (replication and anti-entropy resend a lot).
+            return Ok(());
+        }
+        self.store(p, hash, k, space, stored_key, old_raw.as_deref(), &obj, hint)
+    }
+
+    fn space_for(&self, ok: &[u8], hint: Option<&HintFor>) -> (&Keyspace, Vec<u8>) {
+        match hint {
+            Some(h) => (&self.hints, codec::hint_key(&h.node, ok)),
+            None => (&self.objects, ok.to_vec()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &self,
+        p: PartitionId,
+        hash: KeyHash,
+        k: &KeyRef<'_>,
+        space: &Keyspace,
+        stored_key: Vec<u8>,
+        old_raw: Option<&[u8]>,
+        obj: &VersionedObject,
+        hint: Option<&HintFor>,
+    ) -> Result<(), StorageError> {
+        let encoded = codec::encode_object(obj);
+        let mut batch = self.db.batch().durability(Some(self.persist_mode()));
+        batch.insert(space, stored_key, encoded);
+        if let Some(h) = hint {
+            let known = lock(&self.hint_targets).get(&h.node) == Some(&h.address);
+            if !known {
+                let mut mk = META_HINT_ADDR.to_vec();
+                mk.extend_from_slice(h.node.as_str().as_bytes());
+                batch.insert(&self.meta, mk, h.address.as_bytes());
+            }
+        }
+        batch.commit()?;
+        match hint {
+            Some(h) => {
+                if old_raw.is_none() {
+                    self.metrics.hints_pending.inc();
+                }
+                lock(&self.hint_targets).insert(h.node.clone(), h.address.clone());
+            }
+            None => {
+                let old_digest = old_raw.map(codec::stored_digest).transpose()?;
+                if old_raw.is_none() {
+                    self.metrics.keys.inc();
+                }
+                lock(&self.merkle[p.0 as usize])
+                    .update(hash, &merkle_key(k.bucket, k.key), old_digest, Some(obj.digest()))
+                    .map_err(merkle_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the intended owners with hints pending, and their addresses.
+    pub fn hint_targets(&self) -> BTreeMap<NodeId, String> {
+        lock(&self.hint_targets).clone()
+    }
+
+    /// Reads up to `limit` hints for `target`.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    pub fn pending_hints(&self, target: &NodeId, limit: usize) -> Result<Vec<PendingHint>, StorageError> {
+        let prefix = codec::hint_prefix(target);
+        let mut out = Vec::new();
+        for kv in self.hints.prefix(&prefix).take(limit) {
+            let (k, v) = kv.into_inner()?;
+            let (_, ok) = codec::parse_hint_key(&k)?;
+            out.push(PendingHint {
+                key: codec::parse_object_key(ok)?,
+                object: codec::decode_object(&v)?,
+                raw: v.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes a delivered hint, but only if it is unchanged since it was read (a write
+    /// merged into it meanwhile is delivered next round). Returns whether it was deleted.
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub fn remove_delivered_hint(&self, target: &NodeId, hint: &PendingHint) -> Result<bool, StorageError> {
+        let ok = codec::object_key(hint.key.partition, hint.key.hash, &hint.key.bucket, &hint.key.key);
+        let hk = codec::hint_key(target, &ok);
+        let _guard = self.stripe(hint.key.hash);
+        match self.hints.get(&hk)? {
+            Some(v) if v.as_ref() == hint.raw.as_slice() => {
+                self.hints.remove(hk)?;
+                self.metrics.hints_pending.dec();
+                self.metrics.hints_delivered.inc();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Forgets a target once it has no hints left (its address record goes too).
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub fn forget_target_if_done(&self, target: &NodeId) -> Result<(), StorageError> {
+        if self.hints.prefix(codec::hint_prefix(target)).next().is_none() {
+            let mut mk = META_HINT_ADDR.to_vec();
+            mk.extend_from_slice(target.as_str().as_bytes());
+            self.meta.remove(mk)?;
+            lock(&self.hint_targets).remove(target);
+        }
+        Ok(())
+    }
+
+    /// Returns the Merkle tree of partition `p` (a copy: comparisons do not hold the lock).
+    pub fn merkle_tree(&self, p: PartitionId) -> Option<MerkleTree> {
+        self.merkle.get(p.0 as usize).map(|m| lock(m).clone())
+    }
+
+    /// Runs `f` with the Merkle tree of partition `p` locked (for cheap reads of a node).
+    pub fn with_merkle<R>(&self, p: PartitionId, f: impl FnOnce(&MerkleTree) -> R) -> Option<R> {
+        self.merkle.get(p.0 as usize).map(|m| f(&lock(m)))
+    }
+
+    /// Reads the objects of partition `p` with hashes in `[start, end]`, from `after`
+    /// (exclusive, a storage key) on, at most `limit` of them. Returns them with the key to
+    /// resume from when more remain.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    #[allow(clippy::type_complexity)]
+    pub fn scan(
+        &self,
+        p: PartitionId,
+        start: u64,
+        end: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<(ObjectKey, VersionedObject)>, Option<Vec<u8>>), StorageError> {
+        let lo = codec::range_start(p, start);
+        let hi = codec::range_end(p, end);
+        let iter = match after {
+            Some(a) => self.objects.range::<Vec<u8>, _>((
+                std::ops::Bound::Excluded(a.to_vec()),
+                std::ops::Bound::Excluded(hi),
+            )),
+            None => self.objects.range::<Vec<u8>, _>(lo..hi),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for kv in iter {
+            if out.len() == limit {
+                return Ok((out, last));
+            }
+            let (k, v) = kv.into_inner()?;
+            out.push((codec::parse_object_key(&k)?, codec::decode_object(&v)?));
+            last = Some(k.to_vec());
+        }
+        Ok((out, None))
+    }
+
+    /// Removes a key's object if its stored digest still equals `digest` (tombstone GC:
+    /// a write that arrived since the check keeps the key). Returns whether it was removed.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    pub fn remove_if_unchanged(&self, k: &KeyRef<'_>, digest: u128) -> Result<bool, StorageError> {
+        let (p, hash, ok) = self.locate(k);
+        let _guard = self.stripe(hash);
+        let Some(v) = self.objects.get(&ok)? else {
+            return Ok(false);
+        };
+        if codec::stored_digest(&v)? != digest {
+            return Ok(false);
+        }
+        self.objects.remove(ok)?;
+        self.metrics.keys.dec();
+        lock(&self.merkle[p.0 as usize])
+            .update(hash, &merkle_key(k.bucket, k.key), Some(digest), None)
+            .map_err(merkle_error)?;
+        Ok(true)
+    }
+
+    /// Flushes the journal to stable storage (at shutdown, and periodically in buffered
+    /// mode).
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub fn persist(&self) -> Result<(), StorageError> {
+        self.db.persist(PersistMode::SyncAll)?;
+        if let Ok(bytes) = self.db.disk_space() {
+            self.metrics.disk_bytes.set(bytes as i64);
+        }
+        Ok(())
+    }
+}
+
+fn merkle_error(e: dynamo_core::merkle::MerkleError) -> StorageError {
+    StorageError::Invalid(dynamo_server::ApiError::new(e.code(), e.to_string()))
+}
+
+/// The bytes a key contributes to its Merkle item hash: `bucket ‖ "/" ‖ key`, the same
+/// bytes the key hash is computed over.
+pub fn merkle_key(bucket: &str, key: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bucket.len() + 1 + key.len());
+    v.extend_from_slice(bucket.as_bytes());
+    v.push(b'/');
+    v.extend_from_slice(key.as_bytes());
+    v
+}

@@ -1,0 +1,113 @@
+//! Partition handoff, receiving side: pull a partition's objects from a node that holds
+//! them, page by page, and merge each into the local store.
+//!
+//! The source serves pages of `GET /internal/v1/partitions/{p}/objects` in storage order
+//! with a cursor, so a pull that stops (a timeout, a restart) resumes from the last cursor
+//! instead of starting over. Merging is `replicate`, which is idempotent: a page received
+//! twice changes nothing, and writes arriving meanwhile through the normal path merge
+//! with the streamed copies in any order.
+
+use std::sync::Arc;
+
+use dynamo_core::PartitionId;
+use dynamo_core::version::Resolution;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ScanPage;
+use crate::engine::{Engine, KeyRef};
+use crate::error::StorageError;
+
+/// Objects per page asked of the source.
+pub const PAGE: usize = 256;
+
+/// Progress of one partition pull.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PullProgress {
+    /// Objects merged so far.
+    pub objects: u64,
+    /// Pages received so far.
+    pub pages: u64,
+    /// The cursor to resume from, if the pull stopped early.
+    pub cursor: Option<String>,
+    /// True when the source had nothing more.
+    pub done: bool,
+}
+
+/// Why a pull stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The source did not answer or refused.
+    #[error("source unreachable")]
+    Source(#[from] reqwest::Error),
+    /// The local engine failed.
+    #[error("local storage failed")]
+    Storage(#[from] StorageError),
+}
+
+/// Pulls partition `p` from `source` (an internal API address) into `engine`, starting
+/// after `cursor` (None = from the start), until the source has no more or `stop` is
+/// cancelled. Returns the progress, whose cursor resumes an interrupted pull.
+///
+/// # Errors
+/// [`PullError`]; the progress made before the error is kept on disk, and the caller can
+/// resume from the last cursor it saw.
+pub async fn pull_partition(
+    engine: &Arc<Engine>,
+    client: &reqwest::Client,
+    source: &str,
+    p: PartitionId,
+    cursor: Option<String>,
+    stop: &CancellationToken,
+) -> Result<PullProgress, PullError> {
+    let mut progress = PullProgress {
+        cursor,
+        ..PullProgress::default()
+    };
+    let base = format!(
+        "{}/internal/v1/partitions/{}/objects",
+        source.trim_end_matches('/'),
+        p.0
+    );
+    while !stop.is_cancelled() {
+        let mut req = client.get(&base).query(&[("limit", PAGE.to_string())]);
+        if let Some(c) = &progress.cursor {
+            req = req.query(&[("after", c)]);
+        }
+        let page: ScanPage = req.send().await?.error_for_status()?.json().await?;
+        let n = page.objects.len() as u64;
+        let e = engine.clone();
+        let objects = page.objects;
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            for o in &objects {
+                let k = KeyRef {
+                    bucket: o.bucket.as_str(),
+                    key: &o.key,
+                };
+                // A pure merge: the source's copy may be of any bucket mode, and a union
+                // never loses a version; LWW narrowing happens on the next write.
+                e.replicate(
+                    &k,
+                    &o.object,
+                    Resolution::Siblings {
+                        max_siblings: u32::MAX,
+                    },
+                    None,
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(StorageError::from)??;
+        progress.objects += n;
+        progress.pages += 1;
+        match page.next {
+            Some(next) => progress.cursor = Some(next),
+            None => {
+                progress.done = true;
+                progress.cursor = None;
+                break;
+            }
+        }
+    }
+    Ok(progress)
+}

@@ -1,0 +1,159 @@
+//! Hinted handoff delivery: writes held for an unreachable owner (sloppy quorum) go back
+//! to it once it answers again.
+//!
+//! One worker (`hint-delivery`) wakes every interval, and for each owner with hints
+//! pending sends them in bounded batches as `replicate` operations. A hint is deleted
+//! only after the owner confirmed that operation, and only if it is unchanged since it was
+//! read. Between batches the worker sleeps in proportion to the time the batch took
+//! (Garage's tranquilizer), so delivery yields to foreground traffic; an owner that does
+//! not answer is left alone until the next round.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynamo_core::BucketName;
+use dynamo_core::NodeId;
+use dynamo_core::version::Resolution;
+use dynamo_core::wire::internal::{ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, PendingHint};
+use crate::error::StorageError;
+
+/// Hints per delivery request.
+pub const HINT_BATCH: usize = 64;
+/// Most batches sent to one owner per round, so one owner with a large backlog does not
+/// starve the others.
+pub const MAX_BATCHES_PER_ROUND: usize = 16;
+/// Sleep after a batch, as a multiple of the time it took.
+pub const TRANQUILITY: u32 = 2;
+
+/// Why a delivery round to one owner stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The owner did not answer or refused the request.
+    #[error("owner unreachable")]
+    Unreachable(#[from] reqwest::Error),
+    /// The owner answered something that is not a batch result.
+    #[error("owner answered {0} results for {1} operations")]
+    Mismatch(usize, usize),
+    /// The local engine failed.
+    #[error("local storage failed")]
+    Storage(#[from] StorageError),
+}
+
+/// Runs the delivery worker until `shutdown`.
+pub async fn run(
+    engine: Arc<Engine>,
+    client: reqwest::Client,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        for (target, address) in engine.hint_targets() {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match deliver_to(&engine, &client, &target, &address, &shutdown).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(target_node = %target, delivered = n, "hints delivered"),
+                Err(e) => {
+                    engine.metrics().hint_delivery_failures.inc();
+                    tracing::debug!(target_node = %target, error = %e, "hint delivery deferred");
+                }
+            }
+        }
+    }
+}
+
+/// Delivers up to [`MAX_BATCHES_PER_ROUND`] batches of hints to `target`; returns how
+/// many were delivered and deleted.
+///
+/// # Errors
+/// [`DeliveryError`] when the owner is unreachable or the local engine fails; hints not
+/// confirmed stay.
+pub async fn deliver_to(
+    engine: &Arc<Engine>,
+    client: &reqwest::Client,
+    target: &NodeId,
+    address: &str,
+    shutdown: &CancellationToken,
+) -> Result<usize, DeliveryError> {
+    let mut delivered = 0;
+    for _ in 0..MAX_BATCHES_PER_ROUND {
+        let start = Instant::now();
+        let e = engine.clone();
+        let t = target.clone();
+        let hints: Vec<PendingHint> = tokio::task::spawn_blocking(move || e.pending_hints(&t, HINT_BATCH))
+            .await
+            .map_err(StorageError::from)??;
+        if hints.is_empty() {
+            let e = engine.clone();
+            let t = target.clone();
+            tokio::task::spawn_blocking(move || e.forget_target_if_done(&t))
+                .await
+                .map_err(StorageError::from)??;
+            break;
+        }
+        let ops = hints
+            .iter()
+            .filter_map(|h| {
+                // Keys were validated when stored; a bucket that no longer parses is corrupt
+                // and stays for an operator to look at.
+                BucketName::new(h.key.bucket.clone())
+                    .ok()
+                    .map(|bucket| ReplicaOp::Replicate {
+                        bucket,
+                        key: h.key.key.clone(),
+                        object: h.object.clone(),
+                        // A pure merge: never drops a version the owner lacks. LWW buckets are
+                        // narrowed again by the owner's next write or a read.
+                        resolution: Resolution::Siblings {
+                            max_siblings: u32::MAX,
+                        },
+                        hint: None,
+                    })
+            })
+            .collect::<Vec<_>>();
+        let sent = ops.len();
+        let url = format!("{}/internal/v1/replicas", address.trim_end_matches('/'));
+        let reply: ReplicaBatchResult = client
+            .post(url)
+            .json(&ReplicaBatch { ops })
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if reply.results.len() != sent {
+            return Err(DeliveryError::Mismatch(reply.results.len(), sent));
+        }
+        let confirmed: Vec<PendingHint> = hints
+            .into_iter()
+            .zip(reply.results)
+            .filter(|(_, r)| matches!(r, ReplicaResult::Replicated))
+            .map(|(h, _)| h)
+            .collect();
+        let e = engine.clone();
+        let t = target.clone();
+        delivered += tokio::task::spawn_blocking(move || -> Result<usize, StorageError> {
+            let mut n = 0;
+            for h in &confirmed {
+                n += usize::from(e.remove_delivered_hint(&t, h)?);
+            }
+            Ok(n)
+        })
+        .await
+        .map_err(StorageError::from)??;
+        let pause = start.elapsed() * TRANQUILITY;
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+    Ok(delivered)
+}

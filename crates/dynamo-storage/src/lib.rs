@@ -1,0 +1,147 @@
+//! `dynamo-storage`: the storage-node service.
+//!
+//! One node = one fjall database on its own volume, served over the internal HTTP/JSON
+//! API of [`api`]. It stores each key's version set (dotted version vectors from
+//! `dynamo-core`), coordinates writes as the actor minting dots, merges replicas'
+//! copies, keeps hints for unreachable owners and delivers them ([`hints`]), keeps a
+//! Merkle tree per partition current on every write, and serves partition scans for
+//! anti-entropy and handoff.
+//!
+//! # Layout
+//! - [`config`]: flags and validation; [`engine`]: fjall, the on-disk layout ([`codec`]),
+//!   replica operations, Merkle maintenance; [`syncer`]: group commit;
+//!   [`api`]: the routes; [`hints`]: delivery; [`handoff`]: pulling a partition from
+//!   another node; [`metrics`]: `dynamo_storage_*`.
+//! - Start at [`run`].
+//!
+//! # It is not
+//! A router or a quorum: it never talks to clients and never decides who else should
+//! hold a key. Coordinators do that, using the ring.
+//!
+//! **Invariant:** an acknowledged write is on disk as [`engine::Durability`] promises
+//! before the answer leaves: `sync` waits for the group fsync, `buffered` for the OS.
+
+pub mod api;
+pub mod codec;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod handoff;
+pub mod hints;
+pub mod metrics;
+pub mod syncer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamo_server::metrics::HttpMetrics;
+use dynamo_server::serve::{self, Limits, Readiness};
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use engine::{Durability, Engine};
+pub use error::StorageError;
+
+/// Runs a storage node on `listener` until `shutdown` is cancelled, then shuts down in
+/// order: not ready, stop accepting, drain requests, stop workers, persist, return.
+///
+/// # Errors
+/// [`StorageError`] when the engine cannot open or the listener fails.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StorageError> {
+    let registry = Arc::new(Registry::new());
+    let metrics =
+        metrics::StorageMetrics::new(&registry).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let http_metrics =
+        HttpMetrics::new(&registry, "storage").map_err(|e| std::io::Error::other(e.to_string()))?;
+
+    let partitioning = config.partitioning();
+    let node_id = config.effective_node_id();
+    let dir = config.data_dir.clone();
+    let durability = config.durability;
+    let m = metrics.clone();
+    let engine = Arc::new(
+        tokio::task::spawn_blocking(move || Engine::open(&dir, partitioning, durability, node_id, m))
+            .await??,
+    );
+    tracing::info!(
+        node_id = %engine.identity().node_id,
+        actor = %engine.identity().actor,
+        durability = ?durability,
+        listen = %listener.local_addr()?,
+        "storage node starting"
+    );
+
+    let syncer = match durability {
+        Durability::Sync => Some(syncer::Syncer::start(engine.database().clone(), metrics.clone())?),
+        Durability::Buffered => None,
+    };
+
+    let workers = TaskTracker::new();
+    let worker_stop = CancellationToken::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(config.hint_timeout_ms))
+        .connect_timeout(Duration::from_millis(config.hint_timeout_ms))
+        .pool_max_idle_per_host(4)
+        .build()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    workers.spawn(hints::run(
+        engine.clone(),
+        client.clone(),
+        Duration::from_millis(config.hint_interval_ms),
+        worker_stop.clone(),
+    ));
+    workers.spawn(background_persist(
+        engine.clone(),
+        Duration::from_millis(config.background_fsync_ms),
+        worker_stop.clone(),
+    ));
+
+    let readiness = Readiness::new();
+    let app = serve::with_common_layers(
+        api::routes(api::AppState {
+            engine: engine.clone(),
+            syncer,
+            client,
+            shutdown: shutdown.clone(),
+        }),
+        serve::health_routes(readiness.clone(), registry),
+        Limits {
+            max_body_bytes: config.max_body_bytes,
+            max_concurrent_requests: config.max_concurrent_requests,
+        },
+        http_metrics,
+    );
+    let served = serve::serve(listener, app, shutdown, readiness, config.drain_timeout()).await;
+
+    worker_stop.cancel();
+    workers.close();
+    workers.wait().await;
+    let e = engine.clone();
+    tokio::task::spawn_blocking(move || e.persist()).await??;
+    tracing::info!("storage node stopped");
+    served.map_err(StorageError::from)
+}
+
+/// Flushes the journal to disk periodically (the background fsync of buffered mode, and
+/// the disk-space metric in both).
+async fn background_persist(engine: Arc<Engine>, every: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let e = engine.clone();
+        match tokio::task::spawn_blocking(move || e.persist()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = ?e, "background fsync failed"),
+            Err(e) => tracing::error!(error = %e, "background fsync task failed"),
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Test harness: storage nodes in-process or as real processes on loopback ports.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dynamo_core::version::{Resolution, VersionedObject};
+use dynamo_core::wire::internal::{ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult};
+use dynamo_core::{BucketName, DotSet};
+use tokio_util::sync::CancellationToken;
+
+pub const SIB: Resolution = Resolution::Siblings { max_siblings: 32 };
+
+/// Every wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+pub fn bucket(b: &str) -> BucketName {
+    BucketName::new(b).expect("bucket")
+}
+
+/// A node running in this process.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), dynamo_storage::StorageError>>,
+}
+
+impl InProcess {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("stops in time")
+            .expect("join")
+            .expect("clean stop");
+    }
+}
+
+pub async fn start_in_process(dir: &Path, node_id: &str) -> InProcess {
+    let mut config = dynamo_storage::Config::for_dir(dir);
+    config.node_id = Some(node_id.into());
+    config.hint_interval_ms = 100;
+    start_with(config).await
+}
+
+pub async fn start_with(config: dynamo_storage::Config) -> InProcess {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(dynamo_storage::run(config, listener, stop.clone()));
+    wait_ready(&format!("http://{addr}")).await;
+    InProcess { addr, stop, task }
+}
+
+pub async fn wait_ready(url: &str) {
+    let c = client();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = c.get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port free right now (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A node as a real process of the `dynamo-storage` binary.
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Proc {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_proc(dir: &Path, node_id: &str, port: u16, durability: &str) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_dynamo-storage"))
+        .args([
+            "--data-dir",
+            dir.to_str().expect("utf-8 path"),
+            "--node-id",
+            node_id,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--durability",
+            durability,
+            "--hint-interval-ms",
+            "100",
+        ])
+        .env("DYNAMO_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn dynamo-storage");
+    Proc { child, port }
+}
+
+pub async fn batch(url: &str, ops: Vec<ReplicaOp>) -> ReplicaBatchResult {
+    let resp = client()
+        .post(format!("{url}/internal/v1/replicas"))
+        .json(&ReplicaBatch { ops })
+        .send()
+        .await
+        .expect("send");
+    assert!(resp.status().is_success(), "status {}", resp.status());
+    resp.json().await.expect("json")
+}
+
+pub fn put_op(b: &str, key: &str, value: &[u8], context: DotSet) -> ReplicaOp {
+    ReplicaOp::CoordinatePut {
+        bucket: bucket(b),
+        key: key.into(),
+        context,
+        value: value.to_vec(),
+        content_type: "application/octet-stream".into(),
+        tombstone: false,
+        resolution: SIB,
+        hint: None,
+    }
+}
+
+pub async fn get(url: &str, b: &str, key: &str) -> Option<VersionedObject> {
+    let r = batch(
+        url,
+        vec![ReplicaOp::Get {
+            bucket: bucket(b),
+            key: key.into(),
+        }],
+    )
+    .await;
+    match r.results.into_iter().next() {
+        Some(ReplicaResult::Got { object }) => object,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub async fn metric(url: &str, name: &str) -> f64 {
+    let text = client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} not found"))
+}
