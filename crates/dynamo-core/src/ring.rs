@@ -334,6 +334,24 @@ impl Ring {
         Ok(next)
     }
 
+    /// Returns a ring where `node`'s placement attributes (address, zone) are `member`;
+    /// no partition moves. The epoch grows by one when anything changed, and stays when
+    /// `member` is what the ring already had.
+    ///
+    /// # Errors
+    /// [`RingError::NotMember`].
+    pub fn with_member_updated(&self, node: &NodeId, member: Member) -> Result<Ring, RingError> {
+        let Some(m) = self.members.get(node) else {
+            return Err(RingError::NotMember(node.clone()));
+        };
+        let mut next = self.clone();
+        if *m != member {
+            next.epoch = RingEpoch(self.epoch.0 + 1);
+            next.members.insert(node.clone(), member);
+        }
+        Ok(next)
+    }
+
     /// Returns the partitions whose owner differs between `self` and a newer ring.
     pub fn transfers_to(&self, newer: &Ring) -> Vec<Transfer> {
         self.owners

@@ -395,3 +395,207 @@ pub mod internal {
         },
     }
 }
+
+/// Cluster metadata kept by the ring service and cached by every other service: the
+/// ring, node liveness, bucket properties and hashed tokens.
+pub mod cluster {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::BucketProps;
+    use crate::ids::{BucketName, NodeId, PartitionId, RingEpoch};
+    use crate::ring::Ring;
+
+    /// Most tokens the cluster stores.
+    pub const MAX_TOKENS: usize = 10_000;
+    /// Most buckets with explicit properties.
+    pub const MAX_BUCKETS: usize = 100_000;
+
+    /// An admin-made join: a node and where its internal API answers.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NodeRegistration {
+        /// The node's id (its StatefulSet pod name, or the id on its volume).
+        pub node_id: NodeId,
+        /// Its internal API address, `http://host:port`.
+        pub address: String,
+        /// Its failure domain, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub zone: Option<String>,
+    }
+
+    /// A liveness beat from a storage node (steers routing only; never a membership
+    /// change).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Heartbeat {
+        /// The node.
+        pub node_id: NodeId,
+        /// Where it answers now.
+        pub address: String,
+    }
+
+    /// An admin-made replacement of a member by a new node, which takes exactly its
+    /// partitions.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ReplaceRequest {
+        /// The new node.
+        pub new_node: NodeRegistration,
+    }
+
+    /// A node's state as the cluster sees it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum NodeState {
+        /// Registered; its partitions are being handed to it.
+        Joining,
+        /// A member answering heartbeats.
+        Up,
+        /// A member whose heartbeats stopped (an outage, not a departure).
+        Down,
+        /// Being decommissioned; its data is being handed off.
+        Leaving,
+    }
+
+    /// One node in the cluster view.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct NodeStatus {
+        /// The node.
+        pub node_id: NodeId,
+        /// Its internal API address.
+        pub address: String,
+        /// Its failure domain.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub zone: Option<String>,
+        /// Its state.
+        pub state: NodeState,
+        /// Milliseconds since its last heartbeat, if it ever sent one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_heartbeat_ms_ago: Option<u64>,
+    }
+
+    /// A partition being copied to a node that will hold it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Handoff {
+        /// The partition.
+        pub partition: PartitionId,
+        /// The node it is copied from.
+        pub from: NodeId,
+        /// The node receiving it.
+        pub to: NodeId,
+        /// Objects copied so far.
+        pub objects: u64,
+        /// True once copied.
+        pub done: bool,
+    }
+
+    /// `GET /v1/cluster`: nodes, their state, the ring epoch, handoffs in progress.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ClusterView {
+        /// The current ring epoch (0 before the first node joined).
+        pub epoch: RingEpoch,
+        /// Every known node.
+        pub nodes: Vec<NodeStatus>,
+        /// Handoffs of the membership change in progress, if any.
+        pub handoffs: Vec<Handoff>,
+    }
+
+    /// A bucket's stored record.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct BucketRecord {
+        /// Its effective properties.
+        pub props: BucketProps,
+        /// True once a write reached it: `n` can no longer change.
+        #[serde(default)]
+        pub has_data: bool,
+    }
+
+    /// What a token may do.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Permission {
+        /// Read objects and bucket properties.
+        Read,
+        /// Write and delete objects.
+        Write,
+        /// Bucket properties, tokens, membership.
+        Admin,
+    }
+
+    /// Which buckets a token covers.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    pub enum BucketScope {
+        /// Every bucket: `"*"`.
+        All(AllBuckets),
+        /// These buckets.
+        Only(Vec<BucketName>),
+    }
+
+    /// The `"*"` of [`BucketScope::All`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum AllBuckets {
+        /// Every bucket.
+        #[serde(rename = "*")]
+        Star,
+    }
+
+    impl BucketScope {
+        /// Returns true when the scope covers `bucket`.
+        pub fn covers(&self, bucket: &BucketName) -> bool {
+            match self {
+                BucketScope::All(_) => true,
+                BucketScope::Only(list) => list.contains(bucket),
+            }
+        }
+    }
+
+    /// A stored token: never the secret, only its SHA-256.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TokenRecord {
+        /// The token's public id (safe to show and log).
+        pub id: String,
+        /// Hex SHA-256 of the secret.
+        pub sha256: String,
+        /// The buckets it covers.
+        pub buckets: BucketScope,
+        /// What it may do there.
+        pub permissions: Vec<Permission>,
+        /// When it was created (ms since the Unix epoch).
+        pub created_ms: u64,
+    }
+
+    /// Everything a coordinator caches, versioned: any change makes a larger `version`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ClusterState {
+        /// Grows with every change of this document.
+        pub version: u64,
+        /// The ring, once a node has joined.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ring: Option<Ring>,
+        /// Every node and its state (liveness transitions bump `version`; heartbeats alone
+        /// do not).
+        pub nodes: Vec<NodeStatus>,
+        /// Buckets with explicit properties (others have the defaults).
+        pub buckets: BTreeMap<BucketName, BucketRecord>,
+        /// Hashed tokens.
+        pub tokens: Vec<TokenRecord>,
+        /// The membership change in progress, if any.
+        pub handoffs: Vec<Handoff>,
+    }
+
+    /// `ring` view for `GET /v1/ring` with `?bucket=&key=`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyPlacement {
+        /// The ring epoch.
+        pub epoch: RingEpoch,
+        /// The key's partition.
+        pub partition: PartitionId,
+        /// The N node ids, in order.
+        pub preference_list: Vec<NodeId>,
+        /// The sloppy-quorum fallbacks, in order.
+        pub fallbacks: Vec<NodeId>,
+    }
+}
