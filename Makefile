@@ -2,10 +2,16 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help test lint fmt fmt-check clippy unit doc bench-core
+.PHONY: help run build-release test lint fmt fmt-check clippy unit doc bench-core
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+run: build-release ## build optimised binaries and run a local cluster (3 storage nodes, ring service, coordinator on 127.0.0.1:8080)
+	./target/release/dynamo dev
+
+build-release:
+	$(CARGO) build --release --workspace --bins --locked
 
 test: fmt-check clippy unit ## everything CI runs: format check, clippy -D warnings, the whole test suite
 
@@ -21,6 +27,7 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 unit:
+	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
 
 doc: ## build the API docs (warnings are errors)

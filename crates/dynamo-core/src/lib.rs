@@ -12,6 +12,7 @@
 //!   with its causal history, the put/sync rules, and the opaque context token clients
 //!   carry between a read and a write.
 //! - [`merkle`]: per-partition Merkle trees for anti-entropy.
+//! - [`quorum`]: sloppy-quorum slot assignment and reply counting.
 //! - [`crdt`]: counters, sets, registers and maps that merge without siblings.
 //! - [`wire`]: serde types shared by every service; [`error`]: the one error-code space.
 //! - [`limits`]: every bound, in one place.
@@ -32,6 +33,7 @@ pub mod hash;
 pub mod ids;
 pub mod limits;
 pub mod merkle;
+pub mod quorum;
 pub mod ring;
 pub mod version;
 pub mod wire;

@@ -522,7 +522,7 @@ mod tests {
             .expect("put");
         assert_eq!(
             serde_json::to_string(&o).expect("serialize"),
-            r#"{"history":{"vv":[[1,1]]},"siblings":[{"dot":{"actor":1,"counter":1},"value":"aGk","content_type":"text/plain","last_modified_ms":1700000000000}]}"#
+            r#"{"history":{"vv":[[1,1]]},"siblings":[{"dot":{"actor":1,"counter":1},"value":"aGk=","content_type":"text/plain","last_modified_ms":1700000000000}]}"#
         );
     }
 

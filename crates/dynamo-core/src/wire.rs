@@ -9,15 +9,16 @@ use crate::crdt::CrdtType;
 use crate::limits::{DEFAULT_MAX_SIBLINGS, MAX_N, MAX_SIBLINGS_LIMIT};
 use crate::version::Resolution;
 
-/// Serde helper: bytes as base64 (standard alphabet, padded) in JSON.
+/// Serde helper: bytes as base64 (standard alphabet, padded, as every language's
+/// standard library decodes it) in JSON.
 pub mod base64_bytes {
     use base64::Engine as _;
-    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
     use serde::{Deserialize, Deserializer, Serializer};
 
-    /// Serializes bytes as a base64 string.
+    /// Serializes bytes as a padded base64 string.
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD_NO_PAD.encode(bytes))
+        s.serialize_str(&STANDARD.encode(bytes))
     }
 
     /// Deserializes a base64 string (padding optional).
@@ -356,6 +357,18 @@ pub mod internal {
             /// The key.
             key: String,
         },
+        /// Tombstone GC: does this node hold exactly the version set with `digest` (all
+        /// tombstones), or has it already collected exactly that set? Reads only.
+        TombstoneStatus {
+            /// The bucket.
+            bucket: BucketName,
+            /// The key.
+            key: String,
+            /// The [`VersionedObject::digest`] of the asker's tombstone set, as 32
+            /// lowercase hex digits (a JSON number cannot carry 128 bits faithfully).
+            #[serde(with = "digest_hex")]
+            digest: u128,
+        },
     }
 
     /// The answers to a [`ReplicaBatch`], one per operation, in order.
@@ -386,6 +399,14 @@ pub mod internal {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             object: Option<VersionedObject>,
         },
+        /// The answer to a [`ReplicaOp::TombstoneStatus`].
+        TombstoneStatus {
+            /// This node holds a version set with exactly the asked digest (and no hint
+            /// for the key that could bring an older value back).
+            holds: bool,
+            /// This node collected exactly that version set and still remembers it.
+            collected: bool,
+        },
         /// The operation failed; the others in the batch are unaffected.
         Error {
             /// The error code.
@@ -393,6 +414,62 @@ pub mod internal {
             /// The human message.
             message: String,
         },
+    }
+
+    /// Serde helper: a `u128` digest as 32 lowercase hex digits. Internally tagged enums
+    /// buffer their fields in a form that has no 128-bit integers, and JSON readers in
+    /// other languages lose precision above 2^53, so a digest travels as a string.
+    pub mod digest_hex {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Serializes a digest as 32 hex digits.
+        pub fn serialize<S: Serializer>(d: &u128, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&format!("{d:032x}"))
+        }
+
+        /// Deserializes exactly 32 hex digits.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(serde::de::Error::custom("a digest is 32 hex digits"));
+            }
+            u128::from_str_radix(&s, 16).map_err(serde::de::Error::custom)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        // Golden vectors: the JSON of the tombstone-status exchange is pinned, and a digest
+        // above 2^64 survives the internally tagged enum.
+        #[test]
+        fn tombstone_status_json_is_pinned() {
+            let op = ReplicaOp::TombstoneStatus {
+                bucket: BucketName::new("b").expect("bucket"),
+                key: "k".into(),
+                digest: 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            };
+            let json = r#"{"op":"tombstone_status","bucket":"b","key":"k","digest":"0123456789abcdeffedcba9876543210"}"#;
+            assert_eq!(serde_json::to_string(&op).expect("serialize"), json);
+            assert_eq!(serde_json::from_str::<ReplicaOp>(json).expect("parse"), op);
+            let batch = format!(r#"{{"ops":[{json}]}}"#);
+            assert_eq!(
+                serde_json::from_str::<ReplicaBatch>(&batch).expect("parse").ops,
+                vec![op]
+            );
+            for bad in ["\"12\"", "\"0123456789abcdeffedcba987654321g\"", "12"] {
+                let j = format!(r#"{{"op":"tombstone_status","bucket":"b","key":"k","digest":{bad}}}"#);
+                assert!(serde_json::from_str::<ReplicaOp>(&j).is_err(), "{j}");
+            }
+            let r = ReplicaResult::TombstoneStatus {
+                holds: true,
+                collected: false,
+            };
+            let json = r#"{"status":"tombstone_status","holds":true,"collected":false}"#;
+            assert_eq!(serde_json::to_string(&r).expect("serialize"), json);
+            assert_eq!(serde_json::from_str::<ReplicaResult>(json).expect("parse"), r);
+        }
     }
 }
 

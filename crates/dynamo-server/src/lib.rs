@@ -9,7 +9,8 @@
 //!   id, body limit, concurrency limit, panic catching) and graceful serving with a drain
 //!   deadline.
 //! - [`shutdown`]: the process's root cancellation token, cancelled by SIGTERM/SIGINT.
-//! - [`telemetry`]: tracing set-up for binaries.
+//! - [`telemetry`]: tracing set-up for binaries; [`trace`]: the request id and W3C trace
+//!   context carried across services.
 //!
 //! # It is not
 //! Domain logic (that is `dynamo-core`) or any one service's routes.
@@ -20,5 +21,6 @@ pub mod metrics;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use error::ApiError;

@@ -21,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
 use crate::ApiError;
@@ -97,18 +96,29 @@ impl MakeRequestId for NextRequestId {
     }
 }
 
-/// Runs the rest of the request inside a span and task-local carrying its request id, so
-/// logs and error bodies name it.
+/// The W3C trace-context header.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// Runs the rest of the request inside a span and task-locals carrying its request id and
+/// trace context, so logs, error bodies and internal calls name it.
 pub async fn request_id_scope(req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
+    let headers = req.headers();
+    let id = headers
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let span =
-        tracing::debug_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
-    tracing::Instrument::instrument(REQUEST_ID.scope(id, next.run(req)), span).await
+    let parent = headers.get(TRACEPARENT_HEADER).and_then(|v| v.to_str().ok());
+    let trace = crate::trace::TraceContext::from_headers(&id, parent);
+    // Never the path: it holds keys, which are not logged.
+    let span = tracing::debug_span!(
+        "request",
+        request_id = %id,
+        trace_id = %trace.trace_id,
+        method = %req.method()
+    );
+    let fut = crate::trace::scope(trace, REQUEST_ID.scope(id, next.run(req)));
+    tracing::Instrument::instrument(fut, span).await
 }
 
 async fn limit_concurrency(State(permits): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
@@ -131,7 +141,9 @@ pub fn with_common_layers(routes: Router, health: Router, limits: Limits, metric
             Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             limit_concurrency,
         ))
-        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes));
+        // axum's own limit (not tower-http's layer): an oversized body then fails in the
+        // extractor, whose rejection answers `413 body_too_large` as JSON.
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes));
     health
         .merge(routes)
         .layer(middleware::from_fn(request_id_scope))

@@ -2,8 +2,9 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /internal/v1/replicas` | a batch of replica operations (coordinate-put, replicate, get) |
+//! | `POST /internal/v1/replicas` | a batch of replica operations (coordinate-put, replicate, get, tombstone-status) |
 //! | `GET /internal/v1/node` | identity, durability, partition count |
+//! | `GET /internal/v1/cluster-state` | the node's cached view of the cluster (ring epoch and state), read-only |
 //! | `GET /internal/v1/merkle/{partition}` | the partition's Merkle summary (root) |
 //! | `POST /internal/v1/merkle/{partition}/children` | children of the given tree nodes |
 //! | `GET /internal/v1/partitions/{partition}/objects` | a page of the partition's objects in a hash range, resumable from a cursor (leaf reads and handoff streaming) |
@@ -34,6 +35,7 @@ use dynamo_server::ApiError;
 use dynamo_server::extract::{Json, Path, Query};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{ClusterCache, NodeClusterView};
 use crate::engine::{Engine, HintFor, KeyRef};
 use crate::error::StorageError;
 use crate::syncer::Syncer;
@@ -59,6 +61,8 @@ pub struct AppState {
     pub client: reqwest::Client,
     /// Cancelled at shutdown; long pulls stop at their next page.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The node's cached view of the cluster.
+    pub cluster: Arc<ClusterCache>,
 }
 
 /// Builds the internal API routes.
@@ -66,6 +70,7 @@ pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/internal/v1/replicas", post(replicas))
         .route("/internal/v1/node", get(node))
+        .route("/internal/v1/cluster-state", get(cluster_state))
         .route("/internal/v1/merkle/{partition}", get(merkle_summary))
         .route("/internal/v1/merkle/{partition}/children", post(merkle_children))
         .route(
@@ -163,7 +168,7 @@ fn validate(batch: &ReplicaBatch) -> Result<(), ApiError> {
                 check_hint(hint)?;
                 check_object(object)?;
             }
-            ReplicaOp::Get { key, .. } => check_key(key)?,
+            ReplicaOp::Get { key, .. } | ReplicaOp::TombstoneStatus { key, .. } => check_key(key)?,
         }
     }
     Ok(())
@@ -180,6 +185,7 @@ fn op_name(op: &ReplicaOp) -> &'static str {
         ReplicaOp::CoordinatePut { .. } => "coordinate_put",
         ReplicaOp::Replicate { .. } => "replicate",
         ReplicaOp::Get { .. } => "get",
+        ReplicaOp::TombstoneStatus { .. } => "tombstone_status",
     }
 }
 
@@ -250,6 +256,20 @@ fn apply(engine: &Engine, op: ReplicaOp, now: u64) -> Result<(ReplicaResult, boo
             Ok((
                 ReplicaResult::Got {
                     object: engine.get(&k)?,
+                },
+                false,
+            ))
+        }
+        ReplicaOp::TombstoneStatus { bucket, key, digest } => {
+            let k = KeyRef {
+                bucket: bucket.as_str(),
+                key: &key,
+            };
+            let status = engine.tombstone_status(&k, digest)?;
+            Ok((
+                ReplicaResult::TombstoneStatus {
+                    holds: status.holds,
+                    collected: status.collected,
                 },
                 false,
             ))
@@ -328,6 +348,10 @@ async fn node(State(state): State<AppState>) -> Json<NodeInfo> {
         durability: e.durability(),
         partitions: e.partitioning().count(),
     })
+}
+
+async fn cluster_state(State(state): State<AppState>) -> Json<NodeClusterView> {
+    Json(state.cluster.view())
 }
 
 fn partition(engine: &Engine, p: u32) -> Result<PartitionId, ApiError> {
@@ -492,7 +516,18 @@ struct PullRequest {
     /// Resume after this cursor (from an interrupted pull).
     #[serde(default)]
     cursor: Option<String>,
+    /// How long this call may copy before answering `done: false` with a cursor
+    /// (default [`DEFAULT_PULL_BUDGET_MS`], at most [`MAX_PULL_BUDGET_MS`]; 0 = one page
+    /// per call).
+    #[serde(default)]
+    budget_ms: Option<u64>,
 }
+
+/// Default time one pull call copies before answering with a cursor: well under the ring
+/// service's per-request timeout, so a large partition is copied over several calls.
+pub const DEFAULT_PULL_BUDGET_MS: u64 = 20_000;
+/// Longest budget a pull call may ask for.
+pub const MAX_PULL_BUDGET_MS: u64 = 50_000;
 
 async fn partition_pull(
     State(state): State<AppState>,
@@ -506,6 +541,11 @@ async fn partition_pull(
             "source must be an http(s) URL",
         ));
     }
+    let budget = std::time::Duration::from_millis(
+        req.budget_ms
+            .unwrap_or(DEFAULT_PULL_BUDGET_MS)
+            .clamp(1, MAX_PULL_BUDGET_MS),
+    );
     // The pull runs in its own task: a caller that hangs up does not leave a page half
     // merged, and the progress so far stays on disk either way.
     let task = tokio::spawn(async move {
@@ -515,6 +555,7 @@ async fn partition_pull(
             &req.source,
             p,
             req.cursor,
+            budget,
             &state.shutdown,
         )
         .await

@@ -16,6 +16,11 @@
 //! set sits in a fixed header so a Merkle rebuild need not decode the body. A new layout is
 //! a new format byte with an explicit migration; an unknown byte is corruption, never
 //! guessed at.
+//!
+//! # GC records (keyspace `gc`)
+//! Key: the object key. Value: `format (u8 = 1) ‖ digest (u128 LE) ‖ collected at (u64 LE,
+//! ms since the Unix epoch)`: the exact tombstone set this node collected, remembered so
+//! that peers still holding it may collect theirs (see `gc`).
 
 use dynamo_core::version::{InvalidObject, Sibling, VersionedObject};
 use dynamo_core::{ActorId, Dot, DotSet, KeyHash, NodeId, PartitionId};
@@ -42,6 +47,9 @@ pub enum CodecError {
     /// The key does not follow the layout.
     #[error("stored key is malformed")]
     Key,
+    /// A stored JSON document (the cached cluster state) does not decode.
+    #[error("stored document does not decode")]
+    Document(#[source] serde_json::Error),
 }
 
 /// The parts of an object key.
@@ -233,6 +241,47 @@ pub fn decode_object(v: &[u8]) -> Result<VersionedObject, CodecError> {
     VersionedObject::from_parts(history, siblings).map_err(CodecError::Invalid)
 }
 
+/// A tombstone set this node collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcRecord {
+    /// The digest of the collected version set.
+    pub digest: u128,
+    /// When it was collected (ms since the Unix epoch).
+    pub collected_ms: u64,
+}
+
+const GC_RECORD_BYTES: usize = 1 + 16 + 8;
+
+/// Encodes a GC record.
+pub fn encode_gc_record(r: &GcRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(GC_RECORD_BYTES);
+    v.push(FORMAT_V1);
+    v.extend_from_slice(&r.digest.to_le_bytes());
+    v.extend_from_slice(&r.collected_ms.to_le_bytes());
+    v
+}
+
+/// Decodes a GC record.
+///
+/// # Errors
+/// A [`CodecError`] for an unknown format or a wrong length.
+pub fn decode_gc_record(v: &[u8]) -> Result<GcRecord, CodecError> {
+    match v.first() {
+        Some(&FORMAT_V1) => {}
+        Some(&f) => return Err(CodecError::UnknownFormat(f)),
+        None => return Err(CodecError::Truncated),
+    }
+    if v.len() != GC_RECORD_BYTES {
+        return Err(CodecError::Truncated);
+    }
+    let digest: [u8; 16] = v[1..17].try_into().map_err(|_| CodecError::Truncated)?;
+    let at: [u8; 8] = v[17..25].try_into().map_err(|_| CodecError::Truncated)?;
+    Ok(GcRecord {
+        digest: u128::from_le_bytes(digest),
+        collected_ms: u64::from_le_bytes(at),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +326,23 @@ mod tests {
         let mut broken = bytes.clone();
         broken.truncate(bytes.len() - 3);
         assert!(decode_object(&broken).is_err());
+    }
+
+    #[test]
+    fn gc_records_round_trip() {
+        let r = GcRecord {
+            digest: u128::MAX - 7,
+            collected_ms: 1_700_000_000_000,
+        };
+        let bytes = encode_gc_record(&r);
+        assert_eq!(bytes.len(), 25);
+        assert_eq!(decode_gc_record(&bytes).expect("decode"), r);
+        assert!(matches!(
+            decode_gc_record(&[2]),
+            Err(CodecError::UnknownFormat(2))
+        ));
+        assert!(decode_gc_record(&bytes[..24]).is_err());
+        assert!(decode_gc_record(&[]).is_err());
     }
 
     #[test]

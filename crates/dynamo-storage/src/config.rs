@@ -59,9 +59,42 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_BACKGROUND_FSYNC_MS", default_value_t = 1_000)]
     pub background_fsync_ms: u64,
 
+    /// Base URL of the ring service (`http://host:port`). When set, the node sends
+    /// heartbeats there and follows the cluster state (the ring), which it caches on its
+    /// volume. Without it the node uses the last cached ring, if any.
+    #[arg(long, env = "DYNAMO_RING_URL")]
+    pub ring_url: Option<String>,
+
+    /// The address other services reach this node at (`http://host:port`), sent in
+    /// heartbeats. Default: `http://` followed by the address the node is bound to.
+    #[arg(long, env = "DYNAMO_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+
+    /// Pause between heartbeats to the ring service.
+    #[arg(long, env = "DYNAMO_HEARTBEAT_INTERVAL_MS", default_value_t = 1_000)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Timeout of a heartbeat, and the slack added to a state long poll's 20 s wait.
+    #[arg(long, env = "DYNAMO_RING_TIMEOUT_MS", default_value_t = 2_000)]
+    pub ring_timeout_ms: u64,
+
+    /// How long a tombstone is kept, at least, after the delete (the newest tombstone of
+    /// a key counts). Covers in-flight writes, hints and clock skew; default one day.
+    #[arg(long, env = "DYNAMO_TOMBSTONE_GRACE_MS", default_value_t = 86_400_000)]
+    pub tombstone_grace_ms: u64,
+
+    /// Pause between tombstone GC rounds (a round walks every object once).
+    #[arg(long, env = "DYNAMO_GC_INTERVAL_MS", default_value_t = 600_000)]
+    pub gc_interval_ms: u64,
+
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "DYNAMO_LOG_JSON")]
     pub log_json: bool,
+}
+
+fn is_http_url(u: &str) -> bool {
+    let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
 }
 
 /// A configuration that cannot work.
@@ -104,12 +137,34 @@ impl Config {
             ("hint-interval-ms", self.hint_interval_ms),
             ("hint-timeout-ms", self.hint_timeout_ms),
             ("background-fsync-ms", self.background_fsync_ms),
+            ("heartbeat-interval-ms", self.heartbeat_interval_ms),
+            ("ring-timeout-ms", self.ring_timeout_ms),
+            ("tombstone-grace-ms", self.tombstone_grace_ms),
+            ("gc-interval-ms", self.gc_interval_ms),
         ] {
             if v == 0 {
                 return bad(field, "must be greater than 0".into());
             }
         }
+        for (field, url) in [
+            ("ring-url", &self.ring_url),
+            ("advertise-address", &self.advertise_address),
+        ] {
+            if let Some(u) = url
+                && !is_http_url(u)
+            {
+                return bad(field, format!("must be an http(s) URL, got {u:?}"));
+            }
+        }
         Ok(())
+    }
+
+    /// Returns the address to advertise: the configured one, else `http://` and the
+    /// address the listener is bound to.
+    pub fn advertise_address_for(&self, bound: SocketAddr) -> String {
+        self.advertise_address
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"))
     }
 
     /// Returns the configured node id, else `HOSTNAME` when it is a valid id (a
@@ -138,5 +193,34 @@ impl Config {
     /// The drain deadline.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_flags_are_validated() {
+        let mut c = Config::for_dir("/tmp/x");
+        assert!(c.validate().is_ok());
+        assert_eq!(c.tombstone_grace_ms, 86_400_000);
+        c.ring_url = Some("http://ring:7000".into());
+        c.advertise_address = Some("https://node-0.storage:7100".into());
+        assert!(c.validate().is_ok());
+        c.ring_url = Some("ring:7000".into());
+        assert!(c.validate().is_err());
+        c.ring_url = Some("http://".into());
+        assert!(c.validate().is_err());
+        c.ring_url = None;
+        c.advertise_address = Some("ftp://x".into());
+        assert!(c.validate().is_err());
+        c.advertise_address = None;
+        assert_eq!(
+            c.advertise_address_for("127.0.0.1:7100".parse().expect("addr")),
+            "http://127.0.0.1:7100"
+        );
+        c.tombstone_grace_ms = 0;
+        assert!(c.validate().is_err());
     }
 }

@@ -1,6 +1,6 @@
-//! The engine: one fjall database per node with three keyspaces (`objects`, `hints`,
-//! `meta`), the per-partition Merkle trees kept current on every write, and the replica
-//! operations on top.
+//! The engine: one fjall database per node with four keyspaces (`objects`, `hints`,
+//! `gc`, `meta`), the per-partition Merkle trees kept current on every write, and the
+//! replica operations on top.
 //!
 //! Every method here blocks (fjall is synchronous): call them from `spawn_blocking`.
 //!
@@ -14,6 +14,9 @@
 //! - Hints are kept apart from the node's own objects: they never enter a Merkle tree and
 //!   are deleted only after their owner confirmed, and only if unchanged since they were
 //!   sent.
+//! - A tombstone is collected only with its GC record in the same batch: a node that
+//!   removed a tombstone set always remembers it (until the retention) and can tell peers
+//!   it collected exactly that set.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -87,6 +90,7 @@ pub struct Engine {
     db: Database,
     objects: Keyspace,
     hints: Keyspace,
+    gc: Keyspace,
     meta: Keyspace,
     partitioning: Partitioning,
     identity: Identity,
@@ -108,6 +112,27 @@ const META_NODE_ID: &[u8] = b"node_id";
 const META_ACTOR: &[u8] = b"actor";
 const META_PARTITIONS: &[u8] = b"partitions";
 const META_HINT_ADDR: &[u8] = b"hint_addr/";
+const META_RING_EPOCH: &[u8] = b"ring_epoch";
+const META_CLUSTER_STATE: &[u8] = b"cluster_state";
+
+/// What a node knows about one tombstone set (answer to `tombstone_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TombstoneStatus {
+    /// The node's own copy has exactly this digest, and it holds no hint for the key.
+    pub holds: bool,
+    /// The node collected exactly this digest and still has the record.
+    pub collected: bool,
+}
+
+/// The cluster state cached on the volume.
+#[derive(Debug, Clone, Default)]
+pub struct CachedClusterState {
+    /// The highest ring epoch the node ever adopted (a floor that survives a document
+    /// that no longer decodes).
+    pub ring_epoch: Option<u64>,
+    /// The encoded document, as the cluster module wrote it.
+    pub document: Option<Vec<u8>>,
+}
 
 impl Engine {
     /// Opens (or creates) the engine in `dir`.
@@ -130,6 +155,7 @@ impl Engine {
         let db = Database::builder(dir).open()?;
         let objects = db.keyspace("objects", KeyspaceCreateOptions::default)?;
         let hints = db.keyspace("hints", KeyspaceCreateOptions::default)?;
+        let gc = db.keyspace("gc", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
 
         let identity = Self::load_identity(&db, &meta, node_id)?;
@@ -158,6 +184,7 @@ impl Engine {
             db,
             objects,
             hints,
+            gc,
             meta,
             partitioning,
             identity,
@@ -582,6 +609,181 @@ impl Engine {
             .update(hash, &merkle_key(k.bucket, k.key), Some(digest), None)
             .map_err(merkle_error)?;
         Ok(true)
+    }
+
+    /// Reads a page of the node's own objects in storage order, from `after` (exclusive, a
+    /// storage key) on: at most `limit` objects, and no more once `max_bytes` of stored
+    /// values were read (a page holds at least one object). Returns them with the key to
+    /// resume from when more remain. Used by tombstone GC, which walks every partition.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    #[allow(clippy::type_complexity)]
+    pub fn objects_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(ObjectKey, VersionedObject)>, Option<Vec<u8>>), StorageError> {
+        let iter = match after {
+            Some(a) => self
+                .objects
+                .range::<Vec<u8>, _>((std::ops::Bound::Excluded(a.to_vec()), std::ops::Bound::Unbounded)),
+            None => self.objects.range::<Vec<u8>, _>(..),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut bytes = 0;
+        for kv in iter {
+            if out.len() == limit || bytes >= max_bytes {
+                return Ok((out, last));
+            }
+            let (k, v) = kv.into_inner()?;
+            bytes += v.len();
+            out.push((codec::parse_object_key(&k)?, codec::decode_object(&v)?));
+            last = Some(k.to_vec());
+        }
+        Ok((out, None))
+    }
+
+    /// Returns true when this node holds a hint for the key stored at `ok`: a hint may
+    /// carry an older value that would come back if the tombstone were collected.
+    fn holds_hint_for(&self, ok: &[u8]) -> Result<bool, StorageError> {
+        let targets: Vec<NodeId> = lock(&self.hint_targets).keys().cloned().collect();
+        for t in targets {
+            if self.hints.contains_key(codec::hint_key(&t, ok))? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Answers a peer's tombstone-GC question about the version set with `digest`.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    pub fn tombstone_status(&self, k: &KeyRef<'_>, digest: u128) -> Result<TombstoneStatus, StorageError> {
+        let (_, _, ok) = self.locate(k);
+        let holds = match self.objects.get(&ok)? {
+            Some(v) => codec::stored_digest(&v)? == digest && !self.holds_hint_for(&ok)?,
+            None => false,
+        };
+        let collected = match self.gc.get(&ok)? {
+            Some(v) => codec::decode_gc_record(&v)?.digest == digest,
+            None => false,
+        };
+        Ok(TombstoneStatus { holds, collected })
+    }
+
+    /// Collects a tombstone: removes the key's object if its stored digest still equals
+    /// `digest` and no hint for the key is held here, and records the collection in the
+    /// `gc` keyspace in the same batch. Returns whether it was collected.
+    ///
+    /// The caller has checked that the set is all tombstones, past the grace, and that
+    /// every other replica holds or collected exactly this set (see `gc`).
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    pub fn collect_tombstone(&self, k: &KeyRef<'_>, digest: u128, now_ms: u64) -> Result<bool, StorageError> {
+        let (p, hash, ok) = self.locate(k);
+        let _guard = self.stripe(hash);
+        let Some(v) = self.objects.get(&ok)? else {
+            return Ok(false);
+        };
+        if codec::stored_digest(&v)? != digest || self.holds_hint_for(&ok)? {
+            return Ok(false);
+        }
+        // Invariant: only a set of tombstones is ever collected (paired with the caller's
+        // check, which ran on an earlier read of the same digest).
+        debug_assert!(codec::decode_object(&v).is_ok_and(|o| o.is_deleted()));
+        let record = codec::encode_gc_record(&codec::GcRecord {
+            digest,
+            collected_ms: now_ms,
+        });
+        // Buffered is enough: losing this batch in a power cut brings back the tombstone
+        // and forgets the record together, which is the state before the collection.
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        batch.remove(&self.objects, ok.clone());
+        batch.insert(&self.gc, ok, record);
+        batch.commit()?;
+        self.metrics.keys.dec();
+        lock(&self.merkle[p.0 as usize])
+            .update(hash, &merkle_key(k.bucket, k.key), Some(digest), None)
+            .map_err(merkle_error)?;
+        Ok(true)
+    }
+
+    /// Deletes GC records collected before `before_ms`, reading at most `limit` records
+    /// from `after` (exclusive) on. Returns how many were deleted and the key to resume
+    /// from when more remain.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    pub fn purge_gc_records(
+        &self,
+        before_ms: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(usize, Option<Vec<u8>>), StorageError> {
+        let iter = match after {
+            Some(a) => self
+                .gc
+                .range::<Vec<u8>, _>((std::ops::Bound::Excluded(a.to_vec()), std::ops::Bound::Unbounded)),
+            None => self.gc.range::<Vec<u8>, _>(..),
+        };
+        let mut old = Vec::new();
+        let mut read = 0;
+        let mut last = None;
+        for kv in iter {
+            if read == limit {
+                break;
+            }
+            let (k, v) = kv.into_inner()?;
+            read += 1;
+            if codec::decode_gc_record(&v)?.collected_ms < before_ms {
+                old.push(k.to_vec());
+            }
+            last = Some(k.to_vec());
+        }
+        let more = read == limit;
+        let purged = old.len();
+        if !old.is_empty() {
+            let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+            for k in old {
+                batch.remove(&self.gc, k);
+            }
+            batch.commit()?;
+        }
+        Ok((purged, if more { last } else { None }))
+    }
+
+    /// Reads the cluster state cached on the volume.
+    ///
+    /// # Errors
+    /// Engine failures, or a ring epoch record of the wrong size.
+    pub fn cached_cluster_state(&self) -> Result<CachedClusterState, StorageError> {
+        let ring_epoch = match self.meta.get(META_RING_EPOCH)? {
+            Some(v) => {
+                let b: [u8; 8] = v.as_ref().try_into().map_err(|_| codec::CodecError::Truncated)?;
+                Some(u64::from_be_bytes(b))
+            }
+            None => None,
+        };
+        let document = self.meta.get(META_CLUSTER_STATE)?.map(|v| v.to_vec());
+        Ok(CachedClusterState { ring_epoch, document })
+    }
+
+    /// Stores the cluster state and its ring epoch durably (fsync), in one batch: after a
+    /// power cut the node never restarts with a ring older than one it acted on.
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub fn store_cluster_state(&self, ring_epoch: u64, document: &[u8]) -> Result<(), StorageError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(&self.meta, META_RING_EPOCH, ring_epoch.to_be_bytes());
+        batch.insert(&self.meta, META_CLUSTER_STATE, document);
+        batch.commit()?;
+        Ok(())
     }
 
     /// Flushes the journal to stable storage (at shutdown, and periodically in buffered

@@ -45,8 +45,9 @@ pub enum PullError {
 }
 
 /// Pulls partition `p` from `source` (an internal API address) into `engine`, starting
-/// after `cursor` (None = from the start), until the source has no more or `stop` is
-/// cancelled. Returns the progress, whose cursor resumes an interrupted pull.
+/// after `cursor` (None = from the start), until the source has no more, `budget` has
+/// passed (then `done` is false and `cursor` resumes), or `stop` is cancelled. Returns the
+/// progress, whose cursor resumes an interrupted pull.
 ///
 /// # Errors
 /// [`PullError`]; the progress made before the error is kept on disk, and the caller can
@@ -57,8 +58,10 @@ pub async fn pull_partition(
     source: &str,
     p: PartitionId,
     cursor: Option<String>,
+    budget: std::time::Duration,
     stop: &CancellationToken,
 ) -> Result<PullProgress, PullError> {
+    let started = std::time::Instant::now();
     let mut progress = PullProgress {
         cursor,
         ..PullProgress::default()
@@ -107,6 +110,11 @@ pub async fn pull_partition(
                 progress.cursor = None;
                 break;
             }
+        }
+        // A bounded request: a large partition is copied over several calls, each
+        // resuming from the cursor this one answers.
+        if started.elapsed() >= budget {
+            break;
         }
     }
     Ok(progress)

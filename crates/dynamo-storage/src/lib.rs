@@ -5,27 +5,37 @@
 //! `dynamo-core`), coordinates writes as the actor minting dots, merges replicas'
 //! copies, keeps hints for unreachable owners and delivers them ([`hints`]), keeps a
 //! Merkle tree per partition current on every write, and serves partition scans for
-//! anti-entropy and handoff.
+//! anti-entropy and handoff. With `--ring-url` it follows the ring service (heartbeats,
+//! the cached cluster state, [`cluster`]), and it collects tombstones once every replica
+//! holds them ([`gc`]).
 //!
 //! # Layout
 //! - [`config`]: flags and validation; [`engine`]: fjall, the on-disk layout ([`codec`]),
 //!   replica operations, Merkle maintenance; [`syncer`]: group commit;
 //!   [`api`]: the routes; [`hints`]: delivery; [`handoff`]: pulling a partition from
-//!   another node; [`metrics`]: `dynamo_storage_*`.
+//!   another node; [`cluster`]: the cached ring and the `heartbeat` and `cluster-state`
+//!   workers; [`gc`]: the `tombstone-gc` worker; [`metrics`]: `dynamo_storage_*`.
 //! - Start at [`run`].
 //!
 //! # It is not
 //! A router or a quorum: it never talks to clients and never decides who else should
-//! hold a key. Coordinators do that, using the ring.
+//! hold a key. Coordinators do that, using the ring. The node reads the ring only for
+//! its own background work (tombstone GC).
 //!
 //! **Invariant:** an acknowledged write is on disk as [`engine::Durability`] promises
 //! before the answer leaves: `sync` waits for the group fsync, `buffered` for the OS.
+//!
+//! **Invariant:** the ring epoch the node holds never goes backwards, across restarts
+//! included ([`cluster`]); a tombstone is collected only where every other replica of
+//! its preference list holds or collected exactly the same set ([`gc`]).
 
 pub mod api;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod gc;
 pub mod handoff;
 pub mod hints;
 pub mod metrics;
@@ -40,6 +50,7 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use config::Config;
 pub use engine::{Durability, Engine};
@@ -78,6 +89,11 @@ pub async fn run(
         "storage node starting"
     );
 
+    let m = metrics.clone();
+    let e = engine.clone();
+    let cluster = Arc::new(tokio::task::spawn_blocking(move || cluster::ClusterCache::load(&e, m)).await??);
+    let advertise = config.advertise_address_for(listener.local_addr()?);
+
     let syncer = match durability {
         Durability::Sync => Some(syncer::Syncer::start(engine.database().clone(), metrics.clone())?),
         Durability::Buffered => None,
@@ -102,6 +118,50 @@ pub async fn run(
         Duration::from_millis(config.background_fsync_ms),
         worker_stop.clone(),
     ));
+    if let Some(url) = &config.ring_url {
+        let ring = cluster::RingService {
+            url: url.clone(),
+            timeout: Duration::from_millis(config.ring_timeout_ms),
+        };
+        tracing::info!(ring_url = %url, advertise = %advertise, "following the ring service");
+        workers.spawn(
+            cluster::heartbeat(
+                client.clone(),
+                ring.clone(),
+                dynamo_core::wire::cluster::Heartbeat {
+                    node_id: engine.identity().node_id.clone(),
+                    address: advertise,
+                },
+                Duration::from_millis(config.heartbeat_interval_ms),
+                metrics.clone(),
+                worker_stop.clone(),
+            )
+            .instrument(tracing::info_span!("heartbeat")),
+        );
+        workers.spawn(
+            cluster::follow_state(
+                engine.clone(),
+                cluster.clone(),
+                client.clone(),
+                ring,
+                worker_stop.clone(),
+            )
+            .instrument(tracing::info_span!("cluster-state")),
+        );
+    }
+    workers.spawn(
+        gc::run(
+            engine.clone(),
+            cluster.clone(),
+            client.clone(),
+            gc::GcSettings {
+                grace: Duration::from_millis(config.tombstone_grace_ms),
+                interval: Duration::from_millis(config.gc_interval_ms),
+            },
+            worker_stop.clone(),
+        )
+        .instrument(tracing::info_span!("tombstone-gc")),
+    );
 
     let readiness = Readiness::new();
     let app = serve::with_common_layers(
@@ -110,6 +170,7 @@ pub async fn run(
             syncer,
             client,
             shutdown: shutdown.clone(),
+            cluster,
         }),
         serve::health_routes(readiness.clone(), registry),
         Limits {

@@ -6,6 +6,9 @@ use prometheus::{
 
 use dynamo_server::metrics::LATENCY_BUCKETS;
 
+/// The `invariant` label of a refused older ring (ARCHITECTURE.md §4, invariant 5).
+pub const RING_EPOCH_MONOTONIC: &str = "ring_epoch_monotonic";
+
 /// Every metric the storage node exports.
 #[derive(Clone)]
 pub struct StorageMetrics {
@@ -35,6 +38,19 @@ pub struct StorageMetrics {
     pub fsync_batch: Histogram,
     /// Tombstones collected by GC.
     pub tombstones_collected: IntCounter,
+    /// Tombstones past their grace that GC left because a replica lacks them or did not
+    /// answer (each check counts; the same tombstone counts again next round).
+    pub tombstones_blocked: IntCounter,
+    /// Tombstone GC rounds completed (a round walks every object once).
+    pub gc_rounds: IntCounter,
+    /// The ring epoch of the node's cached cluster state (0 before it learned one).
+    pub ring_epoch: IntGauge,
+    /// Heartbeats sent to the ring service, by result (`ok`, `not_member`, `error`).
+    pub heartbeats: IntCounterVec,
+    /// Runtime checks of core invariants that failed, by invariant
+    /// (`ring_epoch_monotonic`: the ring service offered an older ring, or another ring
+    /// under the same epoch, and the node refused it).
+    pub invariant_violations: IntCounterVec,
 }
 
 impl StorageMetrics {
@@ -97,6 +113,32 @@ impl StorageMetrics {
                 "dynamo_storage_tombstones_collected_total",
                 "Tombstones removed by GC after every replica held them",
             )?,
+            tombstones_blocked: IntCounter::new(
+                "dynamo_storage_tombstones_blocked_total",
+                "Tombstones past their grace left in place because a replica lacked them or did not answer",
+            )?,
+            gc_rounds: IntCounter::new(
+                "dynamo_storage_gc_rounds_total",
+                "Tombstone GC rounds completed over all of the node's objects",
+            )?,
+            ring_epoch: IntGauge::new(
+                "dynamo_storage_ring_epoch",
+                "Ring epoch of the node's cached cluster state (0 before it learned one)",
+            )?,
+            heartbeats: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_storage_heartbeats_total",
+                    "Heartbeats sent to the ring service, by result",
+                ),
+                &["result"],
+            )?,
+            invariant_violations: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_invariant_violations_total",
+                    "Runtime checks of a core invariant that failed, by invariant",
+                ),
+                &["invariant"],
+            )?,
         };
         registry.register(Box::new(m.ops.clone()))?;
         registry.register(Box::new(m.op_duration.clone()))?;
@@ -111,6 +153,13 @@ impl StorageMetrics {
         registry.register(Box::new(m.fsyncs.clone()))?;
         registry.register(Box::new(m.fsync_batch.clone()))?;
         registry.register(Box::new(m.tombstones_collected.clone()))?;
+        registry.register(Box::new(m.tombstones_blocked.clone()))?;
+        registry.register(Box::new(m.gc_rounds.clone()))?;
+        registry.register(Box::new(m.ring_epoch.clone()))?;
+        registry.register(Box::new(m.heartbeats.clone()))?;
+        registry.register(Box::new(m.invariant_violations.clone()))?;
+        // Exported at 0 from the start, so an alert sees the series before the first breach.
+        m.invariant_violations.with_label_values(&[RING_EPOCH_MONOTONIC]);
         Ok(m)
     }
 }

@@ -168,6 +168,21 @@ async fn bad_internal_requests_get_4xx_and_change_nothing() {
             400,
             "invalid_json",
         ),
+        (
+            json!({"ops": [good_put, {"op": "tombstone_status", "bucket": "b", "key": "k", "digest": "12"}]}),
+            400,
+            "invalid_json",
+        ),
+        (
+            json!({"ops": [good_put, {"op": "tombstone_status", "bucket": "b", "key": "k", "digest": 12}]}),
+            400,
+            "invalid_json",
+        ),
+        (
+            json!({"ops": [good_put, {"op": "tombstone_status", "bucket": "b", "key": "", "digest": "0".repeat(32)}]}),
+            400,
+            "invalid_key",
+        ),
         (json!({"unexpected": 1}), 400, "invalid_json"),
     ];
     for (body, status, code) in cases {
@@ -444,4 +459,58 @@ async fn hinted_writes_are_kept_apart_and_readable() {
     let got = get(&a.url(), "b", "k").await.expect("readable on the fallback");
     assert_eq!(values(&got), vec![b"held".to_vec()]);
     a.shutdown().await;
+}
+
+// Goal: a pull bounded by its budget answers `done: false` with a cursor, and calls that
+// resume from the cursor copy the partition whole (a large partition over many calls).
+#[tokio::test]
+async fn a_budgeted_pull_resumes_from_its_cursor_until_done() {
+    let dir_a = tempfile::tempdir().expect("tempdir");
+    let dir_b = tempfile::tempdir().expect("tempdir");
+    // Two partitions, so 700 keys put several pages (256 objects) in each.
+    let config = |dir: &std::path::Path, id: &str| {
+        let mut c = dynamo_storage::Config::for_dir(dir);
+        c.node_id = Some(id.into());
+        c.partitions = 2;
+        c
+    };
+    let a = start_with(config(dir_a.path(), "node-a")).await;
+    let b = start_with(config(dir_b.path(), "node-b")).await;
+    let mut ops = Vec::new();
+    for i in 0..700 {
+        ops.push(put_op("big", &format!("k{i}"), b"v", DotSet::new()));
+        if ops.len() == 200 {
+            batch(&a.url(), std::mem::take(&mut ops)).await;
+        }
+    }
+    batch(&a.url(), ops).await;
+    let c = client();
+    let mut cursor: Option<String> = None;
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        assert!(calls < 100, "the pull never finished");
+        let progress: serde_json::Value = c
+            .post(format!("{}/internal/v1/partitions/0/pull", b.url()))
+            .json(&json!({"source": a.url(), "cursor": cursor, "budget_ms": 0}))
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        if progress["done"] == true {
+            break;
+        }
+        cursor = Some(
+            progress["cursor"]
+                .as_str()
+                .expect("a cursor to resume from")
+                .to_owned(),
+        );
+    }
+    assert!(calls >= 2, "budget 0 copies one page per call");
+    assert_eq!(summary(&a.url(), 0).await.root, summary(&b.url(), 0).await.root);
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -1,6 +1,8 @@
 //! Test harness: storage nodes in-process or as real processes on loopback ports.
 #![allow(dead_code)]
 
+pub mod fake_ring;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -182,6 +184,13 @@ pub async fn get(url: &str, b: &str, key: &str) -> Option<VersionedObject> {
 }
 
 pub async fn metric(url: &str, name: &str) -> f64 {
+    metric_opt(url, name)
+        .await
+        .unwrap_or_else(|| panic!("metric {name} not found"))
+}
+
+/// Reads a metric sample, or `None` when the series does not exist (yet).
+pub async fn metric_opt(url: &str, name: &str) -> Option<f64> {
     let text = client()
         .get(format!("{url}/metrics"))
         .send()
@@ -194,5 +203,23 @@ pub async fn metric(url: &str, name: &str) -> f64 {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} not found"))
+}
+
+/// Polls `check` every 20 ms until it returns true; panics with `what` after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

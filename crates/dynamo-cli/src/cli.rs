@@ -1,0 +1,140 @@
+//! The command line's shape: global flags and the subcommands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use dynamo_client::{Client, ClientError};
+
+use crate::commands::{bucket, cluster, delete, dev, get, put, ring, token};
+use crate::error::CliError;
+
+/// The file, inside the data directory, where `dynamo dev` writes the root token.
+pub const ROOT_TOKEN_FILE: &str = "root-token";
+
+/// The command line of a Dynamo cluster.
+#[derive(Debug, Parser)]
+#[command(name = "dynamo", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Flags every subcommand takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes (before or after its name).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// The coordinator's URL.
+    #[arg(
+        long,
+        env = "DYNAMO_ENDPOINT",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub endpoint: String,
+
+    /// The bearer token. Without one, the root token is read from `<data-dir>/root-token`.
+    #[arg(long, env = "DYNAMO_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+
+    /// The data directory of a local cluster (`dynamo dev` writes its root token there).
+    #[arg(long, env = "DYNAMO_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// The bound on each request to the coordinator, in milliseconds.
+    #[arg(long, env = "DYNAMO_TIMEOUT_MS", default_value_t = 10_000, global = true)]
+    pub timeout_ms: u64,
+
+    /// Print JSON instead of text, for commands with structured output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The subcommands. Each lives in its own module under `commands/`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read a key: print its value, or every sibling when there are several.
+    Get(get::GetArgs),
+    /// Write a value from the command line, a file or stdin; print the new context.
+    Put(put::PutArgs),
+    /// Delete a key (writes a tombstone).
+    Delete(delete::DeleteArgs),
+    /// Show or change a bucket's properties.
+    #[command(subcommand)]
+    Bucket(bucket::BucketCommand),
+    /// Show the cluster's nodes, or join and decommission nodes.
+    Cluster(cluster::ClusterArgs),
+    /// Show the ring, or where a key lives.
+    Ring(ring::RingArgs),
+    /// Create, list and delete scoped tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Run a whole local cluster (ring service, storage nodes, coordinator) on loopback.
+    Dev(dev::DevArgs),
+}
+
+impl GlobalArgs {
+    /// Builds a client for the endpoint with the resolved token.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] when no token can be found or the endpoint is not a URL the
+    /// client accepts; [`CliError::Io`] when the token file exists but cannot be read.
+    pub fn client(&self) -> Result<Client, CliError> {
+        let token = self.resolve_token()?;
+        Client::builder(&self.endpoint)
+            .token(token)
+            .timeout(Duration::from_millis(self.timeout_ms))
+            .build()
+            .map_err(|e| match e {
+                ClientError::Config { message } => CliError::Usage(message),
+                other => CliError::Client(other),
+            })
+    }
+
+    /// Returns `--token` / `DYNAMO_TOKEN`, else the content of `<data-dir>/root-token`.
+    fn resolve_token(&self) -> Result<String, CliError> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
+        }
+        let path = self.data_dir.join(ROOT_TOKEN_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(content) if !content.trim().is_empty() => Ok(content.trim().to_owned()),
+            Ok(_) => Err(CliError::Usage(format!(
+                "the token file {} is empty",
+                path.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CliError::Usage(format!(
+                "no token: pass --token, set DYNAMO_TOKEN, or point --data-dir at a directory with a \
+                 {ROOT_TOKEN_FILE} file ({} does not exist)",
+                path.display()
+            ))),
+            Err(source) => Err(CliError::Io {
+                what: format!("cannot read {}", path.display()),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["dynamo", "get", "b", "k", "--endpoint", "http://h:1", "--json"])
+            .expect("parses");
+        assert_eq!(cli.global.endpoint, "http://h:1");
+        assert!(cli.global.json);
+    }
+}

@@ -1,0 +1,357 @@
+//! `dynamo dev`: a whole cluster on loopback in one command.
+//!
+//! Starts the ring service, the storage nodes and a coordinator as separate processes of
+//! the real binaries (found beside `dynamo` itself), so any one of them can be killed or
+//! stopped as in a real cluster. All data lives under one directory; started again on the
+//! same directory, the cluster has the same data and the same root token. Ctrl-C stops
+//! everything cleanly: the coordinator first, then the nodes, then the ring service.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::cli::GlobalArgs;
+use crate::error::CliError;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use tokio::process::{Child, Command};
+
+/// How long start-up steps may take before `dev` gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long each service may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Flags of `dynamo dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Number of storage nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub nodes: u16,
+    /// Port of the coordinator (the public API).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Port of the ring service.
+    #[arg(long, default_value_t = 7000)]
+    pub ring_port: u16,
+    /// Port of the first storage node; node i listens on this + i.
+    #[arg(long, default_value_t = 7100)]
+    pub storage_port: u16,
+    /// Partition count Q (a power of two; fixed when the data directory is created).
+    #[arg(long, default_value_t = 256)]
+    pub partitions: u32,
+    /// Default replicas per key.
+    #[arg(long, default_value_t = 3)]
+    pub n: u8,
+    /// Default read quorum.
+    #[arg(long, default_value_t = 2)]
+    pub r: u8,
+    /// Default write quorum.
+    #[arg(long, default_value_t = 2)]
+    pub w: u8,
+    /// Storage durability: `sync` (fsync, group commit) or `buffered`.
+    #[arg(long, default_value = "sync")]
+    pub durability: String,
+    /// The root token; default: `<data-dir>/root-token`, generated on first start.
+    #[arg(long, env = "DYNAMO_ROOT_TOKEN", hide_env_values = true)]
+    pub root_token: Option<String>,
+}
+
+struct Service {
+    name: String,
+    child: Child,
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the dynamo executable")?;
+    let dir = exe.parent().context("the dynamo executable has no directory")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found beside dynamo: build every binary first (`make run` or `cargo build --release --workspace --bins`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn root_token(args: &DevArgs, data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let path = data_dir.join(crate::cli::ROOT_TOKEN_FILE);
+    if let Some(t) = &args.root_token {
+        write_secret(&path, t)?;
+        return Ok((t.clone(), path));
+    }
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Some(t) = text.lines().next().map(str::trim).filter(|t| t.len() >= 16)
+    {
+        return Ok((t.to_owned(), path));
+    }
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    write_secret(&path, &token)?;
+    Ok((token, path))
+}
+
+fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(())
+}
+
+fn spawn(name: &str, bin: &str, args: &[String], logs: &Path) -> anyhow::Result<Service> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}.log")))
+        .with_context(|| format!("opening the log of {name}"))?;
+    let child = Command::new(binary(bin)?)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        // Ctrl-C in the terminal goes to the whole process group; the services must get
+        // their SIGTERM from `dev` in order instead, so they live in their own group.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Service {
+        name: name.to_owned(),
+        child,
+    })
+}
+
+async fn wait_ready(http: &reqwest::Client, svc: &mut Service, url: &str, logs: &Path) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(r) = http.get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if let Some(status) = svc.child.try_wait()? {
+            bail!(
+                "{} exited during start-up ({status}); see {}",
+                svc.name,
+                logs.join(format!("{}.log", svc.name)).display()
+            );
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "{} did not become ready in time; see its log in {}",
+                svc.name,
+                logs.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn join_all(http: &reqwest::Client, ring_url: &str, nodes: &[(String, String)]) -> anyhow::Result<()> {
+    for (id, address) in nodes {
+        let resp = http
+            .post(format!("{ring_url}/internal/v1/nodes"))
+            .json(&serde_json::json!({"node_id": id, "address": address}))
+            .send()
+            .await
+            .context("joining a node")?;
+        let status = resp.status();
+        if !status.is_success() && status.as_u16() != 409 {
+            bail!(
+                "joining {id} failed: {status}: {}",
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        // One membership change at a time: wait until this one is done.
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let s: serde_json::Value = http
+                .get(format!("{ring_url}/internal/v1/state?after=0&wait_ms=0"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let member = s["ring"]["members"].get(id.as_str()).is_some();
+            let idle = s["handoffs"].as_array().is_none_or(Vec::is_empty);
+            if member && idle {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{id} did not join in time");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn stop(services: &mut Vec<Service>) {
+    // Reverse start order: coordinator, nodes, ring service.
+    while let Some(mut s) = services.pop() {
+        if let Some(pid) = s.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(STOP_TIMEOUT, s.child.wait()).await {
+            Ok(Ok(status)) => eprintln!("stopped {} ({status})", s.name),
+            _ => {
+                let _ = s.child.kill().await;
+                eprintln!("killed {} (it did not stop in time)", s.name);
+            }
+        }
+    }
+}
+
+/// Runs `dynamo dev` until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// When a binary is missing, a port is taken, or a service fails to start; everything
+/// started is stopped first.
+pub async fn run(global: &GlobalArgs, args: &DevArgs) -> Result<(), CliError> {
+    run_cluster(&global.data_dir, args)
+        .await
+        .map_err(|e| CliError::Local(format!("{e:#}")))
+}
+
+async fn run_cluster(data_dir: &Path, args: &DevArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let logs = data_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let (token, token_path) = root_token(args, data_dir)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut services = Vec::new();
+    let result = start(args, data_dir, &logs, &token_path, &http, &mut services).await;
+    if let Err(e) = result {
+        stop(&mut services).await;
+        return Err(e);
+    }
+    let endpoint = format!("http://127.0.0.1:{}", args.port);
+    println!(
+        "dynamo dev: {} storage nodes, ring service and coordinator are up",
+        args.nodes
+    );
+    for s in &services {
+        println!("  {:<12} pid {}", s.name, s.child.id().unwrap_or(0));
+    }
+    println!();
+    println!("endpoint:   {endpoint}");
+    println!("root token: {token}   (also in {})", token_path.display());
+    println!("data:       {}   logs: {}", data_dir.display(), logs.display());
+    println!();
+    println!("try:");
+    println!(
+        "  curl -X PUT -H \"Authorization: Bearer {token}\" -H 'Content-Type: text/plain' --data 'hello' {endpoint}/v1/kv/demo/greeting"
+    );
+    println!("  curl -H \"Authorization: Bearer {token}\" {endpoint}/v1/kv/demo/greeting");
+    println!();
+    println!("ready; Ctrl-C stops the cluster");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping the cluster");
+    stop(&mut services).await;
+    Ok(())
+}
+
+async fn start(
+    args: &DevArgs,
+    data_dir: &Path,
+    logs: &Path,
+    token_path: &Path,
+    http: &reqwest::Client,
+    services: &mut Vec<Service>,
+) -> anyhow::Result<()> {
+    let ring_url = format!("http://127.0.0.1:{}", args.ring_port);
+    let mut ring = spawn(
+        "ring",
+        "dynamo-ring",
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{}", args.ring_port),
+            "--data-dir".into(),
+            data_dir.join("ring").display().to_string(),
+            "--partitions".into(),
+            args.partitions.to_string(),
+            "--spread".into(),
+            args.n.to_string(),
+        ],
+        logs,
+    )?;
+    let ready = wait_ready(http, &mut ring, &ring_url, logs).await;
+    services.push(ring);
+    ready?;
+
+    let mut members = Vec::new();
+    for i in 0..args.nodes {
+        let port = args.storage_port + i;
+        let id = format!("node-{i}");
+        let url = format!("http://127.0.0.1:{port}");
+        let mut node = spawn(
+            &id,
+            "dynamo-storage",
+            &[
+                "--node-id".into(),
+                id.clone(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".into(),
+                data_dir.join(&id).display().to_string(),
+                "--partitions".into(),
+                args.partitions.to_string(),
+                "--ring-url".into(),
+                ring_url.clone(),
+                "--durability".into(),
+                args.durability.clone(),
+            ],
+            logs,
+        )?;
+        let ready = wait_ready(http, &mut node, &url, logs).await;
+        services.push(node);
+        ready?;
+        members.push((id, url));
+    }
+    join_all(http, &ring_url, &members).await?;
+
+    let coord_url = format!("http://127.0.0.1:{}", args.port);
+    let mut coord = spawn(
+        "coordinator",
+        "dynamo-coordinator",
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{}", args.port),
+            "--ring-url".into(),
+            ring_url,
+            "--root-token-file".into(),
+            token_path.display().to_string(),
+            "--default-n".into(),
+            args.n.to_string(),
+            "--default-r".into(),
+            args.r.to_string(),
+            "--default-w".into(),
+            args.w.to_string(),
+        ],
+        logs,
+    )?;
+    let ready = wait_ready(http, &mut coord, &coord_url, logs).await;
+    services.push(coord);
+    ready
+}

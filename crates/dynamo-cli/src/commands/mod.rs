@@ -1,0 +1,45 @@
+//! One module per subcommand, each with its clap arguments and an async `run`.
+
+pub mod bucket;
+pub mod cluster;
+pub mod delete;
+pub mod dev;
+pub mod get;
+pub mod put;
+pub mod ring;
+pub mod token;
+
+use dynamo_client::Context;
+
+use crate::cli::{Cli, Command};
+use crate::error::CliError;
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// The command's [`CliError`], which `main` prints and turns into the exit code.
+pub async fn run(cli: &Cli) -> Result<(), CliError> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Get(args) => get::run(global, args).await,
+        Command::Put(args) => put::run(global, args).await,
+        Command::Delete(args) => delete::run(global, args).await,
+        Command::Bucket(command) => bucket::run(global, command).await,
+        Command::Cluster(args) => cluster::run(global, args).await,
+        Command::Ring(args) => ring::run(global, args).await,
+        Command::Token(command) => token::run(global, command).await,
+        Command::Dev(args) => dev::run(global, args).await,
+    }
+}
+
+/// Turns a `--context` flag into the SDK's opaque context (refusing an empty one, which
+/// is surely a script's empty variable rather than a blind write).
+pub(crate) fn context_arg(arg: Option<&str>) -> Result<Option<Context>, CliError> {
+    match arg {
+        None => Ok(None),
+        Some(token) if token.trim().is_empty() => Err(CliError::Usage(
+            "--context is empty; omit it for a blind write".into(),
+        )),
+        Some(token) => Ok(Some(Context::new(token.trim()))),
+    }
+}

@@ -1,0 +1,52 @@
+//! `dynamo`: the command line of a Dynamo cluster.
+//!
+//! Talks to a coordinator through `dynamo-client` (the SDK): read, write and delete keys,
+//! show and change bucket properties, show the cluster and the ring, join and
+//! decommission nodes, and manage scoped tokens.
+//!
+//! # Layout
+//! - [`cli`]: the clap definitions: the global flags ([`cli::GlobalArgs`]: endpoint,
+//!   token, data directory, timeout, `--json`) and the [`cli::Command`] enum.
+//! - [`commands`]: one module per subcommand (`commands/get.rs`, ...), each with its clap
+//!   `Args` and an async `run`; [`commands::run`] dispatches.
+//! - [`output`]: how values, tables and JSON reach stdout.
+//! - [`error`]: [`error::CliError`] and the exit codes.
+//!
+//! # Adding a subcommand
+//! Write `commands/<name>.rs` with a `<Name>Args` (clap `Args`) and
+//! `pub async fn run(global: &GlobalArgs, args: &<Name>Args) -> Result<(), CliError>`,
+//! declare it in `commands/mod.rs`, add a variant to [`cli::Command`] and an arm to
+//! [`commands::run`]. A command that needs a coordinator calls
+//! [`cli::GlobalArgs::client`]; the token is resolved only then, so a command that
+//! starts a cluster (`dynamo dev`) needs none.
+//!
+//! # Exit codes and output
+//! 0 on success; 1 when the operation failed (an API error, an unreachable coordinator,
+//! an unreadable file), printed as `error: <code>: <message>`; 2 for usage errors (bad
+//! flags, no token to be found). Results go to stdout, diagnostics and contexts of reads
+//! to stderr, so `dynamo get b k > file` stores exactly the value.
+
+mod cli;
+mod commands;
+mod error;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    // Usage errors exit with 2 here, inside clap.
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.report(),
+    }
+}

@@ -1,0 +1,398 @@
+//! The `dynamo` binary against a mock coordinator on loopback: what it prints, where,
+//! and with which exit code.
+
+#[path = "../../dynamo-client/tests/mock/mod.rs"]
+mod mock;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use dynamo_core::ErrorCode;
+use mock::{Mock, TOKEN};
+
+/// Every run of the binary finishes within this.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What a run of the binary left behind.
+struct Run {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Run {
+    fn stdout_text(&self) -> String {
+        String::from_utf8(self.stdout.clone()).expect("utf-8 stdout")
+    }
+}
+
+/// Runs `dynamo` with `args` and, if given, `stdin`, isolated from the caller's
+/// `DYNAMO_*` environment.
+async fn dynamo(args: Vec<String>, stdin: Option<Vec<u8>>) -> Run {
+    let run = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dynamo"))
+            .args(&args)
+            .env_remove("DYNAMO_ENDPOINT")
+            .env_remove("DYNAMO_TOKEN")
+            .env_remove("DYNAMO_DATA_DIR")
+            .env_remove("DYNAMO_TIMEOUT_MS")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dynamo");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin pipe");
+            pipe.write_all(&input).expect("write stdin");
+        }
+        let out = child.wait_with_output().expect("wait for dynamo");
+        Run {
+            code: out.status.code().expect("exited, not killed"),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    });
+    tokio::time::timeout(WAIT, run)
+        .await
+        .expect("dynamo finished in time")
+        .expect("join")
+}
+
+/// The connection flags for `mock`, then `rest`.
+fn args(mock: &Mock, rest: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--endpoint",
+        &mock.url(),
+        "--token",
+        TOKEN,
+        "--timeout-ms",
+        "5000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(rest.iter().map(|s| s.to_string()));
+    v
+}
+
+// Goal: `put` then `get` round-trips the value: put prints the new context on stdout,
+// get prints exactly the value's bytes on stdout and the context on stderr.
+#[tokio::test]
+async fn put_then_get_prints_the_value() {
+    let mock = Mock::start().await;
+    let put = dynamo(args(&mock, &["put", "users", "alice", "hello world"]), None).await;
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    let context = put.stdout_text().trim().to_owned();
+    assert!(!context.is_empty());
+    assert_eq!(mock.state.values("users", "alice"), vec![b"hello world".to_vec()]);
+
+    let get = dynamo(args(&mock, &["get", "users", "alice"]), None).await;
+    assert_eq!(get.code, 0, "{}", get.stderr);
+    assert_eq!(get.stdout, b"hello world", "the value, byte for byte");
+    assert!(
+        get.stderr.contains(&format!("context: {context}")),
+        "{}",
+        get.stderr
+    );
+
+    let only_context = dynamo(args(&mock, &["get", "users", "alice", "--context"]), None).await;
+    assert_eq!(only_context.stdout_text().trim(), context);
+}
+
+// Goal: a value can come from stdin or a file, as bytes with the given content type,
+// and a write with `--context` sends it.
+#[tokio::test]
+async fn put_reads_stdin_and_files_and_sends_the_context() {
+    let mock = Mock::start().await;
+    let binary = vec![0u8, 159, 146, 150];
+    let run = dynamo(args(&mock, &["put", "b", "k"]), Some(binary.clone())).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(mock.state.values("b", "k"), vec![binary]);
+    let content_type = mock.state.last().headers.get("content-type").cloned();
+    assert_eq!(
+        content_type.as_ref().and_then(|v| v.to_str().ok()),
+        Some("application/octet-stream")
+    );
+    let context = run.stdout_text().trim().to_owned();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("v.json");
+    std::fs::write(&file, br#"{"a":1}"#).expect("write file");
+    let path = file.to_str().expect("utf-8 path");
+    let run = dynamo(
+        args(
+            &mock,
+            &[
+                "put",
+                "b",
+                "k",
+                "--file",
+                path,
+                "--content-type",
+                "application/json",
+                "--context",
+                &context,
+            ],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        mock.state.values("b", "k"),
+        vec![br#"{"a":1}"#.to_vec()],
+        "the context replaced the value"
+    );
+    let sent = mock.state.last();
+    assert_eq!(
+        sent.headers.get("x-dynamo-context").and_then(|v| v.to_str().ok()),
+        Some(context.as_str())
+    );
+}
+
+// Goal: siblings are printed readably: a count, then per sibling its index, content
+// type, last-modified and value (text when UTF-8, base64 otherwise); the context on
+// stderr; `--json` prints the API's envelope.
+#[tokio::test]
+async fn siblings_are_printed_readably() {
+    let mock = Mock::start().await;
+    mock.state.seed("b", "k", b"plain text", "text/plain");
+    mock.state
+        .seed("b", "k", &[0, 255, 1], "application/octet-stream");
+    let run = dynamo(args(&mock, &["get", "b", "k"]), None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = run.stdout_text();
+    assert!(out.starts_with("2 siblings"), "{out}");
+    assert!(
+        out.contains("[1] content-type: text/plain  last-modified: 2023-11-14T22:13:20.000Z  value (text, 10 bytes):\n  plain text\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[2] content-type: application/octet-stream  last-modified: 2023-11-14T22:13:21.000Z  value (base64, 3 bytes):\n  AP8B\n"),
+        "{out}"
+    );
+    assert!(run.stderr.contains("context: "), "{}", run.stderr);
+
+    let json = dynamo(args(&mock, &["get", "b", "k", "--json"]), None).await;
+    let envelope: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(envelope["siblings"].as_array().map(Vec::len), Some(2));
+    assert_eq!(envelope["siblings"][1]["value"], "AP8B");
+}
+
+// Goal: an API error exits with 1 and prints `error: <code>: <message>` on stderr, with
+// nothing on stdout.
+#[tokio::test]
+async fn an_api_error_exits_1_and_prints_the_code() {
+    let mock = Mock::start().await;
+    mock.state.fail_next(ErrorCode::InvalidQuorum, 1);
+    let run = dynamo(args(&mock, &["put", "b", "k", "v", "--w", "9"]), None).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stdout.is_empty());
+    assert!(
+        run.stderr
+            .starts_with("error: invalid_quorum: scripted failure\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("request id: mock-request"), "{}", run.stderr);
+    assert!(mock.state.last().uri.ends_with("?w=9"));
+
+    let wrong_token = dynamo(
+        vec![
+            "--endpoint".into(),
+            mock.url(),
+            "--token".into(),
+            "nope".into(),
+            "get".into(),
+            "b".into(),
+            "k".into(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(wrong_token.code, 1);
+    assert!(
+        wrong_token.stderr.starts_with("error: unauthorized: "),
+        "{}",
+        wrong_token.stderr
+    );
+}
+
+// Goal: a key without a value exits with 1 and `not_found`. `delete` without
+// `--context` reads first and deletes what it saw (a blind delete would leave the value
+// visible), and the tombstone's context is still shown so a write can supersede it.
+#[tokio::test]
+async fn a_missing_key_exits_1_with_not_found() {
+    let mock = Mock::start().await;
+    let run = dynamo(args(&mock, &["get", "b", "nothing"]), None).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .starts_with("error: not_found: no value under b/nothing"),
+        "{}",
+        run.stderr
+    );
+
+    dynamo(args(&mock, &["put", "b", "gone", "v"]), None).await;
+    let deleted = dynamo(args(&mock, &["delete", "b", "gone"]), None).await;
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    let sent = mock.state.last();
+    assert_eq!(sent.method, "DELETE");
+    assert!(
+        sent.headers.contains_key("x-dynamo-context"),
+        "the delete carries the read's context"
+    );
+    assert!(mock.state.values("b", "gone").is_empty());
+    let run = dynamo(args(&mock, &["get", "b", "gone"]), None).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("context: "), "{}", run.stderr);
+}
+
+// Goal: without `--token` or `DYNAMO_TOKEN`, the token is read from
+// `<data-dir>/root-token` (trailing newline and all); with no such file the run is a
+// usage error (exit 2) that names the file.
+#[tokio::test]
+async fn a_missing_token_is_read_from_the_data_dir() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("root-token"), format!("{TOKEN}\n")).expect("write token");
+    let data_dir = dir.path().to_str().expect("utf-8 path").to_owned();
+    let run = dynamo(
+        vec![
+            "--endpoint".into(),
+            mock.url(),
+            "--data-dir".into(),
+            data_dir,
+            "put".into(),
+            "b".into(),
+            "k".into(),
+            "v".into(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let auth = mock.state.last().headers.get("authorization").cloned();
+    assert_eq!(
+        auth.as_ref().and_then(|v| v.to_str().ok()),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+
+    let empty = tempfile::tempdir().expect("tempdir");
+    let data_dir = empty.path().to_str().expect("utf-8 path").to_owned();
+    let run = dynamo(
+        vec![
+            "--endpoint".into(),
+            mock.url(),
+            "--data-dir".into(),
+            data_dir,
+            "get".into(),
+            "b".into(),
+            "k".into(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("root-token"), "{}", run.stderr);
+}
+
+// Goal: usage errors (a missing argument, conflicting value sources) exit with 2 before
+// anything is sent.
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let mock = Mock::start().await;
+    for rest in [
+        &["get", "b"][..],
+        &["put", "b", "k", "v", "--file", "f"],
+        &["bucket", "set", "b"],
+        &["ring", "--bucket", "b"],
+        &["token", "create", "--buckets", "*", "--permissions", "root"],
+    ] {
+        let run = dynamo(args(&mock, rest), None).await;
+        assert_eq!(run.code, 2, "{rest:?}: {}", run.stderr);
+    }
+    assert!(mock.state.requests().is_empty());
+}
+
+// Goal: bucket, cluster, ring and token commands print readable results from the API.
+#[tokio::test]
+async fn admin_commands_print_readable_results() {
+    let mock = Mock::start().await;
+    let run = dynamo(
+        args(
+            &mock,
+            &["bucket", "set", "users", "--r", "1", "--conflict", "lww"],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = run.stdout_text();
+    assert!(
+        out.contains("r             1\n") && out.contains("conflict      lww\n"),
+        "{out}"
+    );
+
+    let run = dynamo(args(&mock, &["cluster"]), None).await;
+    let out = run.stdout_text();
+    assert!(out.starts_with("ring epoch: 7\n"), "{out}");
+    assert!(out.contains("node-b  down"), "{out}");
+
+    let run = dynamo(args(&mock, &["ring", "--bucket", "b", "--key", "k"]), None).await;
+    assert!(
+        run.stdout_text().contains("preference list: node-a, node-b\n"),
+        "{}",
+        run.stdout_text()
+    );
+    let run = dynamo(args(&mock, &["ring"]), None).await;
+    assert!(
+        run.stdout_text().contains("node-a  2           50.0%"),
+        "{}",
+        run.stdout_text()
+    );
+
+    let run = dynamo(
+        args(
+            &mock,
+            &[
+                "token",
+                "create",
+                "--buckets",
+                "b1,b2",
+                "--permissions",
+                "read,write",
+            ],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = run.stdout_text();
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("an id line")
+        .to_owned();
+    assert!(out.contains("token: secret-"), "{out}");
+    let list = dynamo(args(&mock, &["token", "list"]), None).await;
+    assert!(
+        list.stdout_text().contains(&format!("{id}  b1,b2    read,write")),
+        "{}",
+        list.stdout_text()
+    );
+    let deleted = dynamo(args(&mock, &["token", "delete", &id]), None).await;
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    let again = dynamo(args(&mock, &["token", "delete", &id]), None).await;
+    assert_eq!(again.code, 1);
+    assert!(
+        again.stderr.starts_with("error: token_not_found: "),
+        "{}",
+        again.stderr
+    );
+}

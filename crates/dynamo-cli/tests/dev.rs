@@ -1,0 +1,149 @@
+//! `dynamo dev` end to end: the real binaries as processes, from an empty data directory.
+//!
+//! Needs the service binaries beside `dynamo` (`cargo build --workspace --bins`, which
+//! `make test` runs first).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Starts `dynamo dev` and waits for its "ready" line; returns the child.
+fn start_dev(data: &Path, port: u16, ring: u16, storage: u16) -> Child {
+    let bin = env!("CARGO_BIN_EXE_dynamo");
+    let dir = Path::new(bin).parent().expect("bin dir");
+    for b in ["dynamo-ring", "dynamo-storage", "dynamo-coordinator"] {
+        assert!(
+            dir.join(b).exists(),
+            "{b} missing beside dynamo: run `cargo build --workspace --bins` first"
+        );
+    }
+    let mut child = Command::new(bin)
+        .args(["--data-dir", data.to_str().expect("utf-8")])
+        .args([
+            "dev",
+            "--port",
+            &port.to_string(),
+            "--ring-port",
+            &ring.to_string(),
+        ])
+        .args([
+            "--storage-port",
+            &storage.to_string(),
+            "--partitions",
+            "64",
+            "--durability",
+            "buffered",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dynamo dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(WAIT).expect("dynamo dev printed its ready line");
+    child
+}
+
+fn stop_dev(mut child: Child) {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "dynamo dev exit status {status:?}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "dynamo dev did not stop after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn put_get(port: u16, token: &str, put: Option<&str>) -> String {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let url = format!("http://127.0.0.1:{port}/v1/kv/demo/greeting");
+    if let Some(v) = put {
+        let r = http
+            .put(&url)
+            .bearer_auth(token)
+            .body(v.to_owned())
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status().as_u16(), 204);
+    }
+    let r = http.get(&url).bearer_auth(token).send().await.expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    r.text().await.expect("body")
+}
+
+// Goal: from an empty directory, `dynamo dev` answers a put and a get, writes the root
+// token (mode 0600), stops cleanly on Ctrl-C (every service gone), and started again on
+// the same directory has the same data and token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_a_cluster_that_keeps_its_data_across_restarts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let (port, ring, storage) = (free_port(), free_port(), free_port());
+    // Storage nodes take storage, storage+1, storage+2: pick a base whose neighbours are
+    // free too (bounded search).
+    let storage = (0..50)
+        .map(|i| storage.wrapping_add(i * 7))
+        .find(|&p| (0..3).all(|d| std::net::TcpListener::bind(("127.0.0.1", p + d)).is_ok()))
+        .expect("three free ports in a row");
+
+    let dev = start_dev(&data, port, ring, storage);
+    let token = std::fs::read_to_string(data.join("root-token")).expect("root token written");
+    let token = token.trim().to_owned();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(data.join("root-token"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(put_get(port, &token, Some("hello")).await, "hello");
+    stop_dev(dev);
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "the coordinator is gone"
+    );
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", storage)).is_ok(),
+        "node-0 is gone"
+    );
+
+    let dev = start_dev(&data, port, ring, storage);
+    let again = std::fs::read_to_string(data.join("root-token")).expect("token");
+    assert_eq!(again.trim(), token, "the same root token");
+    assert_eq!(put_get(port, &token, None).await, "hello", "the same data");
+    stop_dev(dev);
+}

@@ -1,0 +1,517 @@
+//! A mock coordinator on `127.0.0.1:0` for the SDK's and the CLI's tests (the CLI's
+//! `tests/cli.rs` includes this file by path).
+//!
+//! It implements the public API's behaviours the clients depend on, with the core's real
+//! version rules (`VersionedObject`, the context token), so siblings, contexts and
+//! tombstones behave as the coordinator's will: blind writes become siblings, a write
+//! with a context replaces what it saw, a delete leaves a tombstone whose 404 carries a
+//! context. Tests steer it through [`State`]: scripted error answers, a concurrent write
+//! slipped in before the next `PUT`, and a log of every request as it arrived.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use dynamo_core::context;
+use dynamo_core::version::{NewWrite, Resolution, VersionedObject};
+use dynamo_core::wire::cluster::{ClusterView, KeyPlacement, NodeRegistration, NodeState, NodeStatus};
+use dynamo_core::wire::{BucketProps, BucketPropsPatch, SiblingView, SiblingsEnvelope, rfc3339_from_ms};
+use dynamo_core::{ActorId, DotSet, ErrorBody, ErrorCode, NodeId, PartitionId, RingEpoch};
+use serde::Deserialize;
+use serde_json::json;
+
+/// The root token the mock accepts.
+pub const TOKEN: &str = "mock-root-token";
+
+const CONTEXT: &str = "x-dynamo-context";
+const SIBLINGS: Resolution = Resolution::Siblings { max_siblings: 32 };
+
+/// A running mock; the server stops when this is dropped.
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Mock {
+    /// Starts a mock on a free loopback port.
+    pub async fn start() -> Mock {
+        let state = Arc::new(State::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = router(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("serve");
+        });
+        Mock { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// One request as it reached the mock.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// The path and query exactly as sent (still percent-encoded).
+    pub uri: String,
+    pub headers: HeaderMap,
+    /// The decoded path parameters of object routes: `(bucket, key)`.
+    pub object: Option<(String, String)>,
+}
+
+#[derive(Default)]
+pub struct State {
+    objects: Mutex<HashMap<(String, String), VersionedObject>>,
+    buckets: Mutex<HashMap<String, BucketProps>>,
+    nodes: Mutex<Vec<NodeStatus>>,
+    /// `(secret, listing entry)` of tokens created through the admin API.
+    tokens: Mutex<Vec<(String, serde_json::Value)>>,
+    /// Error codes answered, one per request, before anything else.
+    failures: Mutex<VecDeque<ErrorCode>>,
+    /// Values written blind, as another client would, just before the next `PUT`.
+    concurrent: Mutex<VecDeque<Vec<u8>>>,
+    requests: Mutex<Vec<Seen>>,
+    counter: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl State {
+    /// Answers the next `times` requests with `code`.
+    pub fn fail_next(&self, code: ErrorCode, times: usize) {
+        lock(&self.failures).extend(std::iter::repeat_n(code, times));
+    }
+
+    /// Writes `value` blind (another client's concurrent write) just before applying the
+    /// next `PUT` of any key.
+    pub fn write_concurrently_before_next_put(&self, value: &[u8]) {
+        lock(&self.concurrent).push_back(value.to_vec());
+    }
+
+    /// Stores a blind write directly, as if another client had made it.
+    pub fn seed(&self, bucket: &str, key: &str, value: &[u8], content_type: &str) {
+        let now = self.now_ms();
+        let mut objects = lock(&self.objects);
+        let object = objects.entry((bucket.into(), key.into())).or_default();
+        object
+            .put(
+                &DotSet::new(),
+                ActorId(2),
+                NewWrite::value(value.to_vec(), content_type, now),
+                SIBLINGS,
+            )
+            .expect("seed");
+    }
+
+    /// Returns the live values under a key, sorted.
+    pub fn values(&self, bucket: &str, key: &str) -> Vec<Vec<u8>> {
+        let objects = lock(&self.objects);
+        let mut v: Vec<Vec<u8>> = objects
+            .get(&(bucket.to_owned(), key.to_owned()))
+            .map(|o| o.live_siblings().map(|s| s.value.clone()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<Seen> {
+        lock(&self.requests).clone()
+    }
+
+    /// The most recent request.
+    pub fn last(&self) -> Seen {
+        lock(&self.requests).last().cloned().expect("a request arrived")
+    }
+
+    fn now_ms(&self) -> u64 {
+        // A deterministic clock: one second per write from a fixed start.
+        1_700_000_000_000 + 1000 * self.counter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn authorized(&self, token: &str) -> bool {
+        token == TOKEN || lock(&self.tokens).iter().any(|(secret, _)| secret == token)
+    }
+}
+
+fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route(
+            "/v1/kv/{bucket}/{key}",
+            get(get_object).put(put_object).delete(delete_object),
+        )
+        .route("/v1/buckets/{bucket}", get(get_bucket).put(put_bucket))
+        .route("/v1/cluster", get(get_cluster))
+        .route("/v1/cluster/nodes", post(join_node))
+        .route("/v1/cluster/nodes/{node}", delete(decommission))
+        .route("/v1/ring", get(get_ring))
+        .route("/v1/admin/tokens", post(create_token).get(list_tokens))
+        .route("/v1/admin/tokens/{id}", delete(delete_token))
+        .fallback(|| async { error(ErrorCode::RouteNotFound, "no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), gate))
+        .with_state(state)
+}
+
+/// Records the request, then answers a scripted failure or a missing token before any
+/// handler runs.
+async fn gate(AxState(state): AxState<Arc<State>>, req: Request, next: Next) -> Response {
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let object = uri.strip_prefix("/v1/kv/").and_then(|rest| {
+        let path = rest.split('?').next().unwrap_or_default();
+        let (b, k) = path.split_once('/')?;
+        Some((percent_decode(b), percent_decode(k)))
+    });
+    lock(&state.requests).push(Seen {
+        method: req.method().to_string(),
+        uri,
+        headers: req.headers().clone(),
+        object,
+    });
+    if let Some(code) = lock(&state.failures).pop_front() {
+        return error(code, "scripted failure");
+    }
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(t) if state.authorized(t) => next.run(req).await,
+        _ => error(ErrorCode::Unauthorized, "missing or unknown token"),
+    }
+}
+
+/// Percent-decodes a path segment (the mock's own, to check what the client encoded).
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let pair = bytes
+            .get(i + 1)
+            .copied()
+            .and_then(hex)
+            .zip(bytes.get(i + 2).copied().and_then(hex));
+        match (bytes[i], pair) {
+            (b'%', Some((hi, lo))) => {
+                out.push(hi * 16 + lo);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn error(code: ErrorCode, message: &str) -> Response {
+    let mut body = ErrorBody::new(code, message);
+    body.error.request_id = Some("mock-request".into());
+    let status = StatusCode::from_u16(code.http_status()).expect("status");
+    (status, Json(body)).into_response()
+}
+
+fn with_context(mut resp: Response, context: &DotSet) -> Response {
+    let value = HeaderValue::from_str(&context::encode(context)).expect("token is ASCII");
+    resp.headers_mut().insert(CONTEXT, value);
+    resp
+}
+
+fn envelope(object: &VersionedObject) -> Response {
+    let siblings: Vec<SiblingView> = object
+        .live_siblings()
+        .map(|s| SiblingView {
+            value: s.value.clone(),
+            content_type: s.content_type.clone(),
+            last_modified: rfc3339_from_ms(s.last_modified_ms),
+        })
+        .collect();
+    let status = if siblings.len() > 1 {
+        StatusCode::MULTIPLE_CHOICES
+    } else {
+        StatusCode::OK
+    };
+    let body = SiblingsEnvelope {
+        context: context::encode(object.context()),
+        siblings,
+    };
+    with_context((status, Json(body)).into_response(), object.context())
+}
+
+async fn get_object(
+    AxState(state): AxState<Arc<State>>,
+    Path((bucket, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let object = lock(&state.objects).get(&(bucket, key)).cloned();
+    let Some(object) = object else {
+        return error(ErrorCode::NotFound, "no value under the key");
+    };
+    if object.is_deleted() {
+        return with_context(
+            error(ErrorCode::NotFound, "no value under the key"),
+            object.context(),
+        );
+    }
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    let live: Vec<_> = object.live_siblings().collect();
+    if !wants_json && let [only] = live.as_slice() {
+        // The raw answer a browser or curl gets: the bytes, not the envelope.
+        let resp = (
+            [(header::CONTENT_TYPE, only.content_type.clone())],
+            only.value.clone(),
+        )
+            .into_response();
+        return with_context(resp, object.context());
+    }
+    envelope(&object)
+}
+
+#[derive(Deserialize)]
+struct WriteQuery {
+    #[serde(default)]
+    returnbody: Option<bool>,
+}
+
+fn request_context(headers: &HeaderMap) -> Result<DotSet, String> {
+    match headers.get(CONTEXT).map(|v| v.to_str()) {
+        None => Ok(DotSet::new()),
+        Some(Ok(token)) => context::decode(token).map_err(|e| e.to_string()),
+        Some(Err(_)) => Err("the context is not ASCII".into()),
+    }
+}
+
+async fn put_object(
+    AxState(state): AxState<Arc<State>>,
+    Path((bucket, key)): Path<(String, String)>,
+    Query(q): Query<WriteQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let context = match request_context(&headers) {
+        Ok(c) => c,
+        Err(message) => return error(ErrorCode::InvalidContext, &message),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let concurrent = lock(&state.concurrent).pop_front();
+    if let Some(value) = concurrent {
+        state.seed(&bucket, &key, &value, "text/plain");
+    }
+    let now = state.now_ms();
+    let mut objects = lock(&state.objects);
+    let object = objects.entry((bucket, key)).or_default();
+    let outcome = match object.put(
+        &context,
+        ActorId(1),
+        NewWrite::value(body.to_vec(), content_type, now),
+        SIBLINGS,
+    ) {
+        Ok(o) => o,
+        Err(e) => return error(e.code(), &e.to_string()),
+    };
+    if q.returnbody == Some(true) {
+        return envelope(object);
+    }
+    with_context(StatusCode::NO_CONTENT.into_response(), &outcome.context)
+}
+
+async fn delete_object(
+    AxState(state): AxState<Arc<State>>,
+    Path((bucket, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let context = match request_context(&headers) {
+        Ok(c) => c,
+        Err(message) => return error(ErrorCode::InvalidContext, &message),
+    };
+    let now = state.now_ms();
+    let mut objects = lock(&state.objects);
+    let object = objects.entry((bucket, key)).or_default();
+    match object.put(&context, ActorId(1), NewWrite::tombstone(now), SIBLINGS) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(e.code(), &e.to_string()),
+    }
+}
+
+async fn get_bucket(AxState(state): AxState<Arc<State>>, Path(bucket): Path<String>) -> Response {
+    let props = lock(&state.buckets).get(&bucket).cloned().unwrap_or_default();
+    Json(props).into_response()
+}
+
+async fn put_bucket(
+    AxState(state): AxState<Arc<State>>,
+    Path(bucket): Path<String>,
+    body: Bytes,
+) -> Response {
+    let patch: BucketPropsPatch = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return error(ErrorCode::InvalidJson, &e.to_string()),
+    };
+    let mut buckets = lock(&state.buckets);
+    let current = buckets.get(&bucket).cloned().unwrap_or_default();
+    match current.apply(&patch) {
+        Ok(props) => {
+            buckets.insert(bucket, props.clone());
+            Json(props).into_response()
+        }
+        Err(e) => error(e.code(), &e.to_string()),
+    }
+}
+
+fn node(id: &str, zone: &str, state: NodeState) -> NodeStatus {
+    NodeStatus {
+        node_id: NodeId::new(id).expect("node id"),
+        address: format!("http://10.0.0.{}:7070", id.len()),
+        zone: Some(zone.into()),
+        state,
+        last_heartbeat_ms_ago: Some(120),
+    }
+}
+
+async fn get_cluster(AxState(state): AxState<Arc<State>>) -> Response {
+    let mut nodes = vec![
+        node("node-a", "z1", NodeState::Up),
+        node("node-b", "z2", NodeState::Down),
+    ];
+    nodes.extend(lock(&state.nodes).iter().cloned());
+    Json(ClusterView {
+        epoch: RingEpoch(7),
+        nodes,
+        handoffs: vec![],
+    })
+    .into_response()
+}
+
+async fn join_node(AxState(state): AxState<Arc<State>>, body: Bytes) -> Response {
+    let reg: NodeRegistration = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(ErrorCode::InvalidJson, &e.to_string()),
+    };
+    let mut nodes = lock(&state.nodes);
+    if nodes.iter().any(|n| n.node_id == reg.node_id) {
+        return error(ErrorCode::MembershipConflict, "already a member");
+    }
+    nodes.push(NodeStatus {
+        node_id: reg.node_id,
+        address: reg.address,
+        zone: reg.zone,
+        state: NodeState::Joining,
+        last_heartbeat_ms_ago: None,
+    });
+    StatusCode::ACCEPTED.into_response()
+}
+
+async fn decommission(AxState(state): AxState<Arc<State>>, Path(node): Path<String>) -> Response {
+    let mut nodes = lock(&state.nodes);
+    match nodes.iter_mut().find(|n| n.node_id.as_str() == node) {
+        Some(n) => {
+            n.state = NodeState::Leaving;
+            StatusCode::ACCEPTED.into_response()
+        }
+        None => error(ErrorCode::NodeNotFound, "not a member"),
+    }
+}
+
+#[derive(Deserialize)]
+struct RingQuery {
+    bucket: Option<String>,
+    key: Option<String>,
+}
+
+async fn get_ring(Query(q): Query<RingQuery>) -> Response {
+    let a = NodeId::new("node-a").expect("id");
+    let b = NodeId::new("node-b").expect("id");
+    match (q.bucket, q.key) {
+        (Some(bucket), Some(key)) => {
+            let partition = (dynamo_core::key_hash(&bucket, &key).0 >> 62) as u32;
+            Json(KeyPlacement {
+                epoch: RingEpoch(7),
+                partition: PartitionId(partition),
+                preference_list: vec![a, b],
+                fallbacks: vec![NodeId::new("node-c").expect("id")],
+            })
+            .into_response()
+        }
+        _ => Json(json!({
+            "epoch": 7,
+            "partitions": 4,
+            "owners": ["node-a", "node-b", "node-a", "node-b"],
+        }))
+        .into_response(),
+    }
+}
+
+async fn create_token(AxState(state): AxState<Arc<State>>, Json(req): Json<serde_json::Value>) -> Response {
+    let n = state.counter.fetch_add(1, Ordering::Relaxed);
+    let id = format!("tok-{n}");
+    let secret = format!("secret-{n}");
+    let entry = json!({
+        "id": id,
+        "buckets": req["buckets"],
+        "permissions": req["permissions"],
+        "created": "2025-01-01T00:00:00.000Z",
+    });
+    lock(&state.tokens).push((secret.clone(), entry));
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "id": id,
+            "token": secret,
+            "buckets": req["buckets"],
+            "permissions": req["permissions"],
+        })),
+    )
+        .into_response()
+}
+
+async fn list_tokens(AxState(state): AxState<Arc<State>>) -> Response {
+    let tokens: Vec<serde_json::Value> = lock(&state.tokens).iter().map(|(_, e)| e.clone()).collect();
+    Json(json!({ "tokens": tokens })).into_response()
+}
+
+async fn delete_token(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
+    let mut tokens = lock(&state.tokens);
+    let before = tokens.len();
+    tokens.retain(|(_, e)| e["id"] != id.as_str());
+    if tokens.len() == before {
+        return error(ErrorCode::TokenNotFound, "no such token");
+    }
+    StatusCode::NO_CONTENT.into_response()
+}

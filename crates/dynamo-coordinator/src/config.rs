@@ -1,0 +1,208 @@
+//! The coordinator's configuration: flags with `DYNAMO_*` environment variables.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use dynamo_core::wire::BucketProps;
+
+/// A secret string whose `Debug` never prints it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// A Dynamo coordinator: stateless, serves the public REST API.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "dynamo-coordinator", version, about)]
+pub struct Config {
+    /// Address the public API listens on.
+    #[arg(long, env = "DYNAMO_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The ring service's internal address.
+    #[arg(long, env = "DYNAMO_RING_URL", default_value = "http://127.0.0.1:7000")]
+    pub ring_url: String,
+
+    /// The root (admin) token. Prefer `--root-token-file` or the environment variable
+    /// over the flag, which shows in process listings.
+    #[arg(long, env = "DYNAMO_ROOT_TOKEN", default_value = "", hide_env_values = true)]
+    pub root_token: Secret,
+
+    /// A file holding the root token (first line), e.g. `<data-dir>/root-token`.
+    #[arg(long, env = "DYNAMO_ROOT_TOKEN_FILE")]
+    pub root_token_file: Option<PathBuf>,
+
+    /// Replicas per key for buckets without explicit properties.
+    #[arg(long, env = "DYNAMO_DEFAULT_N", default_value_t = 3)]
+    pub default_n: u8,
+
+    /// Read quorum for buckets without explicit properties.
+    #[arg(long, env = "DYNAMO_DEFAULT_R", default_value_t = 2)]
+    pub default_r: u8,
+
+    /// Write quorum for buckets without explicit properties.
+    #[arg(long, env = "DYNAMO_DEFAULT_W", default_value_t = 2)]
+    pub default_w: u8,
+
+    /// How long a request waits for its quorum unless `?timeout_ms=` says less.
+    #[arg(long, env = "DYNAMO_REQUEST_TIMEOUT_MS", default_value_t = 2_000)]
+    pub request_timeout_ms: u64,
+
+    /// The largest `?timeout_ms=` a client may ask for.
+    #[arg(long, env = "DYNAMO_MAX_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub max_request_timeout_ms: u64,
+
+    /// Timeout of one call to a storage node: a hung node costs at most this once, then
+    /// it is skipped until a probe succeeds.
+    #[arg(long, env = "DYNAMO_REPLICA_TIMEOUT_MS", default_value_t = 1_000)]
+    pub replica_timeout_ms: u64,
+
+    /// How long a node that failed is skipped before it is probed again (doubles on each
+    /// failed probe, up to 16×).
+    #[arg(long, env = "DYNAMO_NODE_BACKOFF_MS", default_value_t = 500)]
+    pub node_backoff_ms: u64,
+
+    /// Replica batches in flight per storage node.
+    #[arg(long, env = "DYNAMO_MAX_INFLIGHT_PER_NODE", default_value_t = 4)]
+    pub max_inflight_per_node: usize,
+
+    /// Read repairs waiting at most; more are dropped and counted.
+    #[arg(long, env = "DYNAMO_READ_REPAIR_QUEUE", default_value_t = 1024)]
+    pub read_repair_queue: usize,
+
+    /// Largest request body accepted (a value is at most 1 MiB).
+    #[arg(long, env = "DYNAMO_MAX_BODY_BYTES", default_value_t = 2 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Most requests served at once (more get `503 overloaded`).
+    #[arg(long, env = "DYNAMO_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
+    pub max_concurrent_requests: usize,
+
+    /// How long in-flight requests may drain at shutdown.
+    #[arg(long, env = "DYNAMO_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, env = "DYNAMO_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --{field}: {reason}")]
+pub struct ConfigError {
+    /// The flag.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Config {
+    /// Checks ranges and cross-field rules.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: String| Err(ConfigError { field, reason });
+        if let Err(e) = self.default_props().validate() {
+            return bad("default-n", e.to_string());
+        }
+        if !(self.ring_url.starts_with("http://") || self.ring_url.starts_with("https://")) {
+            return bad("ring-url", "must be an http(s) URL".into());
+        }
+        if self.max_body_bytes <= dynamo_core::limits::MAX_VALUE_BYTES {
+            return bad("max-body-bytes", "must exceed the 1 MiB value limit".into());
+        }
+        for (field, v) in [
+            ("request-timeout-ms", self.request_timeout_ms),
+            ("max-request-timeout-ms", self.max_request_timeout_ms),
+            ("replica-timeout-ms", self.replica_timeout_ms),
+            ("node-backoff-ms", self.node_backoff_ms),
+            ("max-inflight-per-node", self.max_inflight_per_node as u64),
+            ("read-repair-queue", self.read_repair_queue as u64),
+            ("max-concurrent-requests", self.max_concurrent_requests as u64),
+            ("drain-timeout-ms", self.drain_timeout_ms),
+        ] {
+            if v == 0 {
+                return bad(field, "must be greater than 0".into());
+            }
+        }
+        if self.request_timeout_ms > self.max_request_timeout_ms {
+            return bad(
+                "request-timeout-ms",
+                "must not exceed --max-request-timeout-ms".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads the root token from the flag/env or the file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when neither gives a non-empty token, or the file cannot be read.
+    pub fn load_root_token(&self) -> Result<Secret, ConfigError> {
+        if !self.root_token.0.is_empty() {
+            return Ok(self.root_token.clone());
+        }
+        let Some(path) = &self.root_token_file else {
+            return Err(ConfigError {
+                field: "root-token",
+                reason: "a root token is required (--root-token, DYNAMO_ROOT_TOKEN or --root-token-file)"
+                    .into(),
+            });
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            field: "root-token-file",
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        let token = text.lines().next().unwrap_or("").trim().to_owned();
+        if token.len() < 16 {
+            return Err(ConfigError {
+                field: "root-token-file",
+                reason: "the token must be at least 16 characters".into(),
+            });
+        }
+        Ok(Secret(token))
+    }
+
+    /// Properties of buckets without explicit ones.
+    pub fn default_props(&self) -> BucketProps {
+        BucketProps {
+            n: self.default_n,
+            r: self.default_r,
+            w: self.default_w,
+            ..BucketProps::default()
+        }
+    }
+
+    /// The default quorum wait.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Builds a configuration for tests and `dynamo dev`.
+    pub fn for_ring(ring_url: impl Into<String>, root_token: impl Into<String>) -> Config {
+        let mut c = Config::parse_from(["dynamo-coordinator"]);
+        c.ring_url = ring_url.into();
+        c.root_token = Secret(root_token.into());
+        c
+    }
+}

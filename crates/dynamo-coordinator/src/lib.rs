@@ -1,0 +1,157 @@
+//! `dynamo-coordinator`: the stateless request coordinator.
+//!
+//! It serves the public REST API of `../shared/API.md` (objects, buckets, cluster, admin
+//! tokens, errors, auth, `/v1/openapi.json`), routes each key by the cached ring, and runs
+//! Dynamo's quorum protocol against the storage nodes: the write goes to the first
+//! reachable node of the preference list, which mints the dot, then to the other N − 1;
+//! reads ask N and answer on R; unreachable nodes are replaced by fallbacks holding hints;
+//! stale replicas are repaired after reads.
+//!
+//! # Layout
+//! - [`config`]: flags; [`state`]: the cached cluster state (ring, buckets, tokens),
+//!   long-polled from the ring service; [`peers`]: one handle per storage node, with
+//!   batching and failure detection; [`kv`]: the quorum data path and read repair;
+//!   [`auth`]: tokens; [`api`]: the routes; [`openapi`]; [`metrics`].
+//! - Start at [`run`], then [`kv`].
+//!
+//! # It is not
+//! Stateful: it stores nothing. Many coordinators can run side by side.
+//!
+//! **Invariant:** a ring with an older epoch than the cached one is never installed.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod kv;
+pub mod metrics;
+pub mod openapi;
+pub mod peers;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamo_server::metrics::HttpMetrics;
+use dynamo_server::serve::{self, Limits, Readiness};
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// Why the coordinator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Metrics could not be registered.
+    #[error("metrics registration failed")]
+    Metrics(#[from] prometheus::Error),
+    /// The HTTP client could not be built.
+    #[error("http client set-up failed")]
+    Client(#[from] reqwest::Error),
+    /// The listener failed.
+    #[error("listener failed")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs a coordinator on `listener` until `shutdown`, then shuts down in order: not ready,
+/// stop accepting, drain requests, finish replication tasks, stop workers.
+///
+/// # Errors
+/// [`RunError`] for an invalid configuration or a failing listener.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    config.validate()?;
+    let root = config.load_root_token()?;
+    let config = Arc::new(config);
+    let registry = Arc::new(Registry::new());
+    let metrics = metrics::CoordinatorMetrics::new(&registry)?;
+    let http_metrics = HttpMetrics::new(&registry, "coordinator")?;
+
+    // One client per process: pooled keep-alive connections to every storage node.
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(config.replica_timeout_ms))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .build()?;
+
+    let tracker = TaskTracker::new();
+    let workers_stop = CancellationToken::new();
+    let cache = state::ClusterCache::new(config.ring_url.clone(), client.clone(), metrics.clone());
+    if let Err(e) = cache.refresh(Duration::from_secs(2)).await {
+        tracing::warn!(error = %e.message, "ring service not reachable at start; will keep trying");
+    }
+    tracker.spawn(cache.clone().run_poller(workers_stop.clone()));
+
+    let peers = peers::Peers::new(
+        client.clone(),
+        peers::PeerSettings {
+            timeout: Duration::from_millis(config.replica_timeout_ms),
+            backoff: Duration::from_millis(config.node_backoff_ms),
+            max_inflight: config.max_inflight_per_node,
+        },
+        metrics.clone(),
+        tracker.clone(),
+        workers_stop.clone(),
+    );
+    let (repair_tx, repair_rx) = mpsc::channel(config.read_repair_queue);
+    let request_tasks = TaskTracker::new();
+    let coord = Arc::new(kv::Coordinator {
+        cache: cache.clone(),
+        peers: peers.clone(),
+        metrics: metrics.clone(),
+        repairs: repair_tx,
+        tracker: request_tasks.clone(),
+    });
+    let repairs = tracker.spawn(kv::run_repairs(repair_rx, peers.clone(), metrics.clone()));
+
+    let auth = Arc::new(auth::AuthState {
+        root_sha256: auth::token_sha256(&root.0),
+        cache: cache.clone(),
+    });
+    let app_state = api::AppState {
+        coord: coord.clone(),
+        cache,
+        config: config.clone(),
+        client,
+        metrics,
+    };
+    let readiness = Readiness::new();
+    let app = serve::with_common_layers(
+        api::routes(app_state, auth),
+        serve::health_routes(readiness.clone(), registry),
+        Limits {
+            max_body_bytes: config.max_body_bytes,
+            max_concurrent_requests: config.max_concurrent_requests,
+        },
+        http_metrics,
+    );
+    tracing::info!(listen = %listener.local_addr()?, ring = %config.ring_url, "coordinator starting");
+    let served = serve::serve(
+        listener,
+        app,
+        shutdown,
+        readiness,
+        Duration::from_millis(config.drain_timeout_ms),
+    )
+    .await;
+
+    // Replication and repair tasks started by requests finish first (they may hold
+    // minted dots), bounded by the replica timeout; then the workers stop.
+    request_tasks.close();
+    let _ = tokio::time::timeout(
+        Duration::from_millis(config.replica_timeout_ms * 4),
+        request_tasks.wait(),
+    )
+    .await;
+    drop(coord);
+    workers_stop.cancel();
+    repairs.abort();
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    tracing::info!("coordinator stopped");
+    Ok(served?)
+}

@@ -1,0 +1,133 @@
+//! The coordinator's Prometheus metrics (`dynamo_coordinator_*`).
+
+use dynamo_server::metrics::LATENCY_BUCKETS;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Every metric the coordinator exports.
+#[derive(Clone)]
+pub struct CoordinatorMetrics {
+    /// Client requests by operation and result code (`ok` or an error code).
+    pub requests: IntCounterVec,
+    /// Client request latency by operation.
+    pub request_duration: HistogramVec,
+    /// Requests that failed their quorum, by operation.
+    pub quorum_failures: IntCounterVec,
+    /// Replica slots served by a fallback (sloppy quorum), by operation.
+    pub fallbacks: IntCounterVec,
+    /// Read repairs sent.
+    pub read_repairs: IntCounter,
+    /// Read repairs dropped because the queue was full.
+    pub read_repairs_dropped: IntCounter,
+    /// Replica batches sent (hops), by peer and result.
+    pub hops: IntCounterVec,
+    /// Operations per replica batch sent.
+    pub batch_ops: Histogram,
+    /// Replica batch latency by peer.
+    pub hop_duration: HistogramVec,
+    /// Storage nodes currently skipped by the failure detector.
+    pub nodes_down: IntGauge,
+    /// The ring epoch of the cached state.
+    pub ring_epoch: IntGauge,
+    /// Runtime checks of core invariants that failed.
+    pub invariant_violations: IntCounterVec,
+}
+
+impl CoordinatorMetrics {
+    /// Registers the metrics in `registry`.
+    ///
+    /// # Errors
+    /// A [`prometheus::Error`] if a name is already registered there.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = CoordinatorMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_coordinator_requests_total",
+                    "Client requests, by operation and result code",
+                ),
+                &["op", "code"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "dynamo_coordinator_request_duration_seconds",
+                    "Client request latency, by operation",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["op"],
+            )?,
+            quorum_failures: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_coordinator_quorum_failures_total",
+                    "Requests that could not reach R or W",
+                ),
+                &["op"],
+            )?,
+            fallbacks: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_coordinator_sloppy_fallbacks_total",
+                    "Replica slots served by a fallback node (sloppy quorum)",
+                ),
+                &["op"],
+            )?,
+            read_repairs: IntCounter::new(
+                "dynamo_coordinator_read_repairs_total",
+                "Read repairs sent to stale replicas",
+            )?,
+            read_repairs_dropped: IntCounter::new(
+                "dynamo_coordinator_read_repairs_dropped_total",
+                "Read repairs dropped because the repair queue was full",
+            )?,
+            hops: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_coordinator_replica_batches_total",
+                    "Replica batches sent, by peer and result",
+                ),
+                &["peer", "result"],
+            )?,
+            batch_ops: Histogram::with_opts(
+                HistogramOpts::new(
+                    "dynamo_coordinator_replica_batch_ops",
+                    "Operations per replica batch sent",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            )?,
+            hop_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "dynamo_coordinator_replica_batch_duration_seconds",
+                    "Latency of one replica batch, by peer",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["peer"],
+            )?,
+            nodes_down: IntGauge::new(
+                "dynamo_coordinator_nodes_down",
+                "Storage nodes the failure detector currently skips",
+            )?,
+            ring_epoch: IntGauge::new(
+                "dynamo_coordinator_ring_epoch",
+                "Ring epoch of the cached cluster state",
+            )?,
+            invariant_violations: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_invariant_violations_total",
+                    "Runtime checks of core invariants that failed",
+                ),
+                &["invariant"],
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.request_duration.clone()))?;
+        registry.register(Box::new(m.quorum_failures.clone()))?;
+        registry.register(Box::new(m.fallbacks.clone()))?;
+        registry.register(Box::new(m.read_repairs.clone()))?;
+        registry.register(Box::new(m.read_repairs_dropped.clone()))?;
+        registry.register(Box::new(m.hops.clone()))?;
+        registry.register(Box::new(m.batch_ops.clone()))?;
+        registry.register(Box::new(m.hop_duration.clone()))?;
+        registry.register(Box::new(m.nodes_down.clone()))?;
+        registry.register(Box::new(m.ring_epoch.clone()))?;
+        registry.register(Box::new(m.invariant_violations.clone()))?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,283 @@
+//! The ring service's internal HTTP API (JSON). The route table is in the crate doc.
+//!
+//! Handlers parse and validate, then hand a closure to [`Service::mutate`]; a refusal
+//! leaves the state untouched, and an accepted change is on disk before the answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use dynamo_core::wire::BucketPropsPatch;
+use dynamo_core::wire::cluster::{
+    BucketRecord, ClusterView, Handoff, Heartbeat, KeyPlacement, NodeRegistration, NodeState, ReplaceRequest,
+    TokenRecord,
+};
+use dynamo_core::{BucketName, ErrorCode, NodeId, key_hash};
+use dynamo_server::ApiError;
+use dynamo_server::extract::{Json, Path, Query};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::cluster::{validate_address, validate_registration};
+use crate::plan::{ChangeKind, PendingChange};
+use crate::service::Service;
+
+/// Longest long-poll wait a caller may ask for (`wait_ms`).
+pub const MAX_WAIT_MS: u64 = 30_000;
+
+type AppState = Arc<Service>;
+
+/// Builds the internal API routes.
+pub(crate) fn routes(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/internal/v1/state", get(get_state))
+        .route("/internal/v1/ring", get(get_ring))
+        .route("/internal/v1/cluster", get(get_cluster))
+        .route("/internal/v1/nodes", post(join))
+        .route("/internal/v1/nodes/{node}", delete(decommission))
+        .route("/internal/v1/nodes/{node}/replace", post(replace))
+        .route("/internal/v1/heartbeat", post(heartbeat))
+        .route("/internal/v1/buckets/{bucket}", get(get_bucket).put(put_bucket))
+        .route("/internal/v1/buckets/{bucket}/written", post(bucket_written))
+        .route("/internal/v1/tokens", post(create_token))
+        .route("/internal/v1/tokens/{id}", delete(delete_token))
+        .route("/internal/v1/change", get(get_change))
+        .route("/internal/v1/change/retry", post(retry_change))
+        .route("/internal/v1/change/abort", post(abort_change))
+        .with_state(svc)
+}
+
+fn node_id(raw: String) -> Result<NodeId, ApiError> {
+    NodeId::new(raw).map_err(ApiError::from)
+}
+
+fn bucket_name(raw: String) -> Result<BucketName, ApiError> {
+    BucketName::new(raw).map_err(ApiError::from)
+}
+
+/// Query of `GET /internal/v1/state`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateQuery {
+    /// Answer only with a version greater than this.
+    after: Option<u64>,
+    /// How long to wait for one, in ms (at most [`MAX_WAIT_MS`]; default 0).
+    wait_ms: Option<u64>,
+}
+
+/// `GET /internal/v1/state`: the state at once if newer than `after`, else a long-poll
+/// until a commit (200) or `wait_ms` (304, no body).
+async fn get_state(State(svc): State<AppState>, Query(q): Query<StateQuery>) -> Result<Response, ApiError> {
+    let wait_ms = q.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("wait_ms is at most {MAX_WAIT_MS}"),
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_millis(wait_ms);
+    let mut rx = svc.subscribe();
+    loop {
+        let current = rx.borrow_and_update().clone();
+        if q.after.is_none_or(|after| current.state.version > after) {
+            return Ok(Json(&current.state).into_response());
+        }
+        tokio::select! {
+            () = svc.shutdown.cancelled() => {
+                return Err(ApiError::new(ErrorCode::ShuttingDown, "the ring service is shutting down"));
+            }
+            () = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NOT_MODIFIED.into_response()),
+            changed = rx.changed() => if changed.is_err() {
+                return Err(ApiError::new(ErrorCode::ShuttingDown, "the ring service is shutting down"));
+            }
+        }
+    }
+}
+
+/// Query of `GET /internal/v1/ring`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RingQuery {
+    bucket: Option<String>,
+    key: Option<String>,
+}
+
+/// `GET /internal/v1/ring`: the ring, or with `?bucket=&key=` that key's placement (for
+/// the bucket's `n`).
+async fn get_ring(State(svc): State<AppState>, Query(q): Query<RingQuery>) -> Result<Response, ApiError> {
+    let snap = svc.snapshot();
+    let Some(ring) = &snap.state.ring else {
+        return Err(ApiError::new(
+            ErrorCode::RingUnavailable,
+            "no ring yet: join a node first",
+        ));
+    };
+    match (q.bucket, q.key) {
+        (None, None) => Ok(Json(ring).into_response()),
+        (Some(b), Some(k)) => {
+            let b = bucket_name(b)?;
+            dynamo_core::ids::validate_key(&k).map_err(ApiError::from)?;
+            let n = usize::from(snap.bucket(&b).props.n);
+            let pl = ring.preference_list_for(key_hash(b.as_str(), &k), n);
+            Ok(Json(KeyPlacement {
+                epoch: ring.epoch(),
+                partition: pl.partition,
+                preference_list: pl.preference_list,
+                fallbacks: pl.fallbacks,
+            })
+            .into_response())
+        }
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            "bucket and key go together",
+        )),
+    }
+}
+
+async fn get_cluster(State(svc): State<AppState>) -> Json<ClusterView> {
+    Json(svc.view())
+}
+
+fn accepted(svc: &Service) -> (StatusCode, Json<ClusterView>) {
+    (StatusCode::ACCEPTED, Json(svc.view()))
+}
+
+/// Starts a change; a newcomer gets a liveness grace period from now.
+async fn begin(svc: &Arc<Service>, kind: ChangeKind) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
+    let settings = svc.settings;
+    let liveness = svc.liveness.clone();
+    svc.mutate(move |c| {
+        let newcomer = kind.joiner().map(|r| r.node_id.clone());
+        let name = kind.name();
+        c.begin(kind, settings)?;
+        if let Some(n) = newcomer {
+            liveness.lock().grace(&n, Instant::now());
+        }
+        tracing::info!(kind = name, "membership change started");
+        Ok(())
+    })
+    .await?;
+    Ok(accepted(svc))
+}
+
+async fn join(
+    State(svc): State<AppState>,
+    Json(reg): Json<NodeRegistration>,
+) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
+    validate_registration(&reg)?;
+    begin(&svc, ChangeKind::Join { node: reg }).await
+}
+
+async fn decommission(
+    State(svc): State<AppState>,
+    Path(node): Path<String>,
+) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
+    let node = node_id(node)?;
+    begin(&svc, ChangeKind::Decommission { node }).await
+}
+
+async fn replace(
+    State(svc): State<AppState>,
+    Path(old): Path<String>,
+    Json(req): Json<ReplaceRequest>,
+) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
+    let old = node_id(old)?;
+    validate_registration(&req.new_node)?;
+    begin(
+        &svc,
+        ChangeKind::Replace {
+            old,
+            new: req.new_node,
+        },
+    )
+    .await
+}
+
+/// `POST /internal/v1/heartbeat`: records the beat; commits only a transition (`down` →
+/// `up`) or an address change.
+async fn heartbeat(State(svc): State<AppState>, Json(hb): Json<Heartbeat>) -> Result<StatusCode, ApiError> {
+    validate_address(&hb.address)?;
+    let snap = svc.snapshot();
+    let Some(node) = snap.node(&hb.node_id) else {
+        return Err(ApiError::new(
+            ErrorCode::NodeNotFound,
+            format!("node {} is not a member", hb.node_id),
+        ));
+    };
+    // Recorded before the commit, so a liveness tick racing with it already sees it.
+    svc.liveness.lock().beat(&hb.node_id, Instant::now());
+    if node.address != hb.address || node.state == NodeState::Down {
+        svc.mutate(move |c| c.heartbeat(&hb)).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_bucket(
+    State(svc): State<AppState>,
+    Path(b): Path<String>,
+) -> Result<Json<BucketRecord>, ApiError> {
+    let b = bucket_name(b)?;
+    Ok(Json(svc.snapshot().bucket(&b)))
+}
+
+async fn put_bucket(
+    State(svc): State<AppState>,
+    Path(b): Path<String>,
+    Json(patch): Json<BucketPropsPatch>,
+) -> Result<Json<BucketRecord>, ApiError> {
+    let b = bucket_name(b)?;
+    Ok(Json(svc.mutate(move |c| c.patch_bucket(&b, &patch)).await?))
+}
+
+async fn bucket_written(State(svc): State<AppState>, Path(b): Path<String>) -> Result<StatusCode, ApiError> {
+    let b = bucket_name(b)?;
+    svc.mutate(move |c| c.mark_written(&b)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_token(
+    State(svc): State<AppState>,
+    Json(t): Json<TokenRecord>,
+) -> Result<(StatusCode, Json<TokenRecord>), ApiError> {
+    crate::cluster::validate_token(&t)?;
+    let stored = t.clone();
+    svc.mutate(move |c| c.add_token(t)).await?;
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+async fn delete_token(State(svc): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    svc.mutate(move |c| c.remove_token(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /internal/v1/change`: the membership change in progress, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeReport {
+    /// The change, with its phase and status (`running` or `failed` with a reason).
+    pub change: Option<PendingChange>,
+    /// Its handoffs in the current round.
+    pub handoffs: Vec<Handoff>,
+}
+
+async fn get_change(State(svc): State<AppState>) -> Json<ChangeReport> {
+    let snap = svc.snapshot();
+    Json(ChangeReport {
+        change: snap.change.clone(),
+        handoffs: snap.state.handoffs.clone(),
+    })
+}
+
+async fn retry_change(State(svc): State<AppState>) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
+    svc.mutate(|c| c.retry().map(|_| ())).await?;
+    Ok(accepted(&svc))
+}
+
+async fn abort_change(State(svc): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
+    let liveness = svc.liveness.clone();
+    svc.mutate(move |c| c.abort(&|n| liveness.is_live_now(n))).await?;
+    Ok(Json(svc.view()))
+}

@@ -1,0 +1,186 @@
+//! The ring service's configuration: flags with `DYNAMO_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use dynamo_core::Partitioning;
+use dynamo_core::limits::MAX_N;
+
+/// Smallest accepted `--max-body-bytes`: a registration or a token with a long bucket
+/// list must fit.
+pub const MIN_BODY_BYTES: usize = 4 << 10;
+
+/// The Dynamo ring service: membership, liveness, ring epochs, bucket properties, tokens.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "dynamo-ring", version, about)]
+pub struct Config {
+    /// Address the internal API listens on.
+    #[arg(long, env = "DYNAMO_LISTEN", default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+
+    /// Directory of the persisted cluster state (`state.json`).
+    #[arg(long, env = "DYNAMO_DATA_DIR", default_value = "data/ring")]
+    pub data_dir: PathBuf,
+
+    /// Partition count Q (a power of two). Fixed when the first node joins; a stored
+    /// state with another Q is refused at start-up.
+    #[arg(long, env = "DYNAMO_PARTITIONS", default_value_t = 256)]
+    pub partitions: u64,
+
+    /// Replicas (N) that placement spreads over and that handoff plans copy for.
+    #[arg(long, env = "DYNAMO_SPREAD", default_value_t = 3)]
+    pub spread: u8,
+
+    /// A member whose last heartbeat is older than this is `down` (liveness only; never a
+    /// membership change).
+    #[arg(long, env = "DYNAMO_HEARTBEAT_TIMEOUT_MS", default_value_t = 3_000)]
+    pub heartbeat_timeout_ms: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "DYNAMO_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Most requests served at once (more get `503 overloaded`); each long-poll holds one.
+    #[arg(long, env = "DYNAMO_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// How long in-flight requests may drain at shutdown.
+    #[arg(long, env = "DYNAMO_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Timeout of one partition pull request sent to a receiving storage node.
+    #[arg(long, env = "DYNAMO_HANDOFF_TIMEOUT_MS", default_value_t = 60_000)]
+    pub handoff_timeout_ms: u64,
+
+    /// Attempts per partition pull before the membership change is marked failed (it can
+    /// then be retried or aborted).
+    #[arg(long, env = "DYNAMO_HANDOFF_MAX_ATTEMPTS", default_value_t = 6)]
+    pub handoff_max_attempts: u32,
+
+    /// Partition pulls in flight at once during a membership change.
+    #[arg(long, env = "DYNAMO_HANDOFF_CONCURRENCY", default_value_t = 4)]
+    pub handoff_concurrency: usize,
+
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, env = "DYNAMO_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A field is out of range.
+    #[error("invalid --{field}: {reason}")]
+    Invalid {
+        /// The flag.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Checks ranges and cross-field rules.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if let Err(e) = Partitioning::with_count(self.partitions) {
+            return bad("partitions", e.to_string());
+        }
+        if self.spread == 0 || self.spread > MAX_N {
+            return bad("spread", format!("must be 1..={MAX_N}, got {}", self.spread));
+        }
+        if self.max_body_bytes < MIN_BODY_BYTES {
+            return bad("max-body-bytes", format!("must be at least {MIN_BODY_BYTES}"));
+        }
+        if self.handoff_concurrency > 64 {
+            return bad("handoff-concurrency", "must be at most 64".into());
+        }
+        if self.handoff_max_attempts > 100 {
+            return bad("handoff-max-attempts", "must be at most 100".into());
+        }
+        for (field, v) in [
+            ("heartbeat-timeout-ms", self.heartbeat_timeout_ms),
+            ("max-concurrent-requests", self.max_concurrent_requests as u64),
+            ("drain-timeout-ms", self.drain_timeout_ms),
+            ("handoff-timeout-ms", self.handoff_timeout_ms),
+            ("handoff-max-attempts", u64::from(self.handoff_max_attempts)),
+            ("handoff-concurrency", self.handoff_concurrency as u64),
+        ] {
+            if v == 0 {
+                return bad(field, "must be greater than 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds a configuration for tests and `dynamo dev`: defaults with `data_dir`.
+    pub fn for_dir(data_dir: impl Into<PathBuf>) -> Config {
+        let mut c = Config::parse_from(["dynamo-ring"]);
+        c.data_dir = data_dir.into();
+        c
+    }
+
+    /// Returns the partitioning (after [`Config::validate`]; the default otherwise).
+    pub fn partitioning(&self) -> Partitioning {
+        Partitioning::with_count(self.partitions).unwrap_or_else(|_| {
+            Partitioning::with_count(1 << dynamo_core::limits::DEFAULT_PARTITION_BITS).expect("256 is valid")
+        })
+    }
+
+    /// The drain deadline.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// The heartbeat timeout.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    /// The timeout of one pull request.
+    pub fn handoff_timeout(&self) -> Duration {
+        Duration::from_millis(self.handoff_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_their_flag() {
+        let c = Config::for_dir("x");
+        c.validate().expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!((c.partitions, c.spread, c.heartbeat_timeout_ms), (256, 3, 3_000));
+        assert_eq!(c.max_body_bytes, 1 << 20);
+
+        let mut bad = c.clone();
+        bad.partitions = 100;
+        assert!(
+            bad.validate()
+                .expect_err("not a power of two")
+                .to_string()
+                .contains("--partitions")
+        );
+        let mut bad = c.clone();
+        bad.spread = 0;
+        assert!(
+            bad.validate()
+                .expect_err("spread 0")
+                .to_string()
+                .contains("--spread")
+        );
+        let mut bad = c.clone();
+        bad.heartbeat_timeout_ms = 0;
+        assert!(bad.validate().is_err());
+        let mut bad = c;
+        bad.max_body_bytes = 10;
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,78 @@
+//! The ring service's Prometheus metrics (`dynamo_ring_*`, and the shared
+//! `dynamo_invariant_violations_total`).
+
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::cluster::Cluster;
+
+/// Every metric the ring service exports (besides the HTTP ones of `dynamo-server`).
+#[derive(Clone)]
+pub struct RingMetrics {
+    /// The current ring epoch (0 before the first join).
+    pub epoch: IntGauge,
+    /// Members of the current ring.
+    pub members: IntGauge,
+    /// The version of the cluster-state document.
+    pub state_version: IntGauge,
+    /// Handoffs of the change in progress not yet done in its current round.
+    pub handoffs_pending: IntGauge,
+    /// Partition pull requests sent, by result (`ok`, `retry`, `failed`).
+    pub pulls: IntCounterVec,
+    /// Runtime checks of a core invariant that failed, by invariant.
+    pub invariant_violations: IntCounterVec,
+}
+
+impl RingMetrics {
+    /// Registers the metrics in `registry`.
+    ///
+    /// # Errors
+    /// A [`prometheus::Error`] if a name is already registered there.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = RingMetrics {
+            epoch: IntGauge::new(
+                "dynamo_ring_epoch",
+                "The current ring epoch (0 before the first join)",
+            )?,
+            members: IntGauge::new("dynamo_ring_members", "Members of the current ring")?,
+            state_version: IntGauge::new(
+                "dynamo_ring_state_version",
+                "Version of the cluster-state document; grows with every change",
+            )?,
+            handoffs_pending: IntGauge::new(
+                "dynamo_ring_handoffs_pending",
+                "Partition handoffs of the membership change in progress not yet done in this round",
+            )?,
+            pulls: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_ring_handoff_pulls_total",
+                    "Partition pull requests sent to receiving nodes, by result",
+                ),
+                &["result"],
+            )?,
+            invariant_violations: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_invariant_violations_total",
+                    "Runtime checks of a core invariant that failed, by invariant",
+                ),
+                &["invariant"],
+            )?,
+        };
+        registry.register(Box::new(m.epoch.clone()))?;
+        registry.register(Box::new(m.members.clone()))?;
+        registry.register(Box::new(m.state_version.clone()))?;
+        registry.register(Box::new(m.handoffs_pending.clone()))?;
+        registry.register(Box::new(m.pulls.clone()))?;
+        registry.register(Box::new(m.invariant_violations.clone()))?;
+        Ok(m)
+    }
+
+    /// Sets the gauges from the current state.
+    pub fn observe(&self, c: &Cluster) {
+        self.epoch.set(c.epoch().0 as i64);
+        self.members
+            .set(c.state.ring.as_ref().map_or(0, |r| r.members().len()) as i64);
+        self.state_version.set(c.state.version as i64);
+        self.handoffs_pending
+            .set(c.state.handoffs.iter().filter(|h| !h.done).count() as i64);
+    }
+}

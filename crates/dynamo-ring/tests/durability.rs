@@ -1,0 +1,293 @@
+//! The persisted state across restarts of the ring service on the same directory.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::*;
+use dynamo_ring::RingServiceError;
+use dynamo_ring::store::{LoadError, STATE_FILE, TEMP_FILE};
+use serde_json::{Value, json};
+
+fn token(id: &str, hash_digit: char) -> Value {
+    json!({
+        "id": id,
+        "sha256": hash_digit.to_string().repeat(64),
+        "buckets": "*",
+        "permissions": ["read", "write"],
+        "created_ms": 1_700_000_000_000u64,
+    })
+}
+
+// Goal (ARCHITECTURE §4 invariant 5): the ring epoch and the state version never go
+// backwards across restarts; everything but liveness timestamps survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariant_5_ring_epoch_never_goes_backwards_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = start(config(dir.path())).await;
+    let a = FakeNode::start("node-a", &ring.url).await;
+    let b = FakeNode::start("node-b", &ring.url).await;
+    let c = FakeNode::start("node-c", &ring.url).await;
+    join_and_wait(&ring.url, &a, 1).await;
+    join_and_wait(&ring.url, &b, 2).await;
+    let (s, _) = call(
+        "PUT",
+        &format!("{}/internal/v1/buckets/photos", ring.url),
+        Some(json!({"n": 2, "r": 1, "w": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(
+        "POST",
+        &format!("{}/internal/v1/buckets/photos/written", ring.url),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(
+        "POST",
+        &format!("{}/internal/v1/tokens", ring.url),
+        Some(token("t1", 'a')),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let before = state(&ring.url).await;
+    ring.shutdown().await;
+    assert!(!dir.path().join(TEMP_FILE).exists(), "no temp file left behind");
+
+    let ring = start(config(dir.path())).await;
+    let after = state(&ring.url).await;
+    assert_eq!(after, before, "the whole document survives");
+    // No version is reused: a poller that saw `before` gets nothing new.
+    let (s, _) = call(
+        "GET",
+        &format!(
+            "{}/internal/v1/state?after={}&wait_ms=0",
+            ring.url, before.version
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_MODIFIED);
+    join_and_wait(&ring.url, &c, 3).await;
+    let third = state(&ring.url).await;
+    assert!(third.version > before.version);
+    ring.shutdown().await;
+
+    let ring = start(config(dir.path())).await;
+    let again = state(&ring.url).await;
+    assert_eq!(again.ring.as_ref().map(|r| r.epoch().0), Some(3));
+    assert_eq!(again.version, third.version);
+    assert_eq!(metric(&ring.url, "dynamo_ring_epoch").await, 3.0);
+    assert_eq!(
+        metric(&ring.url, "dynamo_ring_state_version").await,
+        third.version as f64
+    );
+    ring.shutdown().await;
+}
+
+// Goal: the state file is the one source of truth: a file restored from an older copy
+// is loaded as it is (the service keeps no other record to compare with; callers that
+// cached a newer epoch refuse the older ring, by invariant 5 on their side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_older_state_file_is_what_is_loaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = start(config(dir.path())).await;
+    let a = FakeNode::start("node-a", &ring.url).await;
+    let b = FakeNode::start("node-b", &ring.url).await;
+    join_and_wait(&ring.url, &a, 1).await;
+    let old = state(&ring.url).await;
+    let old_file = std::fs::read(dir.path().join(STATE_FILE)).expect("read");
+    join_and_wait(&ring.url, &b, 2).await;
+    ring.shutdown().await;
+
+    std::fs::write(dir.path().join(STATE_FILE), old_file).expect("restore");
+    let ring = start(config(dir.path())).await;
+    assert_eq!(state(&ring.url).await, old);
+    ring.shutdown().await;
+}
+
+// Goal: a tampered or corrupt state file stops the service at start-up with an error
+// naming the file, never a panic and never an empty ring; the file is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_state_file_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = start(config(dir.path())).await;
+    let a = FakeNode::start("node-a", &ring.url).await;
+    let b = FakeNode::start("node-b", &ring.url).await;
+    join_and_wait(&ring.url, &a, 1).await;
+    join_and_wait(&ring.url, &b, 2).await;
+    ring.shutdown().await;
+    let path = dir.path().join(STATE_FILE);
+    let good = std::fs::read_to_string(&path).expect("read");
+    let good_json: Value = serde_json::from_str(&good).expect("json");
+
+    let mut stranger = good_json.clone();
+    stranger["state"]["ring"]["owners"][0] = json!("node-z");
+    let mut missing_node = good_json.clone();
+    missing_node["state"]["nodes"]
+        .as_array_mut()
+        .expect("nodes")
+        .remove(0);
+    let mut future = good_json.clone();
+    future["format"] = json!(2);
+    let mut bad_epoch = good_json.clone();
+    bad_epoch["state"]["ring"]["epoch"] = json!("two");
+    let cases: Vec<(&str, String)> = vec![
+        ("garbage", "{{{ not json".into()),
+        ("truncated", good[..good.len() / 2].into()),
+        ("owner outside the membership", stranger.to_string()),
+        ("ring member missing from the nodes", missing_node.to_string()),
+        ("unknown format", future.to_string()),
+        ("mistyped epoch", bad_epoch.to_string()),
+    ];
+    for (what, content) in cases {
+        std::fs::write(&path, &content).expect("write");
+        let e = start_err(config(dir.path())).await;
+        assert!(
+            matches!(e, RingServiceError::State(LoadError::Corrupt { .. })),
+            "{what}: {e:?}"
+        );
+        assert!(e.to_string().contains("state.json"), "{what}: {e}");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            content,
+            "{what}: file untouched"
+        );
+    }
+
+    // A state made with another Q is refused too.
+    std::fs::write(&path, &good).expect("write");
+    let mut other_q = config(dir.path());
+    other_q.partitions = 64;
+    let e = start_err(other_q).await;
+    assert!(
+        matches!(
+            e,
+            RingServiceError::PartitionMismatch {
+                stored: 32,
+                configured: 64
+            }
+        ),
+        "{e:?}"
+    );
+
+    // The good file still loads.
+    let ring = start(config(dir.path())).await;
+    assert_eq!(ring_of(&ring.url).await.epoch().0, 2);
+    ring.shutdown().await;
+}
+
+// Goal: a membership change interrupted by a restart of the ring service resumes from
+// its persisted plan and completes; nothing is published before its pulls succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_in_progress_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.handoff_max_attempts = 100;
+    let ring = start(cfg.clone()).await;
+    let a = FakeNode::start("node-a", &ring.url).await;
+    let b = FakeNode::start("node-b", &ring.url).await;
+    join_and_wait(&ring.url, &a, 1).await;
+
+    b.fail_next(u32::MAX);
+    let (s, _) = call(
+        "POST",
+        &format!("{}/internal/v1/nodes", ring.url),
+        Some(b.registration()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.requests() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "no pull attempts");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    ring.shutdown().await;
+
+    b.fail_next(0);
+    let ring = start(cfg).await;
+    let (_, v) = call("GET", &format!("{}/internal/v1/change", ring.url), None).await;
+    assert!(
+        v["change"].is_null() || v["change"]["kind"]["kind"] == "join",
+        "{v}"
+    );
+    let done = wait_state(&ring.url, "the resumed join", |s| {
+        settled(s) && s.ring.as_ref().is_some_and(|r| r.epoch().0 == 2)
+    })
+    .await;
+    assert_eq!(done.ring.expect("ring").members().len(), 2);
+    let copied: std::collections::BTreeSet<u32> = b.pulls().iter().map(|p| p.partition).collect();
+    assert_eq!(copied.len(), 32, "every partition reached b");
+    ring.shutdown().await;
+}
+
+// Goal: the binary reads its flags, serves, keeps its state in --data-dir, and exits 0
+// on SIGTERM (the shutdown path a Kubernetes pod takes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dynamo-ring"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--partitions", "16"])
+        .env("DYNAMO_DATA_DIR", dir.path())
+        .env("DYNAMO_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn dynamo-ring");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = client().get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (s, _) = call(
+        "PUT",
+        &format!("{url}/internal/v1/buckets/b"),
+        Some(json!({"r": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        dir.path().join(STATE_FILE).exists(),
+        "state in --data-dir (from the env)"
+    );
+
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("did not exit after SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+
+    // Bad flags are refused with a non-zero exit, before anything is bound.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dynamo-ring"))
+        .args(["--partitions", "100"])
+        .env("DYNAMO_DATA_DIR", dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--partitions"),
+        "{out:?}"
+    );
+}

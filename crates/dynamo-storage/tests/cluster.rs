@@ -1,0 +1,198 @@
+//! The node knowing the cluster: heartbeats to the ring service, the cached ring, and
+//! invariant 5 (a ring epoch never goes backwards on a node), through real HTTP against a
+//! fake ring service on loopback.
+
+mod common;
+
+use common::fake_ring::{FakeRing, ring_of, state_of};
+use common::*;
+use dynamo_core::NodeId;
+use dynamo_core::ring::{Member, Ring};
+use dynamo_core::wire::cluster::ClusterState;
+
+const VIOLATIONS: &str = "dynamo_invariant_violations_total{invariant=\"ring_epoch_monotonic\"}";
+
+#[derive(serde::Deserialize)]
+struct View {
+    ring_epoch: u64,
+    state: Option<ClusterState>,
+}
+
+async fn view(url: &str) -> View {
+    client()
+        .get(format!("{url}/internal/v1/cluster-state"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("view json")
+}
+
+async fn start_following(dir: &std::path::Path, node_id: &str, ring_url: &str) -> InProcess {
+    let mut config = dynamo_storage::Config::for_dir(dir);
+    config.node_id = Some(node_id.into());
+    config.ring_url = Some(ring_url.into());
+    config.heartbeat_interval_ms = 50;
+    start_with(config).await
+}
+
+/// Rings of epochs 1, 2 and 3 (each a join of one more node).
+fn rings() -> (Ring, Ring, Ring) {
+    let r1 = ring_of(&[
+        ("node-a", "http://127.0.0.1:1".into()),
+        ("node-b", "http://127.0.0.1:2".into()),
+    ]);
+    let add = |r: &Ring, id: &str| {
+        r.with_member_added(NodeId::new(id).expect("id"), Member::default())
+            .expect("join")
+    };
+    let r2 = add(&r1, "node-c");
+    let r3 = add(&r2, "node-d");
+    (r1, r2, r3)
+}
+
+// Goal: the node adopts the ring the ring service publishes, refuses a later document
+// carrying an older ring epoch (counting the breach of invariant 5 and keeping its view),
+// and adopts the next newer ring. Method: a fake ring service publishes epoch 2, then
+// epoch 1 under a larger document version, then epoch 3; the node's read-only view and
+// its metrics are polled, each wait bounded.
+#[tokio::test]
+async fn the_node_caches_the_ring_and_refuses_an_older_epoch() {
+    let (r1, r2, r3) = rings();
+    let ring = FakeRing::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_following(dir.path(), "node-a", &ring.url).await;
+    assert_eq!(
+        view(&node.url()).await.ring_epoch,
+        0,
+        "no ring before the first state"
+    );
+    assert_eq!(metric(&node.url(), VIOLATIONS).await, 0.0);
+
+    ring.publish(state_of(1, &r2));
+    eventually("epoch 2 adopted", || async {
+        view(&node.url()).await.ring_epoch == 2
+    })
+    .await;
+    let v = view(&node.url()).await;
+    assert_eq!(v.state.expect("state").ring.as_ref(), Some(&r2));
+    assert_eq!(metric(&node.url(), "dynamo_storage_ring_epoch").await, 2.0);
+
+    // An older ring under a newer document version: refused, counted, view unchanged.
+    ring.publish(state_of(2, &r1));
+    eventually("older ring refused", || async {
+        metric(&node.url(), VIOLATIONS).await >= 1.0
+    })
+    .await;
+    let v = view(&node.url()).await;
+    assert_eq!(v.ring_epoch, 2);
+    let s = v.state.expect("state");
+    assert_eq!((s.version, s.ring.as_ref()), (1, Some(&r2)));
+
+    // The next newer ring is adopted as usual.
+    ring.publish(state_of(3, &r3));
+    eventually("epoch 3 adopted", || async {
+        view(&node.url()).await.ring_epoch == 3
+    })
+    .await;
+    assert_eq!(metric(&node.url(), VIOLATIONS).await, 1.0, "one refusal only");
+    node.shutdown().await;
+    ring.stop();
+}
+
+// Goal: a restarted node has the last ring it saw even though the ring service is gone,
+// and the epoch floor survives the restart: a ring service that comes back with an older
+// ring is refused. Method: learn epoch 2, stop node and ring service, restart the node
+// pointing at a closed port and read its view; then start a fake ring serving epoch 1.
+#[tokio::test]
+async fn a_restarted_node_has_the_last_ring_without_the_ring_service() {
+    let (r1, r2, _) = rings();
+    let ring = FakeRing::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_following(dir.path(), "node-a", &ring.url).await;
+    ring.publish(state_of(7, &r2));
+    eventually("epoch 2 adopted", || async {
+        view(&node.url()).await.ring_epoch == 2
+    })
+    .await;
+    node.shutdown().await;
+    ring.stop();
+
+    // Nothing listens on port 1: the ring service is away.
+    let node = start_following(dir.path(), "node-a", "http://127.0.0.1:1").await;
+    let v = view(&node.url()).await;
+    assert_eq!(v.ring_epoch, 2);
+    let s = v.state.expect("cached state");
+    assert_eq!((s.version, s.ring.as_ref()), (7, Some(&r2)));
+    assert_eq!(metric(&node.url(), "dynamo_storage_ring_epoch").await, 2.0);
+    node.shutdown().await;
+
+    let ring = FakeRing::start().await;
+    ring.publish(state_of(9, &r1));
+    let node = start_following(dir.path(), "node-a", &ring.url).await;
+    eventually("older ring refused after restart", || async {
+        metric(&node.url(), VIOLATIONS).await >= 1.0
+    })
+    .await;
+    assert_eq!(view(&node.url()).await.ring_epoch, 2);
+    node.shutdown().await;
+    ring.stop();
+}
+
+// Goal: heartbeats reach the ring service with the node's id and advertised address, go
+// on while the node is not a member yet (404), and are answered once it is. Method: a
+// fake ring service answers 404 until it is told to accept the node.
+#[tokio::test]
+async fn heartbeats_arrive_with_the_advertised_address() {
+    let ring = FakeRing::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_following(dir.path(), "node-a", &ring.url).await;
+    eventually("three heartbeats while not a member", || async {
+        ring.heartbeats().len() >= 3
+    })
+    .await;
+    for beat in ring.heartbeats() {
+        assert_eq!(beat.node_id.as_str(), "node-a");
+        assert_eq!(
+            beat.address,
+            node.url(),
+            "default advertise address is the bound one"
+        );
+    }
+    assert!(
+        metric(
+            &node.url(),
+            "dynamo_storage_heartbeats_total{result=\"not_member\"}"
+        )
+        .await
+            >= 3.0
+    );
+
+    ring.accept("node-a");
+    eventually("a heartbeat accepted", || async {
+        metric_opt(&node.url(), "dynamo_storage_heartbeats_total{result=\"ok\"}")
+            .await
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(ring.state_polls() >= 1, "the state is followed too");
+    node.shutdown().await;
+
+    // The flag overrides the advertised address.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = dynamo_storage::Config::for_dir(dir.path());
+    config.node_id = Some("node-b".into());
+    config.ring_url = Some(ring.url.clone());
+    config.heartbeat_interval_ms = 50;
+    config.advertise_address = Some("http://node-b.storage:7100".into());
+    let node = start_with(config).await;
+    eventually("a heartbeat from node-b", || async {
+        ring.heartbeats()
+            .iter()
+            .any(|b| b.node_id.as_str() == "node-b" && b.address == "http://node-b.storage:7100")
+    })
+    .await;
+    node.shutdown().await;
+    ring.stop();
+}

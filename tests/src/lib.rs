@@ -1,0 +1,381 @@
+//! Harness for end-to-end tests: a whole cluster (ring service, storage nodes,
+//! coordinator) as real processes of the workspace's binaries on loopback ports, so tests
+//! can kill -9, SIGSTOP and restart any of them.
+//!
+//! The binaries are looked up beside the test executable (`target/<profile>/`); `make
+//! test` builds them first (`cargo build --workspace --bins`).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Every wait in the harness is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The root token of test clusters.
+pub const ROOT_TOKEN: &str = "test-root-token-0123456789abcdef";
+
+/// Returns the path of a workspace binary built beside the running test.
+///
+/// # Panics
+/// When the binary is missing, naming the command that builds it.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One service process.
+pub struct Proc {
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Proc {
+    /// Starts `bin` (a workspace binary) with `args`, logging to `<log_dir>/<name>.log`.
+    pub fn spawn(bin: &str, name: &str, port: u16, args: Vec<String>, log_dir: &Path) -> Proc {
+        let mut p = Proc {
+            name: bin.to_owned(),
+            args,
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+            port,
+        };
+        p.start();
+        p
+    }
+
+    /// Starts (or restarts) the process with its original arguments.
+    pub fn start(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(binary(&self.name))
+            .args(&self.args)
+            .env("DYNAMO_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn service");
+        self.child = Some(child);
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> String {
+        self.child.as_ref().map(|c| c.id().to_string()).expect("running")
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} failed");
+    }
+
+    /// kill -9, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: the process hangs, its sockets stay open.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// The tail of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A paused process cannot die of SIGKILL until continued on some kernels.
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+        }
+        self.kill9();
+    }
+}
+
+/// A running cluster.
+pub struct Cluster {
+    /// Where every service keeps its data and logs.
+    pub dir: tempfile::TempDir,
+    /// The ring service.
+    pub ring: Proc,
+    /// The storage nodes, `node-0`…
+    pub nodes: Vec<Proc>,
+    /// The coordinator.
+    pub coordinator: Proc,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+}
+
+/// Options of a test cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Storage nodes.
+    pub nodes: usize,
+    /// Partition count.
+    pub partitions: u32,
+    /// Extra coordinator flags.
+    pub coordinator_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            partitions: 64,
+            coordinator_args: Vec::new(),
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts a cluster, joins every node and waits until the coordinator routes over all
+    /// of them.
+    pub async fn start(opts: Options) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = dir.path().to_path_buf();
+        let ring_port = free_port();
+        let ring = Proc::spawn(
+            "dynamo-ring",
+            "ring",
+            ring_port,
+            vec![
+                "--listen".into(),
+                format!("127.0.0.1:{ring_port}"),
+                "--data-dir".into(),
+                dir.path().join("ring").display().to_string(),
+                "--partitions".into(),
+                opts.partitions.to_string(),
+                "--heartbeat-timeout-ms".into(),
+                "2000".into(),
+            ],
+            &logs,
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        wait_ready(&http, &ring.url()).await;
+        let mut nodes = Vec::new();
+        for i in 0..opts.nodes {
+            let port = free_port();
+            let node = Proc::spawn(
+                "dynamo-storage",
+                &format!("node-{i}"),
+                port,
+                vec![
+                    "--node-id".into(),
+                    format!("node-{i}"),
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--data-dir".into(),
+                    dir.path().join(format!("node-{i}")).display().to_string(),
+                    "--partitions".into(),
+                    opts.partitions.to_string(),
+                    "--ring-url".into(),
+                    ring.url(),
+                    "--durability".into(),
+                    "buffered".into(),
+                    "--hint-interval-ms".into(),
+                    "200".into(),
+                ],
+                &logs,
+            );
+            wait_ready(&http, &node.url()).await;
+            nodes.push(node);
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let resp = http
+                .post(format!("{}/internal/v1/nodes", ring.url()))
+                .json(&serde_json::json!({"node_id": format!("node-{i}"), "address": node.url()}))
+                .send()
+                .await
+                .expect("join");
+            assert!(resp.status().is_success(), "join node-{i}: {}", resp.status());
+            wait_members(&http, &ring.url(), i + 1).await;
+        }
+        let coord_port = free_port();
+        let mut args = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{coord_port}"),
+            "--ring-url".into(),
+            ring.url(),
+            "--root-token".into(),
+            ROOT_TOKEN.into(),
+            "--replica-timeout-ms".into(),
+            "500".into(),
+            "--node-backoff-ms".into(),
+            "300".into(),
+        ];
+        args.extend(opts.coordinator_args.iter().cloned());
+        let coordinator = Proc::spawn("dynamo-coordinator", "coordinator", coord_port, args, &logs);
+        wait_ready(&http, &coordinator.url()).await;
+        let cluster = Cluster {
+            dir,
+            ring,
+            nodes,
+            coordinator,
+            http,
+        };
+        cluster.wait_routable(opts.nodes).await;
+        cluster
+    }
+
+    /// The coordinator's URL.
+    pub fn url(&self) -> String {
+        self.coordinator.url()
+    }
+
+    /// A request to the coordinator with the root token.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url()))
+            .bearer_auth(ROOT_TOKEN)
+    }
+
+    /// Waits until the coordinator's ring holds `n` members.
+    pub async fn wait_routable(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = self.req(reqwest::Method::GET, "/v1/ring").send().await
+                && r.status().is_success()
+                && let Ok(v) = r.json::<serde_json::Value>().await
+            {
+                let mut owners: Vec<String> = v["owners"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|o| o.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                owners.sort();
+                owners.dedup();
+                if owners.len() == n {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "coordinator never saw {n} nodes"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Reads a key's versions directly from one storage node (bypassing quorums).
+    pub async fn node_get(&self, node: usize, bucket: &str, key: &str) -> Option<serde_json::Value> {
+        let body = serde_json::json!({"ops": [{"op": "get", "bucket": bucket, "key": key}]});
+        let r: serde_json::Value = self
+            .http
+            .post(format!("{}/internal/v1/replicas", self.nodes[node].url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("node get")
+            .json()
+            .await
+            .expect("json");
+        let obj = r["results"][0]["object"].clone();
+        (!obj.is_null()).then_some(obj)
+    }
+
+    /// Reads a metric from a service's `/metrics` (0 when absent).
+    pub async fn metric(&self, url: &str, name_with_labels: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find(|l| l.starts_with(name_with_labels) && l[name_with_labels.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// Waits until `url` answers `/readyz`.
+pub async fn wait_ready(http: &reqwest::Client, url: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = http
+            .get(format!("{url}/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn wait_members(http: &reqwest::Client, ring_url: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = http
+            .get(format!("{ring_url}/internal/v1/state?after=0&wait_ms=0"))
+            .send()
+            .await
+            && r.status().is_success()
+            && let Ok(s) = r.json::<serde_json::Value>().await
+        {
+            let members = s["ring"]["members"].as_object().map_or(0, |m| m.len());
+            let handoffs = s["handoffs"].as_array().map_or(0, Vec::len);
+            if members == n && handoffs == 0 {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ring never reached {n} members"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
