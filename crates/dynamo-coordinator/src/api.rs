@@ -54,6 +54,9 @@ pub struct AppState {
     pub client: reqwest::Client,
     /// Metrics.
     pub metrics: CoordinatorMetrics,
+    /// Buckets whose first write this coordinator reported (or is reporting) to the ring
+    /// service, so that a burst of writes to a new bucket sends one report, not one each.
+    pub marked: Arc<std::sync::Mutex<std::collections::HashSet<BucketName>>>,
 }
 
 /// Builds the `/v1` routes behind authentication.
@@ -272,16 +275,34 @@ pub async fn get_object(
 }
 
 fn mark_written(state: &AppState, bucket: &BucketName, has_data: bool) {
-    if has_data {
+    if has_data
+        || !state
+            .marked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(bucket.clone())
+    {
         return;
     }
     let url = format!("{}/internal/v1/buckets/{bucket}/written", state.cache.ring_url());
     let client = state.client.clone();
+    let marked = state.marked.clone();
+    let bucket = bucket.clone();
     state.coord.tracker.spawn(async move {
-        // Best effort: a missed mark only means `n` stays changeable a little longer; the
-        // next write to the bucket marks it again.
-        if let Err(e) = client.post(url).timeout(RING_CALL_TIMEOUT).send().await {
-            tracing::debug!(error = %e, "could not mark the bucket as written");
+        // Best effort: a missed report only means `n` stays changeable a little longer;
+        // the bucket is forgotten here so the next write reports it again.
+        let ok = client
+            .post(url)
+            .timeout(RING_CALL_TIMEOUT)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if !ok {
+            tracing::debug!(bucket = %bucket, "could not report the bucket's first write");
+            marked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&bucket);
         }
     });
 }
@@ -464,18 +485,14 @@ pub async fn put_bucket(
         crdt_type: next.crdt_type,
         max_siblings: Some(next.max_siblings),
     };
-    let resp = state
-        .client
-        .put(format!("{}/internal/v1/buckets/{bucket}", state.cache.ring_url()))
-        .timeout(RING_CALL_TIMEOUT)
-        .json(&full)
-        .send()
-        .await
-        .map_err(ring_unreachable)?;
-    if !resp.status().is_success() {
-        return Err(ring_error(resp).await);
-    }
-    state.cache.refresh(RING_CALL_TIMEOUT).await?;
+    ring_change(
+        &state,
+        state
+            .client
+            .put(format!("{}/internal/v1/buckets/{bucket}", state.cache.ring_url()))
+            .json(&full),
+    )
+    .await?;
     Ok(Json(next))
 }
 
@@ -558,7 +575,12 @@ pub async fn get_ring(
     }
 }
 
-async fn relay(state: &AppState, req: reqwest::RequestBuilder) -> Result<Response, ApiError> {
+/// Sends an admin change to the ring service and, once it accepted it, refreshes the
+/// cached state so this coordinator serves the change at once.
+///
+/// # Errors
+/// The ring service's own error, or `503 ring_unavailable` when it does not answer.
+async fn ring_change(state: &AppState, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
     let resp = req
         .timeout(RING_CALL_TIMEOUT)
         .send()
@@ -567,9 +589,15 @@ async fn relay(state: &AppState, req: reqwest::RequestBuilder) -> Result<Respons
     if !resp.status().is_success() {
         return Err(ring_error(resp).await);
     }
+    state.cache.refresh(RING_CALL_TIMEOUT).await?;
+    Ok(resp)
+}
+
+/// Relays a membership change to the ring service, answering its status and body.
+async fn relay(state: &AppState, req: reqwest::RequestBuilder) -> Result<Response, ApiError> {
+    let resp = ring_change(state, req).await?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::OK);
     let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
-    state.cache.refresh(RING_CALL_TIMEOUT).await?;
     Ok((status, Json(body)).into_response())
 }
 
@@ -673,18 +701,14 @@ pub async fn create_token(
         permissions: permissions.clone(),
         created_ms,
     };
-    let resp = state
-        .client
-        .post(format!("{}/internal/v1/tokens", state.cache.ring_url()))
-        .timeout(RING_CALL_TIMEOUT)
-        .json(&record)
-        .send()
-        .await
-        .map_err(ring_unreachable)?;
-    if !resp.status().is_success() {
-        return Err(ring_error(resp).await);
-    }
-    state.cache.refresh(RING_CALL_TIMEOUT).await?;
+    ring_change(
+        &state,
+        state
+            .client
+            .post(format!("{}/internal/v1/tokens", state.cache.ring_url()))
+            .json(&record),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
@@ -739,17 +763,13 @@ pub async fn delete_token(
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(ApiError::new(ErrorCode::TokenNotFound, "no such token"));
     }
-    let resp = state
-        .client
-        .delete(format!("{}/internal/v1/tokens/{id}", state.cache.ring_url()))
-        .timeout(RING_CALL_TIMEOUT)
-        .send()
-        .await
-        .map_err(ring_unreachable)?;
-    if !resp.status().is_success() {
-        return Err(ring_error(resp).await);
-    }
-    state.cache.refresh(RING_CALL_TIMEOUT).await?;
+    ring_change(
+        &state,
+        state
+            .client
+            .delete(format!("{}/internal/v1/tokens/{id}", state.cache.ring_url())),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

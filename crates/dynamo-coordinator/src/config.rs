@@ -103,6 +103,12 @@ pub struct Config {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "DYNAMO_LOG_JSON")]
     pub log_json: bool,
+
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
+    /// `http://otel-collector:4318`. When set, spans are exported to `<url>/v1/traces`
+    /// (protobuf); unset, nothing is exported.
+    #[arg(long, env = "DYNAMO_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A configuration that cannot work.
@@ -150,6 +156,11 @@ impl Config {
                 "request-timeout-ms",
                 "must not exceed --max-request-timeout-ms".into(),
             );
+        }
+        if let Some(url) = &self.otlp_endpoint
+            && let Err(reason) = dynamo_server::telemetry::check_otlp_endpoint(url)
+        {
+            return bad("otlp-endpoint", reason);
         }
         Ok(())
     }
@@ -204,5 +215,20 @@ impl Config {
         c.ring_url = ring_url.into();
         c.root_token = Secret(root_token.into());
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_otlp_endpoint_must_be_an_http_url() {
+        let mut c = Config::for_ring("http://127.0.0.1:7000", "root-token-for-tests-0123");
+        c.otlp_endpoint = Some("http://otel-collector:4318".into());
+        assert!(c.validate().is_ok());
+        c.otlp_endpoint = Some("otel-collector:4318".into());
+        let e = c.validate().expect_err("not a URL").to_string();
+        assert!(e.contains("--otlp-endpoint"), "{e}");
     }
 }

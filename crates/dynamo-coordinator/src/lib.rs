@@ -118,6 +118,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         config: config.clone(),
         client,
         metrics,
+        marked: Arc::default(),
     };
     let readiness = Readiness::new();
     let app = serve::with_common_layers(

@@ -66,6 +66,12 @@ pub struct Config {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "DYNAMO_LOG_JSON")]
     pub log_json: bool,
+
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
+    /// `http://otel-collector:4318`. When set, spans are exported to `<url>/v1/traces`
+    /// (protobuf); unset, nothing is exported.
+    #[arg(long, env = "DYNAMO_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A configuration that cannot work.
@@ -114,6 +120,11 @@ impl Config {
             if v == 0 {
                 return bad(field, "must be greater than 0".into());
             }
+        }
+        if let Some(url) = &self.otlp_endpoint
+            && let Err(reason) = dynamo_server::telemetry::check_otlp_endpoint(url)
+        {
+            return bad("otlp-endpoint", reason);
         }
         Ok(())
     }
@@ -182,5 +193,15 @@ mod tests {
         let mut bad = c;
         bad.max_body_bytes = 10;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn the_otlp_endpoint_must_be_an_http_url() {
+        let mut c = Config::for_dir("x");
+        c.otlp_endpoint = Some("http://otel-collector:4318".into());
+        assert!(c.validate().is_ok());
+        c.otlp_endpoint = Some("otel-collector:4318".into());
+        let e = c.validate().expect_err("not a URL").to_string();
+        assert!(e.contains("--otlp-endpoint"), "{e}");
     }
 }

@@ -6,7 +6,12 @@ use dynamo_ring::{Config, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    dynamo_server::telemetry::init(config.log_json);
+    // Kept to the end of main: dropping it flushes the spans still buffered for export.
+    let _telemetry = dynamo_server::telemetry::init_with_otlp(
+        config.log_json,
+        config.otlp_endpoint.as_deref(),
+        env!("CARGO_BIN_NAME"),
+    )?;
     config.validate()?;
     tracing::info!(config = ?config, "configuration");
     let listener = tokio::net::TcpListener::bind(config.listen).await?;

@@ -100,7 +100,9 @@ impl MakeRequestId for NextRequestId {
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Runs the rest of the request inside a span and task-locals carrying its request id and
-/// trace context, so logs, error bodies and internal calls name it.
+/// trace context, so logs, error bodies and internal calls name it. The span continues
+/// the caller's `traceparent` in OpenTelemetry when the exporter is installed
+/// ([`crate::telemetry::init_with_otlp`]).
 pub async fn request_id_scope(req: Request, next: Next) -> Response {
     let headers = req.headers();
     let id = headers
@@ -109,14 +111,18 @@ pub async fn request_id_scope(req: Request, next: Next) -> Response {
         .unwrap_or("")
         .to_owned();
     let parent = headers.get(TRACEPARENT_HEADER).and_then(|v| v.to_str().ok());
-    let trace = crate::trace::TraceContext::from_headers(&id, parent);
+    let mut trace = crate::trace::TraceContext::from_headers(&id, parent);
     // Never the path: it holds keys, which are not logged.
     let span = tracing::debug_span!(
         "request",
         request_id = %id,
-        trace_id = %trace.trace_id,
+        trace_id = tracing::field::Empty,
         method = %req.method()
     );
+    // With the OTLP exporter on, the exported span continues the caller's trace and
+    // `trace` takes its ids; without it this changes nothing.
+    crate::telemetry::link_request_span(&span, parent, &mut trace);
+    span.record("trace_id", tracing::field::display(&trace.trace_id));
     let fut = crate::trace::scope(trace, REQUEST_ID.scope(id, next.run(req)));
     tracing::Instrument::instrument(fut, span).await
 }

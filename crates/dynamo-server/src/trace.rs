@@ -6,7 +6,7 @@
 //! them) and runs the handler inside [`scope`]. Work moved to a spawned task takes the
 //! context along with [`current`] + [`scope`], because task-locals do not cross
 //! `tokio::spawn`. Outgoing calls send [`TraceContext::child_traceparent`]: same trace,
-//! a new span id.
+//! this hop's span id as the parent, so the callee's span is a child of this one.
 
 use std::future::Future;
 
@@ -21,7 +21,8 @@ pub struct TraceContext {
     pub request_id: String,
     /// The W3C trace id (32 lowercase hex digits).
     pub trace_id: String,
-    /// The span id of this hop (16 lowercase hex digits).
+    /// The span id of this hop (16 lowercase hex digits): the exported `request` span's
+    /// id when the OTLP exporter is on ([`crate::telemetry::link_request_span`]).
     pub span_id: String,
 }
 
@@ -55,9 +56,10 @@ impl TraceContext {
         }
     }
 
-    /// The `traceparent` header for a call made on behalf of this request.
+    /// The `traceparent` header for a call made on behalf of this request: this trace,
+    /// with this hop's span as the parent.
     pub fn child_traceparent(&self) -> String {
-        format!("00-{}-{}-01", self.trace_id, hex_id(8))
+        format!("00-{}-{}-01", self.trace_id, self.span_id)
     }
 }
 
@@ -82,7 +84,8 @@ mod tests {
         assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         let child = ctx.child_traceparent();
         assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert_ne!(child, tp, "a child has a new span id");
+        assert_eq!(child, format!("00-{}-{}-01", ctx.trace_id, ctx.span_id));
+        assert_ne!(child, tp, "this hop's span is the parent, not the caller's");
         for bad in [
             "",
             "00-zz-00f067aa0ba902b7-01",

@@ -90,6 +90,12 @@ pub struct Config {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "DYNAMO_LOG_JSON")]
     pub log_json: bool,
+
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
+    /// `http://otel-collector:4318`. When set, spans are exported to `<url>/v1/traces`
+    /// (protobuf); unset, nothing is exported.
+    #[arg(long, env = "DYNAMO_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 fn is_http_url(u: &str) -> bool {
@@ -155,6 +161,11 @@ impl Config {
             {
                 return bad(field, format!("must be an http(s) URL, got {u:?}"));
             }
+        }
+        if let Some(url) = &self.otlp_endpoint
+            && let Err(reason) = dynamo_server::telemetry::check_otlp_endpoint(url)
+        {
+            return bad("otlp-endpoint", reason);
         }
         Ok(())
     }
@@ -222,5 +233,15 @@ mod tests {
         );
         c.tombstone_grace_ms = 0;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_otlp_endpoint_must_be_an_http_url() {
+        let mut c = Config::for_dir("/tmp/x");
+        c.otlp_endpoint = Some("http://otel-collector:4318".into());
+        assert!(c.validate().is_ok());
+        c.otlp_endpoint = Some("otel-collector:4318".into());
+        let e = c.validate().expect_err("not a URL").to_string();
+        assert!(e.contains("--otlp-endpoint"), "{e}");
     }
 }
