@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use dynamo_client::{Client, ClientError};
+use dynamo_client::{Client, ClientError, RetryPolicy};
 
-use crate::commands::{bucket, cluster, delete, dev, get, put, ring, token};
+use crate::commands::{bench, bucket, cluster, delete, dev, get, put, ring, token};
 use crate::error::CliError;
 
 /// The file, inside the data directory, where `dynamo dev` writes the root token.
@@ -75,6 +75,8 @@ pub enum Command {
     Token(token::TokenCommand),
     /// Run a whole local cluster (ring service, storage nodes, coordinator) on loopback.
     Dev(dev::DevArgs),
+    /// Measure throughput and latency under a YCSB-style load (Dynamo or etcd).
+    Bench(bench::BenchArgs),
 }
 
 impl GlobalArgs {
@@ -84,10 +86,30 @@ impl GlobalArgs {
     /// [`CliError::Usage`] when no token can be found or the endpoint is not a URL the
     /// client accepts; [`CliError::Io`] when the token file exists but cannot be read.
     pub fn client(&self) -> Result<Client, CliError> {
+        self.client_for(
+            &self.endpoint,
+            RetryPolicy::default(),
+            Duration::from_millis(self.timeout_ms),
+        )
+    }
+
+    /// Builds a client for `endpoint` with the resolved token, the `retry` policy and the
+    /// request `timeout` (`dynamo bench` spreads its load over several endpoints and
+    /// counts every failure, so it retries nothing).
+    ///
+    /// # Errors
+    /// As [`GlobalArgs::client`].
+    pub fn client_for(
+        &self,
+        endpoint: &str,
+        retry: RetryPolicy,
+        timeout: Duration,
+    ) -> Result<Client, CliError> {
         let token = self.resolve_token()?;
-        Client::builder(&self.endpoint)
+        Client::builder(endpoint)
             .token(token)
-            .timeout(Duration::from_millis(self.timeout_ms))
+            .timeout(timeout)
+            .retry(retry)
             .build()
             .map_err(|e| match e {
                 ClientError::Config { message } => CliError::Usage(message),

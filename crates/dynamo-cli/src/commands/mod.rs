@@ -1,5 +1,6 @@
 //! One module per subcommand, each with its clap arguments and an async `run`.
 
+pub mod bench;
 pub mod bucket;
 pub mod cluster;
 pub mod delete;
@@ -29,6 +30,7 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Ring(args) => ring::run(global, args).await,
         Command::Token(command) => token::run(global, command).await,
         Command::Dev(args) => dev::run(global, args).await,
+        Command::Bench(args) => bench::run(global, args).await,
     }
 }
 
