@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help run build-release test lint fmt fmt-check clippy unit doc bench-core
+.PHONY: help run build-release test lint fmt fmt-check clippy unit doc bench-core bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,3 +35,6 @@ doc: ## build the API docs (warnings are errors)
 
 bench-core: ## criterion benchmarks of the core (numbers go to docs/benchmarks.md)
 	$(CARGO) bench -p dynamo-core --locked --bench core --bench merkle
+
+bench: ## Dynamo beside a 3-member etcd, same generator, one run (~13 min; installs etcd if missing); writes docs/benchmarks.md
+	CARGO="$(CARGO)" ./scripts/bench.sh
