@@ -80,8 +80,10 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_NODE_BACKOFF_MS", default_value_t = 500)]
     pub node_backoff_ms: u64,
 
-    /// Replica batches in flight per storage node.
-    #[arg(long, env = "DYNAMO_MAX_INFLIGHT_PER_NODE", default_value_t = 4)]
+    /// Replica batches in flight per storage node and lane (reads, writes). One keeps
+    /// batches large: operations queue while a batch is out and all go in the next, and
+    /// a request costs about the same whether it carries one operation or twenty.
+    #[arg(long, env = "DYNAMO_MAX_INFLIGHT_PER_NODE", default_value_t = 1)]
     pub max_inflight_per_node: usize,
 
     /// Read repairs waiting at most; more are dropped and counted.

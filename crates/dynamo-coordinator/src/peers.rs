@@ -4,8 +4,15 @@
 //! Hops are the cost on a small machine (ARCHITECTURE.md §3): every operation bound for a
 //! node goes through that node's handle. A `peer-batcher` task takes what is queued (up
 //! to [`MAX_BATCH`] operations), sends it as one `POST /internal/v1/replicas`, and hands
-//! each caller its own result; at most `max_inflight` batches per node are in flight, so
-//! under load operations wait in the queue and batches grow instead of connections.
+//! each caller its own result; at most `max_inflight` batches per node and lane are in
+//! flight, so under load operations wait in the queue and batches grow instead of
+//! connections. The profile in docs/benchmarks.md is why the default is one: a request
+//! costs the same few syscalls and wake-ups whether it carries one operation or twenty.
+//!
+//! Each node has two lanes, each with its own queue and batcher: reads (get,
+//! tombstone-status) and writes (coordinate-put, replicate). A node answers a batch only
+//! after its writes are fsynced (group commit), so a read batched with writes would wait
+//! for an fsync it does not need.
 //!
 //! Failure detection: a batch that times out or cannot connect marks the node down for a
 //! backoff window; while down, callers skip it (sloppy quorum) without waiting. When the
@@ -57,6 +64,22 @@ struct Health {
     probing: bool,
 }
 
+/// Which queue of a node an operation goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Read = 0,
+    Write = 1,
+}
+
+impl Lane {
+    fn of(op: &ReplicaOp) -> Lane {
+        match op {
+            ReplicaOp::Get { .. } | ReplicaOp::TombstoneStatus { .. } => Lane::Read,
+            ReplicaOp::CoordinatePut { .. } | ReplicaOp::Replicate { .. } => Lane::Write,
+        }
+    }
+}
+
 struct Pending {
     op: ReplicaOp,
     reply: oneshot::Sender<Result<ReplicaResult, PeerError>>,
@@ -70,7 +93,7 @@ pub struct PeerSettings {
     pub timeout: Duration,
     /// First backoff after a failure.
     pub backoff: Duration,
-    /// Batches in flight per node.
+    /// Batches in flight per node and lane.
     pub max_inflight: usize,
 }
 
@@ -78,7 +101,8 @@ pub struct PeerSettings {
 pub struct NodeHandle {
     id: NodeId,
     address: Mutex<String>,
-    tx: mpsc::Sender<Pending>,
+    /// One queue per [`Lane`].
+    lanes: [mpsc::Sender<Pending>; 2],
     health: Mutex<Health>,
     settings: PeerSettings,
 }
@@ -157,7 +181,7 @@ impl NodeHandle {
     pub async fn call(&self, op: ReplicaOp) -> Result<ReplicaResult, PeerError> {
         let (reply, rx) = oneshot::channel();
         let trace = dynamo_server::trace::current();
-        self.tx
+        self.lanes[Lane::of(&op) as usize]
             .send(Pending { op, reply, trace })
             .await
             .map_err(|_| PeerError::Stopped)?;
@@ -211,11 +235,12 @@ impl Peers {
             }
             return h.clone();
         }
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (read_tx, read_rx) = mpsc::channel(QUEUE_DEPTH);
+        let (write_tx, write_rx) = mpsc::channel(QUEUE_DEPTH);
         let handle = Arc::new(NodeHandle {
             id: id.clone(),
             address: Mutex::new(address.to_owned()),
-            tx,
+            lanes: [read_tx, write_tx],
             health: Mutex::new(Health {
                 down_until: None,
                 backoff: self.settings.backoff,
@@ -224,7 +249,9 @@ impl Peers {
             settings: self.settings,
         });
         nodes.insert(id.clone(), handle.clone());
-        self.tracker.spawn(batcher(handle.clone(), rx, self.clone()));
+        self.tracker.spawn(batcher(handle.clone(), read_rx, self.clone()));
+        self.tracker
+            .spawn(batcher(handle.clone(), write_rx, self.clone()));
         handle
     }
 
@@ -238,7 +265,7 @@ impl Peers {
     }
 }
 
-/// The `peer-batcher` task of one node.
+/// The `peer-batcher` task of one lane of one node.
 async fn batcher(node: Arc<NodeHandle>, mut rx: mpsc::Receiver<Pending>, peers: Peers) {
     let inflight = Arc::new(Semaphore::new(peers.settings.max_inflight));
     loop {
@@ -345,5 +372,158 @@ async fn send_batch(node: &NodeHandle, batch: Vec<Pending>, peers: &Peers) {
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::routing::post;
+    use dynamo_core::wire::internal::{ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult};
+    use dynamo_core::{BucketName, NodeId};
+    use tokio::sync::Semaphore;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::{Lane, PeerSettings, Peers, QUEUE_DEPTH};
+    use crate::metrics::CoordinatorMetrics;
+
+    /// A storage node that records each batch's lanes and holds write batches until the
+    /// test hands out a permit.
+    #[derive(Clone)]
+    struct Fake {
+        batches: Arc<std::sync::Mutex<Vec<Vec<Lane>>>>,
+        writes_gate: Arc<Semaphore>,
+    }
+
+    async fn fake(State(f): State<Fake>, body: axum::Json<ReplicaBatch>) -> axum::Json<ReplicaBatchResult> {
+        let lanes: Vec<Lane> = body.0.ops.iter().map(Lane::of).collect();
+        f.batches.lock().expect("lock").push(lanes.clone());
+        if lanes.contains(&Lane::Write) {
+            f.writes_gate.acquire().await.expect("gate").forget();
+        }
+        let results = lanes
+            .iter()
+            .map(|l| match l {
+                Lane::Read => ReplicaResult::Got { object: None },
+                Lane::Write => ReplicaResult::Replicated,
+            })
+            .collect();
+        axum::Json(ReplicaBatchResult { results })
+    }
+
+    fn get(key: &str) -> ReplicaOp {
+        ReplicaOp::Get {
+            bucket: BucketName::new("b").expect("bucket"),
+            key: key.to_owned(),
+        }
+    }
+
+    fn replicate(key: &str) -> ReplicaOp {
+        ReplicaOp::Replicate {
+            bucket: BucketName::new("b").expect("bucket"),
+            key: key.to_owned(),
+            object: dynamo_core::version::VersionedObject::new(),
+            resolution: dynamo_core::version::Resolution::Siblings { max_siblings: 8 },
+            hint: None,
+        }
+    }
+
+    async fn until(mut cond: impl FnMut() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !cond() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("condition within 10 s");
+    }
+
+    // Goal: a read never waits behind a write batch (lanes), and writes queued while a
+    // write batch is out travel together in the next one (batching with one in flight).
+    #[tokio::test]
+    async fn reads_pass_a_held_write_batch_and_queued_writes_share_one_batch() {
+        let f = Fake {
+            batches: Arc::default(),
+            writes_gate: Arc::new(Semaphore::new(0)),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = Router::new()
+            .route("/internal/v1/replicas", post(fake))
+            .with_state(f.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+
+        let registry = prometheus::Registry::new();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let settings = PeerSettings {
+            timeout: Duration::from_secs(10),
+            backoff: Duration::from_millis(100),
+            max_inflight: 1,
+        };
+        let metrics = CoordinatorMetrics::new(&registry).expect("metrics");
+        let peers = Peers::new(
+            reqwest::Client::new(),
+            settings,
+            metrics,
+            tracker.clone(),
+            stop.clone(),
+        );
+        let node = peers.handle(&NodeId::new("node-0").expect("id"), &addr);
+
+        // One write goes out and is held by the node.
+        let first = tokio::spawn({
+            let node = node.clone();
+            async move { node.call(replicate("w0")).await }
+        });
+        until(|| f.batches.lock().expect("lock").len() == 1).await;
+        // Three more writes queue behind it (one batch in flight per lane).
+        let queued: Vec<_> = (1..=3)
+            .map(|i| {
+                let node = node.clone();
+                tokio::spawn(async move { node.call(replicate(&format!("w{i}"))).await })
+            })
+            .collect();
+        until(|| QUEUE_DEPTH - node.lanes[Lane::Write as usize].capacity() == 3).await;
+
+        // Reads are answered while the write batch is still held.
+        for k in ["r1", "r2", "r3"] {
+            let r = node.call(get(k)).await.expect("read answered");
+            assert!(matches!(r, ReplicaResult::Got { object: None }));
+        }
+        assert!(!first.is_finished(), "the write batch is still held by the node");
+
+        f.writes_gate.add_permits(2);
+        assert!(matches!(
+            first.await.expect("join"),
+            Ok(ReplicaResult::Replicated)
+        ));
+        for q in queued {
+            assert!(matches!(q.await.expect("join"), Ok(ReplicaResult::Replicated)));
+        }
+
+        let batches = f.batches.lock().expect("lock").clone();
+        for b in &batches {
+            assert!(
+                b.iter().all(|l| *l == b[0]),
+                "a batch mixed reads and writes: {batches:?}"
+            );
+        }
+        let writes: Vec<usize> = batches
+            .iter()
+            .filter(|b| b[0] == Lane::Write)
+            .map(Vec::len)
+            .collect();
+        assert_eq!(writes, vec![1, 3], "the three queued writes travel in one batch");
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .expect("batchers stop");
     }
 }

@@ -277,6 +277,40 @@ fn apply(engine: &Engine, op: ReplicaOp, now: u64) -> Result<(ReplicaResult, boo
     }
 }
 
+/// Applies a validated batch in order. Returns the results, whether anything was
+/// written, and whether the engine failed fatally.
+fn apply_batch(engine: &Engine, ops: Vec<ReplicaOp>, now: u64) -> (Vec<ReplicaResult>, bool, bool) {
+    let mut results = Vec::with_capacity(ops.len());
+    let mut wrote = false;
+    let mut fatal = false;
+    for op in ops {
+        let name = op_name(&op);
+        let start = Instant::now();
+        let r = apply(engine, op, now);
+        let m = engine.metrics();
+        m.op_duration
+            .with_label_values(&[name])
+            .observe(start.elapsed().as_secs_f64());
+        match r {
+            Ok((res, w)) => {
+                m.ops.with_label_values(&[name, "ok"]).inc();
+                wrote |= w;
+                results.push(res);
+            }
+            Err(e) => {
+                fatal |= e.is_fatal();
+                let api = ApiError::from(e);
+                m.ops.with_label_values(&[name, api.code.as_str()]).inc();
+                results.push(ReplicaResult::Error {
+                    code: api.code,
+                    message: api.message,
+                });
+            }
+        }
+    }
+    (results, wrote, fatal)
+}
+
 async fn replicas(
     State(state): State<AppState>,
     Json(batch): Json<ReplicaBatch>,
@@ -285,41 +319,13 @@ async fn replicas(
     let engine = state.engine.clone();
     engine.metrics().batch_ops.observe(batch.ops.len() as f64);
     let now = now_ms();
-    // The batch runs to completion in its own task even if the caller hangs up: a dot
-    // once minted must be stored (STYLE §6, cancellation safety).
-    let (results, wrote, fatal) = tokio::task::spawn_blocking(move || {
-        let mut results = Vec::with_capacity(batch.ops.len());
-        let mut wrote = false;
-        let mut fatal = false;
-        for op in batch.ops {
-            let name = op_name(&op);
-            let start = Instant::now();
-            let r = apply(&engine, op, now);
-            let m = engine.metrics();
-            m.op_duration
-                .with_label_values(&[name])
-                .observe(start.elapsed().as_secs_f64());
-            match r {
-                Ok((res, w)) => {
-                    m.ops.with_label_values(&[name, "ok"]).inc();
-                    wrote |= w;
-                    results.push(res);
-                }
-                Err(e) => {
-                    fatal |= e.is_fatal();
-                    let api = ApiError::from(e);
-                    m.ops.with_label_values(&[name, api.code.as_str()]).inc();
-                    results.push(ReplicaResult::Error {
-                        code: api.code,
-                        message: api.message,
-                    });
-                }
-            }
-        }
-        (results, wrote, fatal)
-    })
-    .await
-    .map_err(|e| ApiError::from(StorageError::from(e)))?;
+    // The batch is applied inline, on the async worker, with no await inside: it cannot be
+    // cancelled half-way (a dot once minted is stored, STYLE §6), and it skips the
+    // hand-off to a blocking thread, which cost this node more CPU in context switches
+    // than the fjall calls themselves (docs/benchmarks.md, profile). Each operation is a
+    // point read or a one-key batch to the journal (no fsync: that is the syncer's), and
+    // a batch is at most `MAX_BATCH_OPS` of them, so the worker is held only briefly.
+    let (results, wrote, fatal) = apply_batch(&engine, batch.ops, now);
     if fatal {
         // fjall poisons itself after a failed journal write: nothing more can be trusted
         // to disk. Stop, and let the restart recover from the journal (STYLE §4).

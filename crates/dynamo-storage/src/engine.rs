@@ -2,7 +2,9 @@
 //! `gc`, `meta`), the per-partition Merkle trees kept current on every write, and the
 //! replica operations on top.
 //!
-//! Every method here blocks (fjall is synchronous): call them from `spawn_blocking`.
+//! Every method here blocks (fjall is synchronous). Point operations (get, one-key puts)
+//! take microseconds and run inline on the async workers (see `api::replicas`); scans,
+//! hint delivery, handoff and persist run in `spawn_blocking`.
 //!
 //! # Invariants
 //! - A key's whole version set is one fjall value, written in one batch: readers never see
