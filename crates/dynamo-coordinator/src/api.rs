@@ -42,7 +42,6 @@ pub const MAX_CONTENT_TYPE_BYTES: usize = 255;
 const RING_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared state of the handlers.
-#[derive(Clone)]
 pub struct AppState {
     /// The data path.
     pub coord: Arc<Coordinator>,
@@ -76,7 +75,9 @@ pub fn routes(state: AppState, auth: Arc<AuthState>) -> Router {
         .route("/v1/openapi.json", get(crate::openapi::serve))
         .layer(middleware::from_fn_with_state(auth, auth::authenticate))
         .layer(middleware::from_fn(limit_uri))
-        .with_state(state)
+        // Behind an Arc: axum clones the state for every request, and a plain clone of
+        // this one was a few dozen reference counts and a string.
+        .with_state(Arc::new(state))
 }
 
 async fn limit_uri(req: Request, next: Next) -> Response {
@@ -209,7 +210,7 @@ fn object_target(
         (status = 404, description = "No live value (may carry `X-Dynamo-Context`)", body = ErrorBodyDoc),
         (status = 503, description = "Fewer than R replicas answered", body = ErrorBodyDoc)))]
 pub async fn get_object(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path((bucket, key)): Path<(String, String)>,
     Query(params): Query<ReadParams>,
@@ -392,7 +393,7 @@ async fn write(
         (status = 413, description = "Value larger than 1 MiB", body = ErrorBodyDoc),
         (status = 503, description = "Fewer than W replicas stored it", body = ErrorBodyDoc)))]
 pub async fn put_object(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path((bucket, key)): Path<(String, String)>,
     Query(params): Query<WriteParams>,
@@ -412,7 +413,7 @@ pub async fn put_object(
         (status = 204, description = "A tombstone was written"),
         (status = 503, description = "Fewer than W replicas stored it", body = ErrorBodyDoc)))]
 pub async fn delete_object(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path((bucket, key)): Path<(String, String)>,
     Query(params): Query<WriteParams>,
@@ -429,7 +430,7 @@ pub async fn delete_object(
     params(("bucket" = String, Path)),
     responses((status = 200, description = "Effective properties, defaults included", body = BucketPropsDoc)))]
 pub async fn get_bucket(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(bucket): Path<String>,
 ) -> Result<Json<BucketProps>, ApiError> {
@@ -466,7 +467,7 @@ fn ring_unreachable(e: reqwest::Error) -> ApiError {
         (status = 409, description = "`n` cannot change once the bucket holds data", body = ErrorBodyDoc),
         (status = 422, description = "Invalid properties", body = ErrorBodyDoc)))]
 pub async fn put_bucket(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(bucket): Path<String>,
     Json(patch): Json<BucketPropsPatch>,
@@ -508,7 +509,7 @@ fn view(s: &ClusterState) -> ClusterView {
 /// is away.
 #[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
     responses((status = 200, description = "Nodes, their state, the ring epoch, handoffs in progress")))]
-pub async fn get_cluster(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
+pub async fn get_cluster(State(state): State<Arc<AppState>>) -> Result<Json<ClusterView>, ApiError> {
     let s = state.cache.current()?;
     Ok(Json(view(&s)))
 }
@@ -540,7 +541,7 @@ pub struct RingView {
 #[utoipa::path(get, path = "/v1/ring", tag = "cluster", params(RingQuery),
     responses((status = 200, description = "The ring, or the key's partition, preference list and fallbacks")))]
 pub async fn get_ring(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(q): Query<RingQuery>,
 ) -> Result<Response, ApiError> {
     let s = state.cache.current()?;
@@ -606,7 +607,7 @@ async fn relay(state: &AppState, req: reqwest::RequestBuilder) -> Result<Respons
     responses((status = 202, description = "Accepted: handoff to the new node runs, then the ring changes"),
         (status = 409, description = "Already a member, or another change is in progress", body = ErrorBodyDoc)))]
 pub async fn join_node(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Json(reg): Json<dynamo_core::wire::cluster::NodeRegistration>,
 ) -> Result<Response, ApiError> {
@@ -620,7 +621,7 @@ pub async fn join_node(
     responses((status = 202, description = "Accepted: the node's data is handed off, then it leaves the ring"),
         (status = 404, description = "Not a member", body = ErrorBodyDoc)))]
 pub async fn decommission_node(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(node): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -676,7 +677,7 @@ pub struct CreatedToken {
 #[utoipa::path(post, path = "/v1/admin/tokens", tag = "admin", request_body = CreateTokenDoc,
     responses((status = 201, description = "Created; the secret is in the answer, once", body = CreatedToken)))]
 pub async fn create_token(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Json(req): Json<CreateToken>,
 ) -> Result<Response, ApiError> {
@@ -732,7 +733,7 @@ pub struct TokenList {
 #[utoipa::path(get, path = "/v1/admin/tokens", tag = "admin",
     responses((status = 200, description = "Every token, without secrets", body = TokenList)))]
 pub async fn list_tokens(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<TokenList>, ApiError> {
     principal.require(Permission::Admin, None)?;
@@ -755,7 +756,7 @@ pub async fn list_tokens(
 #[utoipa::path(delete, path = "/v1/admin/tokens/{id}", tag = "admin", params(("id" = String, Path)),
     responses((status = 204, description = "Deleted"), (status = 404, description = "No such token", body = ErrorBodyDoc)))]
 pub async fn delete_token(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {

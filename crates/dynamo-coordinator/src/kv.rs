@@ -88,11 +88,10 @@ fn unavailable(op: &str, needed: usize, got: usize) -> ApiError {
 impl Coordinator {
     /// Returns the current ring.
     fn ring(&self) -> Result<Arc<Ring>, ApiError> {
-        let state = self.cache.current()?;
-        state
-            .ring
-            .clone()
-            .map(Arc::new)
+        // `current` first: it says why there is no ring when no state was ever loaded.
+        self.cache.current()?;
+        self.cache
+            .ring()
             .ok_or_else(|| ApiError::new(ErrorCode::RingUnavailable, "no node has joined the cluster yet"))
     }
 

@@ -8,6 +8,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use dynamo_core::ring::Ring;
 use dynamo_core::wire::BucketProps;
 use dynamo_core::wire::cluster::{BucketRecord, ClusterState};
 use dynamo_core::{BucketName, ErrorCode};
@@ -22,10 +23,18 @@ const POLL_WAIT_MS: u64 = 20_000;
 /// Pause after a failed poll (bounded backoff up to 16×).
 const POLL_BACKOFF: Duration = Duration::from_millis(250);
 
+/// A cluster state and its ring, shared as they are: every request reads them, and
+/// cloning the ring per request (one node id per partition) cost more allocations than
+/// the rest of a read (docs/benchmarks.md, profile).
+struct Cached {
+    state: Arc<ClusterState>,
+    ring: Option<Arc<Ring>>,
+}
+
 /// The cached cluster state.
 #[derive(Clone)]
 pub struct ClusterCache {
-    state: Arc<RwLock<Option<Arc<ClusterState>>>>,
+    state: Arc<RwLock<Option<Cached>>>,
     changed: watch::Sender<u64>,
     ring_url: String,
     client: reqwest::Client,
@@ -57,13 +66,24 @@ impl ClusterCache {
         self.state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .map(|c| c.state.clone())
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::RingUnavailable,
                     "no ring seen yet; is the ring service up?",
                 )
             })
+    }
+
+    /// Returns the ring of the last state seen: `None` before any state was loaded or
+    /// while no node has joined.
+    pub fn ring(&self) -> Option<Arc<Ring>> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .and_then(|c| c.ring.clone())
     }
 
     /// Returns the effective properties of `bucket`.
@@ -81,7 +101,7 @@ impl ClusterCache {
             .state
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(cur) = slot.as_ref() {
+        if let Some(Cached { state: cur, .. }) = slot.as_ref() {
             let cur_epoch = cur.ring.as_ref().map(|r| r.epoch());
             let new_epoch = state.ring.as_ref().map(|r| r.epoch());
             if new_epoch < cur_epoch {
@@ -105,7 +125,11 @@ impl ClusterCache {
         if let Some(ring) = &state.ring {
             self.metrics.ring_epoch.set(ring.epoch().0 as i64);
         }
-        *slot = Some(Arc::new(state));
+        let ring = state.ring.clone().map(Arc::new);
+        *slot = Some(Cached {
+            state: Arc::new(state),
+            ring,
+        });
         drop(slot);
         self.changed.send_replace(version);
         tracing::debug!(version, "cluster state installed");

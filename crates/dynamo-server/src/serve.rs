@@ -15,6 +15,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use dynamo_core::ErrorCode;
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -176,6 +177,14 @@ pub async fn serve(
     readiness.set(true);
     let stop = shutdown.clone();
     let not_ready = readiness.clone();
+    // Every exchange here is a small request answered by a small response; with Nagle's
+    // algorithm on, a response written in two segments waits for the peer's delayed ACK
+    // (up to 40 ms) before its second half leaves.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         stop.cancelled().await;
         not_ready.set(false);
