@@ -36,6 +36,9 @@ pub struct StorageMetrics {
     pub fsyncs: IntCounter,
     /// Writes covered by each fsync (group-commit batch size).
     pub fsync_batch: Histogram,
+    /// Time of each group-commit fsync: every acknowledged write in `sync` mode waits
+    /// for one, so its tail is the write path's floor.
+    pub fsync_duration: Histogram,
     /// Tombstones collected by GC.
     pub tombstones_collected: IntCounter,
     /// Tombstones past their grace that GC left because a replica lacks them or did not
@@ -109,6 +112,13 @@ impl StorageMetrics {
                 )
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
             )?,
+            fsync_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "dynamo_storage_fsync_duration_seconds",
+                    "Time of one group-commit fsync",
+                )
+                .buckets(prometheus::exponential_buckets(0.000_1, 2.0, 14)?),
+            )?,
             tombstones_collected: IntCounter::new(
                 "dynamo_storage_tombstones_collected_total",
                 "Tombstones removed by GC after every replica held them",
@@ -152,6 +162,7 @@ impl StorageMetrics {
         registry.register(Box::new(m.merkle_rebuild_seconds.clone()))?;
         registry.register(Box::new(m.fsyncs.clone()))?;
         registry.register(Box::new(m.fsync_batch.clone()))?;
+        registry.register(Box::new(m.fsync_duration.clone()))?;
         registry.register(Box::new(m.tombstones_collected.clone()))?;
         registry.register(Box::new(m.tombstones_blocked.clone()))?;
         registry.register(Box::new(m.gc_rounds.clone()))?;

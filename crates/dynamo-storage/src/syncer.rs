@@ -40,7 +40,9 @@ impl Syncer {
                     while let Ok(more) = rx.try_recv() {
                         waiting.push(more);
                     }
+                    let started = std::time::Instant::now();
                     let result = db.persist(PersistMode::SyncData).map_err(|e| e.to_string());
+                    metrics.fsync_duration.observe(started.elapsed().as_secs_f64());
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "fsync failed");
                     }
