@@ -583,14 +583,17 @@ async fn a_hung_node_is_skipped_after_one_timeout() {
     c.nodes[2].resume();
 }
 
-// Goal: read repair: a replica that missed a write (paused during it) gets it from a read.
+// Goal: read repair: a replica that missed a write (down during it) gets it from a read.
+// Killed, not paused: a paused node would still apply the write it had been sent, once
+// resumed, and there would be nothing left to repair.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_repair_fixes_a_stale_replica() {
-    let c = Cluster::start(Options::default()).await;
-    c.nodes[0].pause();
+    let mut c = Cluster::start(Options::default()).await;
+    c.nodes[0].kill9();
     let r = put(&c, "/v1/kv/rr/key", "fresh", None).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    c.nodes[0].resume();
+    c.nodes[0].start();
+    dynamo_tests::wait_ready(&c.http, &c.nodes[0].url()).await;
     assert!(
         c.node_get(0, "rr", "key").await.is_none(),
         "node-0 missed the write"

@@ -137,17 +137,33 @@ pub struct PutOutcome {
 }
 
 /// A key's sibling set with its causal history.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "ObjectRepr", into = "ObjectRepr")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "ObjectRepr")]
 pub struct VersionedObject {
     history: DotSet,
     siblings: Vec<Sibling>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct ObjectRepr {
     history: DotSet,
     siblings: Vec<Sibling>,
+}
+
+/// Written by reference: serde's `into` would clone every value of the object first.
+impl Serialize for VersionedObject {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct ObjectReprRef<'a> {
+            history: &'a DotSet,
+            siblings: &'a [Sibling],
+        }
+        ObjectReprRef {
+            history: &self.history,
+            siblings: &self.siblings,
+        }
+        .serialize(s)
+    }
 }
 
 /// A serialized object that breaks the invariants (a sibling outside the history, or a
@@ -171,15 +187,6 @@ impl TryFrom<ObjectRepr> for VersionedObject {
             history: r.history,
             siblings,
         })
-    }
-}
-
-impl From<VersionedObject> for ObjectRepr {
-    fn from(o: VersionedObject) -> ObjectRepr {
-        ObjectRepr {
-            history: o.history,
-            siblings: o.siblings,
-        }
     }
 }
 
