@@ -116,6 +116,8 @@ const META_PARTITIONS: &[u8] = b"partitions";
 const META_HINT_ADDR: &[u8] = b"hint_addr/";
 const META_RING_EPOCH: &[u8] = b"ring_epoch";
 const META_CLUSTER_STATE: &[u8] = b"cluster_state";
+/// Present only between a clean shutdown and the next start.
+const META_CLEAN: &[u8] = b"clean_shutdown";
 
 /// What a node knows about one tombstone set (answer to `tombstone_status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +162,25 @@ impl Engine {
         let gc = db.keyspace("gc", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
 
-        let identity = Self::load_identity(&db, &meta, node_id)?;
+        let (mut identity, created) = Self::load_identity(&db, &meta, node_id)?;
+        // A node can show a dot before it is on disk: a read between commit and fsync, a
+        // hint sent meanwhile, any write in `buffered` mode. After a crash that lost it,
+        // minting the same (actor, counter) again for another value would make every
+        // replica or client that saw the first one treat the second as already seen and
+        // drop it. So each start after an unclean stop is a new incarnation with a new
+        // actor id (as Riak's vnodes do); the marker of a clean stop is removed now so
+        // that the next crash is noticed.
+        let clean = meta.get(META_CLEAN)?.is_some();
+        let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+        if !created && !clean {
+            let actor = ActorId(rand::random::<u64>());
+            tracing::warn!(old = %identity.actor, new = %actor, "not stopped cleanly: new actor id");
+            b.insert(&meta, META_ACTOR, actor.0.to_be_bytes());
+            identity.actor = actor;
+            metrics.unclean_restarts.inc();
+        }
+        b.remove(&meta, META_CLEAN);
+        b.commit()?;
         match meta.get(META_PARTITIONS)? {
             Some(q) if q.as_ref() != partitioning.count().to_be_bytes() => {
                 return Err(StorageError::Invalid(dynamo_server::ApiError::new(
@@ -201,11 +221,12 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Returns the volume's identity, and whether it was created now.
     fn load_identity(
         db: &Database,
         meta: &Keyspace,
         configured: Option<NodeId>,
-    ) -> Result<Identity, StorageError> {
+    ) -> Result<(Identity, bool), StorageError> {
         let stored_id = meta.get(META_NODE_ID)?;
         let stored_actor = meta.get(META_ACTOR)?;
         match (stored_id, stored_actor) {
@@ -226,10 +247,13 @@ impl Engine {
                     .as_ref()
                     .try_into()
                     .map_err(|_| codec::CodecError::Truncated)?;
-                Ok(Identity {
-                    node_id: id,
-                    actor: ActorId(u64::from_be_bytes(actor)),
-                })
+                Ok((
+                    Identity {
+                        node_id: id,
+                        actor: ActorId(u64::from_be_bytes(actor)),
+                    },
+                    false,
+                ))
             }
             _ => {
                 let node_id = match configured {
@@ -243,7 +267,7 @@ impl Engine {
                 b.insert(meta, META_ACTOR, actor.0.to_be_bytes());
                 b.commit()?;
                 tracing::info!(node_id = %node_id, actor = %actor, "new data directory: identity created");
-                Ok(Identity { node_id, actor })
+                Ok((Identity { node_id, actor }, true))
             }
         }
     }
@@ -788,8 +812,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Flushes the journal to stable storage (at shutdown, and periodically in buffered
-    /// mode).
+    /// Flushes everything to disk and records a clean stop, so the next start keeps the
+    /// actor id. Call it last, after every write and background task has stopped.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the flush or the marker cannot be written.
+    pub fn close_clean(&self) -> Result<(), StorageError> {
+        self.db.persist(PersistMode::SyncAll)?;
+        let mut b = self.db.batch().durability(Some(PersistMode::SyncAll));
+        b.insert(&self.meta, META_CLEAN, []);
+        b.commit()?;
+        Ok(())
+    }
+
+    /// Flushes the journal to stable storage (periodically in buffered mode).
     ///
     /// # Errors
     /// Engine failures.

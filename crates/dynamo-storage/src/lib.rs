@@ -185,7 +185,7 @@ pub async fn run(
     workers.close();
     workers.wait().await;
     let e = engine.clone();
-    tokio::task::spawn_blocking(move || e.persist()).await??;
+    tokio::task::spawn_blocking(move || e.close_clean()).await??;
     tracing::info!("storage node stopped");
     served.map_err(StorageError::from)
 }

@@ -32,6 +32,8 @@ pub struct StorageMetrics {
     pub merkle_rebuilds: IntCounter,
     /// Duration of the last start-up Merkle rebuild.
     pub merkle_rebuild_seconds: prometheus::Gauge,
+    /// Starts after a stop that was not clean (each took a new actor id).
+    pub unclean_restarts: IntCounter,
     /// fsyncs done by the group-commit syncer.
     pub fsyncs: IntCounter,
     /// Writes covered by each fsync (group-commit batch size).
@@ -101,6 +103,10 @@ impl StorageMetrics {
                 "dynamo_storage_merkle_rebuild_seconds",
                 "Duration of the last full Merkle rebuild",
             )?,
+            unclean_restarts: IntCounter::new(
+                "dynamo_storage_unclean_restarts_total",
+                "Starts after a stop that was not clean; each took a new actor id",
+            )?,
             fsyncs: IntCounter::new(
                 "dynamo_storage_fsyncs_total",
                 "Journal fsyncs by the group-commit syncer",
@@ -160,6 +166,7 @@ impl StorageMetrics {
         registry.register(Box::new(m.hint_delivery_failures.clone()))?;
         registry.register(Box::new(m.merkle_rebuilds.clone()))?;
         registry.register(Box::new(m.merkle_rebuild_seconds.clone()))?;
+        registry.register(Box::new(m.unclean_restarts.clone()))?;
         registry.register(Box::new(m.fsyncs.clone()))?;
         registry.register(Box::new(m.fsync_batch.clone()))?;
         registry.register(Box::new(m.fsync_duration.clone()))?;
