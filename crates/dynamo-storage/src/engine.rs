@@ -19,6 +19,9 @@
 //! - A tombstone is collected only with its GC record in the same batch: a node that
 //!   removed a tombstone set always remembers it (until the retention) and can tell peers
 //!   it collected exactly that set.
+//! - An actor id mints dots within one incarnation only: a start that finds no
+//!   `clean_shutdown` marker in `meta` (written last by [`Engine::close_clean`], removed at
+//!   open) draws a new one, so no dot is ever minted twice, crashes included.
 
 use std::collections::BTreeMap;
 use std::path::Path;
