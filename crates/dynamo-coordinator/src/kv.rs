@@ -86,15 +86,6 @@ fn unavailable(op: &str, needed: usize, got: usize) -> ApiError {
 }
 
 impl Coordinator {
-    /// Returns the current ring.
-    fn ring(&self) -> Result<Arc<Ring>, ApiError> {
-        // `current` first: it says why there is no ring when no state was ever loaded.
-        self.cache.current()?;
-        self.cache
-            .ring()
-            .ok_or_else(|| ApiError::new(ErrorCode::RingUnavailable, "no node has joined the cluster yet"))
-    }
-
     fn address(ring: &Ring, id: &NodeId) -> Option<String> {
         ring.members().get(id).and_then(|m| m.address.clone())
     }
@@ -132,7 +123,7 @@ impl Coordinator {
         w: usize,
         timeout: Duration,
     ) -> Result<WriteOutcome, ApiError> {
-        let ring = self.ring()?;
+        let ring = self.cache.ring()?;
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
         let resolution = props.resolution();
@@ -287,7 +278,7 @@ impl Coordinator {
         r: usize,
         timeout: Duration,
     ) -> Result<Option<VersionedObject>, ApiError> {
-        let ring = self.ring()?;
+        let ring = self.cache.ring()?;
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
         let resolution = props.resolution();

@@ -68,22 +68,34 @@ impl ClusterCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
             .map(|c| c.state.clone())
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::RingUnavailable,
-                    "no ring seen yet; is the ring service up?",
-                )
-            })
+            .ok_or_else(Self::never_loaded)
     }
 
-    /// Returns the ring of the last state seen: `None` before any state was loaded or
-    /// while no node has joined.
-    pub fn ring(&self) -> Option<Arc<Ring>> {
-        self.state
+    /// Returns the ring of the last state seen; one lock, as every request asks.
+    ///
+    /// # Errors
+    /// `503 ring_unavailable` when no state was ever loaded, or no node has joined yet.
+    pub fn ring(&self) -> Result<Arc<Ring>, ApiError> {
+        match self
+            .state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
-            .and_then(|c| c.ring.clone())
+        {
+            None => Err(Self::never_loaded()),
+            Some(Cached { ring: None, .. }) => Err(ApiError::new(
+                ErrorCode::RingUnavailable,
+                "no node has joined the cluster yet",
+            )),
+            Some(Cached { ring: Some(r), .. }) => Ok(r.clone()),
+        }
+    }
+
+    fn never_loaded() -> ApiError {
+        ApiError::new(
+            ErrorCode::RingUnavailable,
+            "no ring seen yet; is the ring service up?",
+        )
     }
 
     /// Returns the effective properties of `bucket`.

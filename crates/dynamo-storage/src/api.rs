@@ -316,7 +316,7 @@ async fn replicas(
     Json(batch): Json<ReplicaBatch>,
 ) -> Result<Json<ReplicaBatchResult>, ApiError> {
     validate(&batch)?;
-    let engine = state.engine.clone();
+    let engine = &state.engine;
     engine.metrics().batch_ops.observe(batch.ops.len() as f64);
     let now = now_ms();
     // The batch is applied inline, on the async worker, with no await inside: it cannot be
@@ -325,7 +325,7 @@ async fn replicas(
     // than the fjall calls themselves (docs/benchmarks.md, profile). Each operation is a
     // point read or a one-key batch to the journal (no fsync: that is the syncer's), and
     // a batch is at most `MAX_BATCH_OPS` of them, so the worker is held only briefly.
-    let (results, wrote, fatal) = apply_batch(&engine, batch.ops, now);
+    let (results, wrote, fatal) = apply_batch(engine, batch.ops, now);
     if fatal {
         // fjall poisons itself after a failed journal write: nothing more can be trusted
         // to disk. Stop, and let the restart recover from the journal (STYLE §4).

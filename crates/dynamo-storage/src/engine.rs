@@ -173,17 +173,21 @@ impl Engine {
         // drop it. So each start after an unclean stop is a new incarnation with a new
         // actor id (as Riak's vnodes do); the marker of a clean stop is removed now so
         // that the next crash is noticed.
-        let clean = meta.get(META_CLEAN)?.is_some();
-        let mut b = db.batch().durability(Some(PersistMode::SyncAll));
-        if !created && !clean {
-            let actor = ActorId(rand::random::<u64>());
-            tracing::warn!(old = %identity.actor, new = %actor, "not stopped cleanly: new actor id");
-            b.insert(&meta, META_ACTOR, actor.0.to_be_bytes());
-            identity.actor = actor;
-            metrics.unclean_restarts.inc();
+        // A volume created just now has no marker and a fresh actor: nothing to do.
+        if !created {
+            let clean = meta.get(META_CLEAN)?.is_some();
+            let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+            if clean {
+                b.remove(&meta, META_CLEAN);
+            } else {
+                let actor = ActorId(rand::random::<u64>());
+                tracing::warn!(old = %identity.actor, new = %actor, "not stopped cleanly: new actor id");
+                b.insert(&meta, META_ACTOR, actor.0.to_be_bytes());
+                identity.actor = actor;
+                metrics.unclean_restarts.inc();
+            }
+            b.commit()?;
         }
-        b.remove(&meta, META_CLEAN);
-        b.commit()?;
         match meta.get(META_PARTITIONS)? {
             Some(q) if q.as_ref() != partitioning.count().to_be_bytes() => {
                 return Err(StorageError::Invalid(dynamo_server::ApiError::new(
