@@ -24,7 +24,7 @@
 //!   open) draws a new one, so no dot is ever minted twice, crashes included.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -105,6 +105,30 @@ pub struct Engine {
     /// Intended owners with hints pending, and their addresses.
     hint_targets: Mutex<BTreeMap<NodeId, String>>,
     metrics: StorageMetrics,
+    /// The database directory, where fjall keeps its journal files.
+    dir: PathBuf,
+    /// The active journal file, opened for [`Engine::sync_journal`].
+    journal: Mutex<Option<JournalFile>>,
+}
+
+/// A handle on fjall's active journal file (`<dir>/<id>.jnl`), used only to fsync it.
+struct JournalFile {
+    id: u64,
+    file: std::fs::File,
+}
+
+/// The id of the newest journal file in `dir`, if any has fjall's name (`<id>.jnl`).
+fn newest_journal(dir: &Path) -> std::io::Result<Option<u64>> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".jnl"))
+            .and_then(|n| n.parse::<u64>().ok());
+        newest = newest.max(id);
+    }
+    Ok(newest)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,6 +246,8 @@ impl Engine {
             merkle,
             hint_targets: Mutex::new(BTreeMap::new()),
             metrics,
+            dir: dir.to_path_buf(),
+            journal: Mutex::new(None),
         };
         engine.rebuild_merkle()?;
         engine.load_hint_targets()?;
@@ -361,9 +387,49 @@ impl Engine {
         &self.metrics
     }
 
-    /// Returns the fjall database (for the syncer).
-    pub fn database(&self) -> &Database {
-        &self.db
+    /// Makes every write committed before the call durable: the group-commit fsync.
+    ///
+    /// fjall's own `persist` holds the journal's writer lock through the fsync, so every
+    /// commit on the node, and the async worker applying it, would wait out the disk
+    /// (profiled: ~90 µs per coordinate-put, and the tails of every read batched on the
+    /// same worker). Instead the journal is handed to the OS under the lock (a copy) and
+    /// the active journal file is fsynced through a handle of our own, outside it. A
+    /// rotation between the two is safe: fjall fsyncs a journal before it seals it, so the
+    /// newest file is the only one that can hold unsynced writes. This depends on fjall
+    /// 3.1's journal layout (`<dir>/<id>.jnl`, preallocated, hence `fdatasync`); where no
+    /// such file is found, or the handle fails, the locked `persist` does the work (and
+    /// poisons the database if the disk failed, as fjall does).
+    ///
+    /// # Errors
+    /// Engine or I/O failures; after one, fjall is poisoned and the node stops.
+    pub fn sync_journal(&self) -> Result<(), StorageError> {
+        self.db.persist(PersistMode::Buffer)?;
+        let mut active = lock(&self.journal);
+        match self.sync_active(&mut active) {
+            Ok(true) => Ok(()),
+            Ok(false) => Ok(self.db.persist(PersistMode::SyncData)?),
+            Err(e) => {
+                tracing::warn!(error = %e, "journal fsync through own handle failed; fsyncing through fjall");
+                *active = None;
+                Ok(self.db.persist(PersistMode::SyncData)?)
+            }
+        }
+    }
+
+    fn sync_active(&self, active: &mut Option<JournalFile>) -> std::io::Result<bool> {
+        let Some(id) = newest_journal(&self.dir)? else {
+            return Ok(false);
+        };
+        let journal = match active.take() {
+            Some(j) if j.id == id => j,
+            _ => JournalFile {
+                id,
+                file: std::fs::File::open(self.dir.join(format!("{id}.jnl")))?,
+            },
+        };
+        journal.file.sync_data()?;
+        *active = Some(journal);
+        Ok(true)
     }
 
     fn locate(&self, k: &KeyRef<'_>) -> (PartitionId, KeyHash, Vec<u8>) {
@@ -837,7 +903,7 @@ impl Engine {
     /// # Errors
     /// Engine failures.
     pub fn persist(&self) -> Result<(), StorageError> {
-        self.db.persist(PersistMode::SyncAll)?;
+        self.sync_journal()?;
         if let Ok(bytes) = self.db.disk_space() {
             self.metrics.disk_bytes.set(bytes as i64);
         }

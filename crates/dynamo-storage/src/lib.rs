@@ -95,7 +95,7 @@ pub async fn run(
     let advertise = config.advertise_address_for(listener.local_addr()?);
 
     let syncer = match durability {
-        Durability::Sync => Some(syncer::Syncer::start(engine.database().clone(), metrics.clone())?),
+        Durability::Sync => Some(syncer::Syncer::start(engine.clone(), metrics.clone())?),
         Durability::Buffered => None,
     };
 

@@ -7,9 +7,11 @@
 //! is covered by the next fsync, so every acknowledged write is durable; writers that
 //! arrive while an fsync runs share the following one.
 
-use fjall::{Database, PersistMode};
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
+use crate::engine::Engine;
 use crate::error::StorageError;
 use crate::metrics::StorageMetrics;
 
@@ -26,11 +28,11 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    /// Starts the syncer thread for `db`.
+    /// Starts the syncer thread for `engine`.
     ///
     /// # Errors
     /// An I/O error if the thread cannot be spawned.
-    pub fn start(db: Database, metrics: StorageMetrics) -> std::io::Result<Syncer> {
+    pub fn start(engine: Arc<Engine>, metrics: StorageMetrics) -> std::io::Result<Syncer> {
         let (tx, mut rx) = mpsc::channel::<Reply>(MAX_WAITING);
         std::thread::Builder::new()
             .name("dynamo-syncer".into())
@@ -41,7 +43,7 @@ impl Syncer {
                         waiting.push(more);
                     }
                     let started = std::time::Instant::now();
-                    let result = db.persist(PersistMode::SyncData).map_err(|e| e.to_string());
+                    let result = engine.sync_journal().map_err(|e| e.to_string());
                     metrics.fsync_duration.observe(started.elapsed().as_secs_f64());
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "fsync failed");
