@@ -18,7 +18,8 @@
 //! backoff window; while down, callers skip it (sloppy quorum) without waiting. When the
 //! window passes, one request is let through as a probe; success clears the mark, failure
 //! doubles the window (up to 16×). So a hung node (SIGSTOP) costs one timeout, not one per
-//! request.
+//! request: what queued for it while that batch timed out fails at once (`Down`) rather
+//! than going out as a second batch to wait out a second timeout.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -136,6 +137,17 @@ impl NodeHandle {
             }
             Some(_) => false,
         }
+    }
+
+    /// Returns true inside the backoff window of a node marked down: what is queued for it
+    /// then fails at once instead of being sent. Once the window passes, the next batch
+    /// goes out and is the probe.
+    fn in_backoff(&self) -> bool {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .down_until
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Returns true when the node is marked down (without claiming a probe).
@@ -286,6 +298,13 @@ async fn batcher(node: Arc<NodeHandle>, mut rx: mpsc::Receiver<Pending>, peers: 
                 Err(_) => break,
             }
         }
+        if node.in_backoff() {
+            // Queued while the previous batch was timing out: sending it would cost each
+            // of these callers a second timeout (and a client its request deadline), so
+            // they move on to the next replica or a fallback now.
+            fail_fast(&node, batch, &peers);
+            continue;
+        }
         let node = node.clone();
         let peers2 = peers.clone();
         peers.tracker.spawn(async move {
@@ -297,6 +316,17 @@ async fn batcher(node: Arc<NodeHandle>, mut rx: mpsc::Receiver<Pending>, peers: 
     rx.close();
     while let Some(p) = rx.recv().await {
         let _ = p.reply.send(Err(PeerError::Stopped));
+    }
+}
+
+fn fail_fast(node: &NodeHandle, batch: Vec<Pending>, peers: &Peers) {
+    peers
+        .metrics
+        .hops
+        .with_label_values(&[node.id.as_str(), "skipped_down"])
+        .inc();
+    for p in batch {
+        let _ = p.reply.send(Err(PeerError::Down));
     }
 }
 
@@ -441,6 +471,95 @@ mod tests {
         })
         .await
         .expect("condition within 10 s");
+    }
+
+    /// A storage node that hangs on the first batch (past the caller's timeout) and
+    /// answers every later one at once; counts the batches that reach it.
+    async fn hangs_once(
+        State(seen): State<Arc<std::sync::atomic::AtomicUsize>>,
+        body: axum::Json<ReplicaBatch>,
+    ) -> axum::Json<ReplicaBatchResult> {
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        let results = body
+            .0
+            .ops
+            .iter()
+            .map(|_| ReplicaResult::Got { object: None })
+            .collect();
+        axum::Json(ReplicaBatchResult { results })
+    }
+
+    // Goal: operations queued for a node while its batch times out fail at once as `Down`
+    // instead of going out as a second batch (a second timeout for each caller), and once
+    // the backoff window passes the next batch is sent as the probe and clears the mark.
+    #[tokio::test]
+    async fn what_queued_behind_a_timed_out_batch_fails_fast_and_a_probe_follows_the_window() {
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = Router::new()
+            .route("/internal/v1/replicas", post(hangs_once))
+            .with_state(seen.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let settings = PeerSettings {
+            timeout: Duration::from_millis(300),
+            backoff: Duration::from_secs(1),
+            max_inflight: 1,
+        };
+        let metrics = CoordinatorMetrics::new(&prometheus::Registry::new()).expect("metrics");
+        let peers = Peers::new(
+            reqwest::Client::new(),
+            settings,
+            metrics,
+            tracker.clone(),
+            stop.clone(),
+        );
+        let node = peers.handle(&NodeId::new("node-0").expect("id"), &addr);
+
+        let first = tokio::spawn({
+            let node = node.clone();
+            async move { node.call(get("k0")).await }
+        });
+        until(|| seen.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+        let queued: Vec<_> = (1..=3)
+            .map(|i| {
+                let node = node.clone();
+                tokio::spawn(async move { node.call(get(&format!("k{i}"))).await })
+            })
+            .collect();
+        until(|| QUEUE_DEPTH - node.lanes[Lane::Read as usize].capacity() == 3).await;
+
+        assert!(matches!(
+            first.await.expect("join"),
+            Err(super::PeerError::Timeout)
+        ));
+        for q in queued {
+            assert!(matches!(q.await.expect("join"), Err(super::PeerError::Down)));
+        }
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "nothing more was sent"
+        );
+        assert!(node.is_marked_down());
+
+        until(|| !node.in_backoff()).await;
+        let r = node
+            .call(get("k4"))
+            .await
+            .expect("the probe is sent and answered");
+        assert!(matches!(r, ReplicaResult::Got { object: None }));
+        assert!(!node.is_marked_down(), "a successful probe clears the mark");
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .expect("batchers stop");
     }
 
     // Goal: a read never waits behind a write batch (lanes), and writes queued while a
