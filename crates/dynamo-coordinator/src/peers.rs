@@ -473,6 +473,42 @@ mod tests {
         .expect("condition within 10 s");
     }
 
+    /// Serves `app` as a fake storage node on loopback and returns its URL.
+    async fn serve(app: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        addr
+    }
+
+    /// A peer layer with one batch in flight per lane, and what stops it.
+    fn peer_layer(timeout: Duration, backoff: Duration) -> (Peers, CancellationToken, TaskTracker) {
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let settings = PeerSettings {
+            timeout,
+            backoff,
+            max_inflight: 1,
+        };
+        let metrics = CoordinatorMetrics::new(&prometheus::Registry::new()).expect("metrics");
+        let peers = Peers::new(
+            reqwest::Client::new(),
+            settings,
+            metrics,
+            tracker.clone(),
+            stop.clone(),
+        );
+        (peers, stop, tracker)
+    }
+
+    async fn stop_peers(stop: CancellationToken, tracker: TaskTracker) {
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .expect("batchers stop");
+    }
+
     /// A storage node that hangs on the first batch (past the caller's timeout) and
     /// answers every later one at once; counts the batches that reach it.
     async fn hangs_once(
@@ -497,28 +533,13 @@ mod tests {
     #[tokio::test]
     async fn what_queued_behind_a_timed_out_batch_fails_fast_and_a_probe_follows_the_window() {
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = Router::new()
-            .route("/internal/v1/replicas", post(hangs_once))
-            .with_state(seen.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-
-        let stop = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let settings = PeerSettings {
-            timeout: Duration::from_millis(300),
-            backoff: Duration::from_secs(1),
-            max_inflight: 1,
-        };
-        let metrics = CoordinatorMetrics::new(&prometheus::Registry::new()).expect("metrics");
-        let peers = Peers::new(
-            reqwest::Client::new(),
-            settings,
-            metrics,
-            tracker.clone(),
-            stop.clone(),
-        );
+        let addr = serve(
+            Router::new()
+                .route("/internal/v1/replicas", post(hangs_once))
+                .with_state(seen.clone()),
+        )
+        .await;
+        let (peers, stop, tracker) = peer_layer(Duration::from_millis(300), Duration::from_secs(1));
         let node = peers.handle(&NodeId::new("node-0").expect("id"), &addr);
 
         let first = tokio::spawn({
@@ -555,11 +576,7 @@ mod tests {
             .expect("the probe is sent and answered");
         assert!(matches!(r, ReplicaResult::Got { object: None }));
         assert!(!node.is_marked_down(), "a successful probe clears the mark");
-        stop.cancel();
-        tracker.close();
-        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-            .await
-            .expect("batchers stop");
+        stop_peers(stop, tracker).await;
     }
 
     // Goal: a read never waits behind a write batch (lanes), and writes queued while a
@@ -570,29 +587,13 @@ mod tests {
             batches: Arc::default(),
             writes_gate: Arc::new(Semaphore::new(0)),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = Router::new()
-            .route("/internal/v1/replicas", post(fake))
-            .with_state(f.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-
-        let registry = prometheus::Registry::new();
-        let stop = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let settings = PeerSettings {
-            timeout: Duration::from_secs(10),
-            backoff: Duration::from_millis(100),
-            max_inflight: 1,
-        };
-        let metrics = CoordinatorMetrics::new(&registry).expect("metrics");
-        let peers = Peers::new(
-            reqwest::Client::new(),
-            settings,
-            metrics,
-            tracker.clone(),
-            stop.clone(),
-        );
+        let addr = serve(
+            Router::new()
+                .route("/internal/v1/replicas", post(fake))
+                .with_state(f.clone()),
+        )
+        .await;
+        let (peers, stop, tracker) = peer_layer(Duration::from_secs(10), Duration::from_millis(100));
         let node = peers.handle(&NodeId::new("node-0").expect("id"), &addr);
 
         // One write goes out and is held by the node.
@@ -639,10 +640,6 @@ mod tests {
             .map(Vec::len)
             .collect();
         assert_eq!(writes, vec![1, 3], "the three queued writes travel in one batch");
-        stop.cancel();
-        tracker.close();
-        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-            .await
-            .expect("batchers stop");
+        stop_peers(stop, tracker).await;
     }
 }
