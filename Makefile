@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help run build-release test lint fmt fmt-check clippy unit doc bench-core bench
+.PHONY: help run build-release test lint fmt fmt-check clippy unit doc bench-core bench soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,3 +38,14 @@ bench-core: ## criterion benchmarks of the core (numbers go to docs/benchmarks.m
 
 bench: ## Dynamo beside a 3-member etcd, same generator, one run (~13 min; installs etcd if missing); writes docs/benchmarks.md
 	CARGO="$(CARGO)" ./scripts/bench.sh
+
+# `make soak` parameters: seeds as a list or ranges (1,5,9 or 1-30), load seconds per seed,
+# storage nodes (3: every node in every preference list; 4: fallbacks and hinted handoff).
+SEED ?= 1
+DURATION ?= 120
+NODES ?= 3
+
+soak: ## the seeded fault checker, long: make soak SEED=1-30 DURATION=120 [NODES=4] (docs/testing.md)
+	$(CARGO) build --workspace --bins --locked
+	DYNAMO_CHECKER_SEEDS="$(SEED)" DYNAMO_CHECKER_DURATION_S="$(DURATION)" DYNAMO_CHECKER_NODES="$(NODES)" \
+		$(CARGO) test -p dynamo-tests --locked --test fault_checker -- --ignored --exact soak --nocapture

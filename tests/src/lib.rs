@@ -4,6 +4,12 @@
 //!
 //! The binaries are looked up beside the test executable (`target/<profile>/`); `make
 //! test` builds them first (`cargo build --workspace --bins`).
+//!
+//! [`checker`] is the seeded fault checker built on this harness: concurrent recorded
+//! clients, a fault schedule drawn from a seed, and the safety checks after the heal
+//! (`docs/testing.md`).
+
+pub mod checker;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -16,14 +22,24 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// The root token of test clusters.
 pub const ROOT_TOKEN: &str = "test-root-token-0123456789abcdef";
 
-/// Returns the path of a workspace binary built beside the running test.
+/// Returns the path of a workspace binary built beside the running test, or in
+/// `DYNAMO_BIN_DIR` when that is set (to test binaries built elsewhere, e.g. a copy that
+/// a rebuild cannot replace mid-run, or a deliberately broken build).
 ///
 /// # Panics
 /// When the binary is missing, naming the command that builds it.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let dir = match std::env::var_os("DYNAMO_BIN_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> → target/<profile>/<name>
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -75,7 +91,12 @@ impl Proc {
             .expect("log file");
         let child = Command::new(binary(&self.name))
             .args(&self.args)
-            .env("DYNAMO_LOG", "info")
+            // `DYNAMO_TEST_LOG` (a `DYNAMO_LOG` filter) turns up the services' logs when
+            // chasing a failure, e.g. `warn,dynamo_coordinator::kv=debug`.
+            .env(
+                "DYNAMO_LOG",
+                std::env::var("DYNAMO_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -90,6 +111,11 @@ impl Proc {
 
     fn pid(&self) -> String {
         self.child.as_ref().map(|c| c.id().to_string()).expect("running")
+    }
+
+    /// Its process id, while it runs (`None` after [`Proc::kill9`]).
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn signal(&self, sig: &str) {
@@ -159,6 +185,11 @@ pub struct Options {
     pub partitions: u32,
     /// Extra coordinator flags.
     pub coordinator_args: Vec<String>,
+    /// The storage nodes' `--durability` (`buffered` by default: fast; the fault checker
+    /// uses `sync`, as `make run` does, so a kill -9 loses nothing acknowledged).
+    pub durability: String,
+    /// Extra storage-node flags (flags the harness already sets cannot be repeated).
+    pub storage_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -167,6 +198,8 @@ impl Default for Options {
             nodes: 3,
             partitions: 64,
             coordinator_args: Vec::new(),
+            durability: "buffered".into(),
+            storage_args: Vec::new(),
         }
     }
 }
@@ -202,28 +235,24 @@ impl Cluster {
         let mut nodes = Vec::new();
         for i in 0..opts.nodes {
             let port = free_port();
-            let node = Proc::spawn(
-                "dynamo-storage",
-                &format!("node-{i}"),
-                port,
-                vec![
-                    "--node-id".into(),
-                    format!("node-{i}"),
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                    "--data-dir".into(),
-                    dir.path().join(format!("node-{i}")).display().to_string(),
-                    "--partitions".into(),
-                    opts.partitions.to_string(),
-                    "--ring-url".into(),
-                    ring.url(),
-                    "--durability".into(),
-                    "buffered".into(),
-                    "--hint-interval-ms".into(),
-                    "200".into(),
-                ],
-                &logs,
-            );
+            let mut args: Vec<String> = vec![
+                "--node-id".into(),
+                format!("node-{i}"),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".into(),
+                dir.path().join(format!("node-{i}")).display().to_string(),
+                "--partitions".into(),
+                opts.partitions.to_string(),
+                "--ring-url".into(),
+                ring.url(),
+                "--durability".into(),
+                opts.durability.clone(),
+                "--hint-interval-ms".into(),
+                "200".into(),
+            ];
+            args.extend(opts.storage_args.iter().cloned());
+            let node = Proc::spawn("dynamo-storage", &format!("node-{i}"), port, args, &logs);
             wait_ready(&http, &node.url()).await;
             nodes.push(node);
         }

@@ -75,8 +75,8 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_REPLICA_TIMEOUT_MS", default_value_t = 1_000)]
     pub replica_timeout_ms: u64,
 
-    /// How long a node that failed is skipped before it is probed again (doubles on each
-    /// failed probe, up to 16×).
+    /// How often a background probe asks a node marked down whether it answers again
+    /// (so a node that is back is used again within about this long).
     #[arg(long, env = "DYNAMO_NODE_BACKOFF_MS", default_value_t = 500)]
     pub node_backoff_ms: u64,
 

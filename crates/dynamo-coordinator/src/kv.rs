@@ -1,15 +1,25 @@
 //! The data path: quorum writes and reads over the ring, sloppy quorum with hinted
 //! fallbacks, and read repair.
 //!
-//! **Write** (Dynamo §4.5): the first reachable node of the key's preference list
-//! coordinates the write (mints the dot, stores it) and answers the resulting object,
-//! which is then sent to the other N − 1 slots in parallel; the client is answered after W
-//! stores. A slot whose node is down, or fails during the request, is served by the next
-//! unused fallback, which stores the write as a hint for the owner (§4.6).
+//! **Write** (Dynamo §4.5): the first reachable owner of the key's preference list (a
+//! fallback only when no owner is up) coordinates the write (mints the dot, stores it) and
+//! answers the resulting object, which is then sent to the other N − 1 slots in parallel;
+//! the client is answered after W stores. A slot whose node is down, or fails during the
+//! request, is served by the next unused fallback, which stores the write as a hint for
+//! the owner (§4.6).
+//!
+//! **At most once** (invariant 6): a coordinate carries a deadline (when this coordinator
+//! stops waiting for it) and the node does not apply it later. It is retried on the next
+//! node only when it provably did not apply: skipped (node down), never connected,
+//! refused, or answered with an error. A coordinate that timed out may have minted a dot,
+//! so the client gets an indeterminate `503` instead of a second version of its write.
+//! Replicates are merges of a minted object, so they are retried freely.
 //!
 //! **Read**: ask the N slots in parallel, answer on the first R replies merged (DVV sync);
-//! then, once every slot answered or timed out, send the merge of all replies to each
-//! replica that was stale or missing it (read repair, through a bounded queue).
+//! a fallback's "not found" is no vote (it holds hints, not the key), so it never makes
+//! an existing key read as missing. Then, once every slot answered or timed out, send the
+//! merge of all replies to each replica that was stale or missing it (read repair,
+//! through a bounded queue).
 //!
 //! Each request runs in a tracked task of its own: once a dot is minted, replication
 //! continues even if the client hangs up (STYLE §6), and the client is answered as soon
@@ -95,7 +105,7 @@ impl Coordinator {
     }
 
     async fn call(&self, ring: &Ring, id: &NodeId, op: ReplicaOp) -> Result<ReplicaResult, PeerError> {
-        let address = Self::address(ring, id).ok_or_else(|| PeerError::Unreachable("no address".into()))?;
+        let address = Self::address(ring, id).ok_or_else(|| PeerError::NotSent("no address".into()))?;
         self.peers.handle(id, &address).call(op).await
     }
 
@@ -128,7 +138,8 @@ impl Coordinator {
         let this = self.clone();
         let resolution = props.resolution();
         let n = usize::from(props.n);
-        let task = this.write_task(ring, req, resolution, n, w, tx);
+        let client_deadline_ms = wall_clock_ms() + timeout.as_millis() as u64;
+        let task = this.write_task(ring, req, resolution, n, w, client_deadline_ms, tx);
         self.tracker.spawn(in_request_scope(task));
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
@@ -146,6 +157,7 @@ impl Coordinator {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn write_task(
         self: Arc<Self>,
         ring: Arc<Ring>,
@@ -153,6 +165,7 @@ impl Coordinator {
         resolution: Resolution,
         n: usize,
         w: usize,
+        client_deadline_ms: u64,
         answer: oneshot::Sender<Result<WriteOutcome, ApiError>>,
     ) {
         let pl = ring.preference_list_for(key_hash(req.bucket.as_str(), &req.key), n);
@@ -163,10 +176,20 @@ impl Coordinator {
             .with_label_values(&["put"])
             .inc_by(fallbacks as u64);
         let mut remaining: VecDeque<Slot> = plan.slots.clone().into();
+        // An owner coordinates when one is up: a fallback would mint on a hint.
+        if let Some(i) = remaining.iter().position(|s| !s.is_hinted())
+            && let Some(owner) = remaining.remove(i)
+        {
+            remaining.push_front(owner);
+        }
 
         // 1. The coordinating replica: the first slot that stores the write.
         let mut coordinated = None;
         while let Some(slot) = remaining.pop_front() {
+            // The node refuses the coordinate once this coordinator would have stopped
+            // waiting for it: this attempt's batch timeout, or the client's deadline.
+            let deadline_ms =
+                client_deadline_ms.min(wall_clock_ms() + self.peers.timeout().as_millis() as u64);
             let op = ReplicaOp::CoordinatePut {
                 bucket: req.bucket.clone(),
                 key: req.key.clone(),
@@ -176,6 +199,7 @@ impl Coordinator {
                 tombstone: req.tombstone,
                 resolution,
                 hint: Self::hint(&ring, &slot),
+                deadline_ms: Some(deadline_ms),
             };
             match self.call(&ring, &slot.target, op).await {
                 Ok(ReplicaResult::Put { object, context, .. }) => {
@@ -186,8 +210,25 @@ impl Coordinator {
                     let _ = answer.send(Err(ApiError::new(code, message)));
                     return;
                 }
+                Err(e) if e.may_have_applied() => {
+                    // The node may have minted the write: retrying it elsewhere would make
+                    // a second version of it (invariant 6). The client learns the outcome
+                    // is unknown; a read tells it which.
+                    tracing::debug!(peer = %slot.target, error = %e, "coordinating replica failed after the write may have applied");
+                    self.metrics.quorum_failures.with_label_values(&["put"]).inc();
+                    self.metrics.indeterminate_writes.inc();
+                    let _ = answer.send(Err(ApiError::new(
+                        ErrorCode::QuorumUnavailable,
+                        format!(
+                            "the coordinating replica did not answer ({e}); the write may or may not have been applied: read the key to find out"
+                        ),
+                    )));
+                    return;
+                }
                 other => {
-                    tracing::debug!(peer = %slot.target, result = ?other.err(), "coordinating replica failed");
+                    // Not applied: skipped, never sent, refused, or an error answer (a
+                    // deadline passed, storage failed before the commit).
+                    tracing::debug!(peer = %slot.target, result = ?other, "coordinating replica did not apply the write");
                     if let Some(f) = plan.take_fallback(|id| self.is_up(&ring, id)) {
                         self.metrics.fallbacks.with_label_values(&["put"]).inc();
                         remaining.push_front(Slot {
@@ -343,6 +384,10 @@ impl Coordinator {
         }
         while let Some((slot, result)) = inflight.next().await {
             let state = match result {
+                // A fallback holds hints, not the key: its "not found" says nothing about
+                // whether the key exists, so it is no vote (else an existing key could
+                // read as missing). No other fallback is asked in its place.
+                Ok(ReplicaResult::Got { object: None }) if slot.is_hinted() => quorum.failure(),
                 Ok(ReplicaResult::Got { object }) => {
                     replies.push((slot, object));
                     quorum.success()
@@ -368,6 +413,7 @@ impl Coordinator {
                 }
                 QuorumState::Failed => {
                     if let Some(a) = answer.take() {
+                        tracing::debug!(?quorum, ?plan, "read failed its quorum");
                         self.metrics.quorum_failures.with_label_values(&["get"]).inc();
                         let _ = a.send(Err(unavailable("read", r, quorum.successes())));
                     }
@@ -376,6 +422,7 @@ impl Coordinator {
             }
         }
         if let Some(a) = answer.take() {
+            tracing::debug!(?quorum, ?plan, "read ended short of its quorum");
             self.metrics.quorum_failures.with_label_values(&["get"]).inc();
             let _ = a.send(Err(unavailable("read", r, quorum.successes())));
         }
@@ -432,6 +479,14 @@ fn in_request_scope<F: std::future::Future<Output = ()>>(task: F) -> impl std::f
             None => task.await,
         }
     }
+}
+
+/// Returns the wall clock in ms since the Unix epoch (coordinate deadlines are compared
+/// with the storage node's clock).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Merges replica copies with the bucket's resolution; `None` when none knows the key.

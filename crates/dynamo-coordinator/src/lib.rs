@@ -73,7 +73,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 
     // One client per process: pooled keep-alive connections to every storage node.
     let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(config.replica_timeout_ms))
+        // Shorter than a batch's timeout, so a node that cannot be reached (a cut link
+        // drops the SYN) fails as "never sent", which a coordinate may retry elsewhere,
+        // rather than as a timeout, which it must not (at most once, `kv`).
+        .connect_timeout(Duration::from_millis(config.replica_timeout_ms / 2).max(Duration::from_millis(1)))
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
         .build()?;

@@ -14,6 +14,8 @@ pub struct CoordinatorMetrics {
     pub request_duration: HistogramVec,
     /// Requests that failed their quorum, by operation.
     pub quorum_failures: IntCounterVec,
+    /// Writes answered `503` because their coordinate may have applied (not retried).
+    pub indeterminate_writes: IntCounter,
     /// Replica slots served by a fallback (sloppy quorum), by operation.
     pub fallbacks: IntCounterVec,
     /// Read repairs sent.
@@ -62,6 +64,10 @@ impl CoordinatorMetrics {
                     "Requests that could not reach R or W",
                 ),
                 &["op"],
+            )?,
+            indeterminate_writes: IntCounter::new(
+                "dynamo_coordinator_indeterminate_writes_total",
+                "Writes answered 503 because the coordinating replica failed after the write may have applied (never retried elsewhere: at most once)",
             )?,
             fallbacks: IntCounterVec::new(
                 Opts::new(
@@ -119,6 +125,7 @@ impl CoordinatorMetrics {
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.quorum_failures.clone()))?;
+        registry.register(Box::new(m.indeterminate_writes.clone()))?;
         registry.register(Box::new(m.fallbacks.clone()))?;
         registry.register(Box::new(m.read_repairs.clone()))?;
         registry.register(Box::new(m.read_repairs_dropped.clone()))?;

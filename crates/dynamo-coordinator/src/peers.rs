@@ -14,19 +14,31 @@
 //! after its writes are fsynced (group commit), so a read batched with writes would wait
 //! for an fsync it does not need.
 //!
-//! Failure detection: a batch that times out or cannot connect marks the node down for a
-//! backoff window; while down, callers skip it (sloppy quorum) without waiting. When the
-//! window passes, one request is let through as a probe; success clears the mark, failure
-//! doubles the window (up to 16×). So a hung node (SIGSTOP) costs one timeout, not one per
-//! request: what queued for it while that batch timed out fails at once (`Down`) rather
-//! than going out as a second batch to wait out a second timeout.
+//! Failure detection: a batch that times out or cannot connect marks the node down; while
+//! down, callers skip it (sloppy quorum) without waiting, and what is already queued for
+//! it fails at once (`Down`) rather than going out to wait out a second timeout. A
+//! `peer-probe` task then asks the node for its identity (`GET /internal/v1/node`) once per
+//! backoff window, and clears the mark when it answers. The window does not grow: a probe
+//! is one small request per window in the background, and a window that doubled while a
+//! node was away (a restart takes seconds) kept a node that was back out of every
+//! preference list for seconds more, long enough for the next fault elsewhere to leave
+//! keys with one reachable replica (the fault checker's 503s). Client operations are never the probe: with at-most-once writes a
+//! coordinate sent to a hung node is an indeterminate failure for its client (it cannot
+//! be retried elsewhere), so a hung node costs the requests in flight when it hung, not
+//! one more request per probe; and no probe can be claimed and then never sent.
+//!
+//! Batches are bounded in operations ([`MAX_BATCH`]) and in bytes
+//! ([`MAX_BATCH_BYTES`]): a batch of large values never fails whole against the node's
+//! body limit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dynamo_core::NodeId;
-use dynamo_core::wire::internal::{ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult};
+use dynamo_core::wire::internal::{
+    MAX_BATCH_BYTES, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
+};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,7 +59,11 @@ pub enum PeerError {
     /// The call did not complete in time.
     #[error("node timed out")]
     Timeout,
-    /// The node could not be reached or answered garbage.
+    /// No connection could be made, so the batch was never sent.
+    #[error("node not reachable: {0}")]
+    NotSent(String),
+    /// The call failed after the batch may have reached the node (a reset connection, a
+    /// garbled or 5xx answer).
     #[error("node unreachable: {0}")]
     Unreachable(String),
     /// The node refused the whole batch (a bug: the coordinator validates first).
@@ -58,10 +74,24 @@ pub enum PeerError {
     Stopped,
 }
 
+impl PeerError {
+    /// Returns true when the operation may have been applied by the node although the
+    /// call failed: the outcome is unknown, so a coordinate must not be retried on
+    /// another node (it would mint a second version of the same write).
+    pub fn may_have_applied(&self) -> bool {
+        match self {
+            PeerError::Timeout | PeerError::Unreachable(_) | PeerError::Stopped => true,
+            // Skipped, never connected, or refused whole before anything ran.
+            PeerError::Down | PeerError::NotSent(_) | PeerError::Refused(_) => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Health {
-    down_until: Option<Instant>,
-    backoff: Duration,
+    /// Set while the node is marked down.
+    down: bool,
+    /// A `peer-probe` task is running for the node.
     probing: bool,
 }
 
@@ -122,63 +152,40 @@ impl NodeHandle {
             .clone()
     }
 
-    /// Returns true when calls should go to the node now: not marked down, or its window
-    /// passed and no probe is out (this call becomes the probe).
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Returns true when calls should go to the node: it is not marked down. A pure
+    /// predicate: the probe that brings a node back is the `peer-probe` task's.
     pub fn is_up(&self) -> bool {
-        let mut h = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match h.down_until {
-            None => true,
-            Some(until) if Instant::now() >= until && !h.probing => {
-                h.probing = true;
-                true
-            }
-            Some(_) => false,
-        }
+        !self.health().down
     }
 
-    /// Returns true inside the backoff window of a node marked down: what is queued for it
-    /// then fails at once instead of being sent. Once the window passes, the next batch
-    /// goes out and is the probe.
-    fn in_backoff(&self) -> bool {
-        self.health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .down_until
-            .is_some_and(|until| Instant::now() < until)
-    }
-
-    /// Returns true when the node is marked down (without claiming a probe).
+    /// Returns true when the node is marked down.
     pub fn is_marked_down(&self) -> bool {
-        self.health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .down_until
-            .is_some()
+        self.health().down
     }
 
-    fn record(&self, ok: bool, metrics: &CoordinatorMetrics) {
-        let mut h = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        h.probing = false;
+    /// Records a hop's outcome. Returns true when the caller must start a `peer-probe`
+    /// (a failure, and none runs yet).
+    fn record(&self, ok: bool, metrics: &CoordinatorMetrics) -> bool {
+        let mut h = self.health();
         if ok {
-            if h.down_until.take().is_some() {
+            if std::mem::take(&mut h.down) {
                 metrics.nodes_down.dec();
                 tracing::info!(peer = %self.id, "storage node answers again");
             }
-            h.backoff = self.settings.backoff;
+            false
         } else {
-            if h.down_until.is_none() {
+            if !h.down {
                 metrics.nodes_down.inc();
-                tracing::warn!(peer = %self.id, backoff_ms = h.backoff.as_millis() as u64, "storage node marked down");
-            } else {
-                h.backoff = (h.backoff * 2).min(self.settings.backoff * 16);
+                tracing::warn!(peer = %self.id, "storage node marked down");
+                h.down = true;
             }
-            h.down_until = Some(Instant::now() + h.backoff);
+            !std::mem::replace(&mut h.probing, true)
         }
     }
 
@@ -254,8 +261,7 @@ impl Peers {
             address: Mutex::new(address.to_owned()),
             lanes: [read_tx, write_tx],
             health: Mutex::new(Health {
-                down_until: None,
-                backoff: self.settings.backoff,
+                down: false,
                 probing: false,
             }),
             settings: self.settings,
@@ -265,6 +271,11 @@ impl Peers {
         self.tracker
             .spawn(batcher(handle.clone(), write_rx, self.clone()));
         handle
+    }
+
+    /// Returns the timeout of one batch.
+    pub fn timeout(&self) -> Duration {
+        self.settings.timeout
     }
 
     /// Returns the existing handle of `id`, if any.
@@ -280,6 +291,8 @@ impl Peers {
 /// The `peer-batcher` task of one lane of one node.
 async fn batcher(node: Arc<NodeHandle>, mut rx: mpsc::Receiver<Pending>, peers: Peers) {
     let inflight = Arc::new(Semaphore::new(peers.settings.max_inflight));
+    // An operation that did not fit the previous batch's byte bound: it leads the next.
+    let mut carry: Option<Pending> = None;
     loop {
         // Wait for a free in-flight slot first, so operations accumulate in the queue
         // while the node is busy and the next batch carries them all.
@@ -287,21 +300,33 @@ async fn batcher(node: Arc<NodeHandle>, mut rx: mpsc::Receiver<Pending>, peers: 
             () = peers.stop.cancelled() => break,
             p = inflight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let first = tokio::select! {
-            () = peers.stop.cancelled() => break,
-            p = rx.recv() => match p { Some(p) => p, None => break },
+        let first = match carry.take() {
+            Some(p) => p,
+            None => tokio::select! {
+                () = peers.stop.cancelled() => break,
+                p = rx.recv() => match p { Some(p) => p, None => break },
+            },
         };
+        let mut bytes = first.op.estimated_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    let len = p.op.estimated_len();
+                    if bytes + len > MAX_BATCH_BYTES {
+                        carry = Some(p);
+                        break;
+                    }
+                    bytes += len;
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
-        if node.in_backoff() {
-            // Queued while the previous batch was timing out: sending it would cost each
-            // of these callers a second timeout (and a client its request deadline), so
-            // they move on to the next replica or a fallback now.
+        if node.is_marked_down() {
+            // Queued while a batch was timing out, or since: sending it would cost each of
+            // these callers a timeout (and a client its request deadline), so they move on
+            // to the next replica or a fallback now.
             fail_fast(&node, batch, &peers);
             continue;
         }
@@ -313,6 +338,9 @@ async fn batcher(node: Arc<NodeHandle>, mut rx: mpsc::Receiver<Pending>, peers: 
         });
     }
     // Answer whatever is still queued so no caller waits forever.
+    if let Some(p) = carry {
+        let _ = p.reply.send(Err(PeerError::Stopped));
+    }
     rx.close();
     while let Some(p) = rx.recv().await {
         let _ = p.reply.send(Err(PeerError::Stopped));
@@ -330,7 +358,45 @@ fn fail_fast(node: &NodeHandle, batch: Vec<Pending>, peers: &Peers) {
     }
 }
 
-async fn send_batch(node: &NodeHandle, batch: Vec<Pending>, peers: &Peers) {
+/// Starts the `peer-probe` task of a node just marked down: once per backoff window it
+/// asks the node for its identity; the first answer clears the mark.
+fn start_probe(node: &Arc<NodeHandle>, peers: &Peers) {
+    let node = node.clone();
+    let peers = peers.clone();
+    peers.tracker.clone().spawn(async move {
+        loop {
+            let wait = node.settings.backoff;
+            tokio::select! {
+                () = peers.stop.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let url = format!("{}{}", node.address().trim_end_matches('/'), PROBE_PATH);
+            let ok = matches!(
+                peers.client.get(url).timeout(node.settings.timeout).send().await,
+                Ok(r) if r.status().is_success()
+            );
+            let label = if ok { "probe_ok" } else { "probe_failed" };
+            peers
+                .metrics
+                .hops
+                .with_label_values(&[node.id.as_str(), label])
+                .inc();
+            if ok {
+                // Not probing first, then up: a failure recorded in between starts a new
+                // probe instead of leaving the node down with none running.
+                node.health().probing = false;
+                let _ = node.record(true, &peers.metrics);
+                return;
+            }
+        }
+        node.health().probing = false;
+    });
+}
+
+/// What a probe asks a storage node for: cheap, read-only, answered by any live node.
+const PROBE_PATH: &str = "/internal/v1/node";
+
+async fn send_batch(node: &Arc<NodeHandle>, batch: Vec<Pending>, peers: &Peers) {
     // A batch may carry operations of several client requests; it names the first one's
     // request id and trace, which is what a trace viewer follows.
     let trace = batch.first().and_then(|p| p.trace.clone());
@@ -352,6 +418,8 @@ async fn send_batch(node: &NodeHandle, batch: Vec<Pending>, peers: &Peers) {
     }
     let result = req.send().await;
     let outcome: Result<Vec<ReplicaResult>, PeerError> = match result {
+        // A connect failure first: a connect that timed out never sent the batch.
+        Err(e) if e.is_connect() => Err(PeerError::NotSent(e.without_url().to_string())),
         Err(e) if e.is_timeout() => Err(PeerError::Timeout),
         Err(e) => Err(PeerError::Unreachable(e.without_url().to_string())),
         Ok(resp) if resp.status().is_success() => match resp.json::<ReplicaBatchResult>().await {
@@ -379,7 +447,7 @@ async fn send_batch(node: &NodeHandle, batch: Vec<Pending>, peers: &Peers) {
         .observe(start.elapsed().as_secs_f64());
     match outcome {
         Ok(results) => {
-            node.record(true, &peers.metrics);
+            let _ = node.record(true, &peers.metrics);
             peers.metrics.hops.with_label_values(&[peer, "ok"]).inc();
             for (reply, r) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(r));
@@ -388,7 +456,9 @@ async fn send_batch(node: &NodeHandle, batch: Vec<Pending>, peers: &Peers) {
         Err(e) => {
             // A refused batch is our bug, not the node's health.
             if !matches!(e, PeerError::Refused(_)) {
-                node.record(false, &peers.metrics);
+                if node.record(false, &peers.metrics) {
+                    start_probe(node, peers);
+                }
             } else {
                 tracing::error!(peer, error = %e, "storage node refused a replica batch");
             }
@@ -528,15 +598,26 @@ mod tests {
     }
 
     // Goal: operations queued for a node while its batch times out fail at once as `Down`
-    // instead of going out as a second batch (a second timeout for each caller), and once
-    // the backoff window passes the next batch is sent as the probe and clears the mark.
+    // instead of going out as a second batch (a second timeout for each caller); no client
+    // operation is ever the probe; the background probe alone clears the mark, with no
+    // client traffic at all (before, a probe claimed by a request that never sent it left
+    // a healthy node down for good).
     #[tokio::test]
-    async fn what_queued_behind_a_timed_out_batch_fails_fast_and_a_probe_follows_the_window() {
+    async fn what_queued_behind_a_timed_out_batch_fails_fast_and_a_background_probe_clears_the_mark() {
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let probes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let p = probes.clone();
         let addr = serve(
             Router::new()
                 .route("/internal/v1/replicas", post(hangs_once))
-                .with_state(seen.clone()),
+                .with_state(seen.clone())
+                .route(
+                    super::PROBE_PATH,
+                    axum::routing::get(move || {
+                        p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        async { "{}" }
+                    }),
+                ),
         )
         .await;
         let (peers, stop, tracker) = peer_layer(Duration::from_millis(300), Duration::from_secs(1));
@@ -568,14 +649,100 @@ mod tests {
             "nothing more was sent"
         );
         assert!(node.is_marked_down());
+        assert!(
+            !node.is_up(),
+            "a down node is skipped, and asking does not claim a probe"
+        );
 
-        until(|| !node.in_backoff()).await;
-        let r = node
-            .call(get("k4"))
-            .await
-            .expect("the probe is sent and answered");
+        until(|| node.is_up()).await;
+        assert_eq!(
+            probes.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one probe brought it back"
+        );
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "no client operation was used as the probe"
+        );
+        let r = node.call(get("k4")).await.expect("answered once up");
         assert!(matches!(r, ReplicaResult::Got { object: None }));
-        assert!(!node.is_marked_down(), "a successful probe clears the mark");
+        stop_peers(stop, tracker).await;
+    }
+
+    fn large_replicate(key: &str, bytes: usize) -> ReplicaOp {
+        let mut object = dynamo_core::version::VersionedObject::new();
+        object
+            .put(
+                &dynamo_core::DotSet::new(),
+                dynamo_core::ActorId(1),
+                dynamo_core::version::NewWrite::value(vec![7; bytes], "application/octet-stream", 1),
+                dynamo_core::version::Resolution::Siblings { max_siblings: 8 },
+            )
+            .expect("put");
+        ReplicaOp::Replicate {
+            bucket: BucketName::new("b").expect("bucket"),
+            key: key.to_owned(),
+            object,
+            resolution: dynamo_core::version::Resolution::Siblings { max_siblings: 8 },
+            hint: None,
+        }
+    }
+
+    // Goal (regression, issue 10): operations queued together are split into batches
+    // bounded by bytes, so large values never make one request the node must refuse whole
+    // against its body limit; small ones still share a batch.
+    #[tokio::test]
+    async fn queued_large_values_travel_in_byte_bounded_batches() {
+        let f = Fake {
+            batches: Arc::default(),
+            writes_gate: Arc::new(Semaphore::new(0)),
+        };
+        // The node accepts what a storage node must at least: one full batch.
+        let addr = serve(
+            Router::new()
+                .route("/internal/v1/replicas", post(fake))
+                .layer(axum::extract::DefaultBodyLimit::max(super::MAX_BATCH_BYTES))
+                .with_state(f.clone()),
+        )
+        .await;
+        let (peers, stop, tracker) = peer_layer(Duration::from_secs(10), Duration::from_millis(100));
+        let node = peers.handle(&NodeId::new("node-0").expect("id"), &addr);
+        let first = tokio::spawn({
+            let node = node.clone();
+            async move { node.call(replicate("w0")).await }
+        });
+        until(|| f.batches.lock().expect("lock").len() == 1).await;
+        // Three values of 1.5 MiB (2 MiB as JSON each) and two small ones queue behind it.
+        let mut queued: Vec<_> = (1..=3)
+            .map(|i| {
+                let node = node.clone();
+                tokio::spawn(async move { node.call(large_replicate(&format!("big{i}"), 3 << 19)).await })
+            })
+            .collect();
+        until(|| QUEUE_DEPTH - node.lanes[Lane::Write as usize].capacity() == 3).await;
+        for i in 0..2 {
+            let node = node.clone();
+            queued.push(tokio::spawn(async move {
+                node.call(replicate(&format!("s{i}"))).await
+            }));
+        }
+        until(|| QUEUE_DEPTH - node.lanes[Lane::Write as usize].capacity() == 5).await;
+        f.writes_gate.add_permits(100);
+        assert!(matches!(
+            first.await.expect("join"),
+            Ok(ReplicaResult::Replicated)
+        ));
+        for q in queued {
+            assert!(matches!(q.await.expect("join"), Ok(ReplicaResult::Replicated)));
+        }
+        let sizes: Vec<usize> = f.batches.lock().expect("lock").iter().map(Vec::len).collect();
+        assert_eq!(sizes[0], 1);
+        assert_eq!(sizes.iter().sum::<usize>(), 6);
+        assert!(
+            sizes.len() >= 3 && sizes.iter().skip(1).all(|&n| n <= 3),
+            "at most one 2 MiB value plus small ones share a 4 MiB batch: {sizes:?}"
+        );
         stop_peers(stop, tracker).await;
     }
 

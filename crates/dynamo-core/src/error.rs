@@ -100,6 +100,8 @@ error_codes! {
     Overloaded = ("overloaded", 503),
     /// The service is shutting down and takes no new work.
     ShuttingDown = ("shutting_down", 503),
+    /// An internal operation reached its node after its deadline and was not applied.
+    DeadlineExceeded = ("deadline_exceeded", 503),
     /// A replica refused an internal call because its ring epoch is older than the caller's.
     StaleRing = ("stale_ring", 409),
     /// Storage failed; the message says what, never internals.

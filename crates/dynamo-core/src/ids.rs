@@ -146,15 +146,31 @@ impl fmt::Display for NodeId {
     }
 }
 
-/// The actor that mints dots: one incarnation of a storage node's data directory.
+/// The actor that mints dots on one stored copy of a key.
 ///
-/// A node draws a fresh random actor id when it creates its data directory and keeps it
-/// on its volume. A node whose disk is wiped comes back with a new actor id, so it can
-/// never mint a dot that already exists elsewhere with other content (the reason Riak
-/// moved to per-incarnation vnode ids).
+/// Actors are drawn at random (64 bits) by storage nodes and kept with the copy they mint
+/// on (see [`crate::version::StoredCopy`]): a copy that was lost or forgotten (a wiped
+/// disk, a crash before fsync, a delivered hint, a collected tombstone, a truncated
+/// history) is never continued; the next write starts a fresh actor, so a dot is never
+/// minted twice (Riak's per-key epochs, the fix for its KV679). Dots only need to be
+/// unique per key, and a key meets few actors, so random ids do not collide in practice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ActorId(pub u64);
+
+/// One life of a storage node's data directory: drawn at random when the directory is
+/// created and again at every start after a stop that was not clean. A stored copy's
+/// actor is continued only within the incarnation that chose it, because a crash may
+/// have lost the copy's latest dots after someone saw them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Incarnation(pub u64);
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
 
 impl fmt::Display for ActorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

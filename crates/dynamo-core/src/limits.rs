@@ -24,8 +24,8 @@ pub const DEFAULT_MAX_SIBLINGS: u32 = 32;
 /// briefly hold more after concurrent writes through different coordinators.
 pub const MAX_SIBLINGS_LIMIT: u32 = 256;
 
-/// Most actor entries in a version vector (Dynamo truncated at 10; our actors are storage
-/// node incarnations, so real vectors hold a handful). A context above this is refused
+/// Most actor entries in a version vector (Dynamo truncated at 10; a key's actors are the
+/// stored copies that coordinated writes on it, so real vectors hold a handful). A context above this is refused
 /// with `invalid_context`; a stored history above it is pruned at write time (see
 /// [`crate::version::VersionedObject::put`]).
 pub const MAX_VECTOR_ENTRIES: usize = 64;
@@ -34,6 +34,11 @@ pub const MAX_VECTOR_ENTRIES: usize = 64;
 /// this is refused with `invalid_context`; a write's returned context drops the oldest
 /// extra dots first, which can only keep a sibling alive, never lose one.
 pub const MAX_CONTEXT_DOTS: usize = 64;
+
+/// Most random actor ids a node draws for one write before giving up (a draw is retried
+/// only when the id is already in the key's history or the context: with 64 random bits,
+/// practically never).
+pub const MAX_FRESH_ACTOR_DRAWS: usize = 8;
 
 /// Longest `X-Dynamo-Context` token in bytes (base64url). Enough for the two bounds
 /// above with room to spare; longer tokens are refused before decoding.

@@ -25,6 +25,9 @@
 //!   more after concurrent writes through different coordinators;
 //! - the number of siblings never exceeds the number of writes concurrent with each other:
 //!   a read-modify-write with a fresh context replaces what it read, whatever the actor.
+//! - **a dot is minted once, ever.** An actor mints on exactly one stored copy
+//!   ([`StoredCopy`]) and continues only while that copy provably remembers every dot it
+//!   minted ([`VersionedObject::minting_actor`]); anything else starts a fresh actor.
 
 use std::cmp::Ordering;
 
@@ -32,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::dots::{Dot, DotSet};
-use crate::ids::ActorId;
-use crate::limits::{MAX_CONTEXT_DOTS, MAX_VECTOR_ENTRIES};
+use crate::ids::{ActorId, Incarnation};
+use crate::limits::{MAX_CONTEXT_DOTS, MAX_FRESH_ACTOR_DRAWS, MAX_VECTOR_ENTRIES};
 
 /// One version of a key's value, tagged with the dot of the write that made it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +119,13 @@ pub enum VersionError {
         /// How many siblings the write would have left.
         would_have: usize,
     },
+    /// The context claims the minting actor's counter is already at its maximum: no next
+    /// dot exists (only a forged or corrupt context can say so).
+    #[error("the context claims a dot counter that cannot be continued")]
+    CounterExhausted,
+    /// Every fresh actor id offered was already in the key's history or the context.
+    #[error("no fresh actor id could be drawn")]
+    NoFreshActor,
 }
 
 impl VersionError {
@@ -123,6 +133,8 @@ impl VersionError {
     pub fn code(&self) -> crate::ErrorCode {
         match self {
             VersionError::TooManySiblings { .. } => crate::ErrorCode::TooManySiblings,
+            VersionError::CounterExhausted => crate::ErrorCode::InvalidContext,
+            VersionError::NoFreshActor => crate::ErrorCode::Internal,
         }
     }
 }
@@ -134,6 +146,62 @@ pub struct PutOutcome {
     pub dot: Dot,
     /// The context to hand back to the writer: what it had seen plus its own write.
     pub context: DotSet,
+}
+
+/// Who mints on a stored copy: the actor chosen for it, and the incarnation of the node
+/// that chose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Minter {
+    /// The node incarnation in which `actor` was chosen.
+    pub incarnation: Incarnation,
+    /// The actor minting on the copy.
+    pub actor: ActorId,
+}
+
+/// One node's stored copy of a key (its own replica, or a hint held for another node):
+/// the versions, and the actor that may continue minting on it.
+///
+/// Invariant: an actor mints on one copy only, and the copy is written durably with the
+/// dot it minted, so the copy's history is the actor's whole record for the key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredCopy {
+    /// The versions.
+    pub object: VersionedObject,
+    /// The actor minting on this copy, if any write was coordinated on it.
+    pub minter: Option<Minter>,
+}
+
+impl StoredCopy {
+    /// A copy of `object` that has never coordinated a write here.
+    pub fn replica(object: VersionedObject) -> Self {
+        StoredCopy { object, minter: None }
+    }
+
+    /// Coordinates a client write on this copy in node incarnation `incarnation`: picks
+    /// the minting actor ([`VersionedObject::minting_actor`], drawing from `fresh` when
+    /// the copy's own actor cannot be continued), applies the put, and remembers the
+    /// actor.
+    ///
+    /// # Errors
+    /// As [`VersionedObject::minting_actor`] and [`VersionedObject::put`]; nothing
+    /// changes then.
+    pub fn coordinate(
+        &mut self,
+        context: &DotSet,
+        incarnation: Incarnation,
+        fresh: impl IntoIterator<Item = ActorId>,
+        write: NewWrite,
+        resolution: Resolution,
+    ) -> Result<PutOutcome, VersionError> {
+        let own = self
+            .minter
+            .filter(|m| m.incarnation == incarnation)
+            .map(|m| m.actor);
+        let actor = self.object.minting_actor(context, own, fresh)?;
+        let outcome = self.object.put(context, actor, write, resolution)?;
+        self.minter = Some(Minter { incarnation, actor });
+        Ok(outcome)
+    }
 }
 
 /// A key's sibling set with its causal history.
@@ -236,7 +304,45 @@ impl VersionedObject {
         self.siblings.is_empty() && self.history.is_empty()
     }
 
+    /// Returns the actor that must mint the next dot on this copy.
+    ///
+    /// `own` is the actor this copy was minting with (in the current incarnation of its
+    /// node), `fresh` a supply of random actor ids. `own` is continued only when this
+    /// copy's history holds its dots (so the next counter passes every dot it minted)
+    /// and the context claims none beyond them; otherwise the first fresh id that neither
+    /// the history nor the context knows is used. That covers every way a copy can forget
+    /// its dots while others still hold them: a delivered hint or a collected tombstone
+    /// (the copy is gone: no `own`), a crash that lost unsynced writes (a new
+    /// incarnation: no `own`), a truncation that dropped the actor (no dots), a context
+    /// from a copy this one lost (dots beyond ours), and a counter at `u64::MAX`.
+    ///
+    /// # Errors
+    /// [`VersionError::NoFreshActor`] when every one of the first
+    /// [`MAX_FRESH_ACTOR_DRAWS`] fresh ids is already known here.
+    pub fn minting_actor(
+        &self,
+        context: &DotSet,
+        own: Option<ActorId>,
+        fresh: impl IntoIterator<Item = ActorId>,
+    ) -> Result<ActorId, VersionError> {
+        if let Some(a) = own {
+            let n = self.history.max_counter(a);
+            if (1..u64::MAX).contains(&n) && context.max_counter(a) <= n {
+                return Ok(a);
+            }
+        }
+        fresh
+            .into_iter()
+            .take(MAX_FRESH_ACTOR_DRAWS)
+            .find(|f| self.history.max_counter(*f) == 0 && context.max_counter(*f) == 0)
+            .ok_or(VersionError::NoFreshActor)
+    }
+
     /// Applies a client write coordinated by `actor`.
+    ///
+    /// The caller guarantees that no dot of `actor` past this copy's history exists
+    /// anywhere: use [`StoredCopy::coordinate`], which picks the actor by
+    /// [`VersionedObject::minting_actor`], rather than calling this directly.
     ///
     /// `context` is what the client read (empty for a blind write). Exactly the siblings
     /// whose dots `context` contains are replaced; the others stay as siblings of the new
@@ -244,7 +350,8 @@ impl VersionedObject {
     ///
     /// # Errors
     /// [`VersionError::TooManySiblings`] when, under [`Resolution::Siblings`], the write
-    /// would leave more than `max_siblings` siblings. Nothing changes then.
+    /// would leave more than `max_siblings` siblings; [`VersionError::CounterExhausted`]
+    /// when the context holds `actor`'s counter `u64::MAX`. Nothing changes then.
     pub fn put(
         &mut self,
         context: &DotSet,
@@ -263,8 +370,14 @@ impl VersionedObject {
         }
 
         // The actor's counter must pass every dot of its own that anyone has seen, the
-        // client's context included, so a dot is never minted twice.
-        let counter = self.history.max_counter(actor).max(context.max_counter(actor)) + 1;
+        // client's context included, so a dot is never minted twice. Checked before
+        // anything changes: a context at `u64::MAX` must not wrap to a dot that exists.
+        let counter = self
+            .history
+            .max_counter(actor)
+            .max(context.max_counter(actor))
+            .checked_add(1)
+            .ok_or(VersionError::CounterExhausted)?;
         let dot = Dot::new(actor, counter);
 
         self.siblings.retain(|s| !context.contains(&s.dot));
@@ -278,7 +391,7 @@ impl VersionedObject {
         self.siblings.sort_by_key(|s| s.dot);
         self.history.union(context);
         self.history.insert(dot);
-        self.bound_history();
+        self.bound_history(MAX_VECTOR_ENTRIES);
         if resolution == Resolution::LastWriterWins {
             self.keep_latest();
         }
@@ -382,8 +495,8 @@ impl VersionedObject {
     /// no sibling comes from, smallest counter first (Dynamo's truncation, §4.4). The
     /// cost: a stale replica's superseded sibling from a forgotten actor could come back
     /// as a sibling; a live sibling is never dropped, because its actor is never forgotten.
-    fn bound_history(&mut self) {
-        while self.history.vector_len() > MAX_VECTOR_ENTRIES {
+    fn bound_history(&mut self, max_entries: usize) {
+        while self.history.vector_len() > max_entries {
             let victim = self
                 .history
                 .vector()
@@ -693,5 +806,280 @@ mod tests {
                 prop_assert!(o.siblings().len() <= clients, "{} siblings", o.siblings().len());
             }
         }
+    }
+
+    // ---- a dot is minted once, ever: a model of nodes, copies, hints, GC and crashes ----
+
+    /// One step against a model cluster of three nodes, each with its own copy of one key,
+    /// hints held for the others, a durable snapshot (what an fsync kept) and an
+    /// incarnation.
+    #[derive(Debug, Clone)]
+    enum Life {
+        /// Node `at` coordinates a write on its own copy, or, with `hint_for`, on the hint
+        /// it holds for that owner (a fallback); the context is a read of `ctx_from`.
+        Coordinate {
+            at: usize,
+            hint_for: Option<usize>,
+            ctx_from: Option<usize>,
+            delete: bool,
+        },
+        /// `from`'s own copy is merged into `to`'s (replication, read repair, handoff).
+        Replicate { from: usize, to: usize },
+        /// `at` delivers its hint for `owner` and deletes it.
+        Deliver { at: usize, owner: usize },
+        /// `at` forgets its copy of the key (tombstone GC).
+        Collect { at: usize },
+        /// `at` truncates its copy's history to one actor (Dynamo §4.4 under pressure).
+        Truncate { at: usize },
+        /// `at` fsyncs.
+        Sync { at: usize },
+        /// `at` crashes: what was not synced is lost; it restarts as a new incarnation.
+        Crash { at: usize },
+    }
+
+    #[derive(Debug, Clone, Default)]
+    struct ModelNode {
+        incarnation: u64,
+        own: Option<StoredCopy>,
+        hints: std::collections::BTreeMap<usize, StoredCopy>,
+        synced: (Option<StoredCopy>, std::collections::BTreeMap<usize, StoredCopy>),
+    }
+
+    impl ModelNode {
+        fn read(&self) -> VersionedObject {
+            let mut o = self.own.as_ref().map(|c| c.object.clone()).unwrap_or_default();
+            for h in self.hints.values() {
+                o.sync(&h.object, SIB);
+            }
+            o
+        }
+    }
+
+    fn arb_life() -> impl Strategy<Value = Vec<Life>> {
+        let n = 0..3usize;
+        let step = prop_oneof![
+            6 => (n.clone(), proptest::option::of(0..3usize), proptest::option::of(0..3usize), proptest::bool::weighted(0.2))
+                .prop_map(|(at, hint_for, ctx_from, delete)| Life::Coordinate { at, hint_for: hint_for.filter(|o| *o != at), ctx_from, delete }),
+            2 => (n.clone(), 0..3usize).prop_map(|(from, to)| Life::Replicate { from, to }),
+            2 => (n.clone(), 0..3usize).prop_map(|(at, owner)| Life::Deliver { at, owner }),
+            1 => n.clone().prop_map(|at| Life::Collect { at }),
+            1 => n.clone().prop_map(|at| Life::Truncate { at }),
+            2 => n.clone().prop_map(|at| Life::Sync { at }),
+            1 => n.prop_map(|at| Life::Crash { at }),
+        ];
+        proptest::collection::vec(step, 1..60)
+    }
+
+    /// Runs a life; returns the first dot minted twice, if any.
+    fn live(steps: &[Life]) -> Option<Dot> {
+        let mut nodes: Vec<ModelNode> = (0..3)
+            .map(|i| ModelNode {
+                incarnation: 100 + i,
+                ..ModelNode::default()
+            })
+            .collect();
+        let mut next_id = 1000u64;
+        let mut minted = std::collections::HashSet::new();
+        for (t, step) in steps.iter().enumerate() {
+            match *step {
+                Life::Coordinate {
+                    at,
+                    hint_for,
+                    ctx_from,
+                    delete,
+                } => {
+                    let ctx = ctx_from
+                        .map(|i| nodes[i].read().context().clone())
+                        .unwrap_or_default();
+                    let incarnation = Incarnation(nodes[at].incarnation);
+                    let node = &mut nodes[at];
+                    let copy = match hint_for {
+                        Some(owner) => node.hints.entry(owner).or_default(),
+                        None => node.own.get_or_insert_with(StoredCopy::default),
+                    };
+                    // Random ids in production; here a counter stands for "never seen".
+                    let fresh = std::iter::repeat_with(|| {
+                        next_id += 1;
+                        ActorId(next_id)
+                    });
+                    let write = if delete {
+                        NewWrite::tombstone(t as u64)
+                    } else {
+                        w(&format!("v{t}"), t as u64)
+                    };
+                    let out = copy
+                        .coordinate(&ctx, incarnation, fresh, write, SIB)
+                        .expect("unbounded siblings");
+                    if !minted.insert(out.dot) {
+                        return Some(out.dot);
+                    }
+                }
+                Life::Replicate { from, to } => {
+                    if let Some(src) = nodes[from].own.as_ref().map(|c| c.object.clone()) {
+                        nodes[to]
+                            .own
+                            .get_or_insert_with(StoredCopy::default)
+                            .object
+                            .sync(&src, SIB);
+                    }
+                }
+                Life::Deliver { at, owner } => {
+                    if let Some(h) = nodes[at].hints.remove(&owner) {
+                        nodes[owner]
+                            .own
+                            .get_or_insert_with(StoredCopy::default)
+                            .object
+                            .sync(&h.object, SIB);
+                    }
+                }
+                Life::Collect { at } => nodes[at].own = None,
+                Life::Truncate { at } => {
+                    if let Some(c) = &mut nodes[at].own {
+                        c.object.bound_history(1);
+                    }
+                }
+                Life::Sync { at } => {
+                    let n = &mut nodes[at];
+                    n.synced = (n.own.clone(), n.hints.clone());
+                }
+                Life::Crash { at } => {
+                    let n = &mut nodes[at];
+                    (n.own, n.hints) = n.synced.clone();
+                    next_id += 1;
+                    n.incarnation = next_id;
+                }
+            }
+        }
+        None
+    }
+
+    proptest! {
+        /// Goal: whatever interleaving of hinted writes, deliveries, GC, truncation, fsyncs
+        /// and crashes, no dot is minted twice.
+        #[test]
+        fn no_dot_is_ever_minted_twice(steps in arb_life()) {
+            prop_assert_eq!(live(&steps), None);
+        }
+    }
+
+    /// Goal: the model finds the bug it guards against. A fallback that mints with the
+    /// node's one actor from its hint record mints the same dot again once the hint was
+    /// delivered and deleted (the bug of issue 10).
+    #[test]
+    fn a_node_wide_actor_mints_a_dot_twice_after_a_delivered_hint() {
+        let node_actor = ActorId(7);
+        let mut hint = VersionedObject::new();
+        let first = hint
+            .put(&DotSet::new(), node_actor, w("a", 1), SIB)
+            .expect("put")
+            .dot;
+        // Delivered and deleted: the next hinted write starts from an empty record.
+        let mut hint = VersionedObject::new();
+        let second = hint
+            .put(&DotSet::new(), node_actor, w("b", 2), SIB)
+            .expect("put")
+            .dot;
+        assert_eq!(first, second, "the old scheme collides");
+        // With stored copies, the deleted copy's actor is gone with it.
+        let inc = Incarnation(1);
+        let mut ids = (1..).map(ActorId);
+        let mut copy = StoredCopy::default();
+        let a = copy
+            .coordinate(&DotSet::new(), inc, &mut ids, w("a", 1), SIB)
+            .expect("put")
+            .dot;
+        let mut copy = StoredCopy::default();
+        let b = copy
+            .coordinate(&DotSet::new(), inc, &mut ids, w("b", 2), SIB)
+            .expect("put")
+            .dot;
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_copy_continues_its_own_actor_only_while_it_remembers_it() {
+        let inc = Incarnation(1);
+        let mut ids = (10..).map(ActorId);
+        let mut copy = StoredCopy::default();
+        let d1 = copy
+            .coordinate(&DotSet::new(), inc, &mut ids, w("a", 1), SIB)
+            .expect("put")
+            .dot;
+        let ctx = copy.object.context().clone();
+        let d2 = copy
+            .coordinate(&ctx, inc, &mut ids, w("b", 2), SIB)
+            .expect("put")
+            .dot;
+        assert_eq!(
+            (d2.actor, d2.counter),
+            (d1.actor, 2),
+            "same copy, same incarnation: continue"
+        );
+        // Another incarnation (a crash may have lost dots): a fresh actor.
+        let d3 = copy
+            .coordinate(&DotSet::new(), Incarnation(2), &mut ids, w("c", 3), SIB)
+            .expect("put")
+            .dot;
+        assert_ne!(d3.actor, d1.actor);
+        assert_eq!(d3.counter, 1);
+        // A context that knows more of our actor than we do (we lost a copy): fresh.
+        let mut forged = copy.object.context().clone();
+        forged.insert(Dot::new(d3.actor, 9));
+        let d4 = copy
+            .coordinate(&forged, Incarnation(2), &mut ids, w("d", 4), SIB)
+            .expect("put")
+            .dot;
+        assert_ne!(d4.actor, d3.actor);
+    }
+
+    /// Goal: a context at `u64::MAX` for some actor never wraps a counter.
+    #[test]
+    fn a_maximal_counter_in_a_context_never_wraps() {
+        let mut o = VersionedObject::new();
+        let ctx = DotSet::from_parts([(A, u64::MAX)], []).expect("set");
+        let before = o.clone();
+        assert_eq!(
+            o.put(&ctx, A, w("x", 1), SIB),
+            Err(VersionError::CounterExhausted)
+        );
+        assert_eq!(o, before, "nothing changes");
+        assert_eq!(
+            VersionError::CounterExhausted.code(),
+            crate::ErrorCode::InvalidContext
+        );
+        // Through a stored copy the write goes to a fresh actor instead.
+        let mut copy = StoredCopy::default();
+        let out = copy
+            .coordinate(&ctx, Incarnation(1), [A, B], w("x", 1), SIB)
+            .expect("fresh actor");
+        assert_eq!(out.dot, Dot::new(B, 1), "A is known to the context, so B");
+        assert_eq!(
+            copy.object.minting_actor(&ctx, None, [A]),
+            Err(VersionError::NoFreshActor)
+        );
+    }
+
+    /// Goal: truncation that forgets the copy's own actor makes the next write use a fresh
+    /// one (restarting the old actor at 1 would re-mint dots stale replicas still hold).
+    #[test]
+    fn a_truncated_own_actor_is_not_continued() {
+        let inc = Incarnation(1);
+        let mut ids = (100..).map(ActorId);
+        let mut copy = StoredCopy::default();
+        let d1 = copy
+            .coordinate(&DotSet::new(), inc, &mut ids, w("a", 1), SIB)
+            .expect("put")
+            .dot;
+        // Another actor's write supersedes ours; then the history is truncated.
+        let ctx = copy.object.context().clone();
+        copy.object.put(&ctx, ActorId(5), w("b", 2), SIB).expect("put");
+        copy.object.bound_history(1);
+        assert_eq!(copy.object.context().max_counter(d1.actor), 0, "forgotten");
+        let ctx = copy.object.context().clone();
+        let d3 = copy
+            .coordinate(&ctx, inc, &mut ids, w("c", 3), SIB)
+            .expect("put")
+            .dot;
+        assert_ne!(d3.actor, d1.actor);
     }
 }

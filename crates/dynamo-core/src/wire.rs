@@ -289,6 +289,49 @@ pub mod internal {
     /// Most operations in one replica batch.
     pub const MAX_BATCH_OPS: usize = 256;
 
+    /// Most bytes (as [`ReplicaOp::estimated_len`] counts them) of a replica batch that
+    /// holds more than one operation; a single larger operation travels alone. Storage
+    /// nodes accept at least this much in a body, so a batch of large values never fails
+    /// whole against the node's limit.
+    pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+    impl ReplicaOp {
+        /// Returns an upper estimate of the operation's JSON size in bytes (values travel
+        /// as base64: 4/3 of their length), for bounding batches by bytes.
+        pub fn estimated_len(&self) -> usize {
+            const OVERHEAD: usize = 256;
+            const PER_DOT: usize = 48;
+            let b64 = |n: usize| n.div_ceil(3) * 4;
+            match self {
+                ReplicaOp::CoordinatePut {
+                    key,
+                    context,
+                    value,
+                    content_type,
+                    ..
+                } => {
+                    OVERHEAD
+                        + key.len()
+                        + content_type.len()
+                        + b64(value.len())
+                        + PER_DOT * (context.vector_len() + context.cloud_len())
+                }
+                ReplicaOp::Replicate { key, object, .. } => {
+                    let h = object.context();
+                    OVERHEAD
+                        + key.len()
+                        + PER_DOT * (h.vector_len() + h.cloud_len())
+                        + object
+                            .siblings()
+                            .iter()
+                            .map(|s| OVERHEAD + s.content_type.len() + b64(s.value.len()))
+                            .sum::<usize>()
+                }
+                ReplicaOp::Get { key, .. } | ReplicaOp::TombstoneStatus { key, .. } => OVERHEAD + key.len(),
+            }
+        }
+    }
+
     /// A batch of replica operations for one storage node.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -336,6 +379,11 @@ pub mod internal {
             /// Set when this node holds the write for another (sloppy quorum).
             #[serde(default, skip_serializing_if = "Option::is_none")]
             hint: Option<HintTarget>,
+            /// Not applied once the node's clock (ms since the Unix epoch) passed this:
+            /// the coordinator has answered the client by then, and a write applied later
+            /// would surprise a client that moved on (at most once, docs/architecture.md).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            deadline_ms: Option<u64>,
         },
         /// Merge a copy of a key's versions (idempotent).
         Replicate {
@@ -437,6 +485,8 @@ pub mod internal {
             resolution: Resolution,
             #[serde(default)]
             hint: Option<HintTarget>,
+            #[serde(default)]
+            deadline_ms: Option<u64>,
         },
         Replicate {
             bucket: BucketName,
@@ -728,6 +778,7 @@ pub mod internal {
                         node: NodeId::new("node-1").expect("id"),
                         address: "http://127.0.0.1:1".into(),
                     }),
+                    deadline_ms: Some(1_700_000_000_000),
                 },
                 ReplicaOp::Replicate {
                     bucket: b.clone(),

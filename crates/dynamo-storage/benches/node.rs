@@ -73,6 +73,7 @@ fn put(key: String, value: &[u8]) -> ReplicaOp {
         tombstone: false,
         resolution: Resolution::Siblings { max_siblings: 32 },
         hint: None,
+        deadline_ms: None,
     }
 }
 

@@ -208,7 +208,19 @@ fn apply(engine: &Engine, op: ReplicaOp, now: u64) -> Result<(ReplicaResult, boo
             tombstone,
             resolution,
             hint,
+            deadline_ms,
         } => {
+            // At most once: past its deadline the coordinator has answered the client
+            // (an indeterminate 503), and applying the write now would bring it back
+            // after the client moved on (a hung node resumed, a request stuck in a cut
+            // link). Replicate needs no deadline: merging a copy late is harmless.
+            if let Some(deadline) = deadline_ms
+                && now > deadline
+            {
+                return Err(StorageError::DeadlineExceeded {
+                    late_ms: now - deadline,
+                });
+            }
             let k = KeyRef {
                 bucket: bucket.as_str(),
                 key: &key,
@@ -341,7 +353,7 @@ async fn replicas(
 #[derive(Serialize)]
 struct NodeInfo {
     node_id: String,
-    actor: String,
+    incarnation: String,
     durability: crate::engine::Durability,
     partitions: u32,
 }
@@ -350,7 +362,7 @@ async fn node(State(state): State<AppState>) -> Json<NodeInfo> {
     let e = &state.engine;
     Json(NodeInfo {
         node_id: e.identity().node_id.to_string(),
-        actor: e.identity().actor.to_string(),
+        incarnation: e.identity().incarnation.to_string(),
         durability: e.durability(),
         partitions: e.partitioning().count(),
     })

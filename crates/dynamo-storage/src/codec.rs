@@ -12,21 +12,30 @@
 //! intended owner, which is what delivery scans.
 //!
 //! # Values
-//! `format (u8 = 1) ‖ digest (u128 LE) ‖ postcard(StoredV1)`. The digest of the version
-//! set sits in a fixed header so a Merkle rebuild need not decode the body. A new layout is
-//! a new format byte with an explicit migration; an unknown byte is corruption, never
-//! guessed at.
+//! `format (u8 = 2) ‖ digest (u128 LE) ‖ postcard(StoredV2)`: a stored copy, i.e. the
+//! version set and the actor minting on it with the incarnation that chose it
+//! ([`StoredCopy`]). The digest of the version set sits in a fixed header so a Merkle
+//! rebuild need not decode the body. A new layout is a new format byte with an explicit
+//! migration; an unknown byte is corruption, never guessed at.
+//!
+//! Migration from format 1 (no minter): a format-1 value decodes as a copy with no
+//! minter, so the next write on it starts a fresh actor. That is always safe (it is what
+//! a copy that forgot its actor does) and costs one vector entry; values are rewritten in
+//! format 2 by their next write.
 //!
 //! # GC records (keyspace `gc`)
 //! Key: the object key. Value: `format (u8 = 1) ‖ digest (u128 LE) ‖ collected at (u64 LE,
 //! ms since the Unix epoch)`: the exact tombstone set this node collected, remembered so
 //! that peers still holding it may collect theirs (see `gc`).
 
-use dynamo_core::version::{InvalidObject, Sibling, VersionedObject};
-use dynamo_core::{ActorId, Dot, DotSet, KeyHash, NodeId, PartitionId};
+use dynamo_core::version::{InvalidObject, Minter, Sibling, StoredCopy, VersionedObject};
+use dynamo_core::{ActorId, Dot, DotSet, Incarnation, KeyHash, NodeId, PartitionId};
 use serde::{Deserialize, Serialize};
 
+/// Format of GC records, and of stored values before minters were kept.
 const FORMAT_V1: u8 = 1;
+/// Format of stored values: a copy with its minter.
+const FORMAT_V2: u8 = 2;
 const HEADER_BYTES: usize = 1 + 16;
 
 /// A stored value or key that does not decode.
@@ -149,11 +158,20 @@ pub fn parse_hint_key(k: &[u8]) -> Result<(NodeId, &[u8]), CodecError> {
     Ok((node, k.get(1 + len..).ok_or(CodecError::Key)?))
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StoredV1 {
     vv: Vec<(u64, u64)>,
     cloud: Vec<(u64, u64)>,
     siblings: Vec<StoredSibling>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredV2 {
+    vv: Vec<(u64, u64)>,
+    cloud: Vec<(u64, u64)>,
+    siblings: Vec<StoredSibling>,
+    /// `(incarnation, actor)` of the copy's minter.
+    minter: Option<(u64, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,10 +185,20 @@ struct StoredSibling {
     tombstone: bool,
 }
 
-/// Encodes an object as a stored value.
+/// Encodes an object that never coordinated a write here as a stored value.
 pub fn encode_object(obj: &VersionedObject) -> Vec<u8> {
+    encode_parts(obj, None)
+}
+
+/// Encodes a stored copy.
+pub fn encode_copy(copy: &StoredCopy) -> Vec<u8> {
+    encode_parts(&copy.object, copy.minter)
+}
+
+fn encode_parts(obj: &VersionedObject, minter: Option<Minter>) -> Vec<u8> {
     let history = obj.context();
-    let stored = StoredV1 {
+    let stored = StoredV2 {
+        minter: minter.map(|m| (m.incarnation.0, m.actor.0)),
         vv: history.vector().map(|(a, n)| (a.0, n)).collect(),
         cloud: history.cloud().map(|d| (d.actor.0, d.counter)).collect(),
         siblings: obj
@@ -188,7 +216,7 @@ pub fn encode_object(obj: &VersionedObject) -> Vec<u8> {
     };
     let mut out =
         Vec::with_capacity(HEADER_BYTES + 64 + obj.siblings().iter().map(|s| s.value.len()).sum::<usize>());
-    out.push(FORMAT_V1);
+    out.push(FORMAT_V2);
     out.extend_from_slice(&obj.digest().to_le_bytes());
     // Encoding plain integers, strings and byte vectors into a Vec cannot fail.
     match postcard::to_extend(&stored, out) {
@@ -203,7 +231,7 @@ pub fn encode_object(obj: &VersionedObject) -> Vec<u8> {
 /// A [`CodecError`] for an unknown format or a truncated header.
 pub fn stored_digest(v: &[u8]) -> Result<u128, CodecError> {
     match v.first() {
-        Some(&FORMAT_V1) => {}
+        Some(&FORMAT_V1 | &FORMAT_V2) => {}
         Some(&f) => return Err(CodecError::UnknownFormat(f)),
         None => return Err(CodecError::Truncated),
     }
@@ -220,8 +248,31 @@ pub fn stored_digest(v: &[u8]) -> Result<u128, CodecError> {
 /// # Errors
 /// A [`CodecError`] when the value is not a valid stored object.
 pub fn decode_object(v: &[u8]) -> Result<VersionedObject, CodecError> {
+    decode_copy(v).map(|c| c.object)
+}
+
+/// Decodes a stored value with its minter (format 1: none).
+///
+/// # Errors
+/// A [`CodecError`] when the value is not a valid stored object.
+pub fn decode_copy(v: &[u8]) -> Result<StoredCopy, CodecError> {
     stored_digest(v)?;
-    let stored: StoredV1 = postcard::from_bytes(&v[HEADER_BYTES..]).map_err(CodecError::Body)?;
+    let body = &v[HEADER_BYTES..];
+    let stored: StoredV2 = if v[0] == FORMAT_V1 {
+        let old: StoredV1 = postcard::from_bytes(body).map_err(CodecError::Body)?;
+        StoredV2 {
+            vv: old.vv,
+            cloud: old.cloud,
+            siblings: old.siblings,
+            minter: None,
+        }
+    } else {
+        postcard::from_bytes(body).map_err(CodecError::Body)?
+    };
+    let minter = stored.minter.map(|(i, a)| Minter {
+        incarnation: Incarnation(i),
+        actor: ActorId(a),
+    });
     let history = DotSet::from_parts(
         stored.vv.into_iter().map(|(a, n)| (ActorId(a), n)),
         stored.cloud.into_iter().map(|(a, c)| (ActorId(a), c)),
@@ -238,47 +289,64 @@ pub fn decode_object(v: &[u8]) -> Result<VersionedObject, CodecError> {
             tombstone: s.tombstone,
         })
         .collect();
-    VersionedObject::from_parts(history, siblings).map_err(CodecError::Invalid)
+    let object = VersionedObject::from_parts(history, siblings).map_err(CodecError::Invalid)?;
+    Ok(StoredCopy { object, minter })
 }
 
 /// A tombstone set this node collected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcRecord {
     /// The digest of the collected version set.
     pub digest: u128,
     /// When it was collected (ms since the Unix epoch).
     pub collected_ms: u64,
+    /// The collected set's causal history: the floor below which a copy of the key that
+    /// arrives later (a late hint, a replicate in flight) is already superseded. Empty in
+    /// format-1 records, which did not keep it.
+    pub history: DotSet,
 }
 
-const GC_RECORD_BYTES: usize = 1 + 16 + 8;
+const GC_RECORD_V1_BYTES: usize = 1 + 16 + 8;
 
-/// Encodes a GC record.
+/// Encodes a GC record (format 2: the format-1 fields, then the history encoded as a
+/// stored object without siblings).
 pub fn encode_gc_record(r: &GcRecord) -> Vec<u8> {
-    let mut v = Vec::with_capacity(GC_RECORD_BYTES);
-    v.push(FORMAT_V1);
+    let floor = match VersionedObject::from_parts(r.history.clone(), Vec::new()) {
+        Ok(o) => o,
+        Err(_) => unreachable!("an object without siblings has no invariant to break"),
+    };
+    let mut v = Vec::with_capacity(GC_RECORD_V1_BYTES + HEADER_BYTES + 16 * r.history.vector_len());
+    v.push(FORMAT_V2);
     v.extend_from_slice(&r.digest.to_le_bytes());
     v.extend_from_slice(&r.collected_ms.to_le_bytes());
+    v.extend_from_slice(&encode_object(&floor));
     v
 }
 
-/// Decodes a GC record.
+/// Decodes a GC record (format 1 or 2).
 ///
 /// # Errors
 /// A [`CodecError`] for an unknown format or a wrong length.
 pub fn decode_gc_record(v: &[u8]) -> Result<GcRecord, CodecError> {
-    match v.first() {
-        Some(&FORMAT_V1) => {}
+    let format = match v.first() {
+        Some(&f @ (FORMAT_V1 | FORMAT_V2)) => f,
         Some(&f) => return Err(CodecError::UnknownFormat(f)),
         None => return Err(CodecError::Truncated),
-    }
-    if v.len() != GC_RECORD_BYTES {
+    };
+    if v.len() < GC_RECORD_V1_BYTES || (format == FORMAT_V1 && v.len() != GC_RECORD_V1_BYTES) {
         return Err(CodecError::Truncated);
     }
     let digest: [u8; 16] = v[1..17].try_into().map_err(|_| CodecError::Truncated)?;
     let at: [u8; 8] = v[17..25].try_into().map_err(|_| CodecError::Truncated)?;
+    let history = if format == FORMAT_V1 {
+        DotSet::new()
+    } else {
+        decode_object(&v[GC_RECORD_V1_BYTES..])?.into_parts().0
+    };
     Ok(GcRecord {
         digest: u128::from_le_bytes(digest),
         collected_ms: u64::from_le_bytes(at),
+        history,
     })
 }
 
@@ -329,20 +397,64 @@ mod tests {
     }
 
     #[test]
+    fn copies_keep_their_minter_and_format_1_decodes_without_one() {
+        let mut copy = StoredCopy::default();
+        copy.coordinate(
+            &DotSet::new(),
+            Incarnation(9),
+            [ActorId(5)],
+            NewWrite::value(b"v".to_vec(), "text/plain", 1),
+            Resolution::Siblings { max_siblings: 8 },
+        )
+        .expect("put");
+        let bytes = encode_copy(&copy);
+        assert_eq!(bytes[0], FORMAT_V2);
+        assert_eq!(decode_copy(&bytes).expect("decode"), copy);
+        // A value written before minters were kept (format 1, pinned bytes): same
+        // versions, no minter.
+        let mut v1 = vec![FORMAT_V1];
+        v1.extend_from_slice(&copy.object.digest().to_le_bytes());
+        v1.extend_from_slice(&[1, 5, 1, 0, 1, 5, 1, 1, b'v', 10]);
+        v1.extend_from_slice(b"text/plain");
+        v1.extend_from_slice(&[1, 0]);
+        let old = decode_copy(&v1).expect("format 1 decodes");
+        assert_eq!(old.object, copy.object);
+        assert_eq!(old.minter, None);
+    }
+
+    #[test]
     fn gc_records_round_trip() {
+        let history =
+            DotSet::from_parts([(ActorId(3), 9), (ActorId(5), 2)], [(ActorId(7), 4)]).expect("dot set");
         let r = GcRecord {
             digest: u128::MAX - 7,
             collected_ms: 1_700_000_000_000,
+            history,
         };
         let bytes = encode_gc_record(&r);
-        assert_eq!(bytes.len(), 25);
+        assert_eq!(bytes[0], FORMAT_V2);
         assert_eq!(decode_gc_record(&bytes).expect("decode"), r);
         assert!(matches!(
-            decode_gc_record(&[2]),
-            Err(CodecError::UnknownFormat(2))
+            decode_gc_record(&[3]),
+            Err(CodecError::UnknownFormat(3))
         ));
         assert!(decode_gc_record(&bytes[..24]).is_err());
+        assert!(decode_gc_record(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_gc_record(&[]).is_err());
+    }
+
+    // Records written before the history was kept (format 1) still decode, with an empty
+    // floor; the bytes are pinned so the old layout cannot drift.
+    #[test]
+    fn format_1_gc_records_decode_with_an_empty_history() {
+        let mut v1 = vec![FORMAT_V1];
+        v1.extend_from_slice(&42u128.to_le_bytes());
+        v1.extend_from_slice(&7u64.to_le_bytes());
+        let r = decode_gc_record(&v1).expect("format 1");
+        assert_eq!((r.digest, r.collected_ms), (42, 7));
+        assert!(r.history.is_empty());
+        v1.push(0);
+        assert!(decode_gc_record(&v1).is_err(), "format 1 has a fixed length");
     }
 
     #[test]

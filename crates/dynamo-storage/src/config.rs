@@ -131,10 +131,11 @@ impl Config {
         {
             return bad("node-id", e.to_string());
         }
-        if self.max_body_bytes < (2 << 20) {
+        let floor = dynamo_core::wire::internal::MAX_BATCH_BYTES;
+        if self.max_body_bytes < floor {
             return bad(
                 "max-body-bytes",
-                "must hold at least one 1 MiB value with its encoding (2 MiB)".into(),
+                format!("must hold a full replica batch ({floor} bytes)"),
             );
         }
         for (field, v) in [

@@ -19,9 +19,13 @@
 //! - A tombstone is collected only with its GC record in the same batch: a node that
 //!   removed a tombstone set always remembers it (until the retention) and can tell peers
 //!   it collected exactly that set.
-//! - An actor id mints dots within one incarnation only: a start that finds no
+//! - A dot is minted once, ever. Each stored copy (a key's object, or one hint) keeps the
+//!   actor that mints on it and the node incarnation that chose it (core's
+//!   [`StoredCopy`]); the actor is continued only in that incarnation and while the copy
+//!   remembers its dots, else a fresh random actor starts. A start that finds no
 //!   `clean_shutdown` marker in `meta` (written last by [`Engine::close_clean`], removed at
-//!   open) draws a new one, so no dot is ever minted twice, crashes included.
+//!   open) is a new incarnation, so a crash that lost dots others saw is never continued;
+//!   a deleted copy (a delivered hint, a collected tombstone) takes its actor with it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,8 +33,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use dynamo_core::merkle::{MerkleItem, MerkleShape, MerkleTree};
-use dynamo_core::version::{NewWrite, PutOutcome, Resolution, VersionedObject};
-use dynamo_core::{ActorId, DotSet, KeyHash, NodeId, PartitionId, Partitioning, key_hash};
+use dynamo_core::version::{NewWrite, PutOutcome, Resolution, StoredCopy, VersionedObject};
+use dynamo_core::{ActorId, DotSet, Incarnation, KeyHash, NodeId, PartitionId, Partitioning, key_hash};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::codec::{self, ObjectKey};
@@ -57,8 +61,8 @@ pub enum Durability {
 pub struct Identity {
     /// The node's name in the ring.
     pub node_id: NodeId,
-    /// The actor that mints this incarnation's dots.
-    pub actor: ActorId,
+    /// This life of the data directory (new after every unclean stop).
+    pub incarnation: Incarnation,
 }
 
 /// One key, validated.
@@ -138,7 +142,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 const META_NODE_ID: &[u8] = b"node_id";
-const META_ACTOR: &[u8] = b"actor";
+/// The current incarnation (named `actor` on disk since incarnations were actors).
+const META_INCARNATION: &[u8] = b"actor";
 const META_PARTITIONS: &[u8] = b"partitions";
 const META_HINT_ADDR: &[u8] = b"hint_addr/";
 const META_RING_EPOCH: &[u8] = b"ring_epoch";
@@ -204,10 +209,10 @@ impl Engine {
             if clean {
                 b.remove(&meta, META_CLEAN);
             } else {
-                let actor = ActorId(rand::random::<u64>());
-                tracing::warn!(old = %identity.actor, new = %actor, "not stopped cleanly: new actor id");
-                b.insert(&meta, META_ACTOR, actor.0.to_be_bytes());
-                identity.actor = actor;
+                let incarnation = Incarnation(rand::random::<u64>());
+                tracing::warn!(old = %identity.incarnation, new = %incarnation, "not stopped cleanly: new incarnation");
+                b.insert(&meta, META_INCARNATION, incarnation.0.to_be_bytes());
+                identity.incarnation = incarnation;
                 metrics.unclean_restarts.inc();
             }
             b.commit()?;
@@ -261,7 +266,7 @@ impl Engine {
         configured: Option<NodeId>,
     ) -> Result<(Identity, bool), StorageError> {
         let stored_id = meta.get(META_NODE_ID)?;
-        let stored_actor = meta.get(META_ACTOR)?;
+        let stored_actor = meta.get(META_INCARNATION)?;
         match (stored_id, stored_actor) {
             (Some(id), Some(actor)) => {
                 let id = std::str::from_utf8(&id)
@@ -283,7 +288,7 @@ impl Engine {
                 Ok((
                     Identity {
                         node_id: id,
-                        actor: ActorId(u64::from_be_bytes(actor)),
+                        incarnation: Incarnation(u64::from_be_bytes(actor)),
                     },
                     false,
                 ))
@@ -294,13 +299,13 @@ impl Engine {
                     None => NodeId::new(format!("node-{:08x}", rand::random::<u32>()))
                         .map_err(|e| StorageError::Invalid(e.into()))?,
                 };
-                let actor = ActorId(rand::random::<u64>());
+                let incarnation = Incarnation(rand::random::<u64>());
                 let mut b = db.batch().durability(Some(PersistMode::SyncAll));
                 b.insert(meta, META_NODE_ID, node_id.as_str().as_bytes());
-                b.insert(meta, META_ACTOR, actor.0.to_be_bytes());
+                b.insert(meta, META_INCARNATION, incarnation.0.to_be_bytes());
                 b.commit()?;
-                tracing::info!(node_id = %node_id, actor = %actor, "new data directory: identity created");
-                Ok((Identity { node_id, actor }, true))
+                tracing::info!(node_id = %node_id, incarnation = %incarnation, "new data directory: identity created");
+                Ok((Identity { node_id, incarnation }, true))
             }
         }
     }
@@ -477,8 +482,9 @@ impl Engine {
         Ok(found)
     }
 
-    /// Coordinates a client write: mints a dot with this node's actor, stores the result,
-    /// and returns it with the outcome.
+    /// Coordinates a client write: mints a dot on the stored copy (the node's own, or the
+    /// hint for `hint`'s owner) with that copy's actor or a fresh one (see
+    /// [`StoredCopy::coordinate`]), stores the result, and returns it with the outcome.
     ///
     /// # Errors
     /// [`StorageError::Version`] when the write would leave too many siblings (nothing is
@@ -495,13 +501,14 @@ impl Engine {
         let _guard = self.stripe(hash);
         let (space, stored_key) = self.space_for(&ok, hint);
         let old_raw = space.get(&stored_key)?;
-        let mut obj = match &old_raw {
-            Some(v) => codec::decode_object(v)?,
-            None => VersionedObject::new(),
+        let mut copy = match &old_raw {
+            Some(v) => codec::decode_copy(v)?,
+            None => self.absent_copy(&ok, hint)?,
         };
-        let outcome = obj.put(context, self.identity.actor, write, resolution)?;
-        self.store(p, hash, k, space, stored_key, old_raw.as_deref(), &obj, hint)?;
-        Ok((obj, outcome))
+        let fresh = std::iter::repeat_with(|| ActorId(rand::random::<u64>()));
+        let outcome = copy.coordinate(context, self.identity.incarnation, fresh, write, resolution)?;
+        self.store(p, hash, k, space, stored_key, old_raw.as_deref(), &copy, hint)?;
+        Ok((copy.object, outcome))
     }
 
     /// Merges a replica's copy of a key (idempotent).
@@ -519,17 +526,46 @@ impl Engine {
         let _guard = self.stripe(hash);
         let (space, stored_key) = self.space_for(&ok, hint);
         let old_raw = space.get(&stored_key)?;
-        let mut obj = match &old_raw {
-            Some(v) => codec::decode_object(v)?,
-            None => VersionedObject::new(),
+        // The copy keeps its minter: a merge adds others' dots, never takes ours away.
+        let mut copy = match &old_raw {
+            Some(v) => codec::decode_copy(v)?,
+            None => self.absent_copy(&ok, hint)?,
         };
-        let before = obj.digest();
-        obj.sync(incoming, resolution);
-        if old_raw.is_some() && obj.digest() == before {
+        let before = copy.object.digest();
+        copy.object.sync(incoming, resolution);
+        if old_raw.is_some() && copy.object.digest() == before {
             // Nothing new: skip the write (replication and anti-entropy resend a lot).
             return Ok(());
         }
-        self.store(p, hash, k, space, stored_key, old_raw.as_deref(), &obj, hint)
+        if old_raw.is_none() && copy.object.siblings().is_empty() {
+            // Everything it carried was superseded by a collected tombstone: storing the
+            // bare history would only be a tombstone GC cannot collect again.
+            if !incoming.siblings().is_empty() {
+                self.metrics.superseded_after_gc.inc();
+            }
+            return Ok(());
+        }
+        self.store(p, hash, k, space, stored_key, old_raw.as_deref(), &copy, hint)
+    }
+
+    /// The copy a write starts from where the node holds none: empty, or, for the node's
+    /// own copy of a key whose tombstones it collected, the collected history. Without
+    /// that floor a copy older than the delete that arrives after the collection (a
+    /// fallback's hint delivered once the owner is reachable again, a replicate or read
+    /// repair in flight) would be stored as new and bring the deleted value back; with it,
+    /// such a copy merges as superseded, and a new write descends from the delete. The
+    /// floor lasts as long as the `gc` record (see `gc::GcSettings::retention`).
+    fn absent_copy(&self, ok: &[u8], hint: Option<&HintFor>) -> Result<StoredCopy, StorageError> {
+        if hint.is_some() {
+            return Ok(StoredCopy::default());
+        }
+        let Some(v) = self.gc.get(ok)? else {
+            return Ok(StoredCopy::default());
+        };
+        let floor = codec::decode_gc_record(&v)?.history;
+        let object = VersionedObject::from_parts(floor, Vec::new())
+            .map_err(|e| StorageError::Corrupt(codec::CodecError::Invalid(e)))?;
+        Ok(StoredCopy::replica(object))
     }
 
     fn space_for(&self, ok: &[u8], hint: Option<&HintFor>) -> (&Keyspace, Vec<u8>) {
@@ -548,19 +584,24 @@ impl Engine {
         space: &Keyspace,
         stored_key: Vec<u8>,
         old_raw: Option<&[u8]>,
-        obj: &VersionedObject,
+        copy: &StoredCopy,
         hint: Option<&HintFor>,
     ) -> Result<(), StorageError> {
-        let encoded = codec::encode_object(obj);
+        let obj = &copy.object;
+        let encoded = codec::encode_copy(copy);
         let mut batch = self.db.batch().durability(Some(self.persist_mode()));
         batch.insert(space, stored_key, encoded);
-        if let Some(h) = hint {
-            let known = lock(&self.hint_targets).get(&h.node) == Some(&h.address);
-            if !known {
-                let mut mk = META_HINT_ADDR.to_vec();
-                mk.extend_from_slice(h.node.as_str().as_bytes());
-                batch.insert(&self.meta, mk, h.address.as_bytes());
-            }
+        // A hinted write holds the targets lock from the check through the commit, so
+        // `forget_target_if_done` cannot delete the owner's address record in between
+        // (the hint would then be invisible after a restart, which loads targets from
+        // those records).
+        let mut targets = hint.map(|_| lock(&self.hint_targets));
+        if let (Some(h), Some(t)) = (hint, targets.as_ref())
+            && t.get(&h.node) != Some(&h.address)
+        {
+            let mut mk = META_HINT_ADDR.to_vec();
+            mk.extend_from_slice(h.node.as_str().as_bytes());
+            batch.insert(&self.meta, mk, h.address.as_bytes());
         }
         batch.commit()?;
         match hint {
@@ -568,7 +609,10 @@ impl Engine {
                 if old_raw.is_none() {
                     self.metrics.hints_pending.inc();
                 }
-                lock(&self.hint_targets).insert(h.node.clone(), h.address.clone());
+                if let Some(t) = targets.as_mut() {
+                    t.insert(h.node.clone(), h.address.clone());
+                }
+                drop(targets);
             }
             None => {
                 let old_digest = old_raw.map(codec::stored_digest).transpose()?;
@@ -588,15 +632,28 @@ impl Engine {
         lock(&self.hint_targets).clone()
     }
 
-    /// Reads up to `limit` hints for `target`.
+    /// Reads up to `limit` hints for `target`, and no more once their values reach
+    /// `max_bytes` as a replica batch would carry them (the first hint always comes).
     ///
     /// # Errors
     /// Engine failures or corrupt data.
-    pub fn pending_hints(&self, target: &NodeId, limit: usize) -> Result<Vec<PendingHint>, StorageError> {
+    pub fn pending_hints(
+        &self,
+        target: &NodeId,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<PendingHint>, StorageError> {
         let prefix = codec::hint_prefix(target);
         let mut out = Vec::new();
+        let mut bytes = 0;
         for kv in self.hints.prefix(&prefix).take(limit) {
             let (k, v) = kv.into_inner()?;
+            // Stored bytes travel as base64: 4/3 of them, plus the framing.
+            let len = v.len().div_ceil(3) * 4 + 512;
+            if !out.is_empty() && bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
             let (_, ok) = codec::parse_hint_key(&k)?;
             out.push(PendingHint {
                 key: codec::parse_object_key(ok)?,
@@ -632,11 +689,14 @@ impl Engine {
     /// # Errors
     /// Engine failures.
     pub fn forget_target_if_done(&self, target: &NodeId) -> Result<(), StorageError> {
+        // Under the targets lock, which hinted writes hold through their commit: no hint
+        // for `target` can commit between the emptiness check and the removal.
+        let mut targets = lock(&self.hint_targets);
         if self.hints.prefix(codec::hint_prefix(target)).next().is_none() {
             let mut mk = META_HINT_ADDR.to_vec();
             mk.extend_from_slice(target.as_str().as_bytes());
             self.meta.remove(mk)?;
-            lock(&self.hint_targets).remove(target);
+            targets.remove(target);
         }
         Ok(())
     }
@@ -792,12 +852,14 @@ impl Engine {
         if codec::stored_digest(&v)? != digest || self.holds_hint_for(&ok)? {
             return Ok(false);
         }
+        let collected = codec::decode_object(&v)?;
         // Invariant: only a set of tombstones is ever collected (paired with the caller's
         // check, which ran on an earlier read of the same digest).
-        debug_assert!(codec::decode_object(&v).is_ok_and(|o| o.is_deleted()));
+        debug_assert!(collected.is_deleted());
         let record = codec::encode_gc_record(&codec::GcRecord {
             digest,
             collected_ms: now_ms,
+            history: collected.into_parts().0,
         });
         // Buffered is enough: losing this batch in a power cut brings back the tombstone
         // and forgets the record together, which is the state before the collection.

@@ -28,6 +28,13 @@ pub enum StorageError {
     /// The write would leave too many siblings.
     #[error(transparent)]
     Version(#[from] dynamo_core::version::VersionError),
+    /// A coordinate arrived after its deadline (the coordinator has answered its client
+    /// already) and was not applied.
+    #[error("the operation arrived {late_ms} ms after its deadline and was not applied")]
+    DeadlineExceeded {
+        /// How late it was, by this node's clock.
+        late_ms: u64,
+    },
     /// Waiting for an fsync failed because the syncer stopped.
     #[error("durability barrier failed: the syncer stopped")]
     SyncerGone,
@@ -45,6 +52,7 @@ impl StorageError {
         match self {
             StorageError::Invalid(e) => e.code,
             StorageError::Version(e) => e.code(),
+            StorageError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
             _ => ErrorCode::StorageError,
         }
     }

@@ -2,7 +2,9 @@
 //! to it once it answers again.
 //!
 //! One worker (`hint-delivery`) wakes every interval, and for each owner with hints
-//! pending sends them in bounded batches as `replicate` operations. A hint is deleted
+//! pending sends them in batches bounded in count ([`HINT_BATCH`]) and bytes
+//! (`MAX_BATCH_BYTES`, so large values never fail a batch against the owner's body limit
+//! and stall delivery for good) as `replicate` operations. A hint is deleted
 //! only after the owner confirmed that operation, and only if it is unchanged since it was
 //! read. Between batches the worker sleeps in proportion to the time the batch took
 //! (Garage's tranquilizer), so delivery yields to foreground traffic; an owner that does
@@ -14,7 +16,9 @@ use std::time::{Duration, Instant};
 use dynamo_core::BucketName;
 use dynamo_core::NodeId;
 use dynamo_core::version::Resolution;
-use dynamo_core::wire::internal::{ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult};
+use dynamo_core::wire::internal::{
+    MAX_BATCH_BYTES, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, PendingHint};
@@ -88,9 +92,10 @@ pub async fn deliver_to(
         let start = Instant::now();
         let e = engine.clone();
         let t = target.clone();
-        let hints: Vec<PendingHint> = tokio::task::spawn_blocking(move || e.pending_hints(&t, HINT_BATCH))
-            .await
-            .map_err(StorageError::from)??;
+        let hints: Vec<PendingHint> =
+            tokio::task::spawn_blocking(move || e.pending_hints(&t, HINT_BATCH, MAX_BATCH_BYTES))
+                .await
+                .map_err(StorageError::from)??;
         if hints.is_empty() {
             let e = engine.clone();
             let t = target.clone();
@@ -99,26 +104,32 @@ pub async fn deliver_to(
                 .map_err(StorageError::from)??;
             break;
         }
-        let ops = hints
-            .iter()
+        // Each op is paired with its hint before anything is filtered, so a result is
+        // always matched with the hint it answers.
+        let (hints, ops): (Vec<PendingHint>, Vec<ReplicaOp>) = hints
+            .into_iter()
             .filter_map(|h| {
                 // Keys were validated when stored; a bucket that no longer parses is corrupt
                 // and stays for an operator to look at.
-                BucketName::new(h.key.bucket.clone())
-                    .ok()
-                    .map(|bucket| ReplicaOp::Replicate {
-                        bucket,
-                        key: h.key.key.clone(),
-                        object: h.object.clone(),
-                        // A pure merge: never drops a version the owner lacks. LWW buckets are
-                        // narrowed again by the owner's next write or a read.
-                        resolution: Resolution::Siblings {
-                            max_siblings: u32::MAX,
-                        },
-                        hint: None,
-                    })
+                let bucket = BucketName::new(h.key.bucket.clone()).ok()?;
+                let op = ReplicaOp::Replicate {
+                    bucket,
+                    key: h.key.key.clone(),
+                    object: h.object.clone(),
+                    // A pure merge: never drops a version the owner lacks. LWW buckets are
+                    // narrowed again by the owner's next write or a read.
+                    resolution: Resolution::Siblings {
+                        max_siblings: u32::MAX,
+                    },
+                    hint: None,
+                };
+                Some((h, op))
             })
-            .collect::<Vec<_>>();
+            .unzip();
+        if ops.is_empty() {
+            // Only corrupt hints are left at the head of this owner's range.
+            break;
+        }
         let sent = ops.len();
         let url = format!("{}/internal/v1/replicas", address.trim_end_matches('/'));
         let reply: ReplicaBatchResult = client

@@ -83,7 +83,7 @@ pub async fn run(
     );
     tracing::info!(
         node_id = %engine.identity().node_id,
-        actor = %engine.identity().actor,
+        incarnation = %engine.identity().incarnation,
         durability = ?durability,
         listen = %listener.local_addr()?,
         "storage node starting"

@@ -46,6 +46,9 @@ pub struct StorageMetrics {
     /// Tombstones past their grace that GC left because a replica lacks them or did not
     /// answer (each check counts; the same tombstone counts again next round).
     pub tombstones_blocked: IntCounter,
+    /// Copies of a collected key that arrived later and were already superseded by the
+    /// collected tombstones (a late hint, a replicate or read repair in flight): dropped.
+    pub superseded_after_gc: IntCounter,
     /// Tombstone GC rounds completed (a round walks every object once).
     pub gc_rounds: IntCounter,
     /// The ring epoch of the node's cached cluster state (0 before it learned one).
@@ -133,6 +136,10 @@ impl StorageMetrics {
                 "dynamo_storage_tombstones_blocked_total",
                 "Tombstones past their grace left in place because a replica lacked them or did not answer",
             )?,
+            superseded_after_gc: IntCounter::new(
+                "dynamo_storage_superseded_after_gc_total",
+                "Copies of a collected key that arrived later, already superseded by the collected tombstones, and were dropped",
+            )?,
             gc_rounds: IntCounter::new(
                 "dynamo_storage_gc_rounds_total",
                 "Tombstone GC rounds completed over all of the node's objects",
@@ -172,6 +179,7 @@ impl StorageMetrics {
         registry.register(Box::new(m.fsync_duration.clone()))?;
         registry.register(Box::new(m.tombstones_collected.clone()))?;
         registry.register(Box::new(m.tombstones_blocked.clone()))?;
+        registry.register(Box::new(m.superseded_after_gc.clone()))?;
         registry.register(Box::new(m.gc_rounds.clone()))?;
         registry.register(Box::new(m.ring_epoch.clone()))?;
         registry.register(Box::new(m.heartbeats.clone()))?;

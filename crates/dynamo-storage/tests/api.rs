@@ -73,6 +73,7 @@ async fn too_many_siblings_is_refused_per_operation() {
         tombstone: false,
         resolution: Resolution::Siblings { max_siblings: 2 },
         hint: None,
+        deadline_ms: None,
     };
     let r = batch(
         &a.url(),
@@ -448,6 +449,7 @@ async fn hinted_writes_are_kept_apart_and_readable() {
             node: NodeId::new("node-z").expect("id"),
             address: "http://127.0.0.1:1".into(),
         }),
+        deadline_ms: None,
     };
     batch(&a.url(), vec![op]).await;
     assert_eq!(

@@ -181,6 +181,46 @@ async fn a_tombstone_held_by_all_three_is_collected_on_all_three() {
     c.shutdown().await;
 }
 
+// Goal (regression, issue 10; found by the fault checker, seed 2 on four nodes): once a
+// tombstone is collected, a copy older than the delete that arrives late (a fallback's
+// hint delivered after the owner's partition heals, a replicate or read repair still in
+// flight) does not bring the deleted value back; and a write after the collection
+// descends from the delete, so the old copy stays superseded after it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_older_than_a_collected_tombstone_stays_deleted() {
+    let c = Three::start(false).await;
+    let v = write(&c.url(0), "k", Some(b"old"), DotSet::new()).await;
+    let t = write(&c.url(0), "k", None, v.context().clone()).await;
+    for i in 1..3 {
+        replicate(&c.url(i), "k", &t).await;
+    }
+    for i in 0..3 {
+        let url = c.url(i);
+        eventually("collected everywhere", || async {
+            get(&url, "gc", "k").await.is_none()
+        })
+        .await;
+    }
+    for i in 0..3 {
+        replicate(&c.url(i), "k", &v).await;
+        assert_eq!(
+            get(&c.url(i), "gc", "k").await,
+            None,
+            "node {i}: the old value is back"
+        );
+    }
+    let blind = write(&c.url(1), "k", Some(b"new"), DotSet::new()).await;
+    assert!(
+        blind.context().covers(t.context()),
+        "a write after the collection descends from the delete"
+    );
+    replicate(&c.url(1), "k", &v).await;
+    let after = get(&c.url(1), "gc", "k").await.expect("the new write");
+    let values: Vec<&[u8]> = after.live_siblings().map(|s| s.value.as_slice()).collect();
+    assert_eq!(values, [b"new".as_slice()], "only the write after the delete");
+    c.shutdown().await;
+}
+
 // Goal: a tombstone that one replica lacks is collected nowhere, however many GC rounds
 // pass: node-c still holds the old value of `k1` (it missed the delete) and never had
 // `k2`. Once node-c gets the tombstones, they are collected everywhere (so the first part

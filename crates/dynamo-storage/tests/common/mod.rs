@@ -165,6 +165,7 @@ pub fn put_op(b: &str, key: &str, value: &[u8], context: DotSet) -> ReplicaOp {
         tombstone: false,
         resolution: SIB,
         hint: None,
+        deadline_ms: None,
     }
 }
 
