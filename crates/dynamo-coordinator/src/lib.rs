@@ -100,6 +100,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         tracker.clone(),
         workers_stop.clone(),
     );
+    tracker.spawn(peers::follow_ring_liveness(
+        cache.clone(),
+        peers.clone(),
+        workers_stop.clone(),
+    ));
     let (repair_tx, repair_rx) = mpsc::channel(config.read_repair_queue);
     let request_tasks = TaskTracker::new();
     let coord = Arc::new(kv::Coordinator {

@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dynamo_core::NodeId;
+use dynamo_core::wire::cluster::{ClusterState, NodeState};
 use dynamo_core::wire::internal::{
     MAX_BATCH_BYTES, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
@@ -238,6 +239,18 @@ impl Peers {
         }
     }
 
+    /// Marks `id` down on the ring service's word (its heartbeats stopped), as a failed
+    /// hop would: callers skip it at once instead of paying a timeout to find out, and
+    /// the `peer-probe` clears the mark as soon as the node answers, so a node the ring
+    /// wrongly thinks down (its heartbeats cut off, its port reachable) costs one probe
+    /// window.
+    pub fn mark_down(&self, id: &NodeId, address: &str) {
+        let node = self.handle(id, address);
+        if node.record(false, &self.metrics) {
+            start_probe(&node, self);
+        }
+    }
+
     /// Returns the handle of `id` at `address`, creating it (and its batcher) on first use.
     pub fn handle(&self, id: &NodeId, address: &str) -> Arc<NodeHandle> {
         let mut nodes = self
@@ -391,6 +404,52 @@ fn start_probe(node: &Arc<NodeHandle>, peers: &Peers) {
         }
         node.health().probing = false;
     });
+}
+
+/// Returns the nodes `state` lists as down that were not down in `before` (the ids the
+/// previous state listed as down), with their addresses, and the ids down now: the
+/// transitions the coordinator acts on, so a node stays marked once per outage.
+pub fn newly_down(
+    before: &std::collections::BTreeSet<NodeId>,
+    state: &ClusterState,
+) -> (Vec<(NodeId, String)>, std::collections::BTreeSet<NodeId>) {
+    let down: std::collections::BTreeSet<NodeId> = state
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Down)
+        .map(|n| n.node_id.clone())
+        .collect();
+    let fresh = state
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Down && !before.contains(&n.node_id))
+        .map(|n| (n.node_id.clone(), n.address.clone()))
+        .collect();
+    (fresh, down)
+}
+
+/// Follows the cached cluster state until `stop` and marks down every node the ring
+/// service newly reports down (see [`Peers::mark_down`]). The hops stay the detector's
+/// first source (a hop notices a hung node in one timeout, the ring only after its
+/// heartbeat timeout); this one covers nodes this coordinator has not called since they
+/// died, which would otherwise cost the first request to each of them a timeout.
+pub async fn follow_ring_liveness(cache: crate::state::ClusterCache, peers: Peers, stop: CancellationToken) {
+    let mut changes = cache.subscribe();
+    let mut down = std::collections::BTreeSet::new();
+    loop {
+        if let Ok(state) = cache.current() {
+            let (fresh, now_down) = newly_down(&down, &state);
+            for (id, address) in fresh {
+                tracing::info!(peer = %id, "the ring service reports the node down");
+                peers.mark_down(&id, &address);
+            }
+            down = now_down;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+    }
 }
 
 /// What a probe asks a storage node for: cheap, read-only, answered by any live node.
@@ -807,6 +866,89 @@ mod tests {
             .map(Vec::len)
             .collect();
         assert_eq!(writes, vec![1, 3], "the three queued writes travel in one batch");
+        stop_peers(stop, tracker).await;
+    }
+
+    fn state_with(nodes: &[(&str, dynamo_core::wire::cluster::NodeState)]) -> super::ClusterState {
+        super::ClusterState {
+            version: 1,
+            ring: None,
+            nodes: nodes
+                .iter()
+                .map(|(id, st)| dynamo_core::wire::cluster::NodeStatus {
+                    node_id: NodeId::new(*id).expect("id"),
+                    address: format!("http://{id}"),
+                    zone: None,
+                    state: *st,
+                    last_heartbeat_ms_ago: None,
+                })
+                .collect(),
+            buckets: Default::default(),
+            tokens: Vec::new(),
+            handoffs: Vec::new(),
+        }
+    }
+
+    // Goal: the ring's word is acted on once per outage: a node is reported when it turns
+    // down (also when the first state seen already lists it down), not again while it
+    // stays down, and again after it was up in between.
+    #[test]
+    fn only_transitions_to_down_are_reported() {
+        use dynamo_core::wire::cluster::NodeState::{Down, Up};
+        let ids = |v: &[(NodeId, String)]| v.iter().map(|(i, _)| i.as_str().to_owned()).collect::<Vec<_>>();
+        let (fresh, down) = super::newly_down(&Default::default(), &state_with(&[("a", Up), ("b", Down)]));
+        assert_eq!(ids(&fresh), ["b"]);
+        assert_eq!(fresh[0].1, "http://b");
+        let (fresh, down) = super::newly_down(&down, &state_with(&[("a", Down), ("b", Down)]));
+        assert_eq!(ids(&fresh), ["a"], "b is still down: not reported twice");
+        let (fresh, down) = super::newly_down(&down, &state_with(&[("a", Down), ("b", Up)]));
+        assert!(fresh.is_empty());
+        let (fresh, _) = super::newly_down(&down, &state_with(&[("a", Down), ("b", Down)]));
+        assert_eq!(ids(&fresh), ["b"], "down again after being up");
+    }
+
+    // Goal: a node the ring service reports down is skipped at once, with no call ever
+    // sent to it, and the background probe brings it back as soon as it answers (the
+    // ring can be wrong: a node whose heartbeats are cut off may serve).
+    #[tokio::test]
+    async fn a_node_the_ring_reports_down_is_skipped_until_a_probe_answers() {
+        let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let b = batches.clone();
+        let addr = serve(
+            Router::new()
+                .route(
+                    "/internal/v1/replicas",
+                    post(move |body: axum::Json<ReplicaBatch>| {
+                        b.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let results = body
+                            .0
+                            .ops
+                            .iter()
+                            .map(|_| ReplicaResult::Got { object: None })
+                            .collect();
+                        async move { axum::Json(ReplicaBatchResult { results }) }
+                    }),
+                )
+                .route(super::PROBE_PATH, axum::routing::get(|| async { "{}" })),
+        )
+        .await;
+        let (peers, stop, tracker) = peer_layer(Duration::from_secs(5), Duration::from_millis(200));
+        let id = NodeId::new("node-0").expect("id");
+        peers.mark_down(&id, &addr);
+        let node = peers.handle(&id, &addr);
+        assert!(!node.is_up(), "skipped on the ring's word");
+        assert!(matches!(node.call(get("k")).await, Err(super::PeerError::Down)));
+        assert_eq!(
+            batches.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "nothing sent"
+        );
+        until(|| node.is_up()).await;
+        assert!(matches!(
+            node.call(get("k")).await,
+            Ok(ReplicaResult::Got { object: None })
+        ));
+        assert_eq!(batches.load(std::sync::atomic::Ordering::SeqCst), 1);
         stop_peers(stop, tracker).await;
     }
 }

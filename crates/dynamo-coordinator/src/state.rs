@@ -215,6 +215,11 @@ impl ClusterCache {
         }
     }
 
+    /// Returns a receiver that sees the version of every state installed from now on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// Waits until a state with at least `version` is installed, or `timeout`.
     pub async fn wait_for_version(&self, version: u64, timeout: Duration) {
         let mut rx = self.changed.subscribe();
