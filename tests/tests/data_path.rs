@@ -482,6 +482,81 @@ async fn every_error_code_is_reachable_and_changes_nothing() {
     let _ = ROOT_TOKEN;
 }
 
+async fn idem_put(c: &Cluster, path: &str, body: &str, key: &str) -> reqwest::Response {
+    c.req(Method::PUT, path)
+        .header("content-type", "text/plain")
+        .header("idempotency-key", key)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("put")
+}
+
+// Goal: the Idempotency-Key contract through the coordinator: a repeat of a PUT (and of
+// a DELETE) answers as the first did, with the first's context, and stores nothing new
+// (one value, not two siblings, although both are blind writes); the same key for
+// another body is 422 idempotency_key_reused and changes nothing; the key is scoped to
+// the key's path; a malformed key is 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_keys_make_retries_safe() {
+    let c = Cluster::start(Options::default()).await;
+    let first = idem_put(&c, "/v1/kv/b/k", "v1", "order-17").await;
+    assert_eq!(first.status(), StatusCode::NO_CONTENT);
+    let ctx = first.headers()[CTX].clone();
+    let again = idem_put(&c, "/v1/kv/b/k", "v1", "order-17").await;
+    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    assert_eq!(again.headers()[CTX], ctx, "answered as the first was");
+    let (_, env, _) = get_json(&c, "/v1/kv/b/k").await;
+    assert_eq!(values(&env), ["v1"], "a blind repeat would have made a sibling");
+
+    expect_error(
+        idem_put(&c, "/v1/kv/b/k", "v2", "order-17").await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    let (_, env, _) = get_json(&c, "/v1/kv/b/k").await;
+    assert_eq!(values(&env), ["v1"], "a refused reuse changes nothing");
+
+    // The same key on another object is another claim.
+    assert_eq!(
+        idem_put(&c, "/v1/kv/b/other", "v1", "order-17").await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    for bad in ["", "has space", &"x".repeat(129)] {
+        expect_error(
+            idem_put(&c, "/v1/kv/b/k", "v1", bad).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+    }
+
+    let del = |key: &'static str| {
+        c.req(Method::DELETE, "/v1/kv/b/k")
+            .header(CTX, ctx.clone())
+            .header("idempotency-key", key)
+            .send()
+    };
+    let d1 = del("del-1").await.expect("delete");
+    assert_eq!(d1.status(), StatusCode::NO_CONTENT);
+    let d_ctx = d1.headers()[CTX].clone();
+    // A write in between: the repeated delete must not delete it.
+    let v3 = put(&c, "/v1/kv/b/k", "v3", d_ctx.to_str().ok()).await;
+    assert_eq!(v3.status(), StatusCode::NO_CONTENT);
+    let d2 = del("del-1").await.expect("delete");
+    assert_eq!(d2.status(), StatusCode::NO_CONTENT);
+    assert_eq!(d2.headers()[CTX], d_ctx);
+    let (status, env, _) = get_json(&c, "/v1/kv/b/k").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(values(&env), ["v3"]);
+    let replays = c
+        .metric(&c.url(), "dynamo_coordinator_idempotent_replays_total")
+        .await;
+    assert_eq!(replays, 2.0);
+}
+
 // Goal: with one of four storage nodes killed, writes (W=2) and reads (R=2) go on; a
 // fallback holds hints for the dead node; after it restarts the hints are delivered and
 // it has the writes.

@@ -18,6 +18,7 @@ use dynamo_core::version::VersionedObject;
 use dynamo_core::wire::cluster::{
     BucketScope, ClusterState, ClusterView, KeyPlacement, Permission, TokenRecord,
 };
+use dynamo_core::wire::internal::IdempotencyClaim;
 use dynamo_core::wire::{
     BucketProps, BucketPropsPatch, ConflictMode, SiblingView, SiblingsEnvelope, rfc3339_from_ms,
 };
@@ -308,6 +309,63 @@ fn mark_written(state: &AppState, bucket: &BucketName, has_data: bool) {
     });
 }
 
+/// The `Idempotency-Key` header.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Most bytes of an `Idempotency-Key` (API.md: 1–128 visible ASCII).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
+/// Reads the `Idempotency-Key` of a write into the claim its coordinate carries: `id`
+/// scopes the key to the caller (SHA-256 of the caller and the key), `fingerprint`
+/// names exactly what was asked (SHA-256 of the method, bucket, key, content type,
+/// context header and body, each length-prefixed so that no two requests share one).
+///
+/// # Errors
+/// `400 invalid_request` for a key that is not 1–128 visible ASCII characters.
+pub fn idempotency_claim(
+    headers: &HeaderMap,
+    principal: &Principal,
+    method: &str,
+    bucket: &BucketName,
+    key: &str,
+    body: Option<&[u8]>,
+) -> Result<Option<IdempotencyClaim>, ApiError> {
+    use sha2::{Digest, Sha256};
+    let Some(raw) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let k = raw.as_bytes();
+    if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES || !k.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"),
+        ));
+    }
+    let digest = |parts: &[&[u8]]| {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        let d = h.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&d[..16]);
+        u128::from_le_bytes(first)
+    };
+    let header = |name: &str| headers.get(name).map_or(&[][..], |v| v.as_bytes());
+    Ok(Some(IdempotencyClaim {
+        id: digest(&[principal.scope().as_bytes(), k]),
+        fingerprint: digest(&[
+            method.as_bytes(),
+            bucket.as_str().as_bytes(),
+            key.as_bytes(),
+            header(header::CONTENT_TYPE.as_str()),
+            header(CONTEXT_HEADER),
+            body.unwrap_or_default(),
+        ]),
+    }))
+}
+
 async fn write(
     state: &AppState,
     principal: &Principal,
@@ -318,6 +376,8 @@ async fn write(
     value: Option<bytes::Bytes>,
 ) -> Result<Response, ApiError> {
     let (bucket, key, props, has_data) = object_target(state, principal, bucket, key, Permission::Write)?;
+    let method = if value.is_some() { "PUT" } else { "DELETE" };
+    let idempotency = idempotency_claim(headers, principal, method, &bucket, &key, value.as_deref())?;
     let w = quorum(params.w, props.w, props.n, "w")?;
     let t = timeout(&state.config, params.timeout_ms)?;
     let tombstone = value.is_none();
@@ -366,6 +426,7 @@ async fn write(
         value,
         content_type: if tombstone { String::new() } else { content_type },
         tombstone,
+        idempotency,
     };
     let outcome = state.coord.write(req, &props, w, t).await?;
     mark_written(state, &bucket, has_data);
@@ -384,13 +445,15 @@ async fn write(
 
 /// `PUT /v1/kv/{bucket}/{key}`.
 #[utoipa::path(put, path = "/v1/kv/{bucket}/{key}", tag = "objects",
-    params(("bucket" = String, Path), ("key" = String, Path), WriteParams),
+    params(("bucket" = String, Path), ("key" = String, Path), WriteParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "1-128 visible ASCII: a repeat of the same request within the window answers as the first did and applies nothing")),
     request_body(content = Vec<u8>, description = "The value, at most 1 MiB", content_type = "application/octet-stream"),
     responses(
         (status = 204, description = "Stored; `X-Dynamo-Context` covers what the writer had seen plus this write"),
         (status = 200, description = "Stored, with `?returnbody=true`", body = SiblingsEnvelopeDoc),
         (status = 409, description = "Too many siblings: read, resolve, write with the context", body = ErrorBodyDoc),
         (status = 413, description = "Value larger than 1 MiB", body = ErrorBodyDoc),
+        (status = 422, description = "The Idempotency-Key was used for another request within its window", body = ErrorBodyDoc),
         (status = 503, description = "Fewer than W replicas stored it", body = ErrorBodyDoc)))]
 pub async fn put_object(
     State(state): State<Arc<AppState>>,
@@ -408,9 +471,11 @@ pub async fn put_object(
 
 /// `DELETE /v1/kv/{bucket}/{key}`.
 #[utoipa::path(delete, path = "/v1/kv/{bucket}/{key}", tag = "objects",
-    params(("bucket" = String, Path), ("key" = String, Path), WriteParams),
+    params(("bucket" = String, Path), ("key" = String, Path), WriteParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "1-128 visible ASCII: a repeat of the same request within the window answers as the first did and applies nothing")),
     responses(
         (status = 204, description = "A tombstone was written"),
+        (status = 422, description = "The Idempotency-Key was used for another request within its window", body = ErrorBodyDoc),
         (status = 503, description = "Fewer than W replicas stored it", body = ErrorBodyDoc)))]
 pub async fn delete_object(
     State(state): State<Arc<AppState>>,

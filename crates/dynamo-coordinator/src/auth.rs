@@ -32,6 +32,15 @@ pub enum Principal {
 }
 
 impl Principal {
+    /// A stable name for the caller, distinct for every token: what scopes its
+    /// idempotency keys (one caller cannot replay another's writes by guessing a key).
+    pub fn scope(&self) -> &str {
+        match self {
+            Principal::Root => "",
+            Principal::Token(t) => &t.id,
+        }
+    }
+
     /// Checks that the caller may use `permission` on `bucket` (or cluster-wide when
     /// `bucket` is `None`, which scoped tokens may only do for `read`).
     ///

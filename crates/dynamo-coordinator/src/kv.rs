@@ -33,7 +33,7 @@ use dynamo_core::quorum::{QuorumCount, QuorumState, Slot, SlotPlan};
 use dynamo_core::ring::Ring;
 use dynamo_core::version::{Resolution, VersionedObject};
 use dynamo_core::wire::BucketProps;
-use dynamo_core::wire::internal::{HintTarget, ReplicaOp, ReplicaResult};
+use dynamo_core::wire::internal::{HintTarget, IdempotencyClaim, ReplicaOp, ReplicaResult};
 use dynamo_core::{BucketName, DotSet, ErrorCode, NodeId, key_hash};
 use dynamo_server::ApiError;
 use futures::StreamExt;
@@ -60,6 +60,8 @@ pub struct WriteRequest {
     pub content_type: String,
     /// True for a delete.
     pub tombstone: bool,
+    /// The client's `Idempotency-Key`, hashed (see `api::idempotency_claim`).
+    pub idempotency: Option<IdempotencyClaim>,
 }
 
 /// An accepted write.
@@ -69,6 +71,9 @@ pub struct WriteOutcome {
     pub object: VersionedObject,
     /// The context for the writer: what it had seen plus its write.
     pub context: DotSet,
+    /// True when the write repeated an `Idempotency-Key` the coordinating node
+    /// remembered: nothing new was applied, and `context` is the first write's.
+    pub replayed: bool,
 }
 
 /// A read repair to send.
@@ -185,6 +190,7 @@ impl Coordinator {
 
         // 1. The coordinating replica: the first slot that stores the write.
         let mut coordinated = None;
+        let mut record = None;
         while let Some(slot) = remaining.pop_front() {
             // The node refuses the coordinate once this coordinator would have stopped
             // waiting for it: this attempt's batch timeout, or the client's deadline.
@@ -200,10 +206,28 @@ impl Coordinator {
                 resolution,
                 hint: Self::hint(&ring, &slot),
                 deadline_ms: Some(deadline_ms),
+                idempotency: req.idempotency,
             };
             match self.call(&ring, &slot.target, op).await {
-                Ok(ReplicaResult::Put { object, context, .. }) => {
-                    coordinated = Some(WriteOutcome { object, context });
+                Ok(ReplicaResult::Put {
+                    object,
+                    context,
+                    idempotency,
+                    replayed,
+                    ..
+                }) => {
+                    if replayed {
+                        self.metrics.idempotent_replays.inc();
+                    }
+                    // A replay replicates too: the first attempt may have reached only
+                    // its coordinating node (an indeterminate 503), and the repeat is
+                    // what makes it durable.
+                    record = idempotency;
+                    coordinated = Some(WriteOutcome {
+                        object,
+                        context,
+                        replayed,
+                    });
                     break;
                 }
                 Ok(ReplicaResult::Error { code, message }) if code.http_status() < 500 => {
@@ -260,6 +284,7 @@ impl Coordinator {
                 object: outcome.object.clone(),
                 resolution,
                 hint: Self::hint(&ring, &slot),
+                idempotency: record.clone(),
             };
             let this = self.clone();
             let ring = ring.clone();
@@ -459,6 +484,7 @@ impl Coordinator {
                     object: merged.clone(),
                     resolution,
                     hint: None,
+                    idempotency: None,
                 },
             };
             if self.repairs.try_send(repair).is_err() {

@@ -16,6 +16,9 @@ pub struct CoordinatorMetrics {
     pub quorum_failures: IntCounterVec,
     /// Writes answered `503` because their coordinate may have applied (not retried).
     pub indeterminate_writes: IntCounter,
+    /// Writes that repeated a remembered `Idempotency-Key` and were answered as the
+    /// first was.
+    pub idempotent_replays: IntCounter,
     /// Replica slots served by a fallback (sloppy quorum), by operation.
     pub fallbacks: IntCounterVec,
     /// Read repairs sent.
@@ -68,6 +71,10 @@ impl CoordinatorMetrics {
             indeterminate_writes: IntCounter::new(
                 "dynamo_coordinator_indeterminate_writes_total",
                 "Writes answered 503 because the coordinating replica failed after the write may have applied (never retried elsewhere: at most once)",
+            )?,
+            idempotent_replays: IntCounter::new(
+                "dynamo_coordinator_idempotent_replays_total",
+                "Writes that repeated a remembered Idempotency-Key: answered as the first was, nothing new applied",
             )?,
             fallbacks: IntCounterVec::new(
                 Opts::new(
@@ -126,6 +133,7 @@ impl CoordinatorMetrics {
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.quorum_failures.clone()))?;
         registry.register(Box::new(m.indeterminate_writes.clone()))?;
+        registry.register(Box::new(m.idempotent_replays.clone()))?;
         registry.register(Box::new(m.fallbacks.clone()))?;
         registry.register(Box::new(m.read_repairs.clone()))?;
         registry.register(Box::new(m.read_repairs_dropped.clone()))?;

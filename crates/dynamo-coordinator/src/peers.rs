@@ -589,6 +589,7 @@ mod tests {
             object: dynamo_core::version::VersionedObject::new(),
             resolution: dynamo_core::version::Resolution::Siblings { max_siblings: 8 },
             hint: None,
+            idempotency: None,
         }
     }
 
@@ -745,6 +746,7 @@ mod tests {
             object,
             resolution: dynamo_core::version::Resolution::Siblings { max_siblings: 8 },
             hint: None,
+            idempotency: None,
         }
     }
 

@@ -53,6 +53,8 @@ async fn fake_storage(
                     object: o,
                     dot: out.dot,
                     context: out.context,
+                    idempotency: None,
+                    replayed: false,
                 }
             }
             ReplicaOp::Replicate { .. } => ReplicaResult::Replicated,

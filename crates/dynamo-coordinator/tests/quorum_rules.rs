@@ -93,6 +93,8 @@ async fn replicas(
                         object: o.clone(),
                         dot: out.dot,
                         context: out.context,
+                        idempotency: None,
+                        replayed: false,
                     }
                 }
             }

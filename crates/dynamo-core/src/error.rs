@@ -90,6 +90,9 @@ error_codes! {
     InvalidBucketProperties = ("invalid_bucket_properties", 422),
     /// The CRDT operation does not apply to the bucket's CRDT type, or is malformed.
     InvalidCrdtOperation = ("invalid_crdt_operation", 422),
+    /// The `Idempotency-Key` was used within its window for a different request (another
+    /// method, path, body, content type or context).
+    IdempotencyKeyReused = ("idempotency_key_reused", 422),
     /// The caller sent too many requests; retry after a pause.
     RateLimited = ("rate_limited", 429),
     /// Fewer than R (or W) replicas answered in time.

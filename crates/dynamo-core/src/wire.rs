@@ -295,6 +295,37 @@ pub mod internal {
     /// whole against the node's limit.
     pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
+    /// A client's `Idempotency-Key` as the coordinator forwards it with a write: who
+    /// asked under which key (`id`, a hash of the caller's token and the key), and what
+    /// exactly it asked (`fingerprint`, a hash of the method, path, body, content type
+    /// and context). Hashes, so that neither the key nor the request travels again.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub struct IdempotencyClaim {
+        /// Caller and key.
+        #[serde(with = "digest_hex")]
+        pub id: u128,
+        /// The request.
+        #[serde(with = "digest_hex")]
+        pub fingerprint: u128,
+    }
+
+    /// What a replica remembers of an idempotent write, to answer a repeat as the first
+    /// was answered: the claim, the dot the write was minted with and the context the
+    /// writer got. It travels with the write's replicas, so a repeat that another replica
+    /// coordinates finds it too.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct IdempotencyRecord {
+        /// The write's claim.
+        pub claim: IdempotencyClaim,
+        /// The dot minted for it.
+        pub dot: Dot,
+        /// The context answered to the writer.
+        pub context: DotSet,
+        /// When the first write was coordinated (ms since the Unix epoch): the window
+        /// counts from here.
+        pub created_ms: u64,
+    }
+
     impl ReplicaOp {
         /// Returns an upper estimate of the operation's JSON size in bytes (values travel
         /// as base64: 4/3 of their length), for bounding batches by bytes.
@@ -308,17 +339,28 @@ pub mod internal {
                     context,
                     value,
                     content_type,
+                    idempotency,
                     ..
                 } => {
                     OVERHEAD
+                        + idempotency.map_or(0, |_| 128)
                         + key.len()
                         + content_type.len()
                         + b64(value.len())
                         + PER_DOT * (context.vector_len() + context.cloud_len())
                 }
-                ReplicaOp::Replicate { key, object, .. } => {
+                ReplicaOp::Replicate {
+                    key,
+                    object,
+                    idempotency,
+                    ..
+                } => {
                     let h = object.context();
+                    let record = idempotency.as_ref().map_or(0, |r| {
+                        OVERHEAD + PER_DOT * (r.context.vector_len() + r.context.cloud_len())
+                    });
                     OVERHEAD
+                        + record
                         + key.len()
                         + PER_DOT * (h.vector_len() + h.cloud_len())
                         + object
@@ -384,6 +426,10 @@ pub mod internal {
             /// would surprise a client that moved on (at most once, docs/architecture.md).
             #[serde(default, skip_serializing_if = "Option::is_none")]
             deadline_ms: Option<u64>,
+            /// The client's `Idempotency-Key`: a repeat of a write this node remembers is
+            /// answered as the first was and applies nothing.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            idempotency: Option<IdempotencyClaim>,
         },
         /// Merge a copy of a key's versions (idempotent).
         Replicate {
@@ -398,6 +444,9 @@ pub mod internal {
             /// Set when this node holds the write for another (sloppy quorum).
             #[serde(default, skip_serializing_if = "Option::is_none")]
             hint: Option<HintTarget>,
+            /// The idempotency record of the write being replicated, to remember beside it.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            idempotency: Option<IdempotencyRecord>,
         },
         /// Read a key's versions.
         Get {
@@ -440,6 +489,13 @@ pub mod internal {
             dot: Dot,
             /// The context for the writer: what it had seen plus its write.
             context: DotSet,
+            /// The write's idempotency record, when it carried a claim (to replicate).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            idempotency: Option<IdempotencyRecord>,
+            /// True when the write was a repeat this node remembered: nothing was applied,
+            /// and `dot` and `context` are the first write's.
+            #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+            replayed: bool,
         },
         /// A copy was merged.
         Replicated,
@@ -487,6 +543,8 @@ pub mod internal {
             hint: Option<HintTarget>,
             #[serde(default)]
             deadline_ms: Option<u64>,
+            #[serde(default)]
+            idempotency: Option<IdempotencyClaim>,
         },
         Replicate {
             bucket: BucketName,
@@ -495,6 +553,8 @@ pub mod internal {
             resolution: Resolution,
             #[serde(default)]
             hint: Option<HintTarget>,
+            #[serde(default)]
+            idempotency: Option<IdempotencyRecord>,
         },
         Get {
             bucket: BucketName,
@@ -516,6 +576,10 @@ pub mod internal {
             object: VersionedObject,
             dot: Dot,
             context: DotSet,
+            #[serde(default)]
+            idempotency: Option<IdempotencyRecord>,
+            #[serde(default)]
+            replayed: bool,
         },
         Replicated,
         Got {
@@ -779,6 +843,7 @@ pub mod internal {
                         address: "http://127.0.0.1:1".into(),
                     }),
                     deadline_ms: Some(1_700_000_000_000),
+                    idempotency: None,
                 },
                 ReplicaOp::Replicate {
                     bucket: b.clone(),
@@ -786,6 +851,7 @@ pub mod internal {
                     object: sample_object(),
                     resolution: Resolution::Siblings { max_siblings: 3 },
                     hint: None,
+                    idempotency: None,
                 },
                 ReplicaOp::Get {
                     bucket: b.clone(),
@@ -806,6 +872,8 @@ pub mod internal {
                     dot: o.siblings()[0].dot,
                     context: o.context().clone(),
                     object: o.clone(),
+                    idempotency: None,
+                    replayed: false,
                 },
                 ReplicaResult::Replicated,
                 ReplicaResult::Got { object: Some(o) },

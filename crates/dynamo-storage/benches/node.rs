@@ -74,6 +74,7 @@ fn put(key: String, value: &[u8]) -> ReplicaOp {
         resolution: Resolution::Siblings { max_siblings: 32 },
         hint: None,
         deadline_ms: None,
+        idempotency: None,
     }
 }
 

@@ -36,7 +36,7 @@ use dynamo_server::extract::{Json, Path, Query};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ClusterCache, NodeClusterView};
-use crate::engine::{Engine, HintFor, KeyRef};
+use crate::engine::{Claim, Engine, HintFor, KeyRef};
 use crate::error::StorageError;
 use crate::syncer::Syncer;
 
@@ -63,6 +63,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The node's cached view of the cluster.
     pub cluster: Arc<ClusterCache>,
+    /// How long idempotency records answer repeats (`--idempotency-window-ms`).
+    pub idempotency_window_ms: u64,
 }
 
 /// Builds the internal API routes.
@@ -197,7 +199,12 @@ fn hint_for(h: &Option<HintTarget>) -> Option<HintFor> {
 }
 
 /// Applies one operation (blocking). Returns the result and whether it wrote.
-fn apply(engine: &Engine, op: ReplicaOp, now: u64) -> Result<(ReplicaResult, bool), StorageError> {
+fn apply(
+    engine: &Engine,
+    op: ReplicaOp,
+    now: u64,
+    window_ms: u64,
+) -> Result<(ReplicaResult, bool), StorageError> {
     match op {
         ReplicaOp::CoordinatePut {
             bucket,
@@ -209,6 +216,7 @@ fn apply(engine: &Engine, op: ReplicaOp, now: u64) -> Result<(ReplicaResult, boo
             resolution,
             hint,
             deadline_ms,
+            idempotency,
         } => {
             // At most once: past its deadline the coordinator has answered the client
             // (an indeterminate 503), and applying the write now would bring it back
@@ -235,13 +243,28 @@ fn apply(engine: &Engine, op: ReplicaOp, now: u64) -> Result<(ReplicaResult, boo
                     tombstone: false,
                 }
             };
-            let (object, outcome) =
-                engine.coordinate_put(&k, &context, write, resolution, hint_for(&hint).as_ref())?;
+            let claim = idempotency.map(|claim| Claim {
+                claim,
+                window_ms,
+                now_ms: now,
+            });
+            let c = engine.coordinate_idempotent(
+                &k,
+                &context,
+                write,
+                resolution,
+                hint_for(&hint).as_ref(),
+                claim,
+            )?;
+            // A replay waits for the group commit too: the first attempt's write may
+            // still be unsynced (its answer never reached the coordinator).
             Ok((
                 ReplicaResult::Put {
-                    object,
-                    dot: outcome.dot,
-                    context: outcome.context,
+                    object: c.object,
+                    dot: c.outcome.dot,
+                    context: c.outcome.context,
+                    idempotency: c.record,
+                    replayed: c.replayed,
                 },
                 true,
             ))
@@ -252,12 +275,19 @@ fn apply(engine: &Engine, op: ReplicaOp, now: u64) -> Result<(ReplicaResult, boo
             object,
             resolution,
             hint,
+            idempotency,
         } => {
             let k = KeyRef {
                 bucket: bucket.as_str(),
                 key: &key,
             };
-            engine.replicate(&k, &object, resolution, hint_for(&hint).as_ref())?;
+            engine.replicate_with_record(
+                &k,
+                &object,
+                resolution,
+                hint_for(&hint).as_ref(),
+                idempotency.as_ref(),
+            )?;
             Ok((ReplicaResult::Replicated, true))
         }
         ReplicaOp::Get { bucket, key } => {
@@ -291,14 +321,19 @@ fn apply(engine: &Engine, op: ReplicaOp, now: u64) -> Result<(ReplicaResult, boo
 
 /// Applies a validated batch in order. Returns the results, whether anything was
 /// written, and whether the engine failed fatally.
-fn apply_batch(engine: &Engine, ops: Vec<ReplicaOp>, now: u64) -> (Vec<ReplicaResult>, bool, bool) {
+fn apply_batch(
+    engine: &Engine,
+    ops: Vec<ReplicaOp>,
+    now: u64,
+    window_ms: u64,
+) -> (Vec<ReplicaResult>, bool, bool) {
     let mut results = Vec::with_capacity(ops.len());
     let mut wrote = false;
     let mut fatal = false;
     for op in ops {
         let name = op_name(&op);
         let start = Instant::now();
-        let r = apply(engine, op, now);
+        let r = apply(engine, op, now, window_ms);
         let m = engine.metrics();
         m.op_duration
             .with_label_values(&[name])
@@ -337,7 +372,7 @@ async fn replicas(
     // than the fjall calls themselves (docs/benchmarks.md, profile). Each operation is a
     // point read or a one-key batch to the journal (no fsync: that is the syncer's), and
     // a batch is at most `MAX_BATCH_OPS` of them, so the worker is held only briefly.
-    let (results, wrote, fatal) = apply_batch(engine, batch.ops, now);
+    let (results, wrote, fatal) = apply_batch(engine, batch.ops, now, state.idempotency_window_ms);
     if fatal {
         // fjall poisons itself after a failed journal write: nothing more can be trusted
         // to disk. Stop, and let the restart recover from the journal (STYLE §4).

@@ -29,6 +29,7 @@
 //! that peers still holding it may collect theirs (see `gc`).
 
 use dynamo_core::version::{InvalidObject, Minter, Sibling, StoredCopy, VersionedObject};
+use dynamo_core::wire::internal::IdempotencyRecord;
 use dynamo_core::{ActorId, Dot, DotSet, Incarnation, KeyHash, NodeId, PartitionId};
 use serde::{Deserialize, Serialize};
 
@@ -56,7 +57,8 @@ pub enum CodecError {
     /// The key does not follow the layout.
     #[error("stored key is malformed")]
     Key,
-    /// A stored JSON document (the cached cluster state) does not decode.
+    /// A stored JSON document (the cached cluster state, an idempotency record) does not
+    /// decode.
     #[error("stored document does not decode")]
     Document(#[source] serde_json::Error),
 }
@@ -348,6 +350,39 @@ pub fn decode_gc_record(v: &[u8]) -> Result<GcRecord, CodecError> {
         collected_ms: u64::from_le_bytes(at),
         history,
     })
+}
+
+/// The `idem` keyspace key of an idempotency record: the object key, then the claim id
+/// (16 bytes, big-endian), so a key's records sit together after its object key.
+pub fn idem_key(object_key: &[u8], id: u128) -> Vec<u8> {
+    let mut k = Vec::with_capacity(object_key.len() + 16);
+    k.extend_from_slice(object_key);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Encodes an idempotency record: format byte 1, then the record as JSON (small, rare,
+/// and its dot sets already have a checked serde form).
+pub fn encode_idem_record(r: &IdempotencyRecord) -> Vec<u8> {
+    let mut v = vec![FORMAT_V1];
+    // Plain structs of integers and dot sets serialize into a Vec without failing.
+    if serde_json::to_writer(&mut v, r).is_err() {
+        unreachable!("an idempotency record always serializes");
+    }
+    v
+}
+
+/// Decodes an idempotency record.
+///
+/// # Errors
+/// A [`CodecError`] for an unknown format or a body that does not parse.
+pub fn decode_idem_record(v: &[u8]) -> Result<IdempotencyRecord, CodecError> {
+    match v.first() {
+        Some(&FORMAT_V1) => {}
+        Some(&f) => return Err(CodecError::UnknownFormat(f)),
+        None => return Err(CodecError::Truncated),
+    }
+    serde_json::from_slice(&v[1..]).map_err(CodecError::Document)
 }
 
 #[cfg(test)]

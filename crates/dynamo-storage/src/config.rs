@@ -83,6 +83,11 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_TOMBSTONE_GRACE_MS", default_value_t = 86_400_000)]
     pub tombstone_grace_ms: u64,
 
+    /// How long a write with an `Idempotency-Key` is remembered: a repeat within this
+    /// window is answered as the first was and applies nothing (default one day).
+    #[arg(long, env = "DYNAMO_IDEMPOTENCY_WINDOW_MS", default_value_t = 86_400_000)]
+    pub idempotency_window_ms: u64,
+
     /// Pause between tombstone GC rounds (a round walks every object once).
     #[arg(long, env = "DYNAMO_GC_INTERVAL_MS", default_value_t = 600_000)]
     pub gc_interval_ms: u64,
@@ -148,6 +153,7 @@ impl Config {
             ("ring-timeout-ms", self.ring_timeout_ms),
             ("tombstone-grace-ms", self.tombstone_grace_ms),
             ("gc-interval-ms", self.gc_interval_ms),
+            ("idempotency-window-ms", self.idempotency_window_ms),
         ] {
             if v == 0 {
                 return bad(field, "must be greater than 0".into());

@@ -1,5 +1,5 @@
-//! The engine: one fjall database per node with four keyspaces (`objects`, `hints`,
-//! `gc`, `meta`), the per-partition Merkle trees kept current on every write, and the
+//! The engine: one fjall database per node with five keyspaces (`objects`, `hints`,
+//! `gc`, `idem`, `meta`), the per-partition Merkle trees kept current on every write, and the
 //! replica operations on top.
 //!
 //! Every method here blocks (fjall is synchronous). Point operations (get, one-key puts)
@@ -26,6 +26,8 @@
 //!   `clean_shutdown` marker in `meta` (written last by [`Engine::close_clean`], removed at
 //!   open) is a new incarnation, so a crash that lost dots others saw is never continued;
 //!   a deleted copy (a delivered hint, a collected tombstone) takes its actor with it.
+//! - An idempotency record is written in the same batch as the write it records, so a
+//!   node never remembers a write it does not hold, nor holds one it would apply again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,7 @@ use std::time::Instant;
 
 use dynamo_core::merkle::{MerkleItem, MerkleShape, MerkleTree};
 use dynamo_core::version::{NewWrite, PutOutcome, Resolution, StoredCopy, VersionedObject};
+use dynamo_core::wire::internal::{IdempotencyClaim, IdempotencyRecord};
 use dynamo_core::{ActorId, DotSet, Incarnation, KeyHash, NodeId, PartitionId, Partitioning, key_hash};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -100,6 +103,7 @@ pub struct Engine {
     objects: Keyspace,
     hints: Keyspace,
     gc: Keyspace,
+    idem: Keyspace,
     meta: Keyspace,
     partitioning: Partitioning,
     identity: Identity,
@@ -122,6 +126,31 @@ struct JournalFile {
 }
 
 /// The id of the newest journal file in `dir`, if any has fjall's name (`<id>.jnl`).
+/// An idempotency claim as the engine checks it: the claim, how long records count
+/// (`--idempotency-window-ms`) and the node's clock now.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    /// The coordinator's claim.
+    pub claim: IdempotencyClaim,
+    /// How long after its first write a record answers repeats.
+    pub window_ms: u64,
+    /// Now, in ms since the Unix epoch.
+    pub now_ms: u64,
+}
+
+/// What [`Engine::coordinate_idempotent`] did.
+#[derive(Debug, Clone)]
+pub struct Coordinated {
+    /// The copy after the write (or as it is, for a replay).
+    pub object: VersionedObject,
+    /// The write's dot and the writer's context (the first write's, for a replay).
+    pub outcome: PutOutcome,
+    /// The write's idempotency record, when it carried a claim.
+    pub record: Option<IdempotencyRecord>,
+    /// True when nothing was applied: a repeat of a remembered write.
+    pub replayed: bool,
+}
+
 fn newest_journal(dir: &Path) -> std::io::Result<Option<u64>> {
     let mut newest = None;
     for entry in std::fs::read_dir(dir)? {
@@ -192,6 +221,7 @@ impl Engine {
         let objects = db.keyspace("objects", KeyspaceCreateOptions::default)?;
         let hints = db.keyspace("hints", KeyspaceCreateOptions::default)?;
         let gc = db.keyspace("gc", KeyspaceCreateOptions::default)?;
+        let idem = db.keyspace("idem", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
 
         let (mut identity, created) = Self::load_identity(&db, &meta, node_id)?;
@@ -243,6 +273,7 @@ impl Engine {
             objects,
             hints,
             gc,
+            idem,
             meta,
             partitioning,
             identity,
@@ -497,6 +528,27 @@ impl Engine {
         resolution: Resolution,
         hint: Option<&HintFor>,
     ) -> Result<(VersionedObject, PutOutcome), StorageError> {
+        let c = self.coordinate_idempotent(k, context, write, resolution, hint, None)?;
+        Ok((c.object, c.outcome))
+    }
+
+    /// [`Engine::coordinate_put`] for a write that carries an `Idempotency`claim: when
+    /// this node remembers a write with the same claim id from within `claim`'s window,
+    /// nothing is applied and the first write's outcome is returned (`replayed`), or
+    /// [`StorageError::IdempotencyKeyReused`] when that write had another fingerprint.
+    /// Otherwise the write is applied and its record stored in the same batch.
+    ///
+    /// # Errors
+    /// As [`Engine::coordinate_put`], and the reuse above.
+    pub fn coordinate_idempotent(
+        &self,
+        k: &KeyRef<'_>,
+        context: &DotSet,
+        write: NewWrite,
+        resolution: Resolution,
+        hint: Option<&HintFor>,
+        claim: Option<Claim>,
+    ) -> Result<Coordinated, StorageError> {
         let (p, hash, ok) = self.locate(k);
         let _guard = self.stripe(hash);
         let (space, stored_key) = self.space_for(&ok, hint);
@@ -505,10 +557,64 @@ impl Engine {
             Some(v) => codec::decode_copy(v)?,
             None => self.absent_copy(&ok, hint)?,
         };
+        if let Some(c) = &claim
+            && let Some(first) = self.idempotency_record(&ok, c)?
+        {
+            if first.claim.fingerprint != c.claim.fingerprint {
+                return Err(StorageError::IdempotencyKeyReused);
+            }
+            self.metrics.idempotent_replays.inc();
+            return Ok(Coordinated {
+                object: copy.object,
+                outcome: PutOutcome {
+                    dot: first.dot,
+                    context: first.context.clone(),
+                },
+                record: Some(first),
+                replayed: true,
+            });
+        }
+        let now_ms = write.now_ms;
         let fresh = std::iter::repeat_with(|| ActorId(rand::random::<u64>()));
         let outcome = copy.coordinate(context, self.identity.incarnation, fresh, write, resolution)?;
-        self.store(p, hash, k, space, stored_key, old_raw.as_deref(), &copy, hint)?;
-        Ok((copy.object, outcome))
+        let record = claim.map(|c| IdempotencyRecord {
+            claim: c.claim,
+            dot: outcome.dot,
+            context: outcome.context.clone(),
+            created_ms: now_ms,
+        });
+        self.store(
+            p,
+            hash,
+            k,
+            space,
+            stored_key,
+            old_raw.as_deref(),
+            &copy,
+            hint,
+            record.as_ref(),
+        )?;
+        Ok(Coordinated {
+            object: copy.object,
+            outcome,
+            record,
+            replayed: false,
+        })
+    }
+
+    /// Returns the record this node holds for `claim`'s id on the key stored at `ok`, if
+    /// it is still inside the claim's window (an older one is as good as gone: the purge
+    /// only reclaims its space).
+    fn idempotency_record(
+        &self,
+        ok: &[u8],
+        claim: &Claim,
+    ) -> Result<Option<IdempotencyRecord>, StorageError> {
+        let Some(v) = self.idem.get(codec::idem_key(ok, claim.claim.id))? else {
+            return Ok(None);
+        };
+        let r = codec::decode_idem_record(&v)?;
+        Ok((r.created_ms.saturating_add(claim.window_ms) > claim.now_ms).then_some(r))
     }
 
     /// Merges a replica's copy of a key (idempotent).
@@ -522,6 +628,23 @@ impl Engine {
         resolution: Resolution,
         hint: Option<&HintFor>,
     ) -> Result<(), StorageError> {
+        self.replicate_with_record(k, incoming, resolution, hint, None)
+    }
+
+    /// [`Engine::replicate`] of an idempotent write's copy: the write's record is
+    /// remembered too (unless one with its id is already here), in the same batch, so a
+    /// repeat coordinated by this replica is answered as the first was.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    pub fn replicate_with_record(
+        &self,
+        k: &KeyRef<'_>,
+        incoming: &VersionedObject,
+        resolution: Resolution,
+        hint: Option<&HintFor>,
+        record: Option<&IdempotencyRecord>,
+    ) -> Result<(), StorageError> {
         let (p, hash, ok) = self.locate(k);
         let _guard = self.stripe(hash);
         let (space, stored_key) = self.space_for(&ok, hint);
@@ -531,10 +654,18 @@ impl Engine {
             Some(v) => codec::decode_copy(v)?,
             None => self.absent_copy(&ok, hint)?,
         };
+        let record = match record {
+            Some(r) if self.idem.get(codec::idem_key(&ok, r.claim.id))?.is_none() => Some(r),
+            _ => None,
+        };
         let before = copy.object.digest();
         copy.object.sync(incoming, resolution);
         if old_raw.is_some() && copy.object.digest() == before {
             // Nothing new: skip the write (replication and anti-entropy resend a lot).
+            if let Some(r) = record {
+                self.idem
+                    .insert(codec::idem_key(&ok, r.claim.id), codec::encode_idem_record(r))?;
+            }
             return Ok(());
         }
         if old_raw.is_none() && copy.object.siblings().is_empty() {
@@ -545,7 +676,17 @@ impl Engine {
             }
             return Ok(());
         }
-        self.store(p, hash, k, space, stored_key, old_raw.as_deref(), &copy, hint)
+        self.store(
+            p,
+            hash,
+            k,
+            space,
+            stored_key,
+            old_raw.as_deref(),
+            &copy,
+            hint,
+            record,
+        )
     }
 
     /// The copy a write starts from where the node holds none: empty, or, for the node's
@@ -586,10 +727,19 @@ impl Engine {
         old_raw: Option<&[u8]>,
         copy: &StoredCopy,
         hint: Option<&HintFor>,
+        record: Option<&IdempotencyRecord>,
     ) -> Result<(), StorageError> {
         let obj = &copy.object;
         let encoded = codec::encode_copy(copy);
         let mut batch = self.db.batch().durability(Some(self.persist_mode()));
+        if let Some(r) = record {
+            let (_, _, ok) = self.locate(k);
+            batch.insert(
+                &self.idem,
+                codec::idem_key(&ok, r.claim.id),
+                codec::encode_idem_record(r),
+            );
+        }
         batch.insert(space, stored_key, encoded);
         // A hinted write holds the targets lock from the check through the commit, so
         // `forget_target_if_done` cannot delete the owner's address record in between
@@ -886,11 +1036,42 @@ impl Engine {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(usize, Option<Vec<u8>>), StorageError> {
+        self.purge_older(&self.gc, before_ms, after, limit, |v| {
+            Ok(codec::decode_gc_record(v)?.collected_ms)
+        })
+    }
+
+    /// Deletes idempotency records created before `before_ms` (out of their window), as
+    /// [`Engine::purge_gc_records`] does GC records.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    pub fn purge_idempotency_records(
+        &self,
+        before_ms: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(usize, Option<Vec<u8>>), StorageError> {
+        self.purge_older(&self.idem, before_ms, after, limit, |v| {
+            Ok(codec::decode_idem_record(v)?.created_ms)
+        })
+    }
+
+    /// Deletes the records of `space` whose time (`at`) is before `before_ms`, reading at
+    /// most `limit` of them from `after` (exclusive) on.
+    fn purge_older(
+        &self,
+        space: &Keyspace,
+        before_ms: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+        at: impl Fn(&[u8]) -> Result<u64, StorageError>,
+    ) -> Result<(usize, Option<Vec<u8>>), StorageError> {
         let iter = match after {
-            Some(a) => self
-                .gc
-                .range::<Vec<u8>, _>((std::ops::Bound::Excluded(a.to_vec()), std::ops::Bound::Unbounded)),
-            None => self.gc.range::<Vec<u8>, _>(..),
+            Some(a) => {
+                space.range::<Vec<u8>, _>((std::ops::Bound::Excluded(a.to_vec()), std::ops::Bound::Unbounded))
+            }
+            None => space.range::<Vec<u8>, _>(..),
         };
         let mut old = Vec::new();
         let mut read = 0;
@@ -901,7 +1082,7 @@ impl Engine {
             }
             let (k, v) = kv.into_inner()?;
             read += 1;
-            if codec::decode_gc_record(&v)?.collected_ms < before_ms {
+            if at(&v)? < before_ms {
                 old.push(k.to_vec());
             }
             last = Some(k.to_vec());
@@ -911,7 +1092,7 @@ impl Engine {
         if !old.is_empty() {
             let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
             for k in old {
-                batch.remove(&self.gc, k);
+                batch.remove(space, k);
             }
             batch.commit()?;
         }

@@ -35,6 +35,9 @@ pub enum StorageError {
         /// How late it was, by this node's clock.
         late_ms: u64,
     },
+    /// The write's `Idempotency-Key` was used within its window for another request.
+    #[error("the Idempotency-Key was used for a different request within its window")]
+    IdempotencyKeyReused,
     /// Waiting for an fsync failed because the syncer stopped.
     #[error("durability barrier failed: the syncer stopped")]
     SyncerGone,
@@ -53,6 +56,7 @@ impl StorageError {
             StorageError::Invalid(e) => e.code,
             StorageError::Version(e) => e.code(),
             StorageError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
+            StorageError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             _ => ErrorCode::StorageError,
         }
     }

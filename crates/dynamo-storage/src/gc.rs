@@ -69,6 +69,9 @@ pub struct GcSettings {
     pub grace: Duration,
     /// Pause between rounds.
     pub interval: Duration,
+    /// How long idempotency records answer repeats; older ones are purged with the GC
+    /// records.
+    pub idempotency_window: Duration,
 }
 
 impl GcSettings {
@@ -378,16 +381,36 @@ async fn ask_peers(
 
 /// Purges GC records older than the retention, page by page, yielding between pages.
 async fn purge(engine: &Arc<Engine>, settings: GcSettings, stop: &CancellationToken) -> Result<u64, GcError> {
-    let before = now_ms().saturating_sub(settings.retention().as_millis() as u64);
+    let now = now_ms();
+    let gc_before = now.saturating_sub(settings.retention().as_millis() as u64);
+    let idem_before = now.saturating_sub(settings.idempotency_window.as_millis() as u64);
+    let mut purged = purge_pages(engine, stop, move |e, after| {
+        e.purge_gc_records(gc_before, after, PURGE_PAGE)
+    })
+    .await?;
+    purged += purge_pages(engine, stop, move |e, after| {
+        e.purge_idempotency_records(idem_before, after, PURGE_PAGE)
+    })
+    .await?;
+    Ok(purged)
+}
+
+/// Runs one purge over its keyspace page by page, yielding between pages.
+async fn purge_pages(
+    engine: &Arc<Engine>,
+    stop: &CancellationToken,
+    page: impl Fn(&Engine, Option<&[u8]>) -> Result<(usize, Option<Vec<u8>>), StorageError>
+    + Copy
+    + Send
+    + 'static,
+) -> Result<u64, GcError> {
     let mut cursor: Option<Vec<u8>> = None;
     let mut purged = 0u64;
     loop {
         let start = Instant::now();
         let e = engine.clone();
         let after = cursor.take();
-        let (n, next) =
-            tokio::task::spawn_blocking(move || e.purge_gc_records(before, after.as_deref(), PURGE_PAGE))
-                .await??;
+        let (n, next) = tokio::task::spawn_blocking(move || page(&e, after.as_deref())).await??;
         purged += n as u64;
         match next {
             Some(n) => cursor = Some(n),

@@ -122,6 +122,10 @@ pub async fn deliver_to(
                         max_siblings: u32::MAX,
                     },
                     hint: None,
+                    // Idempotency records stay with the fallback that coordinated (its
+                    // own repeats are answered from them); the owner gets none
+                    // (docs/api.md says what that leaves).
+                    idempotency: None,
                 };
                 Some((h, op))
             })

@@ -157,6 +157,7 @@ pub async fn run(
             gc::GcSettings {
                 grace: Duration::from_millis(config.tombstone_grace_ms),
                 interval: Duration::from_millis(config.gc_interval_ms),
+                idempotency_window: Duration::from_millis(config.idempotency_window_ms),
             },
             worker_stop.clone(),
         )
@@ -171,6 +172,7 @@ pub async fn run(
             client,
             shutdown: shutdown.clone(),
             cluster,
+            idempotency_window_ms: config.idempotency_window_ms,
         }),
         serve::health_routes(readiness.clone(), registry),
         Limits {

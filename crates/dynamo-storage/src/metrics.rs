@@ -49,6 +49,9 @@ pub struct StorageMetrics {
     /// Copies of a collected key that arrived later and were already superseded by the
     /// collected tombstones (a late hint, a replicate or read repair in flight): dropped.
     pub superseded_after_gc: IntCounter,
+    /// Coordinated writes answered from an idempotency record: repeats that applied
+    /// nothing.
+    pub idempotent_replays: IntCounter,
     /// Tombstone GC rounds completed (a round walks every object once).
     pub gc_rounds: IntCounter,
     /// The ring epoch of the node's cached cluster state (0 before it learned one).
@@ -140,6 +143,10 @@ impl StorageMetrics {
                 "dynamo_storage_superseded_after_gc_total",
                 "Copies of a collected key that arrived later, already superseded by the collected tombstones, and were dropped",
             )?,
+            idempotent_replays: IntCounter::new(
+                "dynamo_storage_idempotent_replays_total",
+                "Coordinated writes that repeated a remembered Idempotency-Key and applied nothing",
+            )?,
             gc_rounds: IntCounter::new(
                 "dynamo_storage_gc_rounds_total",
                 "Tombstone GC rounds completed over all of the node's objects",
@@ -180,6 +187,7 @@ impl StorageMetrics {
         registry.register(Box::new(m.tombstones_collected.clone()))?;
         registry.register(Box::new(m.tombstones_blocked.clone()))?;
         registry.register(Box::new(m.superseded_after_gc.clone()))?;
+        registry.register(Box::new(m.idempotent_replays.clone()))?;
         registry.register(Box::new(m.gc_rounds.clone()))?;
         registry.register(Box::new(m.ring_epoch.clone()))?;
         registry.register(Box::new(m.heartbeats.clone()))?;

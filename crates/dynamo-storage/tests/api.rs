@@ -49,6 +49,7 @@ async fn coordinate_put_replicate_get_round_trip() {
             object: object.clone(),
             resolution: SIB,
             hint: None,
+            idempotency: None,
         }],
     )
     .await;
@@ -74,6 +75,7 @@ async fn too_many_siblings_is_refused_per_operation() {
         resolution: Resolution::Siblings { max_siblings: 2 },
         hint: None,
         deadline_ms: None,
+        idempotency: None,
     };
     let r = batch(
         &a.url(),
@@ -413,6 +415,7 @@ async fn replica_merge_in_any_order_converges() {
                 object: copies[c].clone(),
                 resolution: sib,
                 hint: None,
+                idempotency: None,
             };
             // Deliver twice: replication is idempotent.
             batch(&n.url(), vec![op.clone(), op]).await;
@@ -450,6 +453,7 @@ async fn hinted_writes_are_kept_apart_and_readable() {
             address: "http://127.0.0.1:1".into(),
         }),
         deadline_ms: None,
+        idempotency: None,
     };
     batch(&a.url(), vec![op]).await;
     assert_eq!(

@@ -151,6 +151,7 @@ async fn a_hint_survives_restart_and_is_delivered_when_the_owner_returns() {
         resolution: SIB,
         hint: Some(owner),
         deadline_ms: None,
+        idempotency: None,
     };
     let r = batch(&a.url(), vec![op]).await;
     let ReplicaResult::Put { object, .. } = &r.results[0] else {

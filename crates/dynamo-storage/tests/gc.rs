@@ -104,6 +104,7 @@ async fn replicate(url: &str, key: &str, object: &VersionedObject) {
             object: object.clone(),
             resolution: SIB,
             hint: None,
+            idempotency: None,
         }],
     )
     .await;

@@ -163,6 +163,7 @@ async fn a_coordinate_past_its_deadline_is_not_applied() {
             resolution,
             hint,
             deadline_ms: Some(deadline),
+            idempotency: None,
         },
         other => other,
     };

@@ -166,6 +166,7 @@ pub fn put_op(b: &str, key: &str, value: &[u8], context: DotSet) -> ReplicaOp {
         resolution: SIB,
         hint: None,
         deadline_ms: None,
+        idempotency: None,
     }
 }
 
