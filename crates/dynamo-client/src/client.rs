@@ -25,6 +25,9 @@ use crate::error::{ClientError, code_for_status};
 /// The header carrying the opaque causal context between a read and the next write.
 pub const CONTEXT_HEADER: HeaderName = HeaderName::from_static("x-dynamo-context");
 
+/// The header that makes a write's retries safe (the SDK sets one on every write).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// The header a server's request id comes back in.
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -48,6 +48,8 @@
 //! - **Everything is bounded.** Every request has a timeout, a response body has a size
 //!   cap, retries have a budget, and only transient codes ([`ErrorCode::is_transient`])
 //!   and refused connections are retried.
+//! - **A retried write is stored once.** Every write sends an `Idempotency-Key` of its
+//!   own, the same on each retry, so the server answers a retry as the first attempt.
 //!
 //! # It is not
 //! A coordinator: no routing, no quorum logic and no version vectors live here. CRDT

@@ -17,7 +17,7 @@ use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{CONTEXT_HEADER, Call, Client, Reply, segment};
+use crate::client::{CONTEXT_HEADER, Call, Client, IDEMPOTENCY_KEY, Reply, segment};
 use crate::error::ClientError;
 
 /// The opaque causal context (`X-Dynamo-Context`) of a read, to hand back with the next
@@ -329,9 +329,12 @@ impl Client {
     /// `value` is anything that converts into [`Bytes`] without copying: a `Vec<u8>`, a
     /// `String`, a `&'static str` or `[u8]`, or `Bytes` itself.
     ///
-    /// A write retried after a transient `quorum_unavailable` may have been stored by the
-    /// first attempt too; the retry then adds a sibling with the same value, never loses
-    /// one.
+    /// Every write carries an `Idempotency-Key` of its own, kept across its retries, so a
+    /// write retried after a transient `quorum_unavailable` (or a lost answer) is stored
+    /// once: the retry is answered as the first attempt was. The one exception is the
+    /// server's stated limit: a first attempt stored only by a node that is still down
+    /// when the retry arrives; the retry then adds a sibling with the same value, never
+    /// loses one.
     ///
     /// # Errors
     /// As [`Client::get`]; `value_too_large` above 1 MiB, `too_many_siblings` when a
@@ -515,6 +518,14 @@ impl Client {
         }
         if let Some(context) = context {
             call = call.header(CONTEXT_HEADER, context.header_value()?);
+        }
+        // One key per call, the same on each of its retries: a retry after an
+        // indeterminate 503 or a lost answer is then answered as the first attempt was
+        // instead of storing the value a second time (docs/api.md, Idempotency-Key).
+        let key = format!("sdk-{:032x}", rand::random::<u128>());
+        match HeaderValue::from_str(&key) {
+            Ok(v) => call = call.header(IDEMPOTENCY_KEY, v),
+            Err(_) => unreachable!("hex digits are a valid header value"),
         }
         Ok(call)
     }

@@ -288,6 +288,32 @@ async fn transient_503_is_retried_then_succeeds() {
     .await;
 }
 
+// Goal: every attempt of one write carries the same Idempotency-Key (so the server
+// answers a retry as the first attempt), and two writes carry different ones.
+#[tokio::test]
+async fn a_retried_write_keeps_its_idempotency_key() {
+    within(async {
+        let mock = Mock::start().await;
+        mock.state.fail_next(ErrorCode::QuorumUnavailable, 1);
+        let c = client(&mock);
+        c.put("b", "k", "v", "text/plain", None).await.expect("retried");
+        c.put("b", "k", "w", "text/plain", None)
+            .await
+            .expect("second write");
+        let keys: Vec<String> = mock
+            .state
+            .requests()
+            .iter()
+            .map(|r| r.headers["idempotency-key"].to_str().expect("ascii").to_owned())
+            .collect();
+        assert_eq!(keys.len(), 3, "one retry, then a second write");
+        assert_eq!(keys[0], keys[1], "the retry repeats the key");
+        assert_ne!(keys[1], keys[2], "another write, another key");
+        assert!(keys.iter().all(|k| k.len() <= 128 && k.starts_with("sdk-")));
+    })
+    .await;
+}
+
 // Goal: a permanent 400 is answered at once, with its code.
 #[tokio::test]
 async fn permanent_400_is_not_retried() {
