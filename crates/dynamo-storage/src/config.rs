@@ -84,8 +84,10 @@ pub struct Config {
     pub tombstone_grace_ms: u64,
 
     /// How long a write with an `Idempotency-Key` is remembered: a repeat within this
-    /// window is answered as the first was and applies nothing (default one day).
-    #[arg(long, env = "DYNAMO_IDEMPOTENCY_WINDOW_MS", default_value_t = 86_400_000)]
+    /// window is answered as the first was and applies nothing. Ten minutes by default:
+    /// far past any retry budget (the SDK's is seconds), while the records of every
+    /// write inside the window stay on disk (the SDK keys every write).
+    #[arg(long, env = "DYNAMO_IDEMPOTENCY_WINDOW_MS", default_value_t = 600_000)]
     pub idempotency_window_ms: u64,
 
     /// Pause between tombstone GC rounds (a round walks every object once).
