@@ -106,7 +106,7 @@ pub struct RoundStats {
     pub collected: u64,
     /// Of those, left because a replica lacked them or did not answer.
     pub blocked: u64,
-    /// GC records purged.
+    /// GC records and idempotency records purged.
     pub purged: u64,
 }
 
