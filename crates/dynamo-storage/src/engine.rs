@@ -126,6 +126,19 @@ struct JournalFile {
 }
 
 /// The id of the newest journal file in `dir`, if any has fjall's name (`<id>.jnl`).
+/// A key's storage place, locked for a read-modify-write: its stripe lock (held while
+/// this lives), where its copy is stored and the bytes read there.
+struct Locked<'a> {
+    _guard: MutexGuard<'a, ()>,
+    p: PartitionId,
+    hash: KeyHash,
+    /// The object key (also the `idem` and `gc` keys' prefix).
+    ok: Vec<u8>,
+    space: &'a Keyspace,
+    stored_key: Vec<u8>,
+    old_raw: Option<fjall::Slice>,
+}
+
 /// An idempotency claim as the engine checks it: the claim, how long records count
 /// (`--idempotency-window-ms`) and the node's clock now.
 #[derive(Debug, Clone, Copy)]
@@ -549,16 +562,9 @@ impl Engine {
         hint: Option<&HintFor>,
         claim: Option<Claim>,
     ) -> Result<Coordinated, StorageError> {
-        let (p, hash, ok) = self.locate(k);
-        let _guard = self.stripe(hash);
-        let (space, stored_key) = self.space_for(&ok, hint);
-        let old_raw = space.get(&stored_key)?;
-        let mut copy = match &old_raw {
-            Some(v) => codec::decode_copy(v)?,
-            None => self.absent_copy(&ok, hint)?,
-        };
+        let (at, mut copy) = self.lock_copy(k, hint)?;
         if let Some(c) = &claim
-            && let Some(first) = self.idempotency_record(&ok, c)?
+            && let Some(first) = self.idempotency_record(&at.ok, c)?
         {
             if first.claim.fingerprint != c.claim.fingerprint {
                 return Err(StorageError::IdempotencyKeyReused);
@@ -583,17 +589,7 @@ impl Engine {
             context: outcome.context.clone(),
             created_ms: now_ms,
         });
-        self.store(
-            p,
-            hash,
-            k,
-            space,
-            stored_key,
-            old_raw.as_deref(),
-            &copy,
-            hint,
-            record.as_ref(),
-        )?;
+        self.store(&at, k, &copy, hint, record.as_ref())?;
         Ok(Coordinated {
             object: copy.object,
             outcome,
@@ -645,30 +641,23 @@ impl Engine {
         hint: Option<&HintFor>,
         record: Option<&IdempotencyRecord>,
     ) -> Result<(), StorageError> {
-        let (p, hash, ok) = self.locate(k);
-        let _guard = self.stripe(hash);
-        let (space, stored_key) = self.space_for(&ok, hint);
-        let old_raw = space.get(&stored_key)?;
         // The copy keeps its minter: a merge adds others' dots, never takes ours away.
-        let mut copy = match &old_raw {
-            Some(v) => codec::decode_copy(v)?,
-            None => self.absent_copy(&ok, hint)?,
-        };
+        let (at, mut copy) = self.lock_copy(k, hint)?;
         let record = match record {
-            Some(r) if self.idem.get(codec::idem_key(&ok, r.claim.id))?.is_none() => Some(r),
+            Some(r) if self.idem.get(codec::idem_key(&at.ok, r.claim.id))?.is_none() => Some(r),
             _ => None,
         };
         let before = copy.object.digest();
         copy.object.sync(incoming, resolution);
-        if old_raw.is_some() && copy.object.digest() == before {
+        if at.old_raw.is_some() && copy.object.digest() == before {
             // Nothing new: skip the write (replication and anti-entropy resend a lot).
             if let Some(r) = record {
                 self.idem
-                    .insert(codec::idem_key(&ok, r.claim.id), codec::encode_idem_record(r))?;
+                    .insert(codec::idem_key(&at.ok, r.claim.id), codec::encode_idem_record(r))?;
             }
             return Ok(());
         }
-        if old_raw.is_none() && copy.object.siblings().is_empty() {
+        if at.old_raw.is_none() && copy.object.siblings().is_empty() {
             // Everything it carried was superseded by a collected tombstone: storing the
             // bare history would only be a tombstone GC cannot collect again.
             if !incoming.siblings().is_empty() {
@@ -676,17 +665,35 @@ impl Engine {
             }
             return Ok(());
         }
-        self.store(
+        self.store(&at, k, &copy, hint, record)
+    }
+
+    /// Takes `k`'s stripe lock and reads the stored copy a read-modify-write starts from
+    /// (the node's own, or the hint for `hint`'s owner; see [`Engine::absent_copy`] for a
+    /// key not held). The lock is held until the returned [`Locked`] is dropped.
+    fn lock_copy(
+        &self,
+        k: &KeyRef<'_>,
+        hint: Option<&HintFor>,
+    ) -> Result<(Locked<'_>, StoredCopy), StorageError> {
+        let (p, hash, ok) = self.locate(k);
+        let guard = self.stripe(hash);
+        let (space, stored_key) = self.space_for(&ok, hint);
+        let old_raw = space.get(&stored_key)?;
+        let copy = match &old_raw {
+            Some(v) => codec::decode_copy(v)?,
+            None => self.absent_copy(&ok, hint)?,
+        };
+        let at = Locked {
+            _guard: guard,
             p,
             hash,
-            k,
+            ok,
             space,
             stored_key,
-            old_raw.as_deref(),
-            &copy,
-            hint,
-            record,
-        )
+            old_raw,
+        };
+        Ok((at, copy))
     }
 
     /// The copy a write starts from where the node holds none: empty, or, for the node's
@@ -716,15 +723,12 @@ impl Engine {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Commits `copy` where `at` read it (with `record` in the same batch), then keeps the
+    /// bookkeeping in step: hint targets and counts, or the key count and Merkle tree.
     fn store(
         &self,
-        p: PartitionId,
-        hash: KeyHash,
+        at: &Locked<'_>,
         k: &KeyRef<'_>,
-        space: &Keyspace,
-        stored_key: Vec<u8>,
-        old_raw: Option<&[u8]>,
         copy: &StoredCopy,
         hint: Option<&HintFor>,
         record: Option<&IdempotencyRecord>,
@@ -733,14 +737,13 @@ impl Engine {
         let encoded = codec::encode_copy(copy);
         let mut batch = self.db.batch().durability(Some(self.persist_mode()));
         if let Some(r) = record {
-            let (_, _, ok) = self.locate(k);
             batch.insert(
                 &self.idem,
-                codec::idem_key(&ok, r.claim.id),
+                codec::idem_key(&at.ok, r.claim.id),
                 codec::encode_idem_record(r),
             );
         }
-        batch.insert(space, stored_key, encoded);
+        batch.insert(at.space, at.stored_key.clone(), encoded);
         // A hinted write holds the targets lock from the check through the commit, so
         // `forget_target_if_done` cannot delete the owner's address record in between
         // (the hint would then be invisible after a restart, which loads targets from
@@ -756,7 +759,7 @@ impl Engine {
         batch.commit()?;
         match hint {
             Some(h) => {
-                if old_raw.is_none() {
+                if at.old_raw.is_none() {
                     self.metrics.hints_pending.inc();
                 }
                 if let Some(t) = targets.as_mut() {
@@ -765,12 +768,17 @@ impl Engine {
                 drop(targets);
             }
             None => {
-                let old_digest = old_raw.map(codec::stored_digest).transpose()?;
-                if old_raw.is_none() {
+                let old_digest = at.old_raw.as_deref().map(codec::stored_digest).transpose()?;
+                if at.old_raw.is_none() {
                     self.metrics.keys.inc();
                 }
-                lock(&self.merkle[p.0 as usize])
-                    .update(hash, &merkle_key(k.bucket, k.key), old_digest, Some(obj.digest()))
+                lock(&self.merkle[at.p.0 as usize])
+                    .update(
+                        at.hash,
+                        &merkle_key(k.bucket, k.key),
+                        old_digest,
+                        Some(obj.digest()),
+                    )
                     .map_err(merkle_error)?;
             }
         }

@@ -181,38 +181,41 @@ async fn fresh_context(
 }
 
 /// A blind writer of the LWW bucket: unique values to one of `keys` at random.
-pub async fn lww_writer(api: Api, keys: usize, mut rng: StdRng, until: Instant) {
-    let mut seq = 0;
-    while Instant::now() < until {
-        seq += 1;
-        let key = format!("lww-{}", rng.random_range(0..keys));
-        let tag = format!("{}-w{seq}", api.client);
-        let value = format!("{key}:{tag}");
-        api.write(Write {
-            bucket: LWW,
-            key: &key,
-            value: Some(&value),
-            ctx: None,
-            seq,
-            tag: &tag,
-        })
-        .await;
-        think(&mut rng).await;
-    }
+pub async fn lww_writer(api: Api, keys: usize, rng: StdRng, until: Instant) {
+    blind_writes(api, LWW, 'w', rng, until, |rng, _| {
+        format!("lww-{}", rng.random_range(0..keys))
+    })
+    .await;
 }
 
 /// A blind writer of the siblings bucket: unique values, no context, [`BLIND_PER_KEY`]
 /// to each key `blind-0`, `blind-1`, … in turn (writers advance at about the same pace,
 /// so they meet on each key).
-pub async fn blind_writer(api: Api, mut rng: StdRng, until: Instant) {
+pub async fn blind_writer(api: Api, rng: StdRng, until: Instant) {
+    blind_writes(api, BLIND, 'b', rng, until, |_, seq| {
+        format!("blind-{}", (seq - 1) / BLIND_PER_KEY)
+    })
+    .await;
+}
+
+/// Writes unique values without a context to `bucket` until `until`, each to the key
+/// `key_of(rng, seq)` picks; tags are `<client>-<letter><seq>`.
+async fn blind_writes(
+    api: Api,
+    bucket: &str,
+    letter: char,
+    mut rng: StdRng,
+    until: Instant,
+    mut key_of: impl FnMut(&mut StdRng, u64) -> String,
+) {
     let mut seq = 0;
     while Instant::now() < until {
         seq += 1;
-        let key = format!("blind-{}", (seq - 1) / BLIND_PER_KEY);
-        let tag = format!("{}-b{seq}", api.client);
+        let key = key_of(&mut rng, seq);
+        let tag = format!("{}-{letter}{seq}", api.client);
         let value = format!("{key}:{tag}");
         api.write(Write {
-            bucket: BLIND,
+            bucket,
             key: &key,
             value: Some(&value),
             ctx: None,
