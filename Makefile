@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help run build-release test lint fmt fmt-check clippy unit doc bench-core bench soak
+.PHONY: help run build-release test lint fmt fmt-check clippy unit doc bench-core bench soak soak-sim
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,3 +49,9 @@ soak: ## the seeded fault checker, long: make soak SEED=1-30 DURATION=120 [NODES
 	$(CARGO) build --workspace --bins --locked
 	DYNAMO_CHECKER_SEEDS="$(SEED)" DYNAMO_CHECKER_DURATION_S="$(DURATION)" DYNAMO_CHECKER_NODES="$(NODES)" \
 		$(CARGO) test -p dynamo-tests --locked --test fault_checker -- --ignored --exact soak --nocapture
+
+# `make soak-sim` parameters: seeds as a list or ranges.
+SIM_SEEDS ?= 1-1000000
+
+soak-sim: ## the deterministic simulator over many seeds: make soak-sim SIM_SEEDS=1-1000000 (docs/testing.md)
+	DYNAMO_SIM_SEEDS="$(SIM_SEEDS)" $(CARGO) test -p dynamo-tests --locked --release --test simulator -- --exact every_seed_keeps_the_invariants --nocapture

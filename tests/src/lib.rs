@@ -7,9 +7,11 @@
 //!
 //! [`checker`] is the seeded fault checker built on this harness: concurrent recorded
 //! clients, a fault schedule drawn from a seed, and the safety checks after the heal
-//! (`docs/testing.md`).
+//! (`docs/testing.md`). [`sim`] is the deterministic simulator: the core's rounds over a
+//! simulated network, thousands of seeds a second.
 
 pub mod checker;
+pub mod sim;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

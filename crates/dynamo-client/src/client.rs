@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dynamo_core::ErrorCode;
+use dynamo_core::backoff::Backoff;
 use dynamo_core::limits::{MAX_SIBLINGS_LIMIT, MAX_VALUE_BYTES};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use rand::Rng as _;
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
@@ -107,11 +107,7 @@ impl RetryPolicy {
     /// Returns the wait before retry number `retry` (0 for the first): a random duration
     /// between half and all of `min(initial_backoff · 2^retry, max_backoff)`.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u32 << retry.min(20);
-        let cap = self.initial_backoff.saturating_mul(factor).min(self.max_backoff);
-        let half = cap / 2;
-        let spread = u64::try_from((cap - half).as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(rand::rng().random_range(0..=spread))
+        Backoff::new(self.initial_backoff, self.max_backoff).delay(retry.saturating_add(1), rand::random())
     }
 }
 

@@ -1,44 +1,12 @@
 //! The cluster: its view, the ring, a key's placement, joins and decommissions.
 
-use std::collections::BTreeMap;
-
-use dynamo_core::ids::{BucketName, NodeId, PartitionId, RingEpoch, validate_key};
+use dynamo_core::ids::{BucketName, NodeId, validate_key};
 use dynamo_core::wire::cluster::{ClusterView, KeyPlacement, NodeRegistration};
+pub use dynamo_core::wire::public::RingView;
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
 
 use crate::client::{Call, Client, segment};
 use crate::error::ClientError;
-
-/// `GET /v1/ring`: the ring's epoch, its partition count Q, and the owner of each
-/// partition.
-///
-/// Unknown fields are ignored, so a server that adds some stays readable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RingView {
-    /// The ring's version; it never goes backwards.
-    pub epoch: RingEpoch,
-    /// Q, the number of partitions (a power of two).
-    pub partitions: u32,
-    /// The owner of each partition, indexed by partition id.
-    pub owners: Vec<NodeId>,
-}
-
-impl RingView {
-    /// Returns the owner of `partition`, if the ring has it.
-    pub fn owner(&self, partition: PartitionId) -> Option<&NodeId> {
-        self.owners.get(usize::try_from(partition.0).ok()?)
-    }
-
-    /// Returns how many partitions each node owns, by node id.
-    pub fn partitions_per_owner(&self) -> BTreeMap<&NodeId, u32> {
-        let mut counts = BTreeMap::new();
-        for owner in &self.owners {
-            *counts.entry(owner).or_insert(0) += 1;
-        }
-        counts
-    }
-}
 
 impl Client {
     /// Returns the cluster view (`GET /v1/cluster`): nodes and their states, the ring
@@ -103,25 +71,5 @@ impl Client {
         let path = format!("/v1/cluster/nodes/{}", segment(node.as_str()));
         self.send(Call::new(Method::DELETE, path).accept_json()).await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ring_view_reads_the_documented_json_and_ignores_additions() {
-        let json = r#"{"epoch":3,"partitions":4,"owners":["a","b","a","b"],"members":[]}"#;
-        let ring: RingView = serde_json::from_str(json).expect("decodes");
-        assert_eq!(ring.epoch, RingEpoch(3));
-        assert_eq!(ring.owner(PartitionId(1)).map(NodeId::as_str), Some("b"));
-        assert_eq!(ring.owner(PartitionId(4)), None);
-        let counts: Vec<(String, u32)> = ring
-            .partitions_per_owner()
-            .into_iter()
-            .map(|(n, c)| (n.to_string(), c))
-            .collect();
-        assert_eq!(counts, vec![("a".into(), 2), ("b".into(), 2)]);
     }
 }

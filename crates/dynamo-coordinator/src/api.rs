@@ -15,17 +15,17 @@ use dynamo_core::context;
 use dynamo_core::ids::validate_key;
 use dynamo_core::limits::MAX_VALUE_BYTES;
 use dynamo_core::version::VersionedObject;
-use dynamo_core::wire::cluster::{
-    BucketScope, ClusterState, ClusterView, KeyPlacement, Permission, TokenRecord,
-};
+use dynamo_core::wire::cluster::{ClusterState, ClusterView, KeyPlacement, Permission, TokenRecord};
 use dynamo_core::wire::internal::IdempotencyClaim;
+use dynamo_core::wire::public::{NewToken, RingView, TokenInfo, TokenList, TokenRequest};
+use dynamo_core::wire::routes;
 use dynamo_core::wire::{
     BucketProps, BucketPropsPatch, ConflictMode, SiblingView, SiblingsEnvelope, rfc3339_from_ms,
 };
 use dynamo_core::{BucketName, DotSet, ErrorCode, NodeId, PartitionId, RingEpoch, key_hash};
 use dynamo_server::ApiError;
 use dynamo_server::extract::{Body, Json, Path, Query};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::auth::{self, AuthState, Principal};
 use crate::config::Config;
@@ -286,7 +286,7 @@ fn mark_written(state: &AppState, bucket: &BucketName, has_data: bool) {
     {
         return;
     }
-    let url = format!("{}/internal/v1/buckets/{bucket}/written", state.cache.ring_url());
+    let url = routes::url(state.cache.ring_url(), &routes::ring::bucket_written(bucket));
     let client = state.client.clone();
     let marked = state.marked.clone();
     let bucket = bucket.clone();
@@ -555,7 +555,10 @@ pub async fn put_bucket(
         &state,
         state
             .client
-            .put(format!("{}/internal/v1/buckets/{bucket}", state.cache.ring_url()))
+            .put(routes::url(
+                state.cache.ring_url(),
+                &routes::ring::bucket(&bucket),
+            ))
             .json(&full),
     )
     .await?;
@@ -587,19 +590,6 @@ pub struct RingQuery {
     pub bucket: Option<String>,
     /// With `bucket`: show that key's placement.
     pub key: Option<String>,
-}
-
-/// The ring as `GET /v1/ring` shows it.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RingView {
-    /// The ring epoch.
-    #[schema(value_type = u64)]
-    pub epoch: RingEpoch,
-    /// Q, the number of partitions.
-    pub partitions: u32,
-    /// The owner of each partition, by partition id.
-    #[schema(value_type = Vec<String>)]
-    pub owners: Vec<NodeId>,
 }
 
 /// `GET /v1/ring`, or a key's placement with `?bucket=&key=`.
@@ -677,7 +667,7 @@ pub async fn join_node(
     Json(reg): Json<dynamo_core::wire::cluster::NodeRegistration>,
 ) -> Result<Response, ApiError> {
     principal.require(Permission::Admin, None)?;
-    let url = format!("{}/internal/v1/nodes", state.cache.ring_url());
+    let url = routes::url(state.cache.ring_url(), routes::ring::NODES);
     relay(&state, state.client.post(url).json(&reg)).await
 }
 
@@ -691,60 +681,18 @@ pub async fn decommission_node(
     Path(node): Path<String>,
 ) -> Result<Response, ApiError> {
     principal.require(Permission::Admin, None)?;
-    let node = NodeId::new(node).map_err(|e| ApiError::new(ErrorCode::NodeNotFound, e.to_string()))?;
-    let url = format!("{}/internal/v1/nodes/{node}", state.cache.ring_url());
+    let node = NodeId::new(node).map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    let url = routes::url(state.cache.ring_url(), &routes::ring::node(&node));
     relay(&state, state.client.delete(url)).await
 }
 
-/// Body of `POST /v1/admin/tokens`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    /// `"*"` or a list of bucket names.
-    #[schema(value_type = Object)]
-    pub buckets: BucketScope,
-    /// Any of `read`, `write`, `admin`.
-    #[schema(value_type = Vec<String>)]
-    pub permissions: Vec<Permission>,
-}
-
-/// A token as listed (never its secret).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TokenInfo {
-    /// The token's id.
-    pub id: String,
-    /// The buckets it covers.
-    #[schema(value_type = Object)]
-    pub buckets: BucketScope,
-    /// What it may do.
-    #[schema(value_type = Vec<String>)]
-    pub permissions: Vec<Permission>,
-    /// When it was created, RFC 3339.
-    pub created: String,
-}
-
-/// The answer to a token creation: the secret, shown once.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct CreatedToken {
-    /// The token's id.
-    pub id: String,
-    /// The secret token; store it now, it is never shown again.
-    pub token: String,
-    /// The buckets it covers.
-    #[schema(value_type = Object)]
-    pub buckets: BucketScope,
-    /// What it may do.
-    #[schema(value_type = Vec<String>)]
-    pub permissions: Vec<Permission>,
-}
-
 /// `POST /v1/admin/tokens` (admin).
-#[utoipa::path(post, path = "/v1/admin/tokens", tag = "admin", request_body = CreateTokenDoc,
-    responses((status = 201, description = "Created; the secret is in the answer, once", body = CreatedToken)))]
+#[utoipa::path(post, path = "/v1/admin/tokens", tag = "admin", request_body = TokenRequest,
+    responses((status = 201, description = "Created; the secret is in the answer, once", body = NewToken)))]
 pub async fn create_token(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Json(req): Json<CreateToken>,
+    Json(req): Json<TokenRequest>,
 ) -> Result<Response, ApiError> {
     principal.require(Permission::Admin, None)?;
     let mut permissions = req.permissions;
@@ -771,13 +719,13 @@ pub async fn create_token(
         &state,
         state
             .client
-            .post(format!("{}/internal/v1/tokens", state.cache.ring_url()))
+            .post(routes::url(state.cache.ring_url(), routes::ring::TOKENS))
             .json(&record),
     )
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(CreatedToken {
+        Json(NewToken {
             id,
             token,
             buckets: req.buckets,
@@ -785,13 +733,6 @@ pub async fn create_token(
         }),
     )
         .into_response())
-}
-
-/// The answer of `GET /v1/admin/tokens`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TokenList {
-    /// The tokens.
-    pub tokens: Vec<TokenInfo>,
 }
 
 /// `GET /v1/admin/tokens` (admin).
@@ -833,7 +774,7 @@ pub async fn delete_token(
         &state,
         state
             .client
-            .delete(format!("{}/internal/v1/tokens/{id}", state.cache.ring_url())),
+            .delete(routes::url(state.cache.ring_url(), &routes::ring::token(&id))),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -899,16 +840,6 @@ pub struct BucketPropsDoc {
     crdt_type: Option<String>,
     /// Most siblings a write may leave (1–256).
     max_siblings: Option<u32>,
-}
-
-/// Body of a token creation.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct CreateTokenDoc {
-    /// `"*"` or a list of bucket names.
-    buckets: serde_json::Value,
-    /// Any of `read`, `write`, `admin`.
-    permissions: Vec<String>,
 }
 
 /// Body of a join: `{"node_id": "...", "address": "http://host:port", "zone": "..."}`.

@@ -4,6 +4,8 @@
 use axum::Json;
 use utoipa::OpenApi;
 
+use dynamo_core::wire::public::{NewToken, RingView, TokenInfo, TokenList, TokenRequest};
+
 use crate::api;
 
 /// The public API description.
@@ -18,8 +20,8 @@ use crate::api;
     ),
     components(schemas(
         api::SiblingsEnvelopeDoc, api::SiblingDoc, api::ErrorBodyDoc, api::ErrorDetailDoc,
-        api::BucketPropsDoc, api::CreateTokenDoc, api::CreatedToken, api::TokenInfo, api::TokenList,
-        api::RingView, api::NodeRegistrationDoc,
+        api::BucketPropsDoc, TokenRequest, NewToken, TokenInfo, TokenList,
+        RingView, api::NodeRegistrationDoc,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

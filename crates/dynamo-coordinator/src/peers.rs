@@ -14,15 +14,12 @@
 //! after its writes are fsynced (group commit), so a read batched with writes would wait
 //! for an fsync it does not need.
 //!
-//! Failure detection: a batch that times out or cannot connect marks the node down; while
-//! down, callers skip it (sloppy quorum) without waiting, and what is already queued for
-//! it fails at once (`Down`) rather than going out to wait out a second timeout. A
-//! `peer-probe` task then asks the node for its identity (`GET /internal/v1/node`) once per
-//! backoff window, and clears the mark when it answers. The window does not grow: a probe
-//! is one small request per window in the background, and a window that doubled while a
-//! node was away (a restart takes seconds) kept a node that was back out of every
-//! preference list for seconds more, long enough for the next fault elsewhere to leave
-//! keys with one reachable replica (the fault checker's 503s). Client operations are never the probe: with at-most-once writes a
+//! Failure detection (the rules are [`dynamo_core::liveness`]'s): a batch that times out
+//! or cannot connect marks the node down; while down, callers skip it (sloppy quorum)
+//! without waiting, and what is already queued for it fails at once (`Down`) rather than
+//! going out to wait out a second timeout. A `peer-probe` task then asks the node for its
+//! identity (`GET /internal/v1/node`) once per backoff window, and clears the mark when it
+//! answers. Client operations are never the probe: with at-most-once writes a
 //! coordinate sent to a hung node is an indeterminate failure for its client (it cannot
 //! be retried elsewhere), so a hung node costs the requests in flight when it hung, not
 //! one more request per probe; and no probe can be claimed and then never sent.
@@ -36,10 +33,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dynamo_core::NodeId;
+use dynamo_core::liveness::{PeerHealth, Transition};
 use dynamo_core::wire::cluster::{ClusterState, NodeState};
 use dynamo_core::wire::internal::{
     MAX_BATCH_BYTES, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
+use dynamo_core::wire::routes;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -90,8 +89,8 @@ impl PeerError {
 
 #[derive(Debug)]
 struct Health {
-    /// Set while the node is marked down.
-    down: bool,
+    /// The core's detector: marked down, and when the next probe is due.
+    detector: PeerHealth,
     /// A `peer-probe` task is running for the node.
     probing: bool,
 }
@@ -137,6 +136,9 @@ pub struct NodeHandle {
     lanes: [mpsc::Sender<Pending>; 2],
     health: Mutex<Health>,
     settings: PeerSettings,
+    /// The detector's time base: tokio's clock (so tests with paused time drive it),
+    /// in ms since the peer layer was built.
+    origin: tokio::time::Instant,
 }
 
 impl NodeHandle {
@@ -153,6 +155,10 @@ impl NodeHandle {
             .clone()
     }
 
+    fn clock_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
         self.health
             .lock()
@@ -162,12 +168,12 @@ impl NodeHandle {
     /// Returns true when calls should go to the node: it is not marked down. A pure
     /// predicate: the probe that brings a node back is the `peer-probe` task's.
     pub fn is_up(&self) -> bool {
-        !self.health().down
+        self.health().detector.is_up()
     }
 
     /// Returns true when the node is marked down.
     pub fn is_marked_down(&self) -> bool {
-        self.health().down
+        !self.is_up()
     }
 
     /// Records a hop's outcome. Returns true when the caller must start a `peer-probe`
@@ -175,16 +181,15 @@ impl NodeHandle {
     fn record(&self, ok: bool, metrics: &CoordinatorMetrics) -> bool {
         let mut h = self.health();
         if ok {
-            if std::mem::take(&mut h.down) {
+            if h.detector.on_success() == Some(Transition::CameBack) {
                 metrics.nodes_down.dec();
                 tracing::info!(peer = %self.id, "storage node answers again");
             }
             false
         } else {
-            if !h.down {
+            if h.detector.on_failure(self.clock_ms()) == Some(Transition::WentDown) {
                 metrics.nodes_down.inc();
                 tracing::warn!(peer = %self.id, "storage node marked down");
-                h.down = true;
             }
             !std::mem::replace(&mut h.probing, true)
         }
@@ -218,6 +223,7 @@ pub struct Peers {
     metrics: CoordinatorMetrics,
     tracker: TaskTracker,
     stop: CancellationToken,
+    origin: tokio::time::Instant,
 }
 
 impl Peers {
@@ -236,6 +242,7 @@ impl Peers {
             metrics,
             tracker,
             stop,
+            origin: tokio::time::Instant::now(),
         }
     }
 
@@ -274,10 +281,11 @@ impl Peers {
             address: Mutex::new(address.to_owned()),
             lanes: [read_tx, write_tx],
             health: Mutex::new(Health {
-                down: false,
+                detector: PeerHealth::new(self.settings.backoff.as_millis() as u64),
                 probing: false,
             }),
             settings: self.settings,
+            origin: self.origin,
         });
         nodes.insert(id.clone(), handle.clone());
         self.tracker.spawn(batcher(handle.clone(), read_rx, self.clone()));
@@ -371,19 +379,33 @@ fn fail_fast(node: &NodeHandle, batch: Vec<Pending>, peers: &Peers) {
     }
 }
 
-/// Starts the `peer-probe` task of a node just marked down: once per backoff window it
-/// asks the node for its identity; the first answer clears the mark.
+/// Starts the `peer-probe` task of a node just marked down: it probes when the detector
+/// says one is due (once per window), until the node answers a probe or a hop.
 fn start_probe(node: &Arc<NodeHandle>, peers: &Peers) {
     let node = node.clone();
     let peers = peers.clone();
     peers.tracker.clone().spawn(async move {
         loop {
-            let wait = node.settings.backoff;
+            // Read and, when the node is back, leave under one lock: a failure recorded
+            // after this must find no probe running and start one.
+            let due = {
+                let mut h = node.health();
+                match h.detector.next_probe_ms() {
+                    Some(due) => due,
+                    None => {
+                        h.probing = false;
+                        return;
+                    }
+                }
+            };
             tokio::select! {
                 () = peers.stop.cancelled() => break,
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(Duration::from_millis(due.saturating_sub(node.clock_ms()))) => {}
             }
-            let url = format!("{}{}", node.address().trim_end_matches('/'), PROBE_PATH);
+            if !node.health().detector.take_probe(node.clock_ms()) {
+                continue;
+            }
+            let url = routes::url(&node.address(), PROBE_PATH);
             let ok = matches!(
                 peers.client.get(url).timeout(node.settings.timeout).send().await,
                 Ok(r) if r.status().is_success()
@@ -453,7 +475,7 @@ pub async fn follow_ring_liveness(cache: crate::state::ClusterCache, peers: Peer
 }
 
 /// What a probe asks a storage node for: cheap, read-only, answered by any live node.
-const PROBE_PATH: &str = "/internal/v1/node";
+const PROBE_PATH: &str = routes::storage::NODE;
 
 async fn send_batch(node: &Arc<NodeHandle>, batch: Vec<Pending>, peers: &Peers) {
     // A batch may carry operations of several client requests; it names the first one's
@@ -464,7 +486,7 @@ async fn send_batch(node: &Arc<NodeHandle>, batch: Vec<Pending>, peers: &Peers) 
     peers.metrics.batch_ops.observe(n as f64);
     let peer = node.id.as_str();
     let start = Instant::now();
-    let url = format!("{}/internal/v1/replicas", node.address().trim_end_matches('/'));
+    let url = routes::url(&node.address(), routes::storage::REPLICAS);
     let mut req = peers
         .client
         .post(url)

@@ -2,26 +2,26 @@
 //! served, kept current by long-polling, used for every routing decision.
 //!
 //! The coordinator stays stateless: the cache lives in memory. While the ring service is
-//! away it keeps serving with the last state it saw; a state with an older ring epoch is
-//! never installed (invariant 5).
+//! away it keeps serving with the last state it saw. It follows the ring service with
+//! the storage nodes' follower and rules ([`dynamo_server::follow`], [`decide`]): an
+//! older ring, or another ring under the same epoch, is never installed (invariant 5).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dynamo_core::ring::Ring;
 use dynamo_core::wire::BucketProps;
-use dynamo_core::wire::cluster::{BucketRecord, ClusterState};
-use dynamo_core::{BucketName, ErrorCode};
+use dynamo_core::wire::cluster::{BucketRecord, ClusterState, Decision, decide};
+use dynamo_core::{BucketName, ErrorCode, RingEpoch};
 use dynamo_server::ApiError;
+use dynamo_server::follow;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CoordinatorMetrics;
 
-/// Longest long-poll asked of the ring service.
-const POLL_WAIT_MS: u64 = 20_000;
-/// Pause after a failed poll (bounded backoff up to 16×).
-const POLL_BACKOFF: Duration = Duration::from_millis(250);
+/// Added to the long poll's wait as its timeout.
+const RING_SLACK: Duration = Duration::from_secs(5);
 
 /// A cluster state and its ring, shared as they are: every request reads them, and
 /// cloning the ring per request (one node id per partition) cost more allocations than
@@ -106,32 +106,31 @@ impl ClusterCache {
         }
     }
 
-    /// Installs `state` unless it is older than what is cached. Returns whether it was
-    /// installed.
-    pub fn install(&self, state: ClusterState) -> bool {
+    /// Installs `state` if [`decide`] adopts it (an older ring, or another ring under
+    /// the same epoch, is refused and counted: invariant 5). Returns the decision.
+    pub fn install(&self, state: ClusterState) -> Decision {
         let mut slot = self
             .state
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(Cached { state: cur, .. }) = slot.as_ref() {
-            let cur_epoch = cur.ring.as_ref().map(|r| r.epoch());
-            let new_epoch = state.ring.as_ref().map(|r| r.epoch());
-            if new_epoch < cur_epoch {
+        let current = slot.as_ref().map(|c| c.state.clone());
+        let floor = current.as_deref().map_or(RingEpoch(0), ClusterState::ring_epoch);
+        let decision = decide(floor, current.as_deref(), &state);
+        match decision {
+            Decision::Unchanged => return decision,
+            Decision::Refused { current, offered } => {
                 self.metrics
                     .invariant_violations
                     .with_label_values(&["ring_epoch_monotonic"])
                     .inc();
                 tracing::error!(
-                    ?cur_epoch,
-                    ?new_epoch,
-                    "refusing a cluster state with an older ring epoch"
+                    ring_epoch = %current,
+                    offered_epoch = %offered,
+                    "refusing a cluster state with an older ring (or another ring under the same epoch)"
                 );
-                debug_assert!(false, "ring epoch went backwards");
-                return false;
+                return decision;
             }
-            if state.version <= cur.version && new_epoch == cur_epoch {
-                return false;
-            }
+            Decision::Adopted => {}
         }
         let version = state.version;
         if let Some(ring) = &state.ring {
@@ -145,7 +144,7 @@ impl ClusterCache {
         drop(slot);
         self.changed.send_replace(version);
         tracing::debug!(version, "cluster state installed");
-        true
+        decision
     }
 
     /// Fetches the state now (after an admin change this coordinator made), waiting at
@@ -154,65 +153,19 @@ impl ClusterCache {
     /// # Errors
     /// `503 ring_unavailable` when the ring service does not answer.
     pub async fn refresh(&self, timeout: Duration) -> Result<(), ApiError> {
-        let state = self.fetch(0, 0, timeout).await?;
+        let state = follow::fetch_state(&self.client, &self.ring_url, 0, Duration::ZERO, timeout)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::RingUnavailable, format!("ring service: {e}")))?;
         if let Some(s) = state {
             self.install(s);
         }
         Ok(())
     }
 
-    async fn fetch(
-        &self,
-        after: u64,
-        wait_ms: u64,
-        timeout: Duration,
-    ) -> Result<Option<ClusterState>, ApiError> {
-        let unavailable = |e: String| ApiError::new(ErrorCode::RingUnavailable, format!("ring service: {e}"));
-        let resp = self
-            .client
-            .get(format!("{}/internal/v1/state", self.ring_url))
-            .query(&[("after", after), ("wait_ms", wait_ms)])
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        match resp.status().as_u16() {
-            304 => Ok(None),
-            200 => resp
-                .json()
-                .await
-                .map(Some)
-                .map_err(|e| unavailable(e.to_string())),
-            s => Err(unavailable(format!("answered {s}"))),
-        }
-    }
-
-    /// Long-polls the ring service until `stop`, installing every newer state.
+    /// Follows the ring service until `stop` ([`dynamo_server::follow`]).
     pub async fn run_poller(self, stop: CancellationToken) {
-        let mut backoff = POLL_BACKOFF;
-        loop {
-            let after = self.current().map(|s| s.version).unwrap_or(0);
-            let wait = Duration::from_millis(POLL_WAIT_MS);
-            let result = tokio::select! {
-                () = stop.cancelled() => return,
-                r = self.fetch(after, POLL_WAIT_MS, wait + Duration::from_secs(5)) => r,
-            };
-            match result {
-                Ok(Some(state)) => {
-                    self.install(state);
-                    backoff = POLL_BACKOFF;
-                }
-                Ok(None) => backoff = POLL_BACKOFF,
-                Err(e) => {
-                    tracing::debug!(error = %e.message, "cluster state poll failed; serving the cached state");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(POLL_BACKOFF * 16);
-                }
-            }
-        }
+        let (client, url) = (self.client.clone(), self.ring_url.clone());
+        follow::follow_cluster_state(client, url, RING_SLACK, &self, stop).await;
     }
 
     /// Returns a receiver that sees the version of every state installed from now on.
@@ -224,5 +177,15 @@ impl ClusterCache {
     pub async fn wait_for_version(&self, version: u64, timeout: Duration) {
         let mut rx = self.changed.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v >= version)).await;
+    }
+}
+
+impl follow::StateSink for ClusterCache {
+    fn version(&self) -> u64 {
+        self.current().map_or(0, |s| s.version)
+    }
+
+    async fn offer(&self, state: ClusterState) -> Result<Decision, String> {
+        Ok(self.install(state))
     }
 }

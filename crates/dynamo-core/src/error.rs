@@ -56,6 +56,8 @@ error_codes! {
     InvalidQuorum = ("invalid_quorum", 400),
     /// A query parameter other than the quorum ones is malformed.
     InvalidParameter = ("invalid_parameter", 400),
+    /// A node id is not 1–63 bytes of `[a-z0-9._-]`.
+    InvalidNodeId = ("invalid_node_id", 400),
     /// No bearer token, or one the cluster does not know.
     Unauthorized = ("unauthorized", 401),
     /// The token is valid but lacks the permission the call needs.
@@ -105,8 +107,8 @@ error_codes! {
     ShuttingDown = ("shutting_down", 503),
     /// An internal operation reached its node after its deadline and was not applied.
     DeadlineExceeded = ("deadline_exceeded", 503),
-    /// A replica refused an internal call because its ring epoch is older than the caller's.
-    StaleRing = ("stale_ring", 409),
+    /// Internal: the node a partition copy was to come from did not answer.
+    SourceUnavailable = ("source_unavailable", 503),
     /// Storage failed; the message says what, never internals.
     StorageError = ("storage_error", 500),
     /// An unexpected internal failure.
@@ -124,7 +126,6 @@ impl ErrorCode {
                 | ErrorCode::RingUnavailable
                 | ErrorCode::Overloaded
                 | ErrorCode::ShuttingDown
-                | ErrorCode::StaleRing
         )
     }
 }

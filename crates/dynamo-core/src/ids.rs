@@ -35,7 +35,7 @@ impl NameError {
         match self {
             NameError::InvalidBucket { .. } => crate::ErrorCode::InvalidBucket,
             NameError::InvalidKey { .. } => crate::ErrorCode::InvalidKey,
-            NameError::InvalidNodeId { .. } => crate::ErrorCode::InvalidRequest,
+            NameError::InvalidNodeId { .. } => crate::ErrorCode::InvalidNodeId,
         }
     }
 }

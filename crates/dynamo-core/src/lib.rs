@@ -12,10 +12,11 @@
 //!   with its causal history, the put/sync rules, and the opaque context token clients
 //!   carry between a read and a write.
 //! - [`merkle`]: per-partition Merkle trees for anti-entropy.
-//! - [`quorum`]: sloppy-quorum slot assignment and reply counting.
+//! - [`quorum`]: sloppy-quorum slot assignment and reply counting; [`round`]: the write
+//!   and read rounds built on them, sans I/O; [`liveness`]: the per-node failure detector.
 //! - [`crdt`]: counters, sets, registers and maps that merge without siblings.
 //! - [`wire`]: serde types shared by every service; [`error`]: the one error-code space.
-//! - [`limits`]: every bound, in one place.
+//! - [`limits`]: every bound, in one place; [`backoff`]: the one retry backoff.
 //!
 //! # It is not
 //! - a storage engine, an HTTP layer or a clock: services own those and drive this crate;
@@ -25,6 +26,7 @@
 //! `std::time::SystemTime::now`. A bug in merging, placement, quorum counting or Merkle
 //! diffing reproduces without a socket or a temp dir.
 
+pub mod backoff;
 pub mod context;
 pub mod crdt;
 pub mod dots;
@@ -32,9 +34,11 @@ pub mod error;
 pub mod hash;
 pub mod ids;
 pub mod limits;
+pub mod liveness;
 pub mod merkle;
 pub mod quorum;
 pub mod ring;
+pub mod round;
 pub mod version;
 pub mod wire;
 

@@ -145,15 +145,16 @@ impl QuorumCount {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ids::PartitionId;
 
-    fn id(s: &str) -> NodeId {
+    pub(crate) fn id(s: &str) -> NodeId {
         NodeId::new(s).expect("id")
     }
 
-    fn pl() -> PreferenceList {
+    /// Owners a, b, c; fallbacks d, e.
+    pub(crate) fn pl() -> PreferenceList {
         PreferenceList {
             partition: PartitionId(0),
             preference_list: vec![id("a"), id("b"), id("c")],

@@ -16,6 +16,7 @@ use dynamo_core::wire::cluster::{
     BucketRecord, ClusterView, Handoff, Heartbeat, KeyPlacement, NodeRegistration, NodeState, ReplaceRequest,
     TokenRecord,
 };
+use dynamo_core::wire::routes::ring;
 use dynamo_core::{BucketName, ErrorCode, NodeId, key_hash};
 use dynamo_server::ApiError;
 use dynamo_server::extract::{Json, Path, Query};
@@ -34,20 +35,20 @@ type AppState = Arc<Service>;
 /// Builds the internal API routes.
 pub(crate) fn routes(svc: Arc<Service>) -> Router {
     Router::new()
-        .route("/internal/v1/state", get(get_state))
-        .route("/internal/v1/ring", get(get_ring))
-        .route("/internal/v1/cluster", get(get_cluster))
-        .route("/internal/v1/nodes", post(join))
-        .route("/internal/v1/nodes/{node}", delete(decommission))
-        .route("/internal/v1/nodes/{node}/replace", post(replace))
-        .route("/internal/v1/heartbeat", post(heartbeat))
-        .route("/internal/v1/buckets/{bucket}", get(get_bucket).put(put_bucket))
-        .route("/internal/v1/buckets/{bucket}/written", post(bucket_written))
-        .route("/internal/v1/tokens", post(create_token))
-        .route("/internal/v1/tokens/{id}", delete(delete_token))
-        .route("/internal/v1/change", get(get_change))
-        .route("/internal/v1/change/retry", post(retry_change))
-        .route("/internal/v1/change/abort", post(abort_change))
+        .route(ring::STATE, get(get_state))
+        .route(ring::RING, get(get_ring))
+        .route(ring::CLUSTER, get(get_cluster))
+        .route(ring::NODES, post(join))
+        .route(ring::NODE, delete(decommission))
+        .route(ring::NODE_REPLACE, post(replace))
+        .route(ring::HEARTBEAT, post(heartbeat))
+        .route(ring::BUCKET, get(get_bucket).put(put_bucket))
+        .route(ring::BUCKET_WRITTEN, post(bucket_written))
+        .route(ring::TOKENS, post(create_token))
+        .route(ring::TOKEN, delete(delete_token))
+        .route(ring::CHANGE, get(get_change))
+        .route(ring::CHANGE_RETRY, post(retry_change))
+        .route(ring::CHANGE_ABORT, post(abort_change))
         .with_state(svc)
 }
 

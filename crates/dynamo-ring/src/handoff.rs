@@ -20,9 +20,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynamo_core::backoff::Backoff;
 use dynamo_core::wire::cluster::{Handoff, NodeState};
+use dynamo_core::wire::internal::{PullProgress, PullRequest};
+use dynamo_core::wire::routes;
 use dynamo_core::{ErrorBody, ErrorCode, NodeId};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -41,31 +43,6 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Most continuation requests for one pull that the receiver answers with `done: false`
 /// (it stopped early, e.g. shutting down) before that counts as a failed attempt.
 pub const MAX_CONTINUATIONS: u32 = 1000;
-
-/// The body of a pull request to a storage node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PullRequest {
-    /// The internal address of the node to copy from.
-    pub source: String,
-    /// Resume after this cursor.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cursor: Option<String>,
-}
-
-/// A storage node's answer to a pull (its `PullProgress`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PullReply {
-    /// Objects merged by this request.
-    pub objects: u64,
-    /// Pages received by this request.
-    #[serde(default)]
-    pub pages: u64,
-    /// Where to resume if not done.
-    #[serde(default)]
-    pub cursor: Option<String>,
-    /// True when the source had nothing more.
-    pub done: bool,
-}
 
 enum PullError {
     /// The receiver could not reach the source: try another holder.
@@ -314,7 +291,7 @@ async fn pull(
         }
         svc.metrics.pulls.with_label_values(&["retry"]).inc();
         tracing::debug!(partition = h.partition.0, to = %h.to, attempt = attempts, error = %error, "pull failed; retrying");
-        let delay = backoff(attempts);
+        let delay = BACKOFF.delay(attempts, rand::random());
         tokio::select! {
             () = stop.cancelled() => {
                 return PullOutcome { handoff: h, failed_attempts: u64::from(attempts), error: None };
@@ -344,13 +321,8 @@ fn next_source(c: &Cluster, h: &Handoff, spread: usize) -> Option<NodeId> {
         .cloned()
 }
 
-fn backoff(attempt: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let capped = exp.min(BACKOFF_MAX);
-    // Up to 25% jitter, so pulls failing together do not retry in lockstep.
-    let jitter = rand::random::<f64>() * 0.25;
-    capped.mul_f64(1.0 + jitter)
-}
+/// The backoff of failed pulls: so pulls failing together do not retry in lockstep.
+const BACKOFF: Backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
 
 async fn pull_once(
     svc: &Service,
@@ -358,15 +330,12 @@ async fn pull_once(
     h: &Handoff,
     from: &str,
     cursor: Option<String>,
-) -> Result<PullReply, PullError> {
-    let url = format!(
-        "{}/internal/v1/partitions/{}/pull",
-        to.trim_end_matches('/'),
-        h.partition.0
-    );
+) -> Result<PullProgress, PullError> {
+    let url = routes::url(to, &routes::storage::partition_pull(h.partition));
     let body = PullRequest {
         source: from.trim_end_matches('/').to_owned(),
         cursor,
+        budget_ms: None,
     };
     let resp = svc
         .client
@@ -383,12 +352,12 @@ async fn pull_once(
     let status = resp.status();
     if status.is_success() {
         return resp
-            .json::<PullReply>()
+            .json::<PullProgress>()
             .await
             .map_err(|e| PullError::Other(format!("receiver {} answered an unreadable reply: {e}", h.to)));
     }
     match resp.json::<ErrorBody>().await {
-        Ok(b) if b.error.code == ErrorCode::QuorumUnavailable => Err(PullError::SourceUnavailable(format!(
+        Ok(b) if b.error.code == ErrorCode::SourceUnavailable => Err(PullError::SourceUnavailable(format!(
             "receiver {} could not reach source {}: {}",
             h.to, h.from, b.error.message
         ))),
@@ -405,25 +374,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
-        let b1 = backoff(1);
-        assert!(b1 >= BACKOFF_BASE && b1 <= BACKOFF_BASE.mul_f64(1.25));
-        let b3 = backoff(3);
-        assert!(b3 >= BACKOFF_BASE * 4 && b3 <= (BACKOFF_BASE * 4).mul_f64(1.25));
-        assert!(backoff(40) <= BACKOFF_MAX.mul_f64(1.25));
-    }
-
-    #[test]
     fn pull_bodies_match_the_storage_api() {
         let body = PullRequest {
             source: "http://127.0.0.1:7100".into(),
             cursor: None,
+            budget_ms: None,
         };
         assert_eq!(
             serde_json::to_string(&body).expect("serialize"),
             r#"{"source":"http://127.0.0.1:7100"}"#
         );
-        let reply: PullReply =
+        let reply: PullProgress =
             serde_json::from_str(r#"{"objects":3,"pages":1,"cursor":null,"done":true}"#).expect("parse");
         assert!(reply.done && reply.objects == 3);
     }

@@ -91,7 +91,6 @@ use tokio_util::sync::CancellationToken;
 pub use api::{ChangeReport, MAX_WAIT_MS};
 pub use config::Config;
 pub use error::RingServiceError;
-pub use handoff::{PullReply, PullRequest};
 
 use crate::cluster::Cluster;
 use crate::liveness::{Liveness, SharedLiveness};

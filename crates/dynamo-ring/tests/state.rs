@@ -374,7 +374,7 @@ async fn invariant_4_bad_requests_get_a_4xx_and_change_nothing() {
             format!("{r}/internal/v1/nodes/NODE"),
             None,
             400,
-            "invalid_request",
+            "invalid_node_id",
         ),
         (
             "DELETE",

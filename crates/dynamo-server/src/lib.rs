@@ -4,6 +4,8 @@
 //! - [`error`]: [`ApiError`], the one place an [`dynamo_core::ErrorCode`] becomes an HTTP
 //!   response with the JSON error body, and [`extract`]: axum extractors whose
 //!   rejections go through it.
+//! - [`follow`]: the one follower of the ring service's cluster state (long poll, rules,
+//!   backoff) that coordinators and storage nodes share.
 //! - [`metrics`]: a per-service Prometheus registry, HTTP request metrics, `/metrics`.
 //! - [`serve`]: health routes (`/healthz`, `/readyz`), the common tower layers (request
 //!   id, body limit, concurrency limit, panic catching) and graceful serving with a drain
@@ -17,6 +19,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod follow;
 pub mod metrics;
 pub mod serve;
 pub mod shutdown;

@@ -103,7 +103,7 @@ async fn run_cell(
     let mut tasks = Vec::with_capacity(CLIENTS);
     for c in 0..CLIENTS {
         let http = http.clone();
-        let endpoint = format!("{url}/internal/v1/replicas");
+        let endpoint = dynamo_core::wire::routes::url(url, dynamo_core::wire::routes::storage::REPLICAS);
         let written = written.clone();
         let errors = errors.clone();
         tasks.push(tokio::spawn(async move {

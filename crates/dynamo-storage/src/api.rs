@@ -30,6 +30,8 @@ use dynamo_core::version::{NewWrite, VersionedObject};
 use dynamo_core::wire::internal::{
     HintTarget, MAX_BATCH_OPS, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
+use dynamo_core::wire::internal::{PullProgress, PullRequest};
+use dynamo_core::wire::routes::storage;
 use dynamo_core::{BucketName, PartitionId};
 use dynamo_server::ApiError;
 use dynamo_server::extract::{Json, Path, Query};
@@ -70,16 +72,13 @@ pub struct AppState {
 /// Builds the internal API routes.
 pub fn routes(state: AppState) -> Router {
     Router::new()
-        .route("/internal/v1/replicas", post(replicas))
-        .route("/internal/v1/node", get(node))
-        .route("/internal/v1/cluster-state", get(cluster_state))
-        .route("/internal/v1/merkle/{partition}", get(merkle_summary))
-        .route("/internal/v1/merkle/{partition}/children", post(merkle_children))
-        .route(
-            "/internal/v1/partitions/{partition}/objects",
-            get(partition_objects),
-        )
-        .route("/internal/v1/partitions/{partition}/pull", post(partition_pull))
+        .route(storage::REPLICAS, post(replicas))
+        .route(storage::NODE, get(node))
+        .route(storage::CLUSTER_STATE, get(cluster_state))
+        .route(storage::MERKLE, get(merkle_summary))
+        .route(storage::MERKLE_CHILDREN, post(merkle_children))
+        .route(storage::PARTITION_OBJECTS, get(partition_objects))
+        .route(storage::PARTITION_PULL, post(partition_pull))
         .with_state(state)
 }
 
@@ -560,22 +559,6 @@ async fn partition_objects(
     }))
 }
 
-/// Body of a pull request.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PullRequest {
-    /// The internal address of a node holding the partition.
-    source: String,
-    /// Resume after this cursor (from an interrupted pull).
-    #[serde(default)]
-    cursor: Option<String>,
-    /// How long this call may copy before answering `done: false` with a cursor
-    /// (default [`DEFAULT_PULL_BUDGET_MS`], at most [`MAX_PULL_BUDGET_MS`]; 0 = one page
-    /// per call).
-    #[serde(default)]
-    budget_ms: Option<u64>,
-}
-
 /// Default time one pull call copies before answering with a cursor: well under the ring
 /// service's per-request timeout, so a large partition is copied over several calls.
 pub const DEFAULT_PULL_BUDGET_MS: u64 = 20_000;
@@ -586,7 +569,7 @@ async fn partition_pull(
     State(state): State<AppState>,
     Path(p): Path<u32>,
     Json(req): Json<PullRequest>,
-) -> Result<Json<crate::handoff::PullProgress>, ApiError> {
+) -> Result<Json<PullProgress>, ApiError> {
     let p = partition(&state.engine, p)?;
     if !(req.source.starts_with("http://") || req.source.starts_with("https://")) {
         return Err(invalid(
@@ -616,7 +599,7 @@ async fn partition_pull(
     match task.await {
         Ok(Ok(progress)) => Ok(Json(progress)),
         Ok(Err(crate::handoff::PullError::Source(e))) => Err(invalid(
-            ErrorCode::QuorumUnavailable,
+            ErrorCode::SourceUnavailable,
             format!("source did not answer: {e}"),
         )),
         Ok(Err(crate::handoff::PullError::Storage(e))) => Err(ApiError::from(e)),

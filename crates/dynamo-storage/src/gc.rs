@@ -41,6 +41,7 @@ use dynamo_core::wire::cluster::ClusterState;
 use dynamo_core::wire::internal::{
     MAX_BATCH_OPS, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
+use dynamo_core::wire::routes;
 use dynamo_core::{BucketName, NodeId};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -331,7 +332,7 @@ async fn ask_peers(
                 digest: candidates[i].digest,
             })
             .collect::<Vec<_>>();
-        let url = format!("{}/internal/v1/replicas", address.trim_end_matches('/'));
+        let url = routes::url(address, routes::storage::REPLICAS);
         let client = client.clone();
         let peer = peer.clone();
         asks.spawn(async move {

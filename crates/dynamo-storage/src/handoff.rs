@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use dynamo_core::PartitionId;
 use dynamo_core::version::Resolution;
+use dynamo_core::wire::internal::PullProgress;
+use dynamo_core::wire::routes;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ScanPage;
@@ -19,19 +21,6 @@ use crate::error::StorageError;
 
 /// Objects per page asked of the source.
 pub const PAGE: usize = 256;
-
-/// Progress of one partition pull.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PullProgress {
-    /// Objects merged so far.
-    pub objects: u64,
-    /// Pages received so far.
-    pub pages: u64,
-    /// The cursor to resume from, if the pull stopped early.
-    pub cursor: Option<String>,
-    /// True when the source had nothing more.
-    pub done: bool,
-}
 
 /// Why a pull stopped.
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +55,7 @@ pub async fn pull_partition(
         cursor,
         ..PullProgress::default()
     };
-    let base = format!(
-        "{}/internal/v1/partitions/{}/objects",
-        source.trim_end_matches('/'),
-        p.0
-    );
+    let base = routes::url(source, &routes::storage::partition_objects(p));
     while !stop.is_cancelled() {
         let mut req = client.get(&base).query(&[("limit", PAGE.to_string())]);
         if let Some(c) = &progress.cursor {

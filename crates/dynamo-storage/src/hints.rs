@@ -19,6 +19,7 @@ use dynamo_core::version::Resolution;
 use dynamo_core::wire::internal::{
     MAX_BATCH_BYTES, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
+use dynamo_core::wire::routes;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, PendingHint};
@@ -135,7 +136,7 @@ pub async fn deliver_to(
             break;
         }
         let sent = ops.len();
-        let url = format!("{}/internal/v1/replicas", address.trim_end_matches('/'));
+        let url = routes::url(address, routes::storage::REPLICAS);
         let reply: ReplicaBatchResult = client
             .post(url)
             .json(&ReplicaBatch { ops })

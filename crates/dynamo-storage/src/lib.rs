@@ -138,14 +138,16 @@ pub async fn run(
             )
             .instrument(tracing::info_span!("heartbeat")),
         );
+        let sink = cluster::StateSink {
+            engine: engine.clone(),
+            cache: cluster.clone(),
+        };
+        let (client, stop) = (client.clone(), worker_stop.clone());
         workers.spawn(
-            cluster::follow_state(
-                engine.clone(),
-                cluster.clone(),
-                client.clone(),
-                ring,
-                worker_stop.clone(),
-            )
+            async move {
+                dynamo_server::follow::follow_cluster_state(client, ring.url, ring.timeout, &sink, stop)
+                    .await;
+            }
             .instrument(tracing::info_span!("cluster-state")),
         );
     }

@@ -6,6 +6,8 @@
 //! same directory, the cluster has the same data and the same root token. Ctrl-C stops
 //! everything cleanly: the coordinator first, then the nodes, then the ring service.
 
+use dynamo_core::wire::cluster::{ClusterState, NodeRegistration};
+use dynamo_core::wire::routes;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -157,11 +159,19 @@ async fn wait_ready(http: &reqwest::Client, svc: &mut Service, url: &str, logs: 
     }
 }
 
+fn registration(id: &str, address: &str) -> anyhow::Result<NodeRegistration> {
+    Ok(NodeRegistration {
+        node_id: dynamo_core::NodeId::new(id).with_context(|| format!("node id {id:?}"))?,
+        address: address.to_owned(),
+        zone: None,
+    })
+}
+
 async fn join_all(http: &reqwest::Client, ring_url: &str, nodes: &[(String, String)]) -> anyhow::Result<()> {
     for (id, address) in nodes {
         let resp = http
-            .post(format!("{ring_url}/internal/v1/nodes"))
-            .json(&serde_json::json!({"node_id": id, "address": address}))
+            .post(routes::url(ring_url, routes::ring::NODES))
+            .json(&registration(id, address)?)
             .send()
             .await
             .context("joining a node")?;
@@ -175,14 +185,18 @@ async fn join_all(http: &reqwest::Client, ring_url: &str, nodes: &[(String, Stri
         // One membership change at a time: wait until this one is done.
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            let s: serde_json::Value = http
-                .get(format!("{ring_url}/internal/v1/state?after=0&wait_ms=0"))
+            let s: ClusterState = http
+                .get(routes::url(ring_url, routes::ring::STATE))
+                .query(&[("after", "0"), ("wait_ms", "0")])
                 .send()
                 .await?
                 .json()
                 .await?;
-            let member = s["ring"]["members"].get(id.as_str()).is_some();
-            let idle = s["handoffs"].as_array().is_none_or(Vec::is_empty);
+            let member = s
+                .ring
+                .as_ref()
+                .is_some_and(|r| r.members().keys().any(|m| m.as_str() == id));
+            let idle = s.handoffs.is_empty();
             if member && idle {
                 break;
             }

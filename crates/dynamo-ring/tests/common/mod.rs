@@ -192,7 +192,7 @@ struct FakeInner {
     pulls: Mutex<Vec<Pull>>,
     /// Pull requests still to fail with a 500.
     fail_next: AtomicU32,
-    /// A source this node "cannot reach" (answered 503 quorum_unavailable).
+    /// A source this node "cannot reach" (answered 503 source_unavailable).
     unreachable_source: Mutex<Option<String>>,
     /// Requests received, failed or not.
     requests: AtomicU32,
@@ -282,7 +282,7 @@ async fn fake_pull(
         return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response();
     }
     if inner.unreachable_source.lock().expect("lock").as_deref() == Some(source.as_str()) {
-        let body = ErrorBody::new(ErrorCode::QuorumUnavailable, "source did not answer");
+        let body = ErrorBody::new(ErrorCode::SourceUnavailable, "source did not answer");
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     }
     let epoch_seen = match client()

@@ -1,0 +1,329 @@
+//! Cluster metadata kept by the ring service and cached by every other service: the
+//! ring, node liveness, bucket properties and hashed tokens.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::BucketProps;
+use crate::ids::{BucketName, NodeId, PartitionId, RingEpoch};
+use crate::ring::Ring;
+
+/// Most tokens the cluster stores.
+pub const MAX_TOKENS: usize = 10_000;
+/// Most buckets with explicit properties.
+pub const MAX_BUCKETS: usize = 100_000;
+
+/// An admin-made join: a node and where its internal API answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRegistration {
+    /// The node's id (its StatefulSet pod name, or the id on its volume).
+    pub node_id: NodeId,
+    /// Its internal API address, `http://host:port`.
+    pub address: String,
+    /// Its failure domain, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+/// A liveness beat from a storage node (steers routing only; never a membership
+/// change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The node.
+    pub node_id: NodeId,
+    /// Where it answers now.
+    pub address: String,
+}
+
+/// An admin-made replacement of a member by a new node, which takes exactly its
+/// partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceRequest {
+    /// The new node.
+    pub new_node: NodeRegistration,
+}
+
+/// A node's state as the cluster sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Registered; its partitions are being handed to it.
+    Joining,
+    /// A member answering heartbeats.
+    Up,
+    /// A member whose heartbeats stopped (an outage, not a departure).
+    Down,
+    /// Being decommissioned; its data is being handed off.
+    Leaving,
+}
+
+/// One node in the cluster view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its internal API address.
+    pub address: String,
+    /// Its failure domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Its state.
+    pub state: NodeState,
+    /// Milliseconds since its last heartbeat, if it ever sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_ms_ago: Option<u64>,
+}
+
+/// A partition being copied to a node that will hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The node it is copied from.
+    pub from: NodeId,
+    /// The node receiving it.
+    pub to: NodeId,
+    /// Objects copied so far.
+    pub objects: u64,
+    /// True once copied.
+    pub done: bool,
+}
+
+/// `GET /v1/cluster`: nodes, their state, the ring epoch, handoffs in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The current ring epoch (0 before the first node joined).
+    pub epoch: RingEpoch,
+    /// Every known node.
+    pub nodes: Vec<NodeStatus>,
+    /// Handoffs of the membership change in progress, if any.
+    pub handoffs: Vec<Handoff>,
+}
+
+/// A bucket's stored record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRecord {
+    /// Its effective properties.
+    pub props: BucketProps,
+    /// True once a write reached it: `n` can no longer change.
+    #[serde(default)]
+    pub has_data: bool,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// Read objects and bucket properties.
+    Read,
+    /// Write and delete objects.
+    Write,
+    /// Bucket properties, tokens, membership.
+    Admin,
+}
+
+/// Which buckets a token covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BucketScope {
+    /// Every bucket: `"*"`.
+    All(AllBuckets),
+    /// These buckets.
+    Only(Vec<BucketName>),
+}
+
+/// The `"*"` of [`BucketScope::All`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllBuckets {
+    /// Every bucket.
+    #[serde(rename = "*")]
+    Star,
+}
+
+impl BucketScope {
+    /// Returns true when the scope covers `bucket`.
+    pub fn covers(&self, bucket: &BucketName) -> bool {
+        match self {
+            BucketScope::All(_) => true,
+            BucketScope::Only(list) => list.contains(bucket),
+        }
+    }
+}
+
+/// A stored token: never the secret, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The token's public id (safe to show and log).
+    pub id: String,
+    /// Hex SHA-256 of the secret.
+    pub sha256: String,
+    /// The buckets it covers.
+    pub buckets: BucketScope,
+    /// What it may do there.
+    pub permissions: Vec<Permission>,
+    /// When it was created (ms since the Unix epoch).
+    pub created_ms: u64,
+}
+
+/// Everything a coordinator caches, versioned: any change makes a larger `version`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Grows with every change of this document.
+    pub version: u64,
+    /// The ring, once a node has joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<Ring>,
+    /// Every node and its state (liveness transitions bump `version`; heartbeats alone
+    /// do not).
+    pub nodes: Vec<NodeStatus>,
+    /// Buckets with explicit properties (others have the defaults).
+    pub buckets: BTreeMap<BucketName, BucketRecord>,
+    /// Hashed tokens.
+    pub tokens: Vec<TokenRecord>,
+    /// The membership change in progress, if any.
+    pub handoffs: Vec<Handoff>,
+}
+
+impl ClusterState {
+    /// The epoch of its ring; 0 without one, so a state without a ring never replaces
+    /// one.
+    pub fn ring_epoch(&self) -> RingEpoch {
+        self.ring.as_ref().map_or(RingEpoch(0), Ring::epoch)
+    }
+}
+
+/// What a follower of the ring service did with a state it was offered ([`decide`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Stored and now current.
+    Adopted,
+    /// Identical to the current state; nothing to do.
+    Unchanged,
+    /// Refused: its ring is older than the cached one, or differs under the same epoch.
+    Refused {
+        /// The cached epoch.
+        current: RingEpoch,
+        /// The offered epoch.
+        offered: RingEpoch,
+    },
+}
+
+/// Decides whether `incoming` may replace `current`: the one rule of every follower of
+/// the ring service (invariant 5: a ring epoch never goes backwards on any node).
+///
+/// `floor` is the highest epoch ever adopted. A state without a ring counts as epoch 0,
+/// so it never replaces a ring.
+pub fn decide(floor: RingEpoch, current: Option<&ClusterState>, incoming: &ClusterState) -> Decision {
+    let offered = incoming.ring_epoch();
+    let current_ring = current.and_then(|c| c.ring.as_ref());
+    let floor = floor.max(current.map_or(RingEpoch(0), ClusterState::ring_epoch));
+    let refused = Decision::Refused {
+        current: floor,
+        offered,
+    };
+    if offered < floor {
+        return refused;
+    }
+    // Every ring change makes a larger epoch: another ring under the cached epoch means
+    // two rings claim one epoch, and adopting it would move the node backwards for one
+    // of them.
+    if offered == floor
+        && let (Some(mine), Some(theirs)) = (current_ring, incoming.ring.as_ref())
+        && mine != theirs
+    {
+        return refused;
+    }
+    if current == Some(incoming) {
+        return Decision::Unchanged;
+    }
+    Decision::Adopted
+}
+
+/// `ring` view for `GET /v1/ring` with `?bucket=&key=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPlacement {
+    /// The ring epoch.
+    pub epoch: RingEpoch,
+    /// The key's partition.
+    pub partition: PartitionId,
+    /// The N node ids, in order.
+    pub preference_list: Vec<NodeId>,
+    /// The sloppy-quorum fallbacks, in order.
+    pub fallbacks: Vec<NodeId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ring::{Member, Ring};
+    use crate::{NodeId, Partitioning};
+
+    use super::*;
+
+    fn ring(nodes: usize) -> Ring {
+        let members = (0..nodes)
+            .map(|i| (NodeId::new(format!("n{i}")).expect("id"), Member::default()))
+            .collect();
+        Ring::new(Partitioning::with_count(16).expect("q"), 3, members).expect("ring")
+    }
+
+    fn state(version: u64, ring: Option<Ring>) -> ClusterState {
+        ClusterState {
+            version,
+            ring,
+            ..ClusterState::default()
+        }
+    }
+
+    #[test]
+    fn ring_epochs_only_grow() {
+        let r1 = ring(3);
+        let r2 = r1
+            .with_member_added(NodeId::new("n9").expect("id"), Member::default())
+            .expect("join");
+        let s1 = state(1, Some(r1.clone()));
+        let s2 = state(2, Some(r2.clone()));
+        assert_eq!(decide(RingEpoch(0), None, &s1), Decision::Adopted);
+        assert_eq!(decide(RingEpoch(1), Some(&s1), &s2), Decision::Adopted);
+        assert_eq!(decide(RingEpoch(2), Some(&s2), &s2), Decision::Unchanged);
+        // Older ring, even under a larger document version.
+        assert_eq!(
+            decide(RingEpoch(2), Some(&s2), &state(7, Some(r1.clone()))),
+            Decision::Refused {
+                current: RingEpoch(2),
+                offered: RingEpoch(1)
+            }
+        );
+        // No ring at all is epoch 0: never replaces a ring.
+        assert!(matches!(
+            decide(RingEpoch(2), Some(&s2), &state(8, None)),
+            Decision::Refused { .. }
+        ));
+        // A floor from the volume holds even without a decodable document.
+        assert!(matches!(
+            decide(RingEpoch(2), None, &s1),
+            Decision::Refused { .. }
+        ));
+        assert_eq!(decide(RingEpoch(2), None, &s2), Decision::Adopted);
+        // Another ring under the same epoch is refused; the same ring with new bucket
+        // properties is adopted.
+        let other = ring(4);
+        assert_eq!(other.epoch(), r1.epoch());
+        assert!(matches!(
+            decide(RingEpoch(1), Some(&s1), &state(3, Some(other))),
+            Decision::Refused { .. }
+        ));
+        let mut s1b = state(4, Some(r1));
+        s1b.buckets.insert(
+            crate::BucketName::new("b").expect("bucket"),
+            crate::wire::cluster::BucketRecord {
+                props: crate::wire::BucketProps::default(),
+                has_data: true,
+            },
+        );
+        assert_eq!(decide(RingEpoch(1), Some(&s1), &s1b), Decision::Adopted);
+    }
+}

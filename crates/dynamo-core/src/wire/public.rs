@@ -1,0 +1,164 @@
+//! Bodies of the public admin API that have no other home: the ring view and the token
+//! calls. The coordinator answers them and the SDK reads them, both with these types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::cluster::{AllBuckets, BucketScope, Permission};
+use crate::ids::{NodeId, PartitionId, RingEpoch};
+
+/// `GET /v1/ring`: the ring's epoch, its partition count Q, and the owner of each
+/// partition. Readers ignore fields they do not know, so the server may add some.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RingView {
+    /// The ring's version; it never goes backwards.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub epoch: RingEpoch,
+    /// Q, the number of partitions (a power of two).
+    pub partitions: u32,
+    /// The owner of each partition, indexed by partition id.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub owners: Vec<NodeId>,
+}
+
+impl RingView {
+    /// Returns the owner of `partition`, if the ring has it.
+    pub fn owner(&self, partition: PartitionId) -> Option<&NodeId> {
+        self.owners.get(usize::try_from(partition.0).ok()?)
+    }
+
+    /// Returns how many partitions each node owns, by node id.
+    pub fn partitions_per_owner(&self) -> BTreeMap<&NodeId, u32> {
+        let mut counts = BTreeMap::new();
+        for owner in &self.owners {
+            *counts.entry(owner).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// The body of `POST /v1/admin/tokens`: which buckets and what permissions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// `"*"` for every bucket, or a list of names.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub buckets: BucketScope,
+    /// Any of `read`, `write`, `admin`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub permissions: Vec<Permission>,
+}
+
+impl TokenRequest {
+    /// A request for a token covering every bucket.
+    pub fn all_buckets(permissions: Vec<Permission>) -> TokenRequest {
+        TokenRequest {
+            buckets: BucketScope::All(AllBuckets::Star),
+            permissions,
+        }
+    }
+}
+
+/// The answer to a token creation: the secret is here and nowhere else, shown once
+/// (`Debug` redacts it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NewToken {
+    /// The public id (safe to show and log; used to delete the token).
+    pub id: String,
+    /// The secret to send as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// The buckets it covers.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub buckets: BucketScope,
+    /// What it may do there.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub permissions: Vec<Permission>,
+}
+
+impl fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewToken")
+            .field("id", &self.id)
+            .field("token", &"<redacted>")
+            .field("buckets", &self.buckets)
+            .field("permissions", &self.permissions)
+            .finish()
+    }
+}
+
+/// A token as the listing shows it: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenInfo {
+    /// The public id.
+    pub id: String,
+    /// The buckets it covers.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub buckets: BucketScope,
+    /// What it may do there.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub permissions: Vec<Permission>,
+    /// When it was created, RFC 3339 (UTC, milliseconds).
+    pub created: String,
+}
+
+/// The answer of `GET /v1/admin/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenList {
+    /// Every token.
+    pub tokens: Vec<TokenInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_tokens_debug_never_shows_the_secret() {
+        let t = NewToken {
+            id: "ab".into(),
+            token: "s3cret-value".into(),
+            buckets: BucketScope::All(AllBuckets::Star),
+            permissions: vec![Permission::Read],
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn token_bodies_match_the_admin_api() {
+        let req = TokenRequest::all_buckets(vec![Permission::Read, Permission::Write]);
+        assert_eq!(
+            serde_json::to_string(&req).expect("encodes"),
+            r#"{"buckets":"*","permissions":["read","write"]}"#
+        );
+        let listed: TokenList = serde_json::from_str(
+            r#"{"tokens":[{"id":"t1","buckets":["b1"],"permissions":["admin"],"created":"2025-01-01T00:00:00.000Z"}]}"#,
+        )
+        .expect("decodes");
+        assert_eq!(listed.tokens[0].created, "2025-01-01T00:00:00.000Z");
+        assert!(matches!(&listed.tokens[0].buckets, BucketScope::Only(b) if b.len() == 1));
+    }
+
+    #[test]
+    fn ring_views_ignore_unknown_fields_and_count_owners() {
+        let ring: RingView =
+            serde_json::from_str(r#"{"epoch":3,"partitions":4,"owners":["a","b","a","c"],"later":1}"#)
+                .expect("decodes");
+        assert_eq!(ring.owner(PartitionId(2)).map(NodeId::as_str), Some("a"));
+        assert_eq!(ring.owner(PartitionId(9)), None);
+        let counts: Vec<(&str, u32)> = ring
+            .partitions_per_owner()
+            .into_iter()
+            .map(|(n, c)| (n.as_str(), c))
+            .collect();
+        assert_eq!(counts, vec![("a", 2), ("b", 1), ("c", 1)]);
+    }
+}
