@@ -21,9 +21,7 @@ use dynamo_core::round::{
 };
 use dynamo_core::version::{Resolution, VersionedObject};
 use dynamo_core::wire::BucketProps;
-use dynamo_core::wire::internal::{
-    HintTarget, IdempotencyClaim, IdempotencyRecord, ReplicaOp, ReplicaResult,
-};
+use dynamo_core::wire::internal::{HintFor, IdempotencyClaim, IdempotencyRecord, ReplicaOp, ReplicaResult};
 use dynamo_core::{BucketName, DotSet, ErrorCode, NodeId, key_hash};
 use dynamo_server::ApiError;
 use futures::StreamExt;
@@ -137,11 +135,11 @@ impl Coordinator {
         }
     }
 
-    fn hint(ring: &Ring, slot: &Slot) -> Option<HintTarget> {
+    fn hint(ring: &Ring, slot: &Slot) -> Option<HintFor> {
         if !slot.is_hinted() {
             return None;
         }
-        Self::address(ring, &slot.owner).map(|address| HintTarget {
+        Self::address(ring, &slot.owner).map(|address| HintFor {
             node: slot.owner.clone(),
             address,
         })

@@ -25,8 +25,8 @@ pub struct CoordinatorMetrics {
     pub read_repairs: IntCounter,
     /// Read repairs dropped because the queue was full.
     pub read_repairs_dropped: IntCounter,
-    /// Replica batches sent (hops), by peer and result.
-    pub hops: IntCounterVec,
+    /// Replica batches sent, and probes, by peer and result.
+    pub replica_batches: IntCounterVec,
     /// Operations per replica batch sent.
     pub batch_ops: Histogram,
     /// Replica batch latency by peer.
@@ -91,7 +91,7 @@ impl CoordinatorMetrics {
                 "dynamo_coordinator_read_repairs_dropped_total",
                 "Read repairs dropped because the repair queue was full",
             )?,
-            hops: IntCounterVec::new(
+            replica_batches: IntCounterVec::new(
                 Opts::new(
                     "dynamo_coordinator_replica_batches_total",
                     "Replica batches sent, by peer and result",
@@ -137,7 +137,7 @@ impl CoordinatorMetrics {
         registry.register(Box::new(m.fallbacks.clone()))?;
         registry.register(Box::new(m.read_repairs.clone()))?;
         registry.register(Box::new(m.read_repairs_dropped.clone()))?;
-        registry.register(Box::new(m.hops.clone()))?;
+        registry.register(Box::new(m.replica_batches.clone()))?;
         registry.register(Box::new(m.batch_ops.clone()))?;
         registry.register(Box::new(m.hop_duration.clone()))?;
         registry.register(Box::new(m.nodes_down.clone()))?;

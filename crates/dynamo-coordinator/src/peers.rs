@@ -371,7 +371,7 @@ async fn batcher(node: Arc<NodeHandle>, mut rx: mpsc::Receiver<Pending>, peers: 
 fn fail_fast(node: &NodeHandle, batch: Vec<Pending>, peers: &Peers) {
     peers
         .metrics
-        .hops
+        .replica_batches
         .with_label_values(&[node.id.as_str(), "skipped_down"])
         .inc();
     for p in batch {
@@ -413,7 +413,7 @@ fn start_probe(node: &Arc<NodeHandle>, peers: &Peers) {
             let label = if ok { "probe_ok" } else { "probe_failed" };
             peers
                 .metrics
-                .hops
+                .replica_batches
                 .with_label_values(&[node.id.as_str(), label])
                 .inc();
             if ok {
@@ -529,7 +529,11 @@ async fn send_batch(node: &Arc<NodeHandle>, batch: Vec<Pending>, peers: &Peers) 
     match outcome {
         Ok(results) => {
             let _ = node.record(true, &peers.metrics);
-            peers.metrics.hops.with_label_values(&[peer, "ok"]).inc();
+            peers
+                .metrics
+                .replica_batches
+                .with_label_values(&[peer, "ok"])
+                .inc();
             for (reply, r) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(r));
             }
@@ -548,7 +552,11 @@ async fn send_batch(node: &Arc<NodeHandle>, batch: Vec<Pending>, peers: &Peers) 
                 PeerError::Refused(_) => "refused",
                 _ => "unreachable",
             };
-            peers.metrics.hops.with_label_values(&[peer, label]).inc();
+            peers
+                .metrics
+                .replica_batches
+                .with_label_values(&[peer, label])
+                .inc();
             for reply in replies {
                 let _ = reply.send(Err(e.clone()));
             }

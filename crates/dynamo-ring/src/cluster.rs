@@ -1,6 +1,7 @@
 //! The cluster metadata as a state machine: every admin call, heartbeat transition and
 //! handoff step is a method that checks its input against the current [`Cluster`] and
-//! either changes it or refuses with an [`ApiError`] leaving it untouched.
+//! either changes it or refuses with a [`ClusterError`] leaving it untouched (mapped to
+//! its HTTP answer at the edge, once).
 //!
 //! Pure: no I/O, no clock (liveness comes in as a function), so the rules are unit-tested
 //! directly. The service (`service.rs`) applies a method to a copy, persists the
@@ -9,6 +10,8 @@
 use std::collections::BTreeSet;
 
 use dynamo_core::ring::Member;
+use dynamo_core::ring::RingError;
+use dynamo_core::wire::InvalidProps;
 use dynamo_core::wire::cluster::{
     BucketRecord, BucketScope, ClusterState, ClusterView, Handoff, Heartbeat, MAX_BUCKETS, MAX_TOKENS,
     NodeRegistration, NodeState, NodeStatus, TokenRecord,
@@ -46,16 +49,84 @@ pub struct Cluster {
     pub change: Option<PendingChange>,
 }
 
-fn conflict(message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::MembershipConflict, message)
+/// Why the cluster refused a call; the state is left untouched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// Another change runs, the node is already a member or leaving, or the change is in
+    /// a phase that does not allow the call.
+    #[error("{0}")]
+    Conflict(String),
+    /// The call breaks a rule of its own (an address, a zone, a token record).
+    #[error("{0}")]
+    Invalid(String),
+    /// The node is not a member.
+    #[error("node {0} is not a member")]
+    NotMember(NodeId),
+    /// The ring refused the change.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    /// The bucket properties are not valid.
+    #[error(transparent)]
+    Props(#[from] InvalidProps),
+    /// The bucket holds data, so its `n` stays.
+    #[error("bucket {bucket} holds data: n stays {n} (asked for {asked})")]
+    BucketNImmutable {
+        /// The bucket.
+        bucket: BucketName,
+        /// Its `n`.
+        n: u8,
+        /// The `n` asked for.
+        asked: u8,
+    },
+    /// The cluster already stores as many of these as it may.
+    #[error("the cluster already stores {max} {what}; delete some first")]
+    Full {
+        /// What: `buckets` or `tokens`.
+        what: &'static str,
+        /// The bound.
+        max: usize,
+    },
+    /// No token has this id.
+    #[error("no such token")]
+    TokenNotFound,
+    /// A bug: the state machine broke its own rule.
+    #[error("{0}")]
+    Internal(String),
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::InvalidRequest, message)
+impl ClusterError {
+    /// Returns the wire error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClusterError::Conflict(_) => ErrorCode::MembershipConflict,
+            ClusterError::Invalid(_) => ErrorCode::InvalidRequest,
+            ClusterError::NotMember(_) => ErrorCode::NodeNotFound,
+            ClusterError::Ring(e) => e.code(),
+            ClusterError::Props(e) => e.code(),
+            ClusterError::BucketNImmutable { .. } => ErrorCode::BucketNImmutable,
+            ClusterError::Full { .. } => ErrorCode::RateLimited,
+            ClusterError::TokenNotFound => ErrorCode::TokenNotFound,
+            ClusterError::Internal(_) => ErrorCode::Internal,
+        }
+    }
 }
 
-fn node_not_found(node: &NodeId) -> ApiError {
-    ApiError::new(ErrorCode::NodeNotFound, format!("node {node} is not a member"))
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> ApiError {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+fn conflict(message: impl Into<String>) -> ClusterError {
+    ClusterError::Conflict(message.into())
+}
+
+fn invalid(message: impl Into<String>) -> ClusterError {
+    ClusterError::Invalid(message.into())
+}
+
+fn node_not_found(node: &NodeId) -> ClusterError {
+    ClusterError::NotMember(node.clone())
 }
 
 /// Checks a node address: an absolute `http` or `https` URL with a host and nothing after
@@ -63,7 +134,7 @@ fn node_not_found(node: &NodeId) -> ApiError {
 ///
 /// # Errors
 /// `invalid_request` naming the rule.
-pub fn validate_address(address: &str) -> Result<(), ApiError> {
+pub fn validate_address(address: &str) -> Result<(), ClusterError> {
     if address.len() > MAX_ADDRESS_BYTES {
         return Err(invalid(format!(
             "address is longer than {MAX_ADDRESS_BYTES} bytes"
@@ -86,7 +157,7 @@ pub fn validate_address(address: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_zone(zone: &Option<String>) -> Result<(), ApiError> {
+fn validate_zone(zone: &Option<String>) -> Result<(), ClusterError> {
     if let Some(z) = zone
         && (z.is_empty()
             || z.len() > MAX_ZONE_BYTES
@@ -105,7 +176,7 @@ fn validate_zone(zone: &Option<String>) -> Result<(), ApiError> {
 ///
 /// # Errors
 /// `invalid_request`.
-pub fn validate_registration(r: &NodeRegistration) -> Result<(), ApiError> {
+pub fn validate_registration(r: &NodeRegistration) -> Result<(), ClusterError> {
     validate_address(&r.address)?;
     validate_zone(&r.zone)
 }
@@ -115,7 +186,7 @@ pub fn validate_registration(r: &NodeRegistration) -> Result<(), ApiError> {
 ///
 /// # Errors
 /// `invalid_request` naming the rule.
-pub fn validate_token(t: &TokenRecord) -> Result<(), ApiError> {
+pub fn validate_token(t: &TokenRecord) -> Result<(), ClusterError> {
     if t.id.is_empty()
         || t.id.len() > MAX_TOKEN_ID_BYTES
         || !t
@@ -202,7 +273,7 @@ impl Cluster {
         }
     }
 
-    fn ensure_no_change(&self) -> Result<(), ApiError> {
+    fn ensure_no_change(&self) -> Result<(), ClusterError> {
         match &self.change {
             None => Ok(()),
             Some(c) => Err(conflict(format!(
@@ -212,7 +283,7 @@ impl Cluster {
         }
     }
 
-    fn ensure_new_node(&self, r: &NodeRegistration) -> Result<(), ApiError> {
+    fn ensure_new_node(&self, r: &NodeRegistration) -> Result<(), ClusterError> {
         validate_registration(r)?;
         if self.node(&r.node_id).is_some() {
             return Err(conflict(format!("node {} is already a member", r.node_id)));
@@ -233,7 +304,7 @@ impl Cluster {
     /// # Errors
     /// `membership_conflict` (a change in progress, already a member, the last member),
     /// `node_not_found`, `invalid_request` (a bad address or zone).
-    pub fn begin(&mut self, kind: ChangeKind, settings: Settings) -> Result<(), ApiError> {
+    pub fn begin(&mut self, kind: ChangeKind, settings: Settings) -> Result<(), ClusterError> {
         self.ensure_no_change()?;
         match &kind {
             ChangeKind::Join { node } => self.ensure_new_node(node)?,
@@ -254,8 +325,7 @@ impl Cluster {
             address: Some(r.address.clone()),
         });
         let current = self.state.ring.as_ref();
-        let next = candidate_ring(current, &kind, member, settings.partitioning, settings.spread)
-            .map_err(ApiError::from)?;
+        let next = candidate_ring(current, &kind, member, settings.partitioning, settings.spread)?;
         let mut unavailable: BTreeSet<NodeId> = self
             .state
             .nodes
@@ -293,7 +363,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn running_change(&self, id: u64, phase: ChangePhase) -> Result<&PendingChange, ApiError> {
+    fn running_change(&self, id: u64, phase: ChangePhase) -> Result<&PendingChange, ClusterError> {
         match &self.change {
             Some(c) if c.id == id && c.phase == phase && c.status == ChangeStatus::Running => Ok(c),
             _ => Err(conflict(format!(
@@ -314,7 +384,7 @@ impl Cluster {
         phase: ChangePhase,
         updates: &[Handoff],
         failed_attempts: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ClusterError> {
         self.running_change(id, phase)?;
         for u in updates {
             if let Some(h) = self
@@ -341,7 +411,7 @@ impl Cluster {
     /// # Errors
     /// `membership_conflict` when the change is not running in the copy phase or a
     /// handoff is not done; `internal` when the recomputed ring differs from the plan.
-    pub fn publish(&mut self, id: u64, settings: Settings) -> Result<RingEpoch, ApiError> {
+    pub fn publish(&mut self, id: u64, settings: Settings) -> Result<RingEpoch, ClusterError> {
         let change = self.running_change(id, ChangePhase::Copy)?.clone();
         if let Some(h) = self.state.handoffs.iter().find(|h| !h.done) {
             return Err(conflict(format!(
@@ -363,12 +433,10 @@ impl Cluster {
             member,
             settings.partitioning,
             settings.spread,
-        )
-        .map_err(ApiError::from)?;
+        )?;
         if next.owners() != change.planned_owners.as_slice() {
-            return Err(ApiError::new(
-                ErrorCode::Internal,
-                "the new ring places partitions differently from its handoff plan",
+            return Err(ClusterError::Internal(
+                "the new ring places partitions differently from its handoff plan".into(),
             ));
         }
         let epoch = next.epoch();
@@ -388,7 +456,7 @@ impl Cluster {
     /// # Errors
     /// `membership_conflict` when the change is not running in the catch-up phase or a
     /// handoff is not done.
-    pub fn finish(&mut self, id: u64, live: &dyn Fn(&NodeId) -> bool) -> Result<(), ApiError> {
+    pub fn finish(&mut self, id: u64, live: &dyn Fn(&NodeId) -> bool) -> Result<(), ClusterError> {
         let change = self.running_change(id, ChangePhase::CatchUp)?.clone();
         if let Some(h) = self.state.handoffs.iter().find(|h| !h.done) {
             return Err(conflict(format!(
@@ -428,7 +496,7 @@ impl Cluster {
     ///
     /// # Errors
     /// `membership_conflict` when no change has failed.
-    pub fn retry(&mut self) -> Result<u64, ApiError> {
+    pub fn retry(&mut self) -> Result<u64, ClusterError> {
         match &mut self.change {
             Some(c) if c.status != ChangeStatus::Running => {
                 c.status = ChangeStatus::Running;
@@ -446,7 +514,7 @@ impl Cluster {
     /// # Errors
     /// `membership_conflict` when no change is in progress or its ring is already
     /// published (it can then only go forward).
-    pub fn abort(&mut self, live: &dyn Fn(&NodeId) -> bool) -> Result<(), ApiError> {
+    pub fn abort(&mut self, live: &dyn Fn(&NodeId) -> bool) -> Result<(), ClusterError> {
         let Some(change) = self.change.clone() else {
             return Err(conflict("no membership change is in progress"));
         };
@@ -478,7 +546,7 @@ impl Cluster {
     ///
     /// # Errors
     /// `node_not_found`, `invalid_request` (bad address).
-    pub fn heartbeat(&mut self, hb: &Heartbeat) -> Result<(), ApiError> {
+    pub fn heartbeat(&mut self, hb: &Heartbeat) -> Result<(), ClusterError> {
         validate_address(&hb.address)?;
         let Some(n) = self.node_mut(&hb.node_id) else {
             return Err(node_not_found(&hb.node_id));
@@ -534,12 +602,12 @@ impl Cluster {
             })
     }
 
-    fn ensure_bucket_room(&self, b: &BucketName) -> Result<(), ApiError> {
+    fn ensure_bucket_room(&self, b: &BucketName) -> Result<(), ClusterError> {
         if !self.state.buckets.contains_key(b) && self.state.buckets.len() >= MAX_BUCKETS {
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                format!("the cluster already stores properties for {MAX_BUCKETS} buckets"),
-            ));
+            return Err(ClusterError::Full {
+                what: "bucket property records",
+                max: MAX_BUCKETS,
+            });
         }
         Ok(())
     }
@@ -553,17 +621,15 @@ impl Cluster {
         &mut self,
         b: &BucketName,
         patch: &BucketPropsPatch,
-    ) -> Result<BucketRecord, ApiError> {
+    ) -> Result<BucketRecord, ClusterError> {
         let current = self.bucket(b);
         let props = current.props.apply(patch)?;
         if current.has_data && props.n != current.props.n {
-            return Err(ApiError::new(
-                ErrorCode::BucketNImmutable,
-                format!(
-                    "bucket {b} holds data: n stays {} (asked for {})",
-                    current.props.n, props.n
-                ),
-            ));
+            return Err(ClusterError::BucketNImmutable {
+                bucket: b.clone(),
+                n: current.props.n,
+                asked: props.n,
+            });
         }
         self.ensure_bucket_room(b)?;
         let record = BucketRecord {
@@ -578,7 +644,7 @@ impl Cluster {
     ///
     /// # Errors
     /// `rate_limited` (too many buckets).
-    pub fn mark_written(&mut self, b: &BucketName) -> Result<(), ApiError> {
+    pub fn mark_written(&mut self, b: &BucketName) -> Result<(), ClusterError> {
         if self.state.buckets.get(b).is_some_and(|r| r.has_data) {
             return Ok(());
         }
@@ -594,7 +660,7 @@ impl Cluster {
     /// # Errors
     /// `invalid_request` (malformed, or the id or hash already exists), `rate_limited`
     /// (over [`MAX_TOKENS`]).
-    pub fn add_token(&mut self, t: TokenRecord) -> Result<(), ApiError> {
+    pub fn add_token(&mut self, t: TokenRecord) -> Result<(), ClusterError> {
         validate_token(&t)?;
         if self.state.tokens.iter().any(|x| x.id == t.id) {
             return Err(invalid(format!("token {} already exists", t.id)));
@@ -603,10 +669,10 @@ impl Cluster {
             return Err(invalid("a token with this secret already exists"));
         }
         if self.state.tokens.len() >= MAX_TOKENS {
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                format!("the cluster already stores {MAX_TOKENS} tokens; delete some first"),
-            ));
+            return Err(ClusterError::Full {
+                what: "tokens",
+                max: MAX_TOKENS,
+            });
         }
         self.state.tokens.push(t);
         Ok(())
@@ -616,11 +682,11 @@ impl Cluster {
     ///
     /// # Errors
     /// `token_not_found`.
-    pub fn remove_token(&mut self, id: &str) -> Result<(), ApiError> {
+    pub fn remove_token(&mut self, id: &str) -> Result<(), ClusterError> {
         let before = self.state.tokens.len();
         self.state.tokens.retain(|t| t.id != id);
         if self.state.tokens.len() == before {
-            return Err(ApiError::new(ErrorCode::TokenNotFound, "no such token"));
+            return Err(ClusterError::TokenNotFound);
         }
         Ok(())
     }
@@ -748,15 +814,15 @@ mod tests {
         let e = c
             .begin(ChangeKind::Join { node: reg("a", 9999) }, settings())
             .expect_err("dup");
-        assert_eq!(e.code, ErrorCode::MembershipConflict);
+        assert_eq!(e.code(), ErrorCode::MembershipConflict);
         let e = c
             .begin(ChangeKind::Join { node: reg("d", 7100) }, settings())
             .expect_err("same address");
-        assert_eq!(e.code, ErrorCode::MembershipConflict);
+        assert_eq!(e.code(), ErrorCode::MembershipConflict);
         let e = c
             .begin(ChangeKind::Decommission { node: id("zz") }, settings())
             .expect_err("unknown");
-        assert_eq!(e.code, ErrorCode::NodeNotFound);
+        assert_eq!(e.code(), ErrorCode::NodeNotFound);
         assert_eq!(c, before, "refusals change nothing");
 
         c.begin(ChangeKind::Join { node: reg("d", 7200) }, settings())
@@ -766,7 +832,7 @@ mod tests {
         let e = c
             .begin(ChangeKind::Decommission { node: id("a") }, settings())
             .expect_err("busy");
-        assert_eq!(e.code, ErrorCode::MembershipConflict);
+        assert_eq!(e.code(), ErrorCode::MembershipConflict);
     }
 
     #[test]
@@ -775,7 +841,7 @@ mod tests {
         let e = c
             .begin(ChangeKind::Decommission { node: id("a") }, settings())
             .expect_err("last");
-        assert_eq!(e.code, ErrorCode::MembershipConflict);
+        assert_eq!(e.code(), ErrorCode::MembershipConflict);
         assert!(c.change.is_none());
     }
 
@@ -806,7 +872,7 @@ mod tests {
             .expect("progress");
         c.publish(change.id, settings()).expect("publish");
         assert_eq!(
-            c.abort(&|_| true).expect_err("published").code,
+            c.abort(&|_| true).expect_err("published").code(),
             ErrorCode::MembershipConflict
         );
     }
@@ -820,7 +886,9 @@ mod tests {
         let change = c.change.clone().expect("change");
         assert_eq!(c.state.handoffs.len(), 16);
         assert_eq!(
-            c.publish(change.id, settings()).expect_err("copies missing").code,
+            c.publish(change.id, settings())
+                .expect_err("copies missing")
+                .code(),
             ErrorCode::MembershipConflict
         );
         c.heartbeat(&Heartbeat {
@@ -880,7 +948,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            c.patch_bucket(&b, &bad).expect_err("r > n").code,
+            c.patch_bucket(&b, &bad).expect_err("r > n").code(),
             ErrorCode::InvalidBucketProperties
         );
         let n5 = BucketPropsPatch {
@@ -894,7 +962,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            c.patch_bucket(&b, &n3).expect_err("frozen").code,
+            c.patch_bucket(&b, &n3).expect_err("frozen").code(),
             ErrorCode::BucketNImmutable
         );
         assert!(c.patch_bucket(&b, &n5).is_ok(), "the same n is fine");
@@ -912,7 +980,7 @@ mod tests {
         };
         c.add_token(t.clone()).expect("add");
         assert_eq!(
-            c.add_token(t.clone()).expect_err("dup").code,
+            c.add_token(t.clone()).expect_err("dup").code(),
             ErrorCode::InvalidRequest
         );
         let upper = TokenRecord {
@@ -929,7 +997,7 @@ mod tests {
         };
         assert!(c.add_token(none).is_err());
         assert_eq!(
-            c.remove_token("nope").expect_err("missing").code,
+            c.remove_token("nope").expect_err("missing").code(),
             ErrorCode::TokenNotFound
         );
         c.remove_token("tok1").expect("remove");

@@ -1,5 +1,6 @@
-//! Why the ring service could not start or stopped with an error. Errors answered to
-//! callers are [`dynamo_server::ApiError`]s, built where they happen.
+//! Why the ring service could not start or stopped with an error. Refusals of calls are
+//! the state machine's [`crate::cluster::ClusterError`]s, answered through
+//! [`dynamo_server::ApiError`] at the HTTP edge.
 
 use std::path::PathBuf;
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{Cluster, Settings};
+use crate::cluster::{Cluster, ClusterError, Settings};
 use crate::config::Config;
 use crate::liveness::SharedLiveness;
 use crate::metrics::RingMetrics;
@@ -112,7 +112,7 @@ impl Service {
     pub async fn mutate<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Cluster) -> Result<T, ApiError> + Send + 'static,
+        F: FnOnce(&mut Cluster) -> Result<T, ClusterError> + Send + 'static,
     {
         let me = self.clone();
         let task = self.tasks.spawn(async move {

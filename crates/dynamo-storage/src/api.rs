@@ -28,7 +28,7 @@ use dynamo_core::limits::{MAX_SIBLINGS_LIMIT, MAX_VALUE_BYTES};
 use dynamo_core::merkle::{MerkleSummary, TreeNode};
 use dynamo_core::version::{NewWrite, VersionedObject};
 use dynamo_core::wire::internal::{
-    HintTarget, MAX_BATCH_OPS, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
+    HintFor, MAX_BATCH_OPS, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
 use dynamo_core::wire::internal::{PullProgress, PullRequest};
 use dynamo_core::wire::routes::storage;
@@ -38,7 +38,7 @@ use dynamo_server::extract::{Json, Path, Query};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ClusterCache, NodeClusterView};
-use crate::engine::{Claim, Engine, HintFor, KeyRef};
+use crate::engine::{Claim, Engine, KeyRef};
 use crate::error::StorageError;
 use crate::syncer::Syncer;
 
@@ -90,7 +90,7 @@ fn check_key(key: &str) -> Result<(), ApiError> {
     validate_key(key).map_err(ApiError::from)
 }
 
-fn check_hint(h: &Option<HintTarget>) -> Result<(), ApiError> {
+fn check_hint(h: &Option<HintFor>) -> Result<(), ApiError> {
     if let Some(h) = h
         && !(h.address.starts_with("http://") || h.address.starts_with("https://"))
     {
@@ -190,13 +190,6 @@ fn op_name(op: &ReplicaOp) -> &'static str {
     }
 }
 
-fn hint_for(h: &Option<HintTarget>) -> Option<HintFor> {
-    h.as_ref().map(|h| HintFor {
-        node: h.node.clone(),
-        address: h.address.clone(),
-    })
-}
-
 /// Applies one operation (blocking). Returns the result and whether it wrote.
 fn apply(
     engine: &Engine,
@@ -247,14 +240,7 @@ fn apply(
                 window_ms,
                 now_ms: now,
             });
-            let c = engine.coordinate_idempotent(
-                &k,
-                &context,
-                write,
-                resolution,
-                hint_for(&hint).as_ref(),
-                claim,
-            )?;
+            let c = engine.coordinate_idempotent(&k, &context, write, resolution, hint.as_ref(), claim)?;
             // A replay waits for the group commit too: the first attempt's write may
             // still be unsynced (its answer never reached the coordinator).
             Ok((
@@ -280,13 +266,7 @@ fn apply(
                 bucket: bucket.as_str(),
                 key: &key,
             };
-            engine.replicate_with_record(
-                &k,
-                &object,
-                resolution,
-                hint_for(&hint).as_ref(),
-                idempotency.as_ref(),
-            )?;
+            engine.replicate_with_record(&k, &object, resolution, hint.as_ref(), idempotency.as_ref())?;
             Ok((ReplicaResult::Replicated, true))
         }
         ReplicaOp::Get { bucket, key } => {

@@ -51,9 +51,16 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_HINT_INTERVAL_MS", default_value_t = 1_000)]
     pub hint_interval_ms: u64,
 
-    /// Timeout of one hint delivery request.
-    #[arg(long, env = "DYNAMO_HINT_TIMEOUT_MS", default_value_t = 2_000)]
-    pub hint_timeout_ms: u64,
+    /// Timeout of every call this node makes to another storage node (hint delivery,
+    /// tombstone GC's questions, partition pulls' pages). `--hint-timeout-ms` is its old
+    /// name.
+    #[arg(
+        long,
+        alias = "hint-timeout-ms",
+        env = "DYNAMO_PEER_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    pub peer_timeout_ms: u64,
 
     /// In buffered mode, how often the journal is fsynced in the background.
     #[arg(long, env = "DYNAMO_BACKGROUND_FSYNC_MS", default_value_t = 1_000)]
@@ -149,7 +156,7 @@ impl Config {
             ("max-concurrent-requests", self.max_concurrent_requests as u64),
             ("drain-timeout-ms", self.drain_timeout_ms),
             ("hint-interval-ms", self.hint_interval_ms),
-            ("hint-timeout-ms", self.hint_timeout_ms),
+            ("peer-timeout-ms", self.peer_timeout_ms),
             ("background-fsync-ms", self.background_fsync_ms),
             ("heartbeat-interval-ms", self.heartbeat_interval_ms),
             ("ring-timeout-ms", self.ring_timeout_ms),

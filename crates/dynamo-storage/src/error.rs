@@ -1,4 +1,5 @@
-//! The storage node's error type and its codes.
+//! The storage node's error type and its codes: domain errors until the HTTP edge,
+//! where `From<StorageError> for ApiError` maps each to its one code.
 
 use dynamo_core::ErrorCode;
 use dynamo_server::ApiError;
@@ -22,9 +23,20 @@ pub enum StorageError {
         /// The id in the configuration.
         configured: String,
     },
-    /// A client-side mistake in an internal request.
-    #[error("{0}")]
-    Invalid(ApiError),
+    /// The data directory was created with another partition count.
+    #[error("the data directory was created with {stored} partitions, not {configured}")]
+    PartitionCountMismatch {
+        /// The count on the volume.
+        stored: u32,
+        /// The count configured.
+        configured: u32,
+    },
+    /// A name (a stored or configured node id) is not valid.
+    #[error(transparent)]
+    Name(#[from] dynamo_core::ids::NameError),
+    /// A Merkle tree could not be built or asked (a bad shape or node index).
+    #[error(transparent)]
+    Merkle(#[from] dynamo_core::merkle::MerkleError),
     /// The write would leave too many siblings.
     #[error(transparent)]
     Version(#[from] dynamo_core::version::VersionError),
@@ -53,7 +65,9 @@ impl StorageError {
     /// Returns the wire error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            StorageError::Invalid(e) => e.code,
+            StorageError::PartitionCountMismatch { .. } => ErrorCode::InvalidRequest,
+            StorageError::Name(e) => e.code(),
+            StorageError::Merkle(e) => e.code(),
             StorageError::Version(e) => e.code(),
             StorageError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
             StorageError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
@@ -69,16 +83,11 @@ impl StorageError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> ApiError {
-        match e {
-            StorageError::Invalid(api) => api,
-            // The message names what failed, never internals; the chain is logged once.
-            other => {
-                let code = other.code();
-                if code == ErrorCode::StorageError {
-                    tracing::error!(error = ?other, "storage failure");
-                }
-                ApiError::new(code, other.to_string())
-            }
+        // The message names what failed, never internals; the chain is logged once.
+        let code = e.code();
+        if code == ErrorCode::StorageError {
+            tracing::error!(error = ?e, "storage failure");
         }
+        ApiError::new(code, e.to_string())
     }
 }

@@ -102,8 +102,8 @@ pub async fn run(
     let workers = TaskTracker::new();
     let worker_stop = CancellationToken::new();
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(config.hint_timeout_ms))
-        .connect_timeout(Duration::from_millis(config.hint_timeout_ms))
+        .timeout(Duration::from_millis(config.peer_timeout_ms))
+        .connect_timeout(Duration::from_millis(config.peer_timeout_ms))
         .pool_max_idle_per_host(4)
         .build()
         .map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use dynamo_core::merkle::MerkleSummary;
 use dynamo_core::version::{NewWrite, Resolution, VersionedObject};
-use dynamo_core::wire::internal::{HintTarget, ReplicaOp, ReplicaResult};
+use dynamo_core::wire::internal::{HintFor, ReplicaOp, ReplicaResult};
 use dynamo_core::{ActorId, DotSet, NodeId};
 use serde_json::json;
 
@@ -448,7 +448,7 @@ async fn hinted_writes_are_kept_apart_and_readable() {
         tombstone: false,
         resolution: SIB,
         // Nobody listens on port 1: the hint stays pending.
-        hint: Some(HintTarget {
+        hint: Some(HintFor {
             node: NodeId::new("node-z").expect("id"),
             address: "http://127.0.0.1:1".into(),
         }),

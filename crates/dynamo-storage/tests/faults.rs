@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use dynamo_core::wire::internal::{HintTarget, ReplicaBatch, ReplicaOp, ReplicaResult};
+use dynamo_core::wire::internal::{HintFor, ReplicaBatch, ReplicaOp, ReplicaResult};
 use dynamo_core::{DotSet, NodeId};
 
 /// Writes from `writers` tasks until the node stops answering; returns the acknowledged keys.
@@ -137,7 +137,7 @@ async fn a_hint_survives_restart_and_is_delivered_when_the_owner_returns() {
     let (port_a, port_b) = (free_port(), free_port());
     let mut a = spawn_proc(dir_a.path(), "node-a", port_a, "sync");
     wait_ready(&a.url()).await;
-    let owner = HintTarget {
+    let owner = HintFor {
         node: NodeId::new("node-b").expect("id"),
         address: format!("http://127.0.0.1:{port_b}"),
     };

@@ -207,6 +207,19 @@ impl Node {
         }
     }
 
+    /// What a get answers, as the engine does: the node's own copy merged with every hint
+    /// it holds for the key (a fallback answers reads with what it holds).
+    fn read_key(&self, key: usize) -> Option<VersionedObject> {
+        let own = self.read(&(key, None)).map(|c| c.object.clone());
+        let hinted = self
+            .hints()
+            .into_iter()
+            .filter(|ck| ck.0 == key)
+            .map(|ck| self.read(&ck).map(|c| c.object.clone()));
+        let copies: Vec<Option<VersionedObject>> = std::iter::once(own).chain(hinted).collect();
+        dynamo_core::round::merge(copies.iter(), RESOLUTION)
+    }
+
     fn hints(&self) -> Vec<CopyKey> {
         let mut out: BTreeSet<CopyKey> = self.durable.keys().filter(|k| k.1.is_some()).copied().collect();
         for (k, v) in &self.unsynced {
@@ -580,9 +593,7 @@ impl World {
     fn node_call(&mut self, n: usize, from: Proc, call: u64, op: Op) {
         let answer = match op {
             Op::Probe => Some(Answer::ProbeOk),
-            Op::Get { key } => Some(Answer::Got(
-                self.nodes[n].read(&(key, None)).map(|c| c.object.clone()),
-            )),
+            Op::Get { key } => Some(Answer::Got(self.nodes[n].read_key(key))),
             Op::Coordinate {
                 key,
                 context,

@@ -108,7 +108,7 @@ pub struct ReplicaBatch {
 /// Where a write held for another node (sloppy quorum) should be delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HintTarget {
+pub struct HintFor {
     /// The intended owner.
     pub node: NodeId,
     /// The owner's internal API address (`http://host:port`).
@@ -143,7 +143,7 @@ pub enum ReplicaOp {
         resolution: Resolution,
         /// Set when this node holds the write for another (sloppy quorum).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        hint: Option<HintTarget>,
+        hint: Option<HintFor>,
         /// Not applied once the node's clock (ms since the Unix epoch) passed this:
         /// the coordinator has answered the client by then, and a write applied later
         /// would surprise a client that moved on (at most once, docs/architecture.md).
@@ -166,7 +166,7 @@ pub enum ReplicaOp {
         resolution: Resolution,
         /// Set when this node holds the write for another (sloppy quorum).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        hint: Option<HintTarget>,
+        hint: Option<HintFor>,
         /// The idempotency record of the write being replicated, to remember beside it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency: Option<IdempotencyRecord>,
@@ -263,7 +263,7 @@ enum ReplicaOpDef {
         tombstone: bool,
         resolution: Resolution,
         #[serde(default)]
-        hint: Option<HintTarget>,
+        hint: Option<HintFor>,
         #[serde(default)]
         deadline_ms: Option<u64>,
         #[serde(default)]
@@ -275,7 +275,7 @@ enum ReplicaOpDef {
         object: VersionedObject,
         resolution: Resolution,
         #[serde(default)]
-        hint: Option<HintTarget>,
+        hint: Option<HintFor>,
         #[serde(default)]
         idempotency: Option<IdempotencyRecord>,
     },
@@ -590,7 +590,7 @@ mod tests {
                 content_type: "application/octet-stream".into(),
                 tombstone: false,
                 resolution: Resolution::LastWriterWins,
-                hint: Some(HintTarget {
+                hint: Some(HintFor {
                     node: NodeId::new("node-1").expect("id"),
                     address: "http://127.0.0.1:1".into(),
                 }),

@@ -1,0 +1,161 @@
+//! Partition scans and the Merkle trees kept current over them.
+
+use super::*;
+
+/// The bytes a key contributes to its Merkle item hash: `bucket ‖ "/" ‖ key`, the same
+/// bytes the key hash is computed over.
+pub fn merkle_key(bucket: &str, key: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bucket.len() + 1 + key.len());
+    v.extend_from_slice(bucket.as_bytes());
+    v.push(b'/');
+    v.extend_from_slice(key.as_bytes());
+    v
+}
+
+impl Engine {
+    pub(super) fn rebuild_merkle(&self) -> Result<(), StorageError> {
+        let start = Instant::now();
+        let mut keys = 0i64;
+        // The scan is in key order, so partitions come one after another: rebuild each
+        // tree once its items are complete.
+        let mut items: Vec<MerkleItem<Vec<u8>>> = Vec::new();
+        let mut current: Option<PartitionId> = None;
+        for kv in self.objects.iter() {
+            let (k, v) = kv.into_inner()?;
+            let ok = codec::parse_object_key(&k)?;
+            let digest = codec::stored_digest(&v)?;
+            if current != Some(ok.partition) {
+                if let Some(p) = current {
+                    self.rebuild_tree(p, &mut items)?;
+                }
+                current = Some(ok.partition);
+            }
+            items.push(MerkleItem {
+                key_hash: ok.hash,
+                key: merkle_key(&ok.bucket, &ok.key),
+                digest,
+            });
+            keys += 1;
+        }
+        if let Some(p) = current {
+            self.rebuild_tree(p, &mut items)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        self.metrics.merkle_rebuilds.inc();
+        self.metrics.merkle_rebuild_seconds.set(secs);
+        self.metrics.keys.set(keys);
+        tracing::info!(keys, rebuild_ms = (secs * 1000.0) as u64, "merkle trees rebuilt");
+        Ok(())
+    }
+
+    pub(super) fn rebuild_tree(
+        &self,
+        p: PartitionId,
+        items: &mut Vec<MerkleItem<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let tree = self.merkle.get(p.0 as usize).ok_or(codec::CodecError::Key)?;
+        Ok(lock(tree).rebuild(items.drain(..))?)
+    }
+
+    /// Returns the Merkle tree of partition `p` (a copy: comparisons do not hold the lock).
+    pub fn merkle_tree(&self, p: PartitionId) -> Option<MerkleTree> {
+        self.merkle.get(p.0 as usize).map(|m| lock(m).clone())
+    }
+
+    /// Runs `f` with the Merkle tree of partition `p` locked (for cheap reads of a node).
+    pub fn with_merkle<R>(&self, p: PartitionId, f: impl FnOnce(&MerkleTree) -> R) -> Option<R> {
+        self.merkle.get(p.0 as usize).map(|m| f(&lock(m)))
+    }
+
+    /// Reads the objects of partition `p` with hashes in `[start, end]`, from `after`
+    /// (exclusive, a storage key) on, at most `limit` of them. Returns them with the key to
+    /// resume from when more remain.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    #[allow(clippy::type_complexity)]
+    pub fn scan(
+        &self,
+        p: PartitionId,
+        start: u64,
+        end: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<(ObjectKey, VersionedObject)>, Option<Vec<u8>>), StorageError> {
+        let lo = codec::range_start(p, start);
+        let hi = codec::range_end(p, end);
+        let iter = match after {
+            Some(a) => self.objects.range::<Vec<u8>, _>((
+                std::ops::Bound::Excluded(a.to_vec()),
+                std::ops::Bound::Excluded(hi),
+            )),
+            None => self.objects.range::<Vec<u8>, _>(lo..hi),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for kv in iter {
+            if out.len() == limit {
+                return Ok((out, last));
+            }
+            let (k, v) = kv.into_inner()?;
+            out.push((codec::parse_object_key(&k)?, codec::decode_object(&v)?));
+            last = Some(k.to_vec());
+        }
+        Ok((out, None))
+    }
+
+    /// Removes a key's object if its stored digest still equals `digest` (tombstone GC:
+    /// a write that arrived since the check keeps the key). Returns whether it was removed.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    pub fn remove_if_unchanged(&self, k: &KeyRef<'_>, digest: u128) -> Result<bool, StorageError> {
+        let (p, hash, ok) = self.locate(k);
+        let _guard = self.stripe(hash);
+        let Some(v) = self.objects.get(&ok)? else {
+            return Ok(false);
+        };
+        if codec::stored_digest(&v)? != digest {
+            return Ok(false);
+        }
+        self.objects.remove(ok)?;
+        self.metrics.keys.dec();
+        lock(&self.merkle[p.0 as usize]).update(hash, &merkle_key(k.bucket, k.key), Some(digest), None)?;
+        Ok(true)
+    }
+
+    /// Reads a page of the node's own objects in storage order, from `after` (exclusive, a
+    /// storage key) on: at most `limit` objects, and no more once `max_bytes` of stored
+    /// values were read (a page holds at least one object). Returns them with the key to
+    /// resume from when more remain. Used by tombstone GC, which walks every partition.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    #[allow(clippy::type_complexity)]
+    pub fn objects_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(ObjectKey, VersionedObject)>, Option<Vec<u8>>), StorageError> {
+        let iter = match after {
+            Some(a) => self
+                .objects
+                .range::<Vec<u8>, _>((std::ops::Bound::Excluded(a.to_vec()), std::ops::Bound::Unbounded)),
+            None => self.objects.range::<Vec<u8>, _>(..),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut bytes = 0;
+        for kv in iter {
+            if out.len() == limit || bytes >= max_bytes {
+                return Ok((out, last));
+            }
+            let (k, v) = kv.into_inner()?;
+            bytes += v.len();
+            out.push((codec::parse_object_key(&k)?, codec::decode_object(&v)?));
+            last = Some(k.to_vec());
+        }
+        Ok((out, None))
+    }
+}
