@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// Every wait in the harness is bounded by this.
-pub const WAIT: Duration = Duration::from_secs(60);
+pub use dynamo_testkit::WAIT;
 
 /// The root token of test clusters.
 pub const ROOT_TOKEN: &str = "test-root-token-0123456789abcdef";
@@ -352,20 +352,8 @@ impl Cluster {
 
     /// Reads a metric from a service's `/metrics` (0 when absent).
     pub async fn metric(&self, url: &str, name_with_labels: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find(|l| l.starts_with(name_with_labels) && l[name_with_labels.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        let text = dynamo_testkit::scrape(&self.http, url).await.expect("metrics");
+        dynamo_testkit::sample(&text, name_with_labels).unwrap_or(0.0)
     }
 }
 

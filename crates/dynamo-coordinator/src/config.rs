@@ -1,5 +1,7 @@
 //! The coordinator's configuration: flags with `DYNAMO_*` environment variables.
 
+pub use dynamo_server::config::ConfigError;
+use dynamo_server::config::ServeArgs;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -98,29 +100,9 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
     pub max_concurrent_requests: usize,
 
-    /// How long in-flight requests may drain at shutdown.
-    #[arg(long, env = "DYNAMO_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
-    pub drain_timeout_ms: u64,
-
-    /// Log JSON lines instead of human-readable text.
-    #[arg(long, env = "DYNAMO_LOG_JSON")]
-    pub log_json: bool,
-
-    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
-    /// `http://otel-collector:4318`. When set, spans are exported to `<url>/v1/traces`
-    /// (protobuf); unset, nothing is exported.
-    #[arg(long, env = "DYNAMO_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
-}
-
-/// A configuration that cannot work.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid --{field}: {reason}")]
-pub struct ConfigError {
-    /// The flag.
-    pub field: &'static str,
-    /// What is wrong.
-    pub reason: String,
+    /// Serving and telemetry flags every service shares.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 impl Config {
@@ -147,7 +129,6 @@ impl Config {
             ("max-inflight-per-node", self.max_inflight_per_node as u64),
             ("read-repair-queue", self.read_repair_queue as u64),
             ("max-concurrent-requests", self.max_concurrent_requests as u64),
-            ("drain-timeout-ms", self.drain_timeout_ms),
         ] {
             if v == 0 {
                 return bad(field, "must be greater than 0".into());
@@ -159,11 +140,7 @@ impl Config {
                 "must not exceed --max-request-timeout-ms".into(),
             );
         }
-        if let Some(url) = &self.otlp_endpoint
-            && let Err(reason) = dynamo_server::telemetry::check_otlp_endpoint(url)
-        {
-            return bad("otlp-endpoint", reason);
-        }
+        self.serve.validate()?;
         Ok(())
     }
 
@@ -220,6 +197,20 @@ impl Config {
     }
 }
 
+impl dynamo_server::config::ServiceConfig for Config {
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn serve_args(&self) -> &ServeArgs {
+        &self.serve
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,9 +218,9 @@ mod tests {
     #[test]
     fn the_otlp_endpoint_must_be_an_http_url() {
         let mut c = Config::for_ring("http://127.0.0.1:7000", "root-token-for-tests-0123");
-        c.otlp_endpoint = Some("http://otel-collector:4318".into());
+        c.serve.otlp_endpoint = Some("http://otel-collector:4318".into());
         assert!(c.validate().is_ok());
-        c.otlp_endpoint = Some("otel-collector:4318".into());
+        c.serve.otlp_endpoint = Some("otel-collector:4318".into());
         let e = c.validate().expect_err("not a URL").to_string();
         assert!(e.contains("--otlp-endpoint"), "{e}");
     }

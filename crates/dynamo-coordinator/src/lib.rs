@@ -144,7 +144,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         app,
         shutdown,
         readiness,
-        Duration::from_millis(config.drain_timeout_ms),
+        Duration::from_millis(config.serve.drain_timeout_ms),
     )
     .await;
 

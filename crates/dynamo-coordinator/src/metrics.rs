@@ -1,6 +1,6 @@
 //! The coordinator's Prometheus metrics (`dynamo_coordinator_*`).
 
-use dynamo_server::metrics::LATENCY_BUCKETS;
+use dynamo_server::metrics::{InvariantViolations, LATENCY_BUCKETS, invariant};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -36,7 +36,7 @@ pub struct CoordinatorMetrics {
     /// The ring epoch of the cached state.
     pub ring_epoch: IntGauge,
     /// Runtime checks of core invariants that failed.
-    pub invariant_violations: IntCounterVec,
+    pub invariant_violations: InvariantViolations,
 }
 
 impl CoordinatorMetrics {
@@ -121,13 +121,7 @@ impl CoordinatorMetrics {
                 "dynamo_coordinator_ring_epoch",
                 "Ring epoch of the cached cluster state",
             )?,
-            invariant_violations: IntCounterVec::new(
-                Opts::new(
-                    "dynamo_invariant_violations_total",
-                    "Runtime checks of core invariants that failed",
-                ),
-                &["invariant"],
-            )?,
+            invariant_violations: InvariantViolations::new(registry, &[invariant::RING_EPOCH_MONOTONIC])?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
@@ -142,7 +136,6 @@ impl CoordinatorMetrics {
         registry.register(Box::new(m.hop_duration.clone()))?;
         registry.register(Box::new(m.nodes_down.clone()))?;
         registry.register(Box::new(m.ring_epoch.clone()))?;
-        registry.register(Box::new(m.invariant_violations.clone()))?;
         Ok(m)
     }
 }

@@ -15,6 +15,7 @@ use dynamo_core::wire::cluster::{BucketRecord, ClusterState, Decision, decide};
 use dynamo_core::{BucketName, ErrorCode, RingEpoch};
 use dynamo_server::ApiError;
 use dynamo_server::follow;
+use dynamo_server::metrics::invariant;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -121,8 +122,7 @@ impl ClusterCache {
             Decision::Refused { current, offered } => {
                 self.metrics
                     .invariant_violations
-                    .with_label_values(&["ring_epoch_monotonic"])
-                    .inc();
+                    .record(invariant::RING_EPOCH_MONOTONIC);
                 tracing::error!(
                     ring_epoch = %current,
                     offered_epoch = %offered,

@@ -1,5 +1,7 @@
 //! The ring service's configuration: flags with `DYNAMO_*` environment variables.
 
+pub use dynamo_server::config::ConfigError;
+use dynamo_server::config::ServeArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,10 +48,6 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
 
-    /// How long in-flight requests may drain at shutdown.
-    #[arg(long, env = "DYNAMO_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
-    pub drain_timeout_ms: u64,
-
     /// Timeout of one partition pull request sent to a receiving storage node.
     #[arg(long, env = "DYNAMO_HANDOFF_TIMEOUT_MS", default_value_t = 60_000)]
     pub handoff_timeout_ms: u64,
@@ -63,37 +61,18 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_HANDOFF_CONCURRENCY", default_value_t = 4)]
     pub handoff_concurrency: usize,
 
-    /// Log JSON lines instead of human-readable text.
-    #[arg(long, env = "DYNAMO_LOG_JSON")]
-    pub log_json: bool,
-
-    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
-    /// `http://otel-collector:4318`. When set, spans are exported to `<url>/v1/traces`
-    /// (protobuf); unset, nothing is exported.
-    #[arg(long, env = "DYNAMO_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
-}
-
-/// A configuration that cannot work.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A field is out of range.
-    #[error("invalid --{field}: {reason}")]
-    Invalid {
-        /// The flag.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
+    /// Serving and telemetry flags every service shares.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 impl Config {
     /// Checks ranges and cross-field rules.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the first bad flag.
+    /// [`ConfigError`] naming the first bad flag.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        let bad = |field, reason: String| Err(ConfigError { field, reason });
         if let Err(e) = Partitioning::with_count(self.partitions) {
             return bad("partitions", e.to_string());
         }
@@ -112,7 +91,6 @@ impl Config {
         for (field, v) in [
             ("heartbeat-timeout-ms", self.heartbeat_timeout_ms),
             ("max-concurrent-requests", self.max_concurrent_requests as u64),
-            ("drain-timeout-ms", self.drain_timeout_ms),
             ("handoff-timeout-ms", self.handoff_timeout_ms),
             ("handoff-max-attempts", u64::from(self.handoff_max_attempts)),
             ("handoff-concurrency", self.handoff_concurrency as u64),
@@ -121,11 +99,7 @@ impl Config {
                 return bad(field, "must be greater than 0".into());
             }
         }
-        if let Some(url) = &self.otlp_endpoint
-            && let Err(reason) = dynamo_server::telemetry::check_otlp_endpoint(url)
-        {
-            return bad("otlp-endpoint", reason);
-        }
+        self.serve.validate()?;
         Ok(())
     }
 
@@ -145,7 +119,7 @@ impl Config {
 
     /// The drain deadline.
     pub fn drain_timeout(&self) -> Duration {
-        Duration::from_millis(self.drain_timeout_ms)
+        Duration::from_millis(self.serve.drain_timeout_ms)
     }
 
     /// The heartbeat timeout.
@@ -156,6 +130,20 @@ impl Config {
     /// The timeout of one pull request.
     pub fn handoff_timeout(&self) -> Duration {
         Duration::from_millis(self.handoff_timeout_ms)
+    }
+}
+
+impl dynamo_server::config::ServiceConfig for Config {
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn serve_args(&self) -> &ServeArgs {
+        &self.serve
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self)
     }
 }
 
@@ -198,9 +186,9 @@ mod tests {
     #[test]
     fn the_otlp_endpoint_must_be_an_http_url() {
         let mut c = Config::for_dir("x");
-        c.otlp_endpoint = Some("http://otel-collector:4318".into());
+        c.serve.otlp_endpoint = Some("http://otel-collector:4318".into());
         assert!(c.validate().is_ok());
-        c.otlp_endpoint = Some("otel-collector:4318".into());
+        c.serve.otlp_endpoint = Some("otel-collector:4318".into());
         let e = c.validate().expect_err("not a URL").to_string();
         assert!(e.contains("--otlp-endpoint"), "{e}");
     }

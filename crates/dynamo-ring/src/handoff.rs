@@ -25,6 +25,7 @@ use dynamo_core::wire::cluster::{Handoff, NodeState};
 use dynamo_core::wire::internal::{PullProgress, PullRequest};
 use dynamo_core::wire::routes;
 use dynamo_core::{ErrorBody, ErrorCode, NodeId};
+use dynamo_server::metrics::invariant;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -122,8 +123,7 @@ pub(crate) async fn run(svc: Arc<Service>, id: u64, stop: CancellationToken) {
             Err(e) if e.code == ErrorCode::Internal => {
                 svc.metrics
                     .invariant_violations
-                    .with_label_values(&["plan_matches_published_ring"])
-                    .inc();
+                    .record(invariant::PLAN_MATCHES_PUBLISHED_RING);
                 let reason = e.message.clone();
                 let _ = svc
                     .mutate(move |c| {

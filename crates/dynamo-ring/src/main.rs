@@ -1,7 +1,4 @@
-//! The `dynamo-ring` binary: parse flags, set up logging, bind, run.
-
-use clap::Parser;
-use dynamo_ring::{Config, run};
+//! The `dynamo-ring` binary: the one service `main` (`dynamo_server::config::service_main`).
 
 // mimalloc, not glibc's malloc: under load glibc's took about a quarter of the
 // coordinator's CPU, consolidating and splitting value-sized buffers; every binary of the
@@ -10,18 +7,10 @@ use dynamo_ring::{Config, run};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    // Kept to the end of main: dropping it flushes the spans still buffered for export.
-    let _telemetry = dynamo_server::telemetry::init_with_otlp(
-        config.log_json,
-        config.otlp_endpoint.as_deref(),
+async fn main() -> Result<(), dynamo_server::config::MainError> {
+    dynamo_server::config::service_main::<dynamo_ring::Config, _, _, _>(
         env!("CARGO_BIN_NAME"),
-    )?;
-    config.validate()?;
-    tracing::info!(config = ?config, "configuration");
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let shutdown = dynamo_server::shutdown::on_signals();
-    run(config, listener, shutdown).await?;
-    Ok(())
+        dynamo_ring::run,
+    )
+    .await
 }

@@ -1,6 +1,7 @@
 //! The ring service's Prometheus metrics (`dynamo_ring_*`, and the shared
 //! `dynamo_invariant_violations_total`).
 
+use dynamo_server::metrics::{InvariantViolations, invariant};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::cluster::Cluster;
@@ -19,7 +20,7 @@ pub struct RingMetrics {
     /// Partition pull requests sent, by result (`ok`, `retry`, `failed`).
     pub pulls: IntCounterVec,
     /// Runtime checks of a core invariant that failed, by invariant.
-    pub invariant_violations: IntCounterVec,
+    pub invariant_violations: InvariantViolations,
 }
 
 impl RingMetrics {
@@ -49,12 +50,14 @@ impl RingMetrics {
                 ),
                 &["result"],
             )?,
-            invariant_violations: IntCounterVec::new(
-                Opts::new(
-                    "dynamo_invariant_violations_total",
-                    "Runtime checks of a core invariant that failed, by invariant",
-                ),
-                &["invariant"],
+            invariant_violations: InvariantViolations::new(
+                registry,
+                &[
+                    invariant::RING_EPOCH_MONOTONIC,
+                    invariant::RING_NEVER_DISAPPEARS,
+                    invariant::RING_CHANGE_BUMPS_EPOCH,
+                    invariant::PLAN_MATCHES_PUBLISHED_RING,
+                ],
             )?,
         };
         registry.register(Box::new(m.epoch.clone()))?;
@@ -62,7 +65,6 @@ impl RingMetrics {
         registry.register(Box::new(m.state_version.clone()))?;
         registry.register(Box::new(m.handoffs_pending.clone()))?;
         registry.register(Box::new(m.pulls.clone()))?;
-        registry.register(Box::new(m.invariant_violations.clone()))?;
         Ok(m)
     }
 

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use dynamo_core::ErrorCode;
 use dynamo_core::wire::cluster::ClusterView;
 use dynamo_server::ApiError;
+use dynamo_server::metrics::invariant;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -204,18 +205,17 @@ impl Service {
 
     fn check_invariants(&self, current: &Cluster, next: &Cluster) -> Result<(), ApiError> {
         let breach = match (&current.state.ring, &next.state.ring) {
-            (Some(_), None) => Some("ring_never_disappears"),
-            (Some(a), Some(b)) if b.epoch() < a.epoch() => Some("ring_epoch_monotonic"),
-            (Some(a), Some(b)) if b.epoch() == a.epoch() && a != b => Some("ring_change_bumps_epoch"),
+            (Some(_), None) => Some(invariant::RING_NEVER_DISAPPEARS),
+            (Some(a), Some(b)) if b.epoch() < a.epoch() => Some(invariant::RING_EPOCH_MONOTONIC),
+            (Some(a), Some(b)) if b.epoch() == a.epoch() && a != b => {
+                Some(invariant::RING_CHANGE_BUMPS_EPOCH)
+            }
             _ => None,
         };
         match breach {
             None => Ok(()),
             Some(invariant) => {
-                self.metrics
-                    .invariant_violations
-                    .with_label_values(&[invariant])
-                    .inc();
+                self.metrics.invariant_violations.record(invariant);
                 tracing::error!(
                     invariant,
                     from = current.epoch().0,

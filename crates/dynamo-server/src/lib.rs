@@ -1,6 +1,8 @@
 //! `dynamo-server`: the plumbing every Dynamo service shares, written once.
 //!
 //! # Layout
+//! - [`config`]: the flags every service shares, the one `ConfigError`, and the one `main`
+//!   of the service binaries.
 //! - [`error`]: [`ApiError`], the one place an [`dynamo_core::ErrorCode`] becomes an HTTP
 //!   response with the JSON error body, and [`extract`]: axum extractors whose
 //!   rejections go through it.
@@ -17,6 +19,7 @@
 //! # It is not
 //! Domain logic (that is `dynamo-core`) or any one service's routes.
 
+pub mod config;
 pub mod error;
 pub mod extract;
 pub mod follow;

@@ -84,3 +84,53 @@ pub async fn render(State(registry): State<Arc<Registry>>) -> Response {
     );
     resp
 }
+
+/// The invariants services check at run time (ARCHITECTURE.md §4), as the values of the
+/// `invariant` label of `dynamo_invariant_violations_total`.
+pub mod invariant {
+    /// A ring epoch went, or would have gone, backwards (invariant 5).
+    pub const RING_EPOCH_MONOTONIC: &str = "ring_epoch_monotonic";
+    /// The ring service would have dropped its ring.
+    pub const RING_NEVER_DISAPPEARS: &str = "ring_never_disappears";
+    /// A ring change would have kept its epoch.
+    pub const RING_CHANGE_BUMPS_EPOCH: &str = "ring_change_bumps_epoch";
+    /// A membership change's handoff plan and the ring it published disagree.
+    pub const PLAN_MATCHES_PUBLISHED_RING: &str = "plan_matches_published_ring";
+}
+
+/// `dynamo_invariant_violations_total{invariant}`: run-time checks of a core invariant
+/// that failed, one counter family per service instance, the same in every service.
+#[derive(Clone)]
+pub struct InvariantViolations(IntCounterVec);
+
+impl InvariantViolations {
+    /// Registers the family in `registry`, with the series of `exported` at 0 from the
+    /// start (an alert sees them before the first breach).
+    ///
+    /// # Errors
+    /// A [`prometheus::Error`] if the name is already registered there.
+    pub fn new(registry: &Registry, exported: &[&str]) -> Result<Self, prometheus::Error> {
+        let c = IntCounterVec::new(
+            Opts::new(
+                "dynamo_invariant_violations_total",
+                "Runtime checks of a core invariant that failed, by invariant",
+            ),
+            &["invariant"],
+        )?;
+        registry.register(Box::new(c.clone()))?;
+        for i in exported {
+            c.with_label_values(&[*i]);
+        }
+        Ok(InvariantViolations(c))
+    }
+
+    /// Counts a breach of `invariant` (one of [`invariant`]'s names).
+    pub fn record(&self, invariant: &str) {
+        self.0.with_label_values(&[invariant]).inc();
+    }
+
+    /// Returns how often `invariant` was breached.
+    pub fn count(&self, invariant: &str) -> u64 {
+        self.0.with_label_values(&[invariant]).get()
+    }
+}

@@ -29,13 +29,14 @@ use dynamo_core::RingEpoch;
 use dynamo_core::backoff::Backoff;
 use dynamo_core::wire::cluster::{ClusterState, Decision, Heartbeat, decide};
 use dynamo_core::wire::routes;
+use dynamo_server::metrics::invariant;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::CodecError;
 use crate::engine::Engine;
 use crate::error::StorageError;
-use crate::metrics::{RING_EPOCH_MONOTONIC, StorageMetrics};
+use crate::metrics::StorageMetrics;
 
 /// Longest pause between retries after failures.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -163,8 +164,7 @@ impl ClusterCache {
             Decision::Refused { current, offered } => {
                 self.metrics
                     .invariant_violations
-                    .with_label_values(&[RING_EPOCH_MONOTONIC])
-                    .inc();
+                    .record(invariant::RING_EPOCH_MONOTONIC);
                 tracing::error!(
                     ring_epoch = %current,
                     offered_epoch = %offered,

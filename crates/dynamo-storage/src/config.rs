@@ -1,5 +1,7 @@
 //! The storage node's configuration: flags with `DYNAMO_*` environment variables.
 
+pub use dynamo_server::config::ConfigError;
+use dynamo_server::config::ServeArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,10 +44,6 @@ pub struct Config {
     /// Most requests served at once (more get `503 overloaded`).
     #[arg(long, env = "DYNAMO_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
-
-    /// How long in-flight requests may drain at shutdown.
-    #[arg(long, env = "DYNAMO_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
-    pub drain_timeout_ms: u64,
 
     /// Pause between hint delivery rounds.
     #[arg(long, env = "DYNAMO_HINT_INTERVAL_MS", default_value_t = 1_000)]
@@ -101,15 +99,9 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_GC_INTERVAL_MS", default_value_t = 600_000)]
     pub gc_interval_ms: u64,
 
-    /// Log JSON lines instead of human-readable text.
-    #[arg(long, env = "DYNAMO_LOG_JSON")]
-    pub log_json: bool,
-
-    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
-    /// `http://otel-collector:4318`. When set, spans are exported to `<url>/v1/traces`
-    /// (protobuf); unset, nothing is exported.
-    #[arg(long, env = "DYNAMO_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
+    /// Serving and telemetry flags every service shares.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 fn is_http_url(u: &str) -> bool {
@@ -117,26 +109,13 @@ fn is_http_url(u: &str) -> bool {
     rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
 }
 
-/// A configuration that cannot work.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A field is out of range.
-    #[error("invalid --{field}: {reason}")]
-    Invalid {
-        /// The flag.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
 impl Config {
     /// Checks ranges and cross-field rules.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the first bad flag.
+    /// [`ConfigError`] naming the first bad flag.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        let bad = |field, reason: String| Err(ConfigError { field, reason });
         if let Err(e) = Partitioning::with_count(self.partitions) {
             return bad("partitions", e.to_string());
         }
@@ -154,7 +133,6 @@ impl Config {
         }
         for (field, v) in [
             ("max-concurrent-requests", self.max_concurrent_requests as u64),
-            ("drain-timeout-ms", self.drain_timeout_ms),
             ("hint-interval-ms", self.hint_interval_ms),
             ("peer-timeout-ms", self.peer_timeout_ms),
             ("background-fsync-ms", self.background_fsync_ms),
@@ -178,11 +156,7 @@ impl Config {
                 return bad(field, format!("must be an http(s) URL, got {u:?}"));
             }
         }
-        if let Some(url) = &self.otlp_endpoint
-            && let Err(reason) = dynamo_server::telemetry::check_otlp_endpoint(url)
-        {
-            return bad("otlp-endpoint", reason);
-        }
+        self.serve.validate()?;
         Ok(())
     }
 
@@ -219,7 +193,21 @@ impl Config {
 
     /// The drain deadline.
     pub fn drain_timeout(&self) -> Duration {
-        Duration::from_millis(self.drain_timeout_ms)
+        Duration::from_millis(self.serve.drain_timeout_ms)
+    }
+}
+
+impl dynamo_server::config::ServiceConfig for Config {
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn serve_args(&self) -> &ServeArgs {
+        &self.serve
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self)
     }
 }
 
@@ -254,9 +242,9 @@ mod tests {
     #[test]
     fn the_otlp_endpoint_must_be_an_http_url() {
         let mut c = Config::for_dir("/tmp/x");
-        c.otlp_endpoint = Some("http://otel-collector:4318".into());
+        c.serve.otlp_endpoint = Some("http://otel-collector:4318".into());
         assert!(c.validate().is_ok());
-        c.otlp_endpoint = Some("otel-collector:4318".into());
+        c.serve.otlp_endpoint = Some("otel-collector:4318".into());
         let e = c.validate().expect_err("not a URL").to_string();
         assert!(e.contains("--otlp-endpoint"), "{e}");
     }

@@ -4,10 +4,7 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
-use dynamo_server::metrics::LATENCY_BUCKETS;
-
-/// The `invariant` label of a refused older ring (ARCHITECTURE.md §4, invariant 5).
-pub const RING_EPOCH_MONOTONIC: &str = "ring_epoch_monotonic";
+use dynamo_server::metrics::{InvariantViolations, LATENCY_BUCKETS, invariant};
 
 /// Every metric the storage node exports.
 #[derive(Clone)]
@@ -61,7 +58,7 @@ pub struct StorageMetrics {
     /// Runtime checks of core invariants that failed, by invariant
     /// (`ring_epoch_monotonic`: the ring service offered an older ring, or another ring
     /// under the same epoch, and the node refused it).
-    pub invariant_violations: IntCounterVec,
+    pub invariant_violations: InvariantViolations,
 }
 
 impl StorageMetrics {
@@ -162,13 +159,7 @@ impl StorageMetrics {
                 ),
                 &["result"],
             )?,
-            invariant_violations: IntCounterVec::new(
-                Opts::new(
-                    "dynamo_invariant_violations_total",
-                    "Runtime checks of a core invariant that failed, by invariant",
-                ),
-                &["invariant"],
-            )?,
+            invariant_violations: InvariantViolations::new(registry, &[invariant::RING_EPOCH_MONOTONIC])?,
         };
         registry.register(Box::new(m.ops.clone()))?;
         registry.register(Box::new(m.op_duration.clone()))?;
@@ -191,9 +182,6 @@ impl StorageMetrics {
         registry.register(Box::new(m.gc_rounds.clone()))?;
         registry.register(Box::new(m.ring_epoch.clone()))?;
         registry.register(Box::new(m.heartbeats.clone()))?;
-        registry.register(Box::new(m.invariant_violations.clone()))?;
-        // Exported at 0 from the start, so an alert sees the series before the first breach.
-        m.invariant_violations.with_label_values(&[RING_EPOCH_MONOTONIC]);
         Ok(m)
     }
 }

@@ -357,14 +357,10 @@ async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
 
 /// A service's `/metrics` text; `None` when unreadable.
 pub async fn scrape(http: &reqwest::Client, url: &str) -> Option<String> {
-    http.get(format!("{url}/metrics"))
-        .timeout(CALL_TIMEOUT)
-        .send()
-        .await
-        .ok()?
-        .text()
+    tokio::time::timeout(CALL_TIMEOUT, dynamo_testkit::scrape(http, url))
         .await
         .ok()
+        .flatten()
 }
 
 /// The samples of metric `name` in an exposition text: `(labels, value)`, labels as

@@ -57,7 +57,7 @@ pub fn config(dir: &Path) -> dynamo_ring::Config {
     let mut c = dynamo_ring::Config::for_dir(dir);
     c.partitions = 32;
     c.heartbeat_timeout_ms = 60_000;
-    c.drain_timeout_ms = 2_000;
+    c.serve.drain_timeout_ms = 2_000;
     c.handoff_timeout_ms = 5_000;
     c
 }
@@ -343,19 +343,9 @@ pub fn recorded_pulls(nodes: &[&FakeNode]) -> Vec<(NodeId, u32, NodeId, u64)> {
 
 /// Reads one metric sample (`name` may include labels).
 pub async fn metric(ring: &str, name: &str) -> f64 {
-    let text = client()
-        .get(format!("{ring}/metrics"))
-        .send()
+    dynamo_testkit::metric(ring, name)
         .await
-        .expect("send")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} not found in\n{text}"))
+        .unwrap_or_else(|| panic!("metric {name} not found at {ring}"))
 }
 
 /// Sends heartbeats for `nodes` every 50 ms until the token is cancelled.

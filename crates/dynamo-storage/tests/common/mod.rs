@@ -191,37 +191,6 @@ pub async fn metric(url: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {name} not found"))
 }
 
-/// Reads a metric sample, or `None` when the series does not exist (yet).
-pub async fn metric_opt(url: &str, name: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .expect("send")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Polls `check` every 20 ms until it returns true; panics with `what` after [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+// Each test binary uses some of these, none all.
+#[allow(unused_imports)]
+pub use dynamo_testkit::{eventually, metric as metric_opt};

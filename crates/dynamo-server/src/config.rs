@@ -1,0 +1,164 @@
+//! What every service's configuration shares: the flags of serving and telemetry
+//! ([`ServeArgs`], flattened into each service's `Config`), the one [`ConfigError`], and
+//! the one `main` of the service binaries ([`service_main`]).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio_util::sync::CancellationToken;
+
+/// A configuration that cannot work: the flag, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid --{field}: {reason}")]
+pub struct ConfigError {
+    /// The flag, without its dashes.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// A refusal of `--field` for `reason`.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Flags every service takes, the same way.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ServeArgs {
+    /// How long in-flight requests may drain at shutdown.
+    #[arg(long, env = "DYNAMO_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, env = "DYNAMO_LOG_JSON")]
+    pub log_json: bool,
+
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
+    /// `http://otel-collector:4318`. When set, spans are exported to `<url>/v1/traces`
+    /// (protobuf); unset, nothing is exported.
+    #[arg(long, env = "DYNAMO_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs {
+            drain_timeout_ms: 10_000,
+            log_json: false,
+            otlp_endpoint: None,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Checks the shared flags.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.drain_timeout_ms == 0 {
+            return Err(ConfigError::new("drain-timeout-ms", "must be at least 1"));
+        }
+        if let Some(url) = &self.otlp_endpoint
+            && let Err(reason) = crate::telemetry::check_otlp_endpoint(url)
+        {
+            return Err(ConfigError::new("otlp-endpoint", reason));
+        }
+        Ok(())
+    }
+}
+
+/// What [`service_main`] needs from a service's configuration.
+pub trait ServiceConfig: clap::Parser + Debug {
+    /// Where to listen.
+    fn listen(&self) -> SocketAddr;
+    /// The shared flags.
+    fn serve_args(&self) -> &ServeArgs;
+    /// Checks every flag, the shared ones included.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad flag.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// The error of a service binary's `main`. Rust prints a `main` error with `Debug`;
+/// this one's `Debug` is the message and its causes, as an operator should read it.
+pub struct MainError(Box<dyn std::error::Error + Send + Sync>);
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for MainError {
+    fn from(e: E) -> Self {
+        MainError(Box::new(e))
+    }
+}
+
+impl Debug for MainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, "\n  caused by: {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+/// The `main` of every service binary: parse the flags and environment, set up logging
+/// and tracing, validate, log the configuration, bind, and run until SIGTERM/SIGINT.
+///
+/// # Errors
+/// Whatever stops the service: a bad flag, a port in use, the service's own error.
+pub async fn service_main<C, F, Fut, E>(name: &'static str, run: F) -> Result<(), MainError>
+where
+    C: ServiceConfig,
+    F: FnOnce(C, tokio::net::TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let config = C::parse();
+    let serve = config.serve_args();
+    // Kept to the end: dropping it flushes the spans still buffered for export.
+    let _telemetry = crate::telemetry::init_with_otlp(serve.log_json, serve.otlp_endpoint.as_deref(), name)?;
+    config.validate()?;
+    tracing::info!(config = ?config, "configuration");
+    let listener = tokio::net::TcpListener::bind(config.listen()).await?;
+    let shutdown = crate::shutdown::on_signals();
+    run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_main_error_reads_as_its_message_and_causes() {
+        let io = std::io::Error::other("disk on fire");
+        let e = MainError::from(io);
+        assert_eq!(format!("{e:?}"), "disk on fire");
+        let e = MainError::from(ConfigError::new("partitions", "must be a power of two"));
+        assert_eq!(format!("{e:?}"), "invalid --partitions: must be a power of two");
+    }
+
+    #[test]
+    fn the_shared_flags_are_checked() {
+        assert_eq!(ServeArgs::default().validate(), Ok(()));
+        let no_drain = ServeArgs {
+            drain_timeout_ms: 0,
+            ..ServeArgs::default()
+        };
+        assert_eq!(no_drain.validate().map_err(|e| e.field), Err("drain-timeout-ms"));
+        let bad_otlp = ServeArgs {
+            otlp_endpoint: Some("otel-collector:4318".into()),
+            ..ServeArgs::default()
+        };
+        let e = bad_otlp.validate().expect_err("not a URL").to_string();
+        assert!(e.starts_with("invalid --otlp-endpoint"), "{e}");
+    }
+}

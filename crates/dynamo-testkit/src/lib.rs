@@ -1,0 +1,100 @@
+//! `dynamo-testkit`: the harness pieces every test suite of the workspace needs, written
+//! once: waiting on a condition instead of sleeping ([`eventually`]), and reading a
+//! service's Prometheus metrics ([`scrape`], [`sample`], [`metric`]).
+//!
+//! A dev-dependency only; nothing here runs in a service.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Every wait of a test is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// How often [`eventually`] checks.
+const POLL: Duration = Duration::from_millis(20);
+
+/// An HTTP client for tests: short connect timeout, bounded calls.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|e| panic!("building the test HTTP client: {e}"))
+}
+
+/// Polls `check` until it returns true.
+///
+/// # Panics
+/// With `what` when [`WAIT`] passes first.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Returns a service's `/metrics` text, `None` when it cannot be read.
+pub async fn scrape(http: &reqwest::Client, url: &str) -> Option<String> {
+    http.get(format!("{}/metrics", url.trim_end_matches('/')))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// Returns the value of the sample `series` (a name with its labels as exported, e.g.
+/// `dynamo_storage_ops_total{op="get"}`, or a bare name) in an exposition text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads the sample `series` from the service at `url`: `None` when the series does not
+/// exist (yet) or the service does not answer.
+pub async fn metric(url: &str, series: &str) -> Option<f64> {
+    sample(&scrape(&http(), url).await?, series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_found_by_their_whole_series_name() {
+        let text = "# HELP x y\nops_total{op=\"get\"} 3\nops_total{op=\"getx\"} 9\nops 7\nops_total 2.5\n";
+        assert_eq!(sample(text, "ops_total{op=\"get\"}"), Some(3.0));
+        assert_eq!(
+            sample(text, "ops"),
+            Some(7.0),
+            "a prefix of another name is not a match"
+        );
+        assert_eq!(sample(text, "ops_total"), Some(2.5));
+        assert_eq!(sample(text, "missing"), None);
+    }
+
+    #[tokio::test]
+    async fn eventually_returns_once_the_condition_holds() {
+        let mut n = 0;
+        eventually("three polls", || {
+            n += 1;
+            let done = n >= 3;
+            async move { done }
+        })
+        .await;
+        assert_eq!(n, 3);
+    }
+}
