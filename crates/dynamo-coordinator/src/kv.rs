@@ -291,6 +291,13 @@ impl Coordinator {
                     // The timer was for `at`: the wall clock may read a hair earlier.
                     round.on_tick(timer.map_or(0, |(at, _)| at).max(wall_clock_ms()));
                 }
+                else => {
+                    // Nothing out and nothing to wait for, yet unfinished: a round bug.
+                    // Stop rather than spin; the answer channel tells the client.
+                    tracing::error!(?round, "a round waits with nothing outstanding");
+                    debug_assert!(false, "a round waits with nothing outstanding");
+                    break;
+                }
             }
         }
     }
@@ -425,6 +432,13 @@ impl Coordinator {
                 }
                 () = sleep_for(timer), if timer.is_some() => {
                     round.on_tick(timer.map_or(0, |(at, _)| at).max(wall_clock_ms()));
+                }
+                else => {
+                    // Nothing out and nothing to wait for, yet unfinished: a round bug.
+                    // Stop rather than spin; the answer channel tells the client.
+                    tracing::error!(?round, "a round waits with nothing outstanding");
+                    debug_assert!(false, "a round waits with nothing outstanding");
+                    break;
                 }
             }
         }
