@@ -1,8 +1,7 @@
 //! End-to-end tests of the data path (issue #5): a real cluster of processes, the public
 //! REST API over loopback.
 
-use std::time::Duration;
-
+use dynamo_testkit::eventually;
 use dynamo_tests::{Cluster, Options, ROOT_TOKEN, WAIT};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -597,20 +596,16 @@ async fn sloppy_quorum_and_hinted_handoff_survive_a_killed_node() {
     c.nodes[1].start();
     dynamo_tests::wait_ready(&c.http, &c.nodes[1].url()).await;
     // Every key whose preference list holds node-1 must reach it through its hints.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually("every hint delivered", || async {
         let mut pending = 0.0;
         for (i, n) in c.nodes.iter().enumerate() {
             if i != 1 {
                 pending += c.metric(&n.url(), "dynamo_storage_hints_pending").await;
             }
         }
-        if pending == 0.0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "hints never delivered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        pending == 0.0
+    })
+    .await;
     for k in &keys {
         let placement: Value = c
             .req(Method::GET, &format!("/v1/ring?bucket=hh&key={k}"))
@@ -689,14 +684,10 @@ async fn a_hung_node_is_skipped_after_one_timeout() {
         "{timeouts} client batches timed out on the hung node"
     );
     c.nodes[2].resume();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while node2("probe_ok").await < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the resumed node was never probed up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the resumed node probed up", || async {
+        node2("probe_ok").await >= 1.0
+    })
+    .await;
     let before = node2("ok").await;
     for i in 0..10 {
         let r = put(&c, &format!("/v1/kv/hang/again{i}"), "v", None).await;
@@ -721,22 +712,21 @@ async fn read_repair_fixes_a_stale_replica() {
         "node-0 missed the write"
     );
     // Reads until node-0 is probed again and repaired (bounded).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while c.node_get(0, "rr", "key").await.is_none() {
+    eventually("node-0 repaired by reads", || async {
+        if c.node_get(0, "rr", "key").await.is_some() {
+            return true;
+        }
         let r = c.req(Method::GET, "/v1/kv/rr/key?r=2").send().await.expect("get");
         assert_eq!(r.status(), StatusCode::OK);
-        assert!(tokio::time::Instant::now() < deadline, "node-0 never repaired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        false
+    })
+    .await;
     // The coordinator counts the repair once the node's answer is back, which may be just
     // after the node already serves the repaired value.
-    while c.metric(&c.url(), "dynamo_coordinator_read_repairs_total").await < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the repair was never counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the repair counted", || async {
+        c.metric(&c.url(), "dynamo_coordinator_read_repairs_total").await >= 1.0
+    })
+    .await;
 }
 
 // Goal: with the ring service stopped, reads and writes go on with the cached ring.

@@ -64,11 +64,10 @@ async fn acknowledged_writes_survive_kill9(durability: &str) {
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let writer = tokio::spawn(write_until_dead(node.url(), 8, acked.clone()));
     // Kill once a few hundred writes are acknowledged, in the middle of the stream.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while acked.lock().expect("lock").len() < 300 {
-        assert!(tokio::time::Instant::now() < deadline, "writes never got going");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("300 writes acknowledged", || async {
+        acked.lock().expect("lock").len() >= 300
+    })
+    .await;
     node.kill9();
     tokio::time::timeout(WAIT, writer)
         .await
@@ -174,11 +173,10 @@ async fn a_hint_survives_restart_and_is_delivered_when_the_owner_returns() {
 
     let b = spawn_proc(dir_b.path(), "node-b", port_b, "sync");
     wait_ready(&b.url()).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while metric(&a.url(), "dynamo_storage_hints_pending").await != 0.0 {
-        assert!(tokio::time::Instant::now() < deadline, "hint never delivered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the hint delivered", || async {
+        metric(&a.url(), "dynamo_storage_hints_pending").await == 0.0
+    })
+    .await;
     assert_eq!(
         get(&b.url(), "h", "k").await,
         Some(object),
