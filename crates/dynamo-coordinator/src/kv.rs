@@ -256,7 +256,7 @@ impl Coordinator {
             if round.is_finished() {
                 break;
             }
-            let timer = round.next_timeout_ms().map(|at| (at, until_wall_ms(at)));
+            let deadline = round.next_timeout_ms();
             tokio::select! {
                 Some((kind, slot, result)) = inflight.next() => match kind {
                     HopKind::Coordinate => {
@@ -287,17 +287,8 @@ impl Coordinator {
                         round.on_replicate(slot, reply, is_up);
                     }
                 },
-                () = sleep_for(timer), if timer.is_some() => {
-                    // The timer was for `at`: the wall clock may read a hair earlier.
-                    round.on_tick(timer.map_or(0, |(at, _)| at).max(wall_clock_ms()));
-                }
-                else => {
-                    // Nothing out and nothing to wait for, yet unfinished: a round bug.
-                    // Stop rather than spin; the answer channel tells the client.
-                    tracing::error!(?round, "a round waits with nothing outstanding");
-                    debug_assert!(false, "a round waits with nothing outstanding");
-                    break;
-                }
+                now = wall_deadline(deadline), if deadline.is_some() => round.on_tick(now),
+                else => break stalled(&round),
             }
         }
     }
@@ -418,7 +409,7 @@ impl Coordinator {
             if round.is_finished() {
                 break;
             }
-            let timer = round.next_timeout_ms().map(|at| (at, until_wall_ms(at)));
+            let deadline = round.next_timeout_ms();
             tokio::select! {
                 Some((slot, result)) = inflight.next() => {
                     let reply = match result {
@@ -430,16 +421,8 @@ impl Coordinator {
                     };
                     round.on_reply(slot, reply, is_up);
                 }
-                () = sleep_for(timer), if timer.is_some() => {
-                    round.on_tick(timer.map_or(0, |(at, _)| at).max(wall_clock_ms()));
-                }
-                else => {
-                    // Nothing out and nothing to wait for, yet unfinished: a round bug.
-                    // Stop rather than spin; the answer channel tells the client.
-                    tracing::error!(?round, "a round waits with nothing outstanding");
-                    debug_assert!(false, "a round waits with nothing outstanding");
-                    break;
-                }
+                now = wall_deadline(deadline), if deadline.is_some() => round.on_tick(now),
+                else => break stalled(&round),
             }
         }
     }
@@ -507,15 +490,20 @@ fn wall_clock_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// How long from now until the wall clock reads `at_ms`.
-fn until_wall_ms(at_ms: u64) -> Duration {
-    Duration::from_millis(at_ms.saturating_sub(wall_clock_ms()))
+/// Sleeps until the wall clock reads `at_ms` (a round's deadline) and returns the time
+/// to tick the round with: at least `at_ms`, as tokio's timer may fire a hair before the
+/// wall clock gets there.
+async fn wall_deadline(at_ms: Option<u64>) -> u64 {
+    let at = at_ms.unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(at.saturating_sub(wall_clock_ms()))).await;
+    at.max(wall_clock_ms())
 }
 
-async fn sleep_for(timer: Option<(u64, Duration)>) {
-    if let Some((_, d)) = timer {
-        tokio::time::sleep(d).await;
-    }
+/// A round that is unfinished with nothing out and nothing to wait for is a bug: the
+/// driver stops rather than spin (the dropped answer channel tells the client).
+fn stalled(round: &impl std::fmt::Debug) {
+    tracing::error!(?round, "a round waits with nothing outstanding");
+    debug_assert!(false, "a round waits with nothing outstanding");
 }
 
 /// The `read-repair` worker: sends queued repairs until the queue closes.
