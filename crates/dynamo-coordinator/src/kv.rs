@@ -24,9 +24,11 @@ use dynamo_core::wire::BucketProps;
 use dynamo_core::wire::internal::{HintFor, IdempotencyClaim, IdempotencyRecord, ReplicaOp, ReplicaResult};
 use dynamo_core::{BucketName, DotSet, ErrorCode, NodeId, key_hash};
 use dynamo_server::ApiError;
+use dynamo_server::worker::{Next, Worker};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::CoordinatorMetrics;
@@ -506,12 +508,49 @@ fn stalled(round: &impl std::fmt::Debug) {
     debug_assert!(false, "a round waits with nothing outstanding");
 }
 
-/// The `read-repair` worker: sends queued repairs until the queue closes.
-pub async fn run_repairs(mut rx: mpsc::Receiver<Repair>, peers: Peers, metrics: CoordinatorMetrics) {
-    while let Some(r) = rx.recv().await {
-        match peers.handle(&r.target, &r.address).call(r.op).await {
-            Ok(ReplicaResult::Replicated) => metrics.read_repairs.inc(),
+/// The `read-repair` worker: sends queued repairs, one per unit of work, until the queue
+/// closes.
+pub struct RepairSender {
+    rx: mpsc::Receiver<Repair>,
+    next: Option<Repair>,
+    peers: Peers,
+    metrics: CoordinatorMetrics,
+}
+
+impl RepairSender {
+    /// The worker draining `rx` through `peers`.
+    pub fn new(rx: mpsc::Receiver<Repair>, peers: Peers, metrics: CoordinatorMetrics) -> RepairSender {
+        RepairSender {
+            rx,
+            next: None,
+            peers,
+            metrics,
+        }
+    }
+}
+
+impl Worker for RepairSender {
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "read-repair"
+    }
+
+    async fn work(&mut self, _stop: &CancellationToken) -> Result<Next, Self::Error> {
+        let r = match self.next.take().map_or_else(|| self.rx.try_recv(), Ok) {
+            Ok(r) => r,
+            Err(mpsc::error::TryRecvError::Empty) => return Ok(Next::Idle),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Ok(Next::Done),
+        };
+        match self.peers.handle(&r.target, &r.address).call(r.op).await {
+            Ok(ReplicaResult::Replicated) => self.metrics.read_repairs.inc(),
             other => tracing::debug!(peer = %r.target, result = ?other.err(), "read repair failed"),
         }
+        Ok(Next::Busy)
+    }
+
+    async fn wait_for_work(&mut self) {
+        // A closed queue leaves `next` empty; the next unit of work then sees it closed.
+        self.next = self.rx.recv().await;
     }
 }

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use dynamo_server::metrics::HttpMetrics;
 use dynamo_server::serve::{self, Limits, Readiness};
+use dynamo_server::worker::Workers;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -82,12 +83,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .build()?;
 
     let tracker = TaskTracker::new();
-    let workers_stop = CancellationToken::new();
+    let workers = Workers::new(&registry, "coordinator", CancellationToken::new())?;
     let cache = state::ClusterCache::new(config.ring_url.clone(), client.clone(), metrics.clone());
     if let Err(e) = cache.refresh(Duration::from_secs(2)).await {
         tracing::warn!(error = %e.message, "ring service not reachable at start; will keep trying");
     }
-    tracker.spawn(cache.clone().run_poller(workers_stop.clone()));
+    workers.spawn(cache.clone().follower());
 
     let peers = peers::Peers::new(
         client.clone(),
@@ -98,13 +99,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         },
         metrics.clone(),
         tracker.clone(),
-        workers_stop.clone(),
+        workers.clone(),
     );
-    tracker.spawn(peers::follow_ring_liveness(
-        cache.clone(),
-        peers.clone(),
-        workers_stop.clone(),
-    ));
+    workers.spawn(peers::RingLiveness::new(cache.clone(), peers.clone()));
     let (repair_tx, repair_rx) = mpsc::channel(config.read_repair_queue);
     let request_tasks = TaskTracker::new();
     let coord = Arc::new(kv::Coordinator {
@@ -114,7 +111,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         repairs: repair_tx,
         tracker: request_tasks.clone(),
     });
-    let repairs = tracker.spawn(kv::run_repairs(repair_rx, peers.clone(), metrics.clone()));
+    workers.spawn(kv::RepairSender::new(repair_rx, peers.clone(), metrics.clone()));
 
     let auth = Arc::new(auth::AuthState {
         root_sha256: auth::token_sha256(&root.0),
@@ -157,10 +154,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     )
     .await;
     drop(coord);
-    workers_stop.cancel();
-    repairs.abort();
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        workers.shutdown().await;
+        tracker.close();
+        tracker.wait().await;
+    })
+    .await;
     tracing::info!("coordinator stopped");
     Ok(served?)
 }

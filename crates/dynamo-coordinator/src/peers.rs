@@ -39,6 +39,7 @@ use dynamo_core::wire::internal::{
     MAX_BATCH_BYTES, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
 use dynamo_core::wire::routes;
+use dynamo_server::worker::{Next, Worker, Workers};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -223,17 +224,19 @@ pub struct Peers {
     metrics: CoordinatorMetrics,
     tracker: TaskTracker,
     stop: CancellationToken,
+    workers: Workers,
     origin: tokio::time::Instant,
 }
 
 impl Peers {
-    /// Builds the peer layer; batcher tasks are spawned on `tracker` and stop with `stop`.
+    /// Builds the peer layer; batcher tasks are spawned on `tracker`, probes on
+    /// `workers`, and both stop with the workers.
     pub fn new(
         client: reqwest::Client,
         settings: PeerSettings,
         metrics: CoordinatorMetrics,
         tracker: TaskTracker,
-        stop: CancellationToken,
+        workers: Workers,
     ) -> Self {
         Peers {
             nodes: Arc::new(Mutex::new(HashMap::new())),
@@ -241,7 +244,8 @@ impl Peers {
             settings,
             metrics,
             tracker,
-            stop,
+            stop: workers.child_stop(),
+            workers,
             origin: tokio::time::Instant::now(),
         }
     }
@@ -379,53 +383,72 @@ fn fail_fast(node: &NodeHandle, batch: Vec<Pending>, peers: &Peers) {
     }
 }
 
-/// Starts the `peer-probe` task of a node just marked down: it probes when the detector
-/// says one is due (once per window), until the node answers a probe or a hop.
+/// Starts the `peer-probe` worker of a node just marked down.
 fn start_probe(node: &Arc<NodeHandle>, peers: &Peers) {
-    let node = node.clone();
-    let peers = peers.clone();
-    peers.tracker.clone().spawn(async move {
-        loop {
-            // Read and, when the node is back, leave under one lock: a failure recorded
-            // after this must find no probe running and start one.
-            let due = {
-                let mut h = node.health();
-                match h.detector.next_probe_ms() {
-                    Some(due) => due,
-                    None => {
-                        h.probing = false;
-                        return;
-                    }
-                }
-            };
-            tokio::select! {
-                () = peers.stop.cancelled() => break,
-                () = tokio::time::sleep(Duration::from_millis(due.saturating_sub(node.clock_ms()))) => {}
-            }
-            if !node.health().detector.take_probe(node.clock_ms()) {
-                continue;
-            }
-            let url = routes::url(&node.address(), PROBE_PATH);
-            let ok = matches!(
-                peers.client.get(url).timeout(node.settings.timeout).send().await,
-                Ok(r) if r.status().is_success()
-            );
-            let label = if ok { "probe_ok" } else { "probe_failed" };
-            peers
-                .metrics
-                .replica_batches
-                .with_label_values(&[node.id.as_str(), label])
-                .inc();
-            if ok {
-                // Not probing first, then up: a failure recorded in between starts a new
-                // probe instead of leaving the node down with none running.
-                node.health().probing = false;
-                let _ = node.record(true, &peers.metrics);
-                return;
-            }
-        }
-        node.health().probing = false;
+    peers.workers.spawn(Probe {
+        node: node.clone(),
+        client: peers.client.clone(),
+        metrics: peers.metrics.clone(),
     });
+}
+
+/// The `peer-probe` worker of one node marked down: it probes when the detector says one
+/// is due (once per window), until the node answers a probe or a hop.
+struct Probe {
+    node: Arc<NodeHandle>,
+    client: reqwest::Client,
+    metrics: CoordinatorMetrics,
+}
+
+impl Worker for Probe {
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "peer-probe"
+    }
+
+    async fn work(&mut self, _stop: &CancellationToken) -> Result<Next, Self::Error> {
+        let node = &self.node;
+        // Read and, when the node is back, leave under one lock: a failure recorded
+        // after this must find no probe running and start one.
+        let due = {
+            let mut h = node.health();
+            match h.detector.next_probe_ms() {
+                Some(due) => due,
+                None => {
+                    h.probing = false;
+                    return Ok(Next::Done);
+                }
+            }
+        };
+        let now = node.clock_ms();
+        if due > now {
+            return Ok(Next::Throttled(Duration::from_millis(due - now)));
+        }
+        if !node.health().detector.take_probe(now) {
+            return Ok(Next::Busy);
+        }
+        let url = routes::url(&node.address(), PROBE_PATH);
+        let ok = matches!(
+            self.client.get(url).timeout(node.settings.timeout).send().await,
+            Ok(r) if r.status().is_success()
+        );
+        let label = if ok { "probe_ok" } else { "probe_failed" };
+        self.metrics
+            .replica_batches
+            .with_label_values(&[node.id.as_str(), label])
+            .inc();
+        if !ok {
+            return Ok(Next::Busy);
+        }
+        // Not probing first, then up: a failure recorded in between starts a new probe
+        // instead of leaving the node down with none running.
+        node.health().probing = false;
+        let _ = node.record(true, &self.metrics);
+        Ok(Next::Done)
+    }
+
+    async fn wait_for_work(&mut self) {}
 }
 
 /// Returns the nodes `state` lists as down that were not down in `before` (the ids the
@@ -450,27 +473,56 @@ pub fn newly_down(
     (fresh, down)
 }
 
-/// Follows the cached cluster state until `stop` and marks down every node the ring
-/// service newly reports down (see [`Peers::mark_down`]). The hops stay the detector's
-/// first source (a hop notices a hung node in one timeout, the ring only after its
-/// heartbeat timeout); this one covers nodes this coordinator has not called since they
-/// died, which would otherwise cost the first request to each of them a timeout.
-pub async fn follow_ring_liveness(cache: crate::state::ClusterCache, peers: Peers, stop: CancellationToken) {
-    let mut changes = cache.subscribe();
-    let mut down = std::collections::BTreeSet::new();
-    loop {
-        if let Ok(state) = cache.current() {
-            let (fresh, now_down) = newly_down(&down, &state);
+/// The `ring-liveness` worker: follows the cached cluster state and marks down every
+/// node the ring service newly reports down (see [`Peers::mark_down`]). The hops stay the
+/// detector's first source (a hop notices a hung node in one timeout, the ring only after
+/// its heartbeat timeout); this one covers nodes this coordinator has not called since
+/// they died, which would otherwise cost the first request to each of them a timeout.
+pub struct RingLiveness {
+    cache: crate::state::ClusterCache,
+    peers: Peers,
+    changes: tokio::sync::watch::Receiver<u64>,
+    down: std::collections::BTreeSet<NodeId>,
+    closed: bool,
+}
+
+impl RingLiveness {
+    /// The worker marking down in `peers` what `cache` reports down.
+    pub fn new(cache: crate::state::ClusterCache, peers: Peers) -> RingLiveness {
+        RingLiveness {
+            changes: cache.subscribe(),
+            cache,
+            peers,
+            down: std::collections::BTreeSet::new(),
+            closed: false,
+        }
+    }
+}
+
+impl Worker for RingLiveness {
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "ring-liveness"
+    }
+
+    async fn work(&mut self, _stop: &CancellationToken) -> Result<Next, Self::Error> {
+        if self.closed {
+            return Ok(Next::Done);
+        }
+        if let Ok(state) = self.cache.current() {
+            let (fresh, now_down) = newly_down(&self.down, &state);
             for (id, address) in fresh {
                 tracing::info!(peer = %id, "the ring service reports the node down");
-                peers.mark_down(&id, &address);
+                self.peers.mark_down(&id, &address);
             }
-            down = now_down;
+            self.down = now_down;
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            r = changes.changed() => if r.is_err() { return },
-        }
+        Ok(Next::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.closed = self.changes.changed().await.is_err();
     }
 }
 
@@ -574,6 +626,7 @@ mod tests {
     use axum::routing::post;
     use dynamo_core::wire::internal::{ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult};
     use dynamo_core::{BucketName, NodeId};
+    use dynamo_server::worker::Workers;
     use tokio::sync::Semaphore;
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
@@ -650,13 +703,15 @@ mod tests {
             backoff,
             max_inflight: 1,
         };
-        let metrics = CoordinatorMetrics::new(&prometheus::Registry::new()).expect("metrics");
+        let registry = prometheus::Registry::new();
+        let metrics = CoordinatorMetrics::new(&registry).expect("metrics");
+        let workers = Workers::new(&registry, "coordinator", stop.clone()).expect("worker metrics");
         let peers = Peers::new(
             reqwest::Client::new(),
             settings,
             metrics,
             tracker.clone(),
-            stop.clone(),
+            workers,
         );
         (peers, stop, tracker)
     }

@@ -17,7 +17,6 @@ use dynamo_server::ApiError;
 use dynamo_server::follow;
 use dynamo_server::metrics::invariant;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CoordinatorMetrics;
 
@@ -163,9 +162,9 @@ impl ClusterCache {
     }
 
     /// Follows the ring service until `stop` ([`dynamo_server::follow`]).
-    pub async fn run_poller(self, stop: CancellationToken) {
+    pub fn follower(self) -> follow::Follower<ClusterCache> {
         let (client, url) = (self.client.clone(), self.ring_url.clone());
-        follow::follow_cluster_state(client, url, RING_SLACK, &self, stop).await;
+        follow::Follower::new(client, url, RING_SLACK, self)
     }
 
     /// Returns a receiver that sees the version of every state installed from now on.

@@ -26,6 +26,7 @@ use dynamo_core::wire::internal::{PullProgress, PullRequest};
 use dynamo_core::wire::routes;
 use dynamo_core::{ErrorBody, ErrorCode, NodeId};
 use dynamo_server::metrics::invariant;
+use dynamo_server::worker::{Next, Worker};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -64,16 +65,32 @@ struct PullOutcome {
     error: Option<String>,
 }
 
-/// Drives change `id` until it completes, fails, is superseded, or `stop` is cancelled.
-pub(crate) async fn run(svc: Arc<Service>, id: u64, stop: CancellationToken) {
-    loop {
-        let snap = svc.snapshot();
+/// The `handoff` worker of change `id`: one round of pulls and the step after it per
+/// unit of work, until the change completes, fails or is superseded (or its stop token,
+/// cancelled when the change is, fires).
+pub(crate) struct HandoffDriver {
+    /// The service.
+    pub svc: Arc<Service>,
+    /// The change it drives.
+    pub id: u64,
+}
+
+impl Worker for HandoffDriver {
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "handoff"
+    }
+
+    async fn work(&mut self, stop: &CancellationToken) -> Result<Next, Self::Error> {
+        let id = self.id;
+        let snap = self.svc.snapshot();
         let Some(change) = snap
             .change
             .clone()
             .filter(|c| c.id == id && c.status == ChangeStatus::Running)
         else {
-            return;
+            return Ok(Next::Done);
         };
         let todo: Vec<Handoff> = snap.state.handoffs.iter().filter(|h| !h.done).cloned().collect();
         tracing::info!(
@@ -84,11 +101,12 @@ pub(crate) async fn run(svc: Arc<Service>, id: u64, stop: CancellationToken) {
             "handoff round starting"
         );
         let mut failed_attempts = change.failed_attempts;
-        match round(&svc, id, change.phase, todo, &mut failed_attempts, &stop).await {
-            RoundEnd::Stopped => return,
+        match round(&self.svc, id, change.phase, todo, &mut failed_attempts, stop).await {
+            RoundEnd::Stopped => return Ok(Next::Done),
             RoundEnd::Failed(reason) => {
                 tracing::warn!(change = id, reason = %reason, "membership change failed; retry or abort it");
-                let r = svc
+                let r = self
+                    .svc
                     .mutate(move |c| {
                         c.fail(id, reason, failed_attempts);
                         Ok(())
@@ -97,16 +115,21 @@ pub(crate) async fn run(svc: Arc<Service>, id: u64, stop: CancellationToken) {
                 if let Err(e) = r {
                     tracing::error!(error = %e, "cannot record the failed change");
                 }
-                return;
+                return Ok(Next::Done);
             }
             RoundEnd::Done => {}
         }
-        let settings = svc.settings;
+        let settings = self.svc.settings;
         let step = match change.phase {
-            ChangePhase::Copy => svc.mutate(move |c| c.publish(id, settings).map(|_| ())).await,
+            ChangePhase::Copy => {
+                self.svc
+                    .mutate(move |c| c.publish(id, settings).map(|_| ()))
+                    .await
+            }
             ChangePhase::CatchUp => {
-                let liveness = svc.liveness.clone();
-                svc.mutate(move |c| c.finish(id, &|n| liveness.is_live_now(n)))
+                let liveness = self.svc.liveness.clone();
+                self.svc
+                    .mutate(move |c| c.finish(id, &|n| liveness.is_live_now(n)))
                     .await
             }
         };
@@ -117,29 +140,34 @@ pub(crate) async fn run(svc: Arc<Service>, id: u64, stop: CancellationToken) {
                     kind = change.kind.name(),
                     "membership change complete"
                 );
-                return;
+                return Ok(Next::Done);
             }
             Ok(()) => {}
             Err(e) if e.code == ErrorCode::Internal => {
-                svc.metrics
+                self.svc
+                    .metrics
                     .invariant_violations
                     .record(invariant::PLAN_MATCHES_PUBLISHED_RING);
                 let reason = e.message.clone();
-                let _ = svc
+                let _ = self
+                    .svc
                     .mutate(move |c| {
                         c.fail(id, reason, failed_attempts);
                         Ok(())
                     })
                     .await;
-                return;
+                return Ok(Next::Done);
             }
             // Superseded (aborted meanwhile) or not persisted: a restart or retry resumes.
             Err(e) => {
                 tracing::warn!(change = id, error = %e, "handoff step not taken");
-                return;
+                return Ok(Next::Done);
             }
         }
+        Ok(Next::Busy)
     }
+
+    async fn wait_for_work(&mut self) {}
 }
 
 /// Runs one round of pulls; commits progress as it goes.

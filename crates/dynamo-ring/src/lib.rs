@@ -84,6 +84,7 @@ use std::sync::Arc;
 use dynamo_core::wire::cluster::NodeState;
 use dynamo_server::metrics::HttpMetrics;
 use dynamo_server::serve::{self, Limits, Readiness};
+use dynamo_server::worker::Workers;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -183,7 +184,7 @@ pub async fn run(
         max_concurrent_requests: config.max_concurrent_requests,
     };
     let drain = config.drain_timeout();
-    let workers = shutdown.child_token();
+    let workers = Workers::new(&registry, "ring", shutdown.child_token()).map_err(setup)?;
     let svc = Service::new(
         Arc::new(config),
         cluster,
@@ -193,8 +194,7 @@ pub async fn run(
         workers.clone(),
     );
     svc.resume().await;
-    svc.tasks
-        .spawn(liveness::run_ticker(svc.clone(), workers.clone()));
+    workers.spawn(liveness::LivenessTicker { svc: svc.clone() });
 
     let readiness = Readiness::new();
     let app = serve::with_common_layers(
@@ -206,7 +206,7 @@ pub async fn run(
     .layer(axum::middleware::map_response(json_body_too_large));
     let served = serve::serve(listener, app, shutdown, readiness, drain).await;
 
-    workers.cancel();
+    workers.shutdown().await;
     svc.tasks.close();
     svc.tasks.wait().await;
     tracing::info!("ring service stopped");

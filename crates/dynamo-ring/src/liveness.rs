@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use dynamo_core::NodeId;
+use dynamo_core::backoff::Backoff;
 use dynamo_core::wire::cluster::NodeState;
+use dynamo_server::ApiError;
+use dynamo_server::worker::{Next, Worker};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -93,16 +96,28 @@ impl SharedLiveness {
     }
 }
 
-/// Re-evaluates liveness every quarter timeout (at least every second) and commits the
-/// `up`/`down` transitions, until `stop`.
-pub(crate) async fn run_ticker(svc: Arc<Service>, stop: CancellationToken) {
-    let period =
-        (svc.config.heartbeat_timeout() / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(period) => {}
-        }
+/// The `liveness` worker: re-evaluates liveness every quarter timeout (at least every
+/// second) and commits the `up`/`down` transitions.
+pub(crate) struct LivenessTicker {
+    /// The service whose nodes it watches.
+    pub svc: Arc<Service>,
+}
+
+impl LivenessTicker {
+    fn period(&self) -> Duration {
+        (self.svc.config.heartbeat_timeout() / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+impl Worker for LivenessTicker {
+    type Error = ApiError;
+
+    fn name(&self) -> &'static str {
+        "liveness"
+    }
+
+    async fn work(&mut self, _stop: &CancellationToken) -> Result<Next, ApiError> {
+        let svc = &self.svc;
         let snap = svc.snapshot();
         let now = Instant::now();
         let due = {
@@ -113,22 +128,26 @@ pub(crate) async fn run_ticker(svc: Arc<Service>, stop: CancellationToken) {
                     && (n.state == NodeState::Up) != l.is_live(&n.node_id, now)
             })
         };
-        if !due {
-            continue;
-        }
-        let liveness = svc.liveness.clone();
-        let result = svc
-            .mutate(move |c| {
+        if due {
+            let liveness = svc.liveness.clone();
+            svc.mutate(move |c| {
                 let changed = c.apply_liveness(&|n| liveness.is_live_now(n));
                 for (node, state) in &changed {
                     tracing::info!(node = %node, state = ?state, "node liveness changed");
                 }
                 Ok(())
             })
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot record liveness transitions");
+            .await?;
         }
+        Ok(Next::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.period()).await;
+    }
+
+    fn retry(&self) -> Backoff {
+        Backoff::new(self.period(), self.period().saturating_mul(4))
     }
 }
 

@@ -15,6 +15,7 @@ use dynamo_core::ErrorCode;
 use dynamo_core::wire::cluster::ClusterView;
 use dynamo_server::ApiError;
 use dynamo_server::metrics::invariant;
+use dynamo_server::worker::Workers;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -42,9 +43,11 @@ pub(crate) struct Service {
     pub liveness: SharedLiveness,
     /// The service's metrics.
     pub metrics: RingMetrics,
-    /// Mutations and workers; awaited at shutdown.
+    /// Mutations; awaited at shutdown.
     pub tasks: TaskTracker,
-    /// Cancelled at shutdown: stops workers and long-polls.
+    /// The background workers (liveness, handoff); stopped at shutdown.
+    pub workers: Workers,
+    /// Cancelled with the workers: stops long-polls.
     pub shutdown: CancellationToken,
     /// The handoff worker running, with the change it drives.
     worker: Mutex<Option<(u64, CancellationToken)>>,
@@ -60,7 +63,7 @@ impl Service {
         liveness: SharedLiveness,
         metrics: RingMetrics,
         client: reqwest::Client,
-        shutdown: CancellationToken,
+        workers: Workers,
     ) -> Arc<Service> {
         metrics.observe(&cluster);
         let settings = Settings {
@@ -76,7 +79,8 @@ impl Service {
             liveness,
             metrics,
             tasks: TaskTracker::new(),
-            shutdown,
+            shutdown: workers.child_stop(),
+            workers,
             worker: Mutex::new(None),
             client,
         })
@@ -151,9 +155,15 @@ impl Service {
                 if let Some((_, stop)) = worker.take() {
                     stop.cancel();
                 }
-                let stop = self.shutdown.child_token();
+                let stop = self.workers.child_stop();
                 *worker = Some((w, stop.clone()));
-                self.tasks.spawn(crate::handoff::run(self.clone(), w, stop));
+                self.workers.spawn_until(
+                    crate::handoff::HandoffDriver {
+                        svc: self.clone(),
+                        id: w,
+                    },
+                    stop,
+                );
             }
             (Some(_), None) => {
                 if let Some((_, stop)) = worker.take() {

@@ -11,7 +11,7 @@
 //! - Once a minute without any `200`, the poll asks for a full copy (`after=0`): a ring
 //!   service that restarted with smaller versions would otherwise be waited on forever.
 //! - Failures back off ([`dynamo_core::backoff::Backoff`], with jitter) and the cached
-//!   state keeps serving; the loop stops when `stop` is cancelled.
+//!   state keeps serving. It is a [`Worker`]: it stops with the service's workers.
 
 use std::future::Future;
 use std::time::Duration;
@@ -20,6 +20,8 @@ use dynamo_core::backoff::Backoff;
 use dynamo_core::wire::cluster::{ClusterState, Decision};
 use dynamo_core::wire::routes;
 use tokio_util::sync::CancellationToken;
+
+use crate::worker::{Next, Worker};
 
 /// How long the ring service may hold a state long poll.
 pub const STATE_WAIT: Duration = Duration::from_secs(20);
@@ -76,70 +78,79 @@ pub async fn fetch_state(
     }
 }
 
-/// Follows the ring service at `ring_url` into `sink` until `stop` (see the module doc);
-/// `slack` is added to the long poll's wait as its timeout.
-pub async fn follow_cluster_state(
+/// Why one poll of the `cluster-state` worker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// The ring service did not answer, or answered something else than a state.
+    #[error("polling the ring service failed ({0}); serving with the cached state")]
+    Poll(String),
+    /// The sink could not store an adopted state.
+    #[error("storing the cluster state failed: {0}")]
+    Store(String),
+}
+
+/// The `cluster-state` worker: follows the ring service at `ring_url` into `sink` (see
+/// the module doc).
+pub struct Follower<S> {
     client: reqwest::Client,
     ring_url: String,
     slack: Duration,
-    sink: &impl StateSink,
-    stop: CancellationToken,
-) {
-    let mut seen = sink.version();
-    let mut last_full = tokio::time::Instant::now();
-    let mut failures = 0u32;
-    loop {
-        let after = if last_full.elapsed() >= FULL_REFRESH {
+    sink: S,
+    seen: u64,
+    last_full: tokio::time::Instant,
+}
+
+impl<S: StateSink> Follower<S> {
+    /// A follower of `ring_url` into `sink`; `slack` is added to the long poll's wait as
+    /// its timeout.
+    pub fn new(client: reqwest::Client, ring_url: String, slack: Duration, sink: S) -> Follower<S> {
+        Follower {
+            seen: sink.version(),
+            client,
+            ring_url,
+            slack,
+            sink,
+            last_full: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl<S: StateSink + 'static> Worker for Follower<S> {
+    type Error = FollowError;
+
+    fn name(&self) -> &'static str {
+        "cluster-state"
+    }
+
+    async fn work(&mut self, stop: &CancellationToken) -> Result<Next, FollowError> {
+        let after = if self.last_full.elapsed() >= FULL_REFRESH {
             0
         } else {
-            seen
+            self.seen
         };
         let polled = tokio::select! {
-            () = stop.cancelled() => return,
-            r = fetch_state(&client, &ring_url, after, STATE_WAIT, STATE_WAIT + slack) => r,
+            () = stop.cancelled() => return Ok(Next::Done),
+            r = fetch_state(&self.client, &self.ring_url, after, STATE_WAIT, STATE_WAIT + self.slack) => r,
         };
-        let pause = match polled {
-            Ok(None) => {
-                failures = 0;
-                Duration::ZERO
-            }
-            Ok(Some(state)) => {
-                last_full = tokio::time::Instant::now();
-                let version = state.version;
-                match sink.offer(state).await {
-                    Ok(decision) => {
-                        failures = 0;
-                        // Past a refused version too: the ring service answers again only
-                        // when it has something newer.
-                        seen = version;
-                        if decision == Decision::Adopted {
-                            Duration::ZERO
-                        } else {
-                            MIN_POLL_GAP
-                        }
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        tracing::error!(error = %e, "storing the cluster state failed");
-                        POLL_BACKOFF.delay(failures, rand::random())
-                    }
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 {
-                    tracing::warn!(error = %e, "ring service state poll failed; serving with the cached state");
-                } else {
-                    tracing::debug!(error = %e, failures, "ring service state poll failed");
-                }
-                POLL_BACKOFF.delay(failures, rand::random())
-            }
+        let Some(state) = polled.map_err(FollowError::Poll)? else {
+            return Ok(Next::Busy);
         };
-        if !pause.is_zero() {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
+        self.last_full = tokio::time::Instant::now();
+        let version = state.version;
+        let decision = self.sink.offer(state).await.map_err(FollowError::Store)?;
+        // Past a refused version too: the ring service answers again only when it has
+        // something newer.
+        self.seen = version;
+        Ok(if decision == Decision::Adopted {
+            Next::Busy
+        } else {
+            Next::Throttled(MIN_POLL_GAP)
+        })
+    }
+
+    async fn wait_for_work(&mut self) {}
+
+    fn retry(&self) -> Backoff {
+        POLL_BACKOFF
     }
 }

@@ -15,6 +15,8 @@
 //! - [`shutdown`]: the process's root cancellation token, cancelled by SIGTERM/SIGINT.
 //! - [`telemetry`]: tracing set-up for binaries; [`trace`]: the request id and W3C trace
 //!   context carried across services.
+//! - [`worker`]: the one shape of every background task (its loop, pauses, backoff,
+//!   tranquilizer, metrics and stop).
 //!
 //! # It is not
 //! Domain logic (that is `dynamo-core`) or any one service's routes.
@@ -28,5 +30,6 @@ pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;
+pub mod worker;
 
 pub use error::ApiError;

@@ -30,6 +30,7 @@ use dynamo_core::backoff::Backoff;
 use dynamo_core::wire::cluster::{ClusterState, Decision, Heartbeat, decide};
 use dynamo_core::wire::routes;
 use dynamo_server::metrics::invariant;
+use dynamo_server::worker::{Next, Worker};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -203,13 +204,6 @@ impl ClusterCache {
     }
 }
 
-async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        () = stop.cancelled() => false,
-        () = tokio::time::sleep(d) => true,
-    }
-}
-
 /// Where and how to reach the ring service.
 #[derive(Debug, Clone)]
 pub struct RingService {
@@ -219,54 +213,68 @@ pub struct RingService {
     pub timeout: Duration,
 }
 
-/// Runs the `heartbeat` worker until `stop`: one [`Heartbeat`] per `interval`, backing
-/// off while the ring service fails.
-pub async fn heartbeat(
-    client: reqwest::Client,
-    ring: RingService,
-    beat: Heartbeat,
-    interval: Duration,
-    metrics: StorageMetrics,
-    stop: CancellationToken,
-) {
-    let url = routes::url(&ring.url, routes::ring::HEARTBEAT);
-    let mut failures = 0u32;
-    loop {
+/// Why a heartbeat failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    /// The ring service did not answer.
+    #[error("the ring service did not answer the heartbeat")]
+    Unreachable(#[source] reqwest::Error),
+    /// It answered with an error status.
+    #[error("the ring service answered the heartbeat with {0}")]
+    Refused(reqwest::StatusCode),
+}
+
+/// The `heartbeat` worker: one [`Heartbeat`] per `interval`, backing off from `interval`
+/// while the ring service fails.
+pub struct HeartbeatSender {
+    /// The client for the ring service.
+    pub client: reqwest::Client,
+    /// The ring service.
+    pub ring: RingService,
+    /// What each heartbeat says.
+    pub beat: Heartbeat,
+    /// Pause between heartbeats.
+    pub interval: Duration,
+    /// Where results are counted.
+    pub metrics: StorageMetrics,
+}
+
+impl Worker for HeartbeatSender {
+    type Error = HeartbeatError;
+
+    fn name(&self) -> &'static str {
+        "heartbeat"
+    }
+
+    async fn work(&mut self, stop: &CancellationToken) -> Result<Next, HeartbeatError> {
+        let url = routes::url(&self.ring.url, routes::ring::HEARTBEAT);
         let sent = tokio::select! {
-            () = stop.cancelled() => return,
-            r = client.post(&url).json(&beat).timeout(ring.timeout).send() => r,
+            () = stop.cancelled() => return Ok(Next::Done),
+            r = self.client.post(&url).json(&self.beat).timeout(self.ring.timeout).send() => r,
         };
         let result = match &sent {
             Ok(r) if r.status().is_success() => "ok",
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => "not_member",
             _ => "error",
         };
-        metrics.heartbeats.with_label_values(&[result]).inc();
-        let pause = if result == "error" {
-            failures += 1;
-            let why = match sent {
-                Ok(r) => format!("status {}", r.status()),
-                Err(e) => e.to_string(),
-            };
-            if failures == 1 {
-                tracing::warn!(error = %why, "heartbeat to the ring service failed; backing off");
-            } else {
-                tracing::debug!(error = %why, failures, "heartbeat failed");
-            }
-            Backoff::new(interval, MAX_BACKOFF.max(interval)).delay(failures, rand::random())
-        } else {
-            if failures > 0 {
-                tracing::info!(failures, "ring service reachable again");
-            }
-            failures = 0;
-            if result == "not_member" {
+        self.metrics.heartbeats.with_label_values(&[result]).inc();
+        match sent {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
                 tracing::debug!("heartbeat: not a member of the ring yet");
             }
-            interval
-        };
-        if !sleep_or_stop(pause, &stop).await {
-            return;
+            Ok(r) => return Err(HeartbeatError::Refused(r.status())),
+            Err(e) => return Err(HeartbeatError::Unreachable(e.without_url())),
         }
+        Ok(Next::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.interval).await;
+    }
+
+    fn retry(&self) -> Backoff {
+        Backoff::new(self.interval, MAX_BACKOFF.max(self.interval))
     }
 }
 

@@ -33,8 +33,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dynamo_core::backoff::Backoff;
 use dynamo_core::version::VersionedObject;
 use dynamo_core::wire::BucketProps;
 use dynamo_core::wire::cluster::ClusterState;
@@ -43,6 +44,7 @@ use dynamo_core::wire::internal::{
 };
 use dynamo_core::wire::routes;
 use dynamo_core::{BucketName, NodeId};
+use dynamo_server::worker::{Next, Tranquilizer, Worker};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -126,21 +128,28 @@ pub fn is_collectable(obj: &VersionedObject, now_ms: u64, grace_ms: u64) -> bool
     obj.is_deleted() && newest.saturating_add(grace_ms) <= now_ms
 }
 
-/// Runs the `tombstone-gc` worker until `stop`.
-pub async fn run(
-    engine: Arc<Engine>,
-    cluster: Arc<ClusterCache>,
-    client: reqwest::Client,
-    settings: GcSettings,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(settings.interval) => {}
-        }
-        match round(&engine, &cluster, &client, settings, &stop).await {
-            Ok(Some(s)) if s.collected > 0 || s.blocked > 0 => {
+/// The `tombstone-gc` worker: one [`round`] per interval.
+pub struct TombstoneGc {
+    /// The node's engine.
+    pub engine: Arc<Engine>,
+    /// The cluster state the round plans with.
+    pub cluster: Arc<ClusterCache>,
+    /// The client for the peers.
+    pub client: reqwest::Client,
+    /// Grace, interval and idempotency window.
+    pub settings: GcSettings,
+}
+
+impl Worker for TombstoneGc {
+    type Error = GcError;
+
+    fn name(&self) -> &'static str {
+        "tombstone-gc"
+    }
+
+    async fn work(&mut self, stop: &CancellationToken) -> Result<Next, GcError> {
+        match round(&self.engine, &self.cluster, &self.client, self.settings, stop).await? {
+            Some(s) if s.collected > 0 || s.blocked > 0 => {
                 tracing::info!(
                     scanned = s.scanned,
                     collected = s.collected,
@@ -149,10 +158,19 @@ pub async fn run(
                     "tombstone gc round"
                 );
             }
-            Ok(Some(s)) => tracing::debug!(scanned = s.scanned, purged = s.purged, "tombstone gc round"),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = ?e, "tombstone gc round failed; retrying next round"),
+            Some(s) => tracing::debug!(scanned = s.scanned, purged = s.purged, "tombstone gc round"),
+            None => {}
         }
+        Ok(Next::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.settings.interval).await;
+    }
+
+    fn retry(&self) -> Backoff {
+        // A failed round is retried no sooner than a round would come anyway.
+        Backoff::new(self.settings.interval, self.settings.interval.saturating_mul(8))
     }
 }
 
@@ -207,7 +225,7 @@ pub async fn round(
         if stop.is_cancelled() {
             return Ok(None);
         }
-        let start = Instant::now();
+        let pace = Tranquilizer::start(TRANQUILITY);
         let e = engine.clone();
         let after = cursor.take();
         let (page, next) =
@@ -272,10 +290,8 @@ pub async fn round(
             Some(n) => cursor = Some(n),
             None => break,
         }
-        let pause = start.elapsed() * TRANQUILITY;
-        tokio::select! {
-            () = stop.cancelled() => return Ok(None),
-            () = tokio::time::sleep(pause) => {}
+        if !pace.rest(stop).await {
+            return Ok(None);
         }
     }
     engine.metrics().gc_rounds.inc();
@@ -408,7 +424,7 @@ async fn purge_pages(
     let mut cursor: Option<Vec<u8>> = None;
     let mut purged = 0u64;
     loop {
-        let start = Instant::now();
+        let pace = Tranquilizer::start(TRANQUILITY);
         let e = engine.clone();
         let after = cursor.take();
         let (n, next) = tokio::task::spawn_blocking(move || page(&e, after.as_deref())).await??;
@@ -417,9 +433,8 @@ async fn purge_pages(
             Some(n) => cursor = Some(n),
             None => return Ok(purged),
         }
-        tokio::select! {
-            () = stop.cancelled() => return Ok(purged),
-            () = tokio::time::sleep(start.elapsed() * TRANQUILITY) => {}
+        if !pace.rest(stop).await {
+            return Ok(purged);
         }
     }
 }

@@ -11,7 +11,7 @@
 //! not answer is left alone until the next round.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dynamo_core::BucketName;
 use dynamo_core::NodeId;
@@ -20,6 +20,7 @@ use dynamo_core::wire::internal::{
     MAX_BATCH_BYTES, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
 use dynamo_core::wire::routes;
+use dynamo_server::worker::{Next, Tranquilizer, Worker};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, PendingHint};
@@ -47,31 +48,44 @@ pub enum DeliveryError {
     Storage(#[from] StorageError),
 }
 
-/// Runs the delivery worker until `shutdown`.
-pub async fn run(
-    engine: Arc<Engine>,
-    client: reqwest::Client,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        for (target, address) in engine.hint_targets() {
-            if shutdown.is_cancelled() {
-                return;
+/// The `hint-delivery` worker: each round offers every owner with pending hints up to
+/// [`MAX_BATCHES_PER_ROUND`] batches, then idles for the interval.
+pub struct HintDelivery {
+    /// The node's engine (where the hints are).
+    pub engine: Arc<Engine>,
+    /// The client for the owners.
+    pub client: reqwest::Client,
+    /// Pause between rounds.
+    pub interval: Duration,
+}
+
+impl Worker for HintDelivery {
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "hint-delivery"
+    }
+
+    async fn work(&mut self, stop: &CancellationToken) -> Result<Next, Self::Error> {
+        // One owner's failure is its own: it waits for the next round, the rest go on.
+        for (target, address) in self.engine.hint_targets() {
+            if stop.is_cancelled() {
+                break;
             }
-            match deliver_to(&engine, &client, &target, &address, &shutdown).await {
+            match deliver_to(&self.engine, &self.client, &target, &address, stop).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(target_node = %target, delivered = n, "hints delivered"),
                 Err(e) => {
-                    engine.metrics().hint_delivery_failures.inc();
+                    self.engine.metrics().hint_delivery_failures.inc();
                     tracing::debug!(target_node = %target, error = %e, "hint delivery deferred");
                 }
             }
         }
+        Ok(Next::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.interval).await;
     }
 }
 
@@ -90,7 +104,7 @@ pub async fn deliver_to(
 ) -> Result<usize, DeliveryError> {
     let mut delivered = 0;
     for _ in 0..MAX_BATCHES_PER_ROUND {
-        let start = Instant::now();
+        let pace = Tranquilizer::start(TRANQUILITY);
         let e = engine.clone();
         let t = target.clone();
         let hints: Vec<PendingHint> =
@@ -165,10 +179,8 @@ pub async fn deliver_to(
         })
         .await
         .map_err(StorageError::from)??;
-        let pause = start.elapsed() * TRANQUILITY;
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(pause) => {}
+        if !pace.rest(shutdown).await {
+            break;
         }
     }
     Ok(delivered)

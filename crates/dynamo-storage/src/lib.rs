@@ -44,13 +44,13 @@ pub mod syncer;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynamo_server::follow::Follower;
 use dynamo_server::metrics::HttpMetrics;
 use dynamo_server::serve::{self, Limits, Readiness};
+use dynamo_server::worker::{Next, Worker, Workers};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 pub use config::Config;
 pub use engine::{Durability, Engine};
@@ -99,72 +99,55 @@ pub async fn run(
         Durability::Buffered => None,
     };
 
-    let workers = TaskTracker::new();
-    let worker_stop = CancellationToken::new();
+    let workers = Workers::new(&registry, "storage", CancellationToken::new())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(config.peer_timeout_ms))
         .connect_timeout(Duration::from_millis(config.peer_timeout_ms))
         .pool_max_idle_per_host(4)
         .build()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    workers.spawn(hints::run(
-        engine.clone(),
-        client.clone(),
-        Duration::from_millis(config.hint_interval_ms),
-        worker_stop.clone(),
-    ));
-    workers.spawn(background_persist(
-        engine.clone(),
-        Duration::from_millis(config.background_fsync_ms),
-        worker_stop.clone(),
-    ));
+    workers.spawn(hints::HintDelivery {
+        engine: engine.clone(),
+        client: client.clone(),
+        interval: Duration::from_millis(config.hint_interval_ms),
+    });
+    workers.spawn(BackgroundPersist {
+        engine: engine.clone(),
+        every: Duration::from_millis(config.background_fsync_ms),
+    });
     if let Some(url) = &config.ring_url {
         let ring = cluster::RingService {
             url: url.clone(),
             timeout: Duration::from_millis(config.ring_timeout_ms),
         };
         tracing::info!(ring_url = %url, advertise = %advertise, "following the ring service");
-        workers.spawn(
-            cluster::heartbeat(
-                client.clone(),
-                ring.clone(),
-                dynamo_core::wire::cluster::Heartbeat {
-                    node_id: engine.identity().node_id.clone(),
-                    address: advertise,
-                },
-                Duration::from_millis(config.heartbeat_interval_ms),
-                metrics.clone(),
-                worker_stop.clone(),
-            )
-            .instrument(tracing::info_span!("heartbeat")),
-        );
+        workers.spawn(cluster::HeartbeatSender {
+            client: client.clone(),
+            ring: ring.clone(),
+            beat: dynamo_core::wire::cluster::Heartbeat {
+                node_id: engine.identity().node_id.clone(),
+                address: advertise,
+            },
+            interval: Duration::from_millis(config.heartbeat_interval_ms),
+            metrics: metrics.clone(),
+        });
         let sink = cluster::StateSink {
             engine: engine.clone(),
             cache: cluster.clone(),
         };
-        let (client, stop) = (client.clone(), worker_stop.clone());
-        workers.spawn(
-            async move {
-                dynamo_server::follow::follow_cluster_state(client, ring.url, ring.timeout, &sink, stop)
-                    .await;
-            }
-            .instrument(tracing::info_span!("cluster-state")),
-        );
+        workers.spawn(Follower::new(client.clone(), ring.url, ring.timeout, sink));
     }
-    workers.spawn(
-        gc::run(
-            engine.clone(),
-            cluster.clone(),
-            client.clone(),
-            gc::GcSettings {
-                grace: Duration::from_millis(config.tombstone_grace_ms),
-                interval: Duration::from_millis(config.gc_interval_ms),
-                idempotency_window: Duration::from_millis(config.idempotency_window_ms),
-            },
-            worker_stop.clone(),
-        )
-        .instrument(tracing::info_span!("tombstone-gc")),
-    );
+    workers.spawn(gc::TombstoneGc {
+        engine: engine.clone(),
+        cluster: cluster.clone(),
+        client: client.clone(),
+        settings: gc::GcSettings {
+            grace: Duration::from_millis(config.tombstone_grace_ms),
+            interval: Duration::from_millis(config.gc_interval_ms),
+            idempotency_window: Duration::from_millis(config.idempotency_window_ms),
+        },
+    });
 
     let readiness = Readiness::new();
     let app = serve::with_common_layers(
@@ -185,28 +168,42 @@ pub async fn run(
     );
     let served = serve::serve(listener, app, shutdown, readiness, config.drain_timeout()).await;
 
-    worker_stop.cancel();
-    workers.close();
-    workers.wait().await;
+    workers.shutdown().await;
     let e = engine.clone();
     tokio::task::spawn_blocking(move || e.close_clean()).await??;
     tracing::info!("storage node stopped");
     served.map_err(StorageError::from)
 }
 
-/// Flushes the journal to disk periodically (the background fsync of buffered mode, and
-/// the disk-space metric in both).
-async fn background_persist(engine: Arc<Engine>, every: Duration, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+/// The `background-persist` worker: flushes the journal to disk periodically (the
+/// background fsync of buffered mode, and the disk-space metric in both).
+struct BackgroundPersist {
+    engine: Arc<Engine>,
+    every: Duration,
+}
+
+impl Worker for BackgroundPersist {
+    type Error = StorageError;
+
+    fn name(&self) -> &'static str {
+        "background-persist"
+    }
+
+    async fn work(&mut self, _stop: &CancellationToken) -> Result<Next, StorageError> {
+        let e = self.engine.clone();
+        let persisted = tokio::task::spawn_blocking(move || e.persist())
+            .await
+            .map_err(StorageError::from)
+            .and_then(|r| r);
+        // Every failure at error level, not only a run's first: buffered writes are at
+        // risk until one succeeds.
+        if let Err(e) = &persisted {
+            tracing::error!(error = ?e, "background fsync failed");
         }
-        let e = engine.clone();
-        match tokio::task::spawn_blocking(move || e.persist()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = ?e, "background fsync failed"),
-            Err(e) => tracing::error!(error = %e, "background fsync task failed"),
-        }
+        persisted.map(|()| Next::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.every).await;
     }
 }
