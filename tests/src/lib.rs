@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub use dynamo_testkit::wait_ready;
+
 /// Every wait in the harness is bounded by this.
 pub use dynamo_testkit::WAIT;
 
@@ -233,7 +235,7 @@ impl Cluster {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client");
-        wait_ready(&http, &ring.url()).await;
+        wait_ready(&ring.url()).await;
         let mut nodes = Vec::new();
         for i in 0..opts.nodes {
             let port = free_port();
@@ -255,7 +257,7 @@ impl Cluster {
             ];
             args.extend(opts.storage_args.iter().cloned());
             let node = Proc::spawn("dynamo-storage", &format!("node-{i}"), port, args, &logs);
-            wait_ready(&http, &node.url()).await;
+            wait_ready(&node.url()).await;
             nodes.push(node);
         }
         for (i, node) in nodes.iter().enumerate() {
@@ -283,7 +285,7 @@ impl Cluster {
         ];
         args.extend(opts.coordinator_args.iter().cloned());
         let coordinator = Proc::spawn("dynamo-coordinator", "coordinator", coord_port, args, &logs);
-        wait_ready(&http, &coordinator.url()).await;
+        wait_ready(&coordinator.url()).await;
         let cluster = Cluster {
             dir,
             ring,
@@ -309,28 +311,23 @@ impl Cluster {
 
     /// Waits until the coordinator's ring holds `n` members.
     pub async fn wait_routable(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = self.req(reqwest::Method::GET, "/v1/ring").send().await
-                && r.status().is_success()
-                && let Ok(v) = r.json::<serde_json::Value>().await
-            {
-                let mut owners: Vec<String> = v["owners"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|o| o.as_str().map(str::to_owned)).collect())
-                    .unwrap_or_default();
-                owners.sort();
-                owners.dedup();
-                if owners.len() == n {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "coordinator never saw {n} nodes"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        dynamo_testkit::eventually(&format!("the coordinator routes to {n} nodes"), || async {
+            let Ok(r) = self.req(reqwest::Method::GET, "/v1/ring").send().await else {
+                return false;
+            };
+            let Ok(v) = r.error_for_status().map(|r| r.json::<serde_json::Value>()) else {
+                return false;
+            };
+            let Ok(v) = v.await else { return false };
+            let mut owners: Vec<&str> = v["owners"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|o| o.as_str()).collect())
+                .unwrap_or_default();
+            owners.sort_unstable();
+            owners.dedup();
+            owners.len() == n
+        })
+        .await;
     }
 
     /// Reads a key's versions directly from one storage node (bypassing quorums).
@@ -357,44 +354,21 @@ impl Cluster {
     }
 }
 
-/// Waits until `url` answers `/readyz`.
-pub async fn wait_ready(http: &reqwest::Client, url: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(r) = http
-            .get(format!("{url}/readyz"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{url} never became ready");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn wait_members(http: &reqwest::Client, ring_url: &str, n: usize) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(r) = http
+    dynamo_testkit::eventually(&format!("the ring has {n} members and no handoff"), || async {
+        let Ok(r) = http
             .get(format!("{ring_url}/internal/v1/state?after=0&wait_ms=0"))
             .send()
             .await
-            && r.status().is_success()
-            && let Ok(s) = r.json::<serde_json::Value>().await
-        {
-            let members = s["ring"]["members"].as_object().map_or(0, |m| m.len());
-            let handoffs = s["handoffs"].as_array().map_or(0, Vec::len);
-            if members == n && handoffs == 0 {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ring never reached {n} members"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        else {
+            return false;
+        };
+        let Ok(s) = r.json::<serde_json::Value>().await else {
+            return false;
+        };
+        let members = s["ring"]["members"].as_object().map_or(0, |m| m.len());
+        let handoffs = s["handoffs"].as_array().map_or(0, Vec::len);
+        members == n && handoffs == 0
+    })
+    .await;
 }

@@ -594,7 +594,7 @@ async fn sloppy_quorum_and_hinted_handoff_survive_a_killed_node() {
     );
 
     c.nodes[1].start();
-    dynamo_tests::wait_ready(&c.http, &c.nodes[1].url()).await;
+    dynamo_testkit::wait_ready(&c.nodes[1].url()).await;
     // Every key whose preference list holds node-1 must reach it through its hints.
     eventually("every hint delivered", || async {
         let mut pending = 0.0;
@@ -706,7 +706,7 @@ async fn read_repair_fixes_a_stale_replica() {
     let r = put(&c, "/v1/kv/rr/key", "fresh", None).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     c.nodes[0].start();
-    dynamo_tests::wait_ready(&c.http, &c.nodes[0].url()).await;
+    dynamo_testkit::wait_ready(&c.nodes[0].url()).await;
     assert!(
         c.node_get(0, "rr", "key").await.is_none(),
         "node-0 missed the write"
@@ -802,7 +802,7 @@ async fn no_ring_service_means_ring_unavailable() {
         dir.path(),
     );
     let http = reqwest::Client::new();
-    dynamo_tests::wait_ready(&http, &coord.url()).await;
+    dynamo_tests::wait_ready(&coord.url()).await;
     let r = http
         .get(format!("{}/v1/kv/b/k", coord.url()))
         .bearer_auth(ROOT_TOKEN)

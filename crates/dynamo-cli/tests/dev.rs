@@ -6,7 +6,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -62,7 +62,7 @@ fn start_dev(data: &Path, port: u16, ring: u16, storage: u16) -> Child {
     child
 }
 
-fn stop_dev(mut child: Child) {
+async fn stop_dev(mut child: Child) {
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
@@ -71,15 +71,8 @@ fn stop_dev(mut child: Child) {
             .expect("kill")
             .success()
     );
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "dynamo dev exit status {status:?}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "dynamo dev did not stop after Ctrl-C");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = dynamo_testkit::wait_exit(&mut child, "dynamo dev stops after Ctrl-C").await;
+    assert!(status.success(), "dynamo dev exit status {status:?}");
 }
 
 async fn put_get(port: u16, token: &str, put: Option<&str>) -> String {
@@ -131,7 +124,7 @@ async fn dev_runs_a_cluster_that_keeps_its_data_across_restarts() {
         assert_eq!(mode & 0o777, 0o600);
     }
     assert_eq!(put_get(port, &token, Some("hello")).await, "hello");
-    stop_dev(dev);
+    stop_dev(dev).await;
     assert!(
         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
         "the coordinator is gone"
@@ -145,5 +138,5 @@ async fn dev_runs_a_cluster_that_keeps_its_data_across_restarts() {
     let again = std::fs::read_to_string(data.join("root-token")).expect("token");
     assert_eq!(again.trim(), token, "the same root token");
     assert_eq!(put_get(port, &token, None).await, "hello", "the same data");
-    stop_dev(dev);
+    stop_dev(dev).await;
 }

@@ -19,7 +19,7 @@ use dynamo_core::round::{
     CoordinateReply, ReadAction, ReadAnswer, ReadReply, ReadRound, ReplicateReply, Shortfall, WriteAction,
     WriteAnswer, WriteRound,
 };
-use dynamo_core::version::{Resolution, VersionedObject};
+use dynamo_core::version::{ConflictRule, VersionedObject};
 use dynamo_core::wire::BucketProps;
 use dynamo_core::wire::internal::{HintFor, IdempotencyClaim, IdempotencyRecord, ReplicaOp, ReplicaResult};
 use dynamo_core::{BucketName, DotSet, ErrorCode, NodeId, key_hash};
@@ -173,7 +173,7 @@ impl Coordinator {
         let task = self.clone().write_task(
             ring,
             req,
-            props.resolution(),
+            props.conflict_rule(),
             usize::from(props.n),
             w,
             deadline_ms,
@@ -193,7 +193,7 @@ impl Coordinator {
         self: Arc<Self>,
         ring: Arc<Ring>,
         req: WriteRequest,
-        resolution: Resolution,
+        conflict: ConflictRule,
         n: usize,
         w: usize,
         deadline_ms: u64,
@@ -221,7 +221,7 @@ impl Coordinator {
                             value: req.value.clone(),
                             content_type: req.content_type.clone(),
                             tombstone: req.tombstone,
-                            resolution,
+                            conflict,
                             hint: Self::hint(&ring, &slot),
                             deadline_ms: Some(deadline_ms),
                             idempotency: req.idempotency,
@@ -239,7 +239,7 @@ impl Coordinator {
                             bucket: req.bucket.clone(),
                             key: req.key.clone(),
                             object: outcome.object.clone(),
-                            resolution,
+                            conflict,
                             hint: Self::hint(&ring, &slot),
                             idempotency: record.clone(),
                         };
@@ -346,7 +346,7 @@ impl Coordinator {
             ring,
             bucket,
             key,
-            props.resolution(),
+            props.conflict_rule(),
             usize::from(props.n),
             r,
             deadline_ms,
@@ -367,7 +367,7 @@ impl Coordinator {
         ring: Arc<Ring>,
         bucket: BucketName,
         key: String,
-        resolution: Resolution,
+        conflict: ConflictRule,
         n: usize,
         r: usize,
         deadline_ms: u64,
@@ -375,7 +375,7 @@ impl Coordinator {
     ) {
         let pl = ring.preference_list_for(key_hash(bucket.as_str(), &key), n);
         let is_up = |id: &NodeId| self.is_up(&ring, id);
-        let mut round = ReadRound::new(&pl, r, resolution, deadline_ms, is_up);
+        let mut round = ReadRound::new(&pl, r, conflict, deadline_ms, is_up);
         let mut answer = Some(answer);
         let mut inflight = FuturesUnordered::new();
         loop {
@@ -404,7 +404,7 @@ impl Coordinator {
                         }
                     }
                     ReadAction::Repair { target, object } => {
-                        self.queue_repair(&ring, &bucket, &key, resolution, target, object);
+                        self.queue_repair(&ring, &bucket, &key, conflict, target, object);
                     }
                 }
             }
@@ -436,7 +436,7 @@ impl Coordinator {
         ring: &Ring,
         bucket: &BucketName,
         key: &str,
-        resolution: Resolution,
+        conflict: ConflictRule,
         target: NodeId,
         object: VersionedObject,
     ) {
@@ -450,7 +450,7 @@ impl Coordinator {
                 bucket: bucket.clone(),
                 key: key.to_owned(),
                 object,
-                resolution,
+                conflict,
                 hint: None,
                 idempotency: None,
             },

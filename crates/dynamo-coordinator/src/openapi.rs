@@ -4,7 +4,12 @@
 use axum::Json;
 use utoipa::OpenApi;
 
+use dynamo_core::crdt::CrdtType;
+use dynamo_core::error::ErrorDetail;
+use dynamo_core::wire::cluster::NodeRegistration;
 use dynamo_core::wire::public::{NewToken, RingView, TokenInfo, TokenList, TokenRequest};
+use dynamo_core::wire::{BucketProps, BucketPropsPatch, ConflictMode, SiblingView, SiblingsEnvelope};
+use dynamo_core::{ErrorBody, ErrorCode};
 
 use crate::api;
 
@@ -19,9 +24,9 @@ use crate::api;
         api::create_token, api::list_tokens, api::delete_token,
     ),
     components(schemas(
-        api::SiblingsEnvelopeDoc, api::SiblingDoc, api::ErrorBodyDoc, api::ErrorDetailDoc,
-        api::BucketPropsDoc, TokenRequest, NewToken, TokenInfo, TokenList,
-        RingView, api::NodeRegistrationDoc,
+        SiblingsEnvelope, SiblingView, ErrorBody, ErrorDetail, ErrorCode,
+        BucketProps, BucketPropsPatch, ConflictMode, CrdtType, TokenRequest, NewToken, TokenInfo, TokenList,
+        RingView, NodeRegistration,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -44,4 +49,53 @@ impl utoipa::Modify for BearerAuth {
 /// `GET /v1/openapi.json`.
 pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` in `v`, as `#/components/schemas/Name` strings.
+    fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("$ref", serde_json::Value::String(r)) => out.push(r.clone()),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_document_describes_the_wire_types_themselves() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+        let schemas = &doc["components"]["schemas"];
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let name = r.strip_prefix("#/components/schemas/").expect("a schema ref");
+            assert!(schemas[name].is_object(), "{r} is not defined");
+        }
+        // Error codes are the core's enum, every code listed.
+        let codes = schemas["ErrorCode"]["enum"].as_array().expect("an enum of codes");
+        for code in ["invalid_request", "quorum_unavailable", "idempotency_key_reused"] {
+            assert!(codes.iter().any(|c| c == code), "{code} missing");
+        }
+        // A bucket update takes the patch (every field optional), and answers the
+        // effective properties (every field required).
+        let put = &doc["paths"]["/v1/buckets/{bucket}"]["put"];
+        let body = &put["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(body, "#/components/schemas/BucketPropsPatch");
+        assert!(schemas["BucketPropsPatch"]["required"].is_null());
+        let required = schemas["BucketProps"]["required"].as_array().expect("required");
+        assert!(required.iter().any(|f| f == "n"));
+        // A sibling's value is base64 text.
+        assert_eq!(schemas["SiblingView"]["properties"]["value"]["type"], "string");
+    }
 }

@@ -670,28 +670,14 @@ mod tests {
             bucket: BucketName::new("b").expect("bucket"),
             key: key.to_owned(),
             object: dynamo_core::version::VersionedObject::new(),
-            resolution: dynamo_core::version::Resolution::Siblings { max_siblings: 8 },
+            conflict: dynamo_core::version::ConflictRule::Siblings { max_siblings: 8 },
             hint: None,
             idempotency: None,
         }
     }
 
-    async fn until(mut cond: impl FnMut() -> bool) {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !cond() {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-        .await
-        .expect("condition within 10 s");
-    }
-
-    /// Serves `app` as a fake storage node on loopback and returns its URL.
-    async fn serve(app: Router) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-        addr
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        dynamo_testkit::eventually(what, || std::future::ready(cond())).await;
     }
 
     /// A peer layer with one batch in flight per lane, and what stops it.
@@ -752,7 +738,7 @@ mod tests {
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let probes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let p = probes.clone();
-        let addr = serve(
+        let addr = dynamo_testkit::serve(
             Router::new()
                 .route("/internal/v1/replicas", post(hangs_once))
                 .with_state(seen.clone())
@@ -772,14 +758,20 @@ mod tests {
             let node = node.clone();
             async move { node.call(get("k0")).await }
         });
-        until(|| seen.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+        until("the first batch reached the node", || {
+            seen.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await;
         let queued: Vec<_> = (1..=3)
             .map(|i| {
                 let node = node.clone();
                 tokio::spawn(async move { node.call(get(&format!("k{i}"))).await })
             })
             .collect();
-        until(|| QUEUE_DEPTH - node.lanes[Lane::Read as usize].capacity() == 3).await;
+        until("three reads queued", || {
+            QUEUE_DEPTH - node.lanes[Lane::Read as usize].capacity() == 3
+        })
+        .await;
 
         assert!(matches!(
             first.await.expect("join"),
@@ -799,7 +791,7 @@ mod tests {
             "a down node is skipped, and asking does not claim a probe"
         );
 
-        until(|| node.is_up()).await;
+        until("the node is up again", || node.is_up()).await;
         assert_eq!(
             probes.load(std::sync::atomic::Ordering::SeqCst),
             1,
@@ -822,14 +814,14 @@ mod tests {
                 &dynamo_core::DotSet::new(),
                 dynamo_core::ActorId(1),
                 dynamo_core::version::NewWrite::value(vec![7; bytes], "application/octet-stream", 1),
-                dynamo_core::version::Resolution::Siblings { max_siblings: 8 },
+                dynamo_core::version::ConflictRule::Siblings { max_siblings: 8 },
             )
             .expect("put");
         ReplicaOp::Replicate {
             bucket: BucketName::new("b").expect("bucket"),
             key: key.to_owned(),
             object,
-            resolution: dynamo_core::version::Resolution::Siblings { max_siblings: 8 },
+            conflict: dynamo_core::version::ConflictRule::Siblings { max_siblings: 8 },
             hint: None,
             idempotency: None,
         }
@@ -845,7 +837,7 @@ mod tests {
             writes_gate: Arc::new(Semaphore::new(0)),
         };
         // The node accepts what a storage node must at least: one full batch.
-        let addr = serve(
+        let addr = dynamo_testkit::serve(
             Router::new()
                 .route("/internal/v1/replicas", post(fake))
                 .layer(axum::extract::DefaultBodyLimit::max(super::MAX_BATCH_BYTES))
@@ -858,7 +850,10 @@ mod tests {
             let node = node.clone();
             async move { node.call(replicate("w0")).await }
         });
-        until(|| f.batches.lock().expect("lock").len() == 1).await;
+        until("the first batch reached the node", || {
+            f.batches.lock().expect("lock").len() == 1
+        })
+        .await;
         // Three values of 1.5 MiB (2 MiB as JSON each) and two small ones queue behind it.
         let mut queued: Vec<_> = (1..=3)
             .map(|i| {
@@ -866,14 +861,20 @@ mod tests {
                 tokio::spawn(async move { node.call(large_replicate(&format!("big{i}"), 3 << 19)).await })
             })
             .collect();
-        until(|| QUEUE_DEPTH - node.lanes[Lane::Write as usize].capacity() == 3).await;
+        until("three writes queued", || {
+            QUEUE_DEPTH - node.lanes[Lane::Write as usize].capacity() == 3
+        })
+        .await;
         for i in 0..2 {
             let node = node.clone();
             queued.push(tokio::spawn(async move {
                 node.call(replicate(&format!("s{i}"))).await
             }));
         }
-        until(|| QUEUE_DEPTH - node.lanes[Lane::Write as usize].capacity() == 5).await;
+        until("five writes queued", || {
+            QUEUE_DEPTH - node.lanes[Lane::Write as usize].capacity() == 5
+        })
+        .await;
         f.writes_gate.add_permits(100);
         assert!(matches!(
             first.await.expect("join"),
@@ -900,7 +901,7 @@ mod tests {
             batches: Arc::default(),
             writes_gate: Arc::new(Semaphore::new(0)),
         };
-        let addr = serve(
+        let addr = dynamo_testkit::serve(
             Router::new()
                 .route("/internal/v1/replicas", post(fake))
                 .with_state(f.clone()),
@@ -914,7 +915,10 @@ mod tests {
             let node = node.clone();
             async move { node.call(replicate("w0")).await }
         });
-        until(|| f.batches.lock().expect("lock").len() == 1).await;
+        until("the first batch reached the node", || {
+            f.batches.lock().expect("lock").len() == 1
+        })
+        .await;
         // Three more writes queue behind it (one batch in flight per lane).
         let queued: Vec<_> = (1..=3)
             .map(|i| {
@@ -922,7 +926,10 @@ mod tests {
                 tokio::spawn(async move { node.call(replicate(&format!("w{i}"))).await })
             })
             .collect();
-        until(|| QUEUE_DEPTH - node.lanes[Lane::Write as usize].capacity() == 3).await;
+        until("three writes queued", || {
+            QUEUE_DEPTH - node.lanes[Lane::Write as usize].capacity() == 3
+        })
+        .await;
 
         // Reads are answered while the write batch is still held.
         for k in ["r1", "r2", "r3"] {
@@ -1001,7 +1008,7 @@ mod tests {
     async fn a_node_the_ring_reports_down_is_skipped_until_a_probe_answers() {
         let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let b = batches.clone();
-        let addr = serve(
+        let addr = dynamo_testkit::serve(
             Router::new()
                 .route(
                     "/internal/v1/replicas",
@@ -1030,7 +1037,7 @@ mod tests {
             0,
             "nothing sent"
         );
-        until(|| node.is_up()).await;
+        until("the node is up again", || node.is_up()).await;
         assert!(matches!(
             node.call(get("k")).await,
             Ok(ReplicaResult::Got { object: None })

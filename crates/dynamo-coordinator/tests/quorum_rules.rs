@@ -3,138 +3,20 @@
 //! each test scripts: at most once (a coordinate that may have applied is never retried
 //! elsewhere; one refused past its deadline is), and a fallback's "not found" is no vote.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use dynamo_core::ring::{Member, Ring};
-use dynamo_core::version::{NewWrite, Resolution, VersionedObject};
-use dynamo_core::wire::cluster::ClusterState;
-use dynamo_core::wire::internal::{ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult};
-use dynamo_core::{ActorId, DotSet, ErrorCode, NodeId, Partitioning, key_hash};
-use tokio_util::sync::CancellationToken;
-
-const TOKEN: &str = "root-token-for-tests-0123";
-
-/// How a fake storage node answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Behaviour {
-    /// Stores and answers like a real node.
-    Normal,
-    /// Never answers a batch holding a coordinate (a node that hung mid-write).
-    HangCoordinate,
-    /// Refuses coordinates as arriving past their deadline.
-    RefuseCoordinate,
-    /// Answers reads only after a delay.
-    SlowRead,
-}
-
-#[derive(Clone)]
-struct FakeNode {
-    actor: u64,
-    behaviour: Behaviour,
-    object: Arc<Mutex<Option<VersionedObject>>>,
-    coordinates: Arc<AtomicUsize>,
-    deadlines: Arc<Mutex<Vec<Option<u64>>>>,
-}
-
-async fn replicas(
-    State(n): State<FakeNode>,
-    body: axum::Json<ReplicaBatch>,
-) -> axum::Json<ReplicaBatchResult> {
-    let has_coordinate = body
-        .0
-        .ops
-        .iter()
-        .any(|op| matches!(op, ReplicaOp::CoordinatePut { .. }));
-    if has_coordinate {
-        n.coordinates.fetch_add(1, Ordering::SeqCst);
-        if n.behaviour == Behaviour::HangCoordinate {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        }
-    }
-    if n.behaviour == Behaviour::SlowRead && body.0.ops.iter().any(|op| matches!(op, ReplicaOp::Get { .. })) {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    let mut results = Vec::new();
-    for op in body.0.ops {
-        let mut stored = n.object.lock().expect("lock");
-        results.push(match op {
-            ReplicaOp::CoordinatePut {
-                context,
-                value,
-                content_type,
-                resolution,
-                deadline_ms,
-                ..
-            } => {
-                n.deadlines.lock().expect("lock").push(deadline_ms);
-                if n.behaviour == Behaviour::RefuseCoordinate {
-                    ReplicaResult::Error {
-                        code: ErrorCode::DeadlineExceeded,
-                        message: "late".into(),
-                    }
-                } else {
-                    let o = stored.get_or_insert_with(VersionedObject::new);
-                    let out = o
-                        .put(
-                            &context,
-                            ActorId(n.actor),
-                            NewWrite::value(value, content_type, 1),
-                            resolution,
-                        )
-                        .expect("put");
-                    ReplicaResult::Put {
-                        object: o.clone(),
-                        dot: out.dot,
-                        context: out.context,
-                        idempotency: None,
-                        replayed: false,
-                    }
-                }
-            }
-            ReplicaOp::Replicate {
-                object, resolution, ..
-            } => {
-                stored
-                    .get_or_insert_with(VersionedObject::new)
-                    .sync(&object, resolution);
-                ReplicaResult::Replicated
-            }
-            ReplicaOp::Get { .. } => ReplicaResult::Got {
-                object: stored.clone(),
-            },
-            other => panic!("unexpected operation {other:?}"),
-        });
-    }
-    axum::Json(ReplicaBatchResult { results })
-}
-
-async fn serve(app: Router) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(l, app).await.expect("serve") });
-    format!("http://{addr}")
-}
-
-/// An address where nothing listens (a killed node: connection refused).
-fn closed_address() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    format!("http://{}", l.local_addr().expect("addr"))
-}
+use common::{Behaviour, Coordinator, FakeNode, TOKEN};
+use dynamo_core::version::{ConflictRule, NewWrite, VersionedObject};
+use dynamo_core::{ActorId, DotSet, NodeId, key_hash};
 
 struct Setup {
     url: String,
     nodes: BTreeMap<NodeId, FakeNode>,
     /// The key's preference list (3 owners) then its fallback.
     order: Vec<NodeId>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), dynamo_coordinator::RunError>>,
+    coordinator: Coordinator,
 }
 
 impl Setup {
@@ -143,43 +25,21 @@ impl Setup {
     }
 
     fn coordinates(&self) -> usize {
-        self.nodes
-            .values()
-            .map(|n| n.coordinates.load(Ordering::SeqCst))
-            .sum()
+        self.nodes.values().map(FakeNode::coordinates).sum()
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("stops")
-            .expect("join")
-            .expect("clean");
+        self.coordinator.stop().await;
     }
 }
 
 /// Four fake nodes (N = 3 plus one fallback for key `b/k`); `behaviour(i)` scripts the
 /// i-th node of the key's order (0..3 owners, 3 the fallback); `None` is a dead node.
 async fn start(behaviour: impl Fn(usize) -> Option<Behaviour>) -> Setup {
-    let ids: Vec<NodeId> = (0..4)
-        .map(|i| NodeId::new(format!("node-{i}")).expect("id"))
+    let ids: BTreeMap<NodeId, Option<String>> = (0..4)
+        .map(|i| (NodeId::new(format!("node-{i}")).expect("id"), None))
         .collect();
-    let placeholder: BTreeMap<NodeId, Member> = ids
-        .iter()
-        .map(|id| {
-            (
-                id.clone(),
-                Member {
-                    zone: None,
-                    address: None,
-                },
-            )
-        })
-        .collect();
-    let parts = Partitioning::with_count(8).expect("q");
-    let shape = Ring::new(parts, 3, placeholder).expect("ring");
-    let pl = shape.preference_list_for(key_hash("b", "k"), 3);
+    let pl = common::ring(8, ids).preference_list_for(key_hash("b", "k"), 3);
     let mut order = pl.preference_list.clone();
     order.extend(pl.fallbacks.iter().cloned());
     assert_eq!(order.len(), 4);
@@ -187,86 +47,32 @@ async fn start(behaviour: impl Fn(usize) -> Option<Behaviour>) -> Setup {
     let mut nodes = BTreeMap::new();
     let mut members = BTreeMap::new();
     for (i, id) in order.iter().enumerate() {
-        let fake = FakeNode {
-            actor: i as u64 + 1,
-            behaviour: behaviour(i).unwrap_or(Behaviour::Normal),
-            object: Arc::default(),
-            coordinates: Arc::default(),
-            deadlines: Arc::default(),
-        };
+        let fake = FakeNode::new(i as u64 + 1, behaviour(i).unwrap_or(Behaviour::Normal));
         let address = match behaviour(i) {
-            Some(_) => {
-                serve(
-                    Router::new()
-                        .route("/internal/v1/replicas", post(replicas))
-                        .with_state(fake.clone()),
-                )
-                .await
-            }
-            None => closed_address(),
+            Some(_) => fake.serve().await,
+            None => dynamo_testkit::closed_address(),
         };
         nodes.insert(id.clone(), fake);
-        members.insert(
-            id.clone(),
-            Member {
-                zone: None,
-                address: Some(address),
-            },
-        );
+        members.insert(id.clone(), Some(address));
     }
-    let ring = Ring::new(parts, 3, members).expect("ring");
+    let ring = common::ring(8, members);
     assert_eq!(
         ring.preference_list_for(key_hash("b", "k"), 3).preference_list,
         pl.preference_list,
         "addresses do not move partitions"
     );
-    let state = ClusterState {
-        version: 1,
-        ring: Some(ring),
-        nodes: Vec::new(),
-        buckets: BTreeMap::new(),
-        tokens: Vec::new(),
-        handoffs: Vec::new(),
-    };
-    let ring_url = serve(Router::new().route(
-        "/internal/v1/state",
-        get(move || {
-            let s = state.clone();
-            async move { (StatusCode::OK, axum::Json(s)) }
-        }),
-    ))
+    let ring_url = common::fake_ring_service(ring).await;
+    let coordinator = Coordinator::start(ring_url, |c| {
+        c.replica_timeout_ms = 300;
+        c.request_timeout_ms = 2_000;
+    })
     .await;
-    let mut config = dynamo_coordinator::Config::for_ring(ring_url, TOKEN);
-    config.replica_timeout_ms = 300;
-    config.request_timeout_ms = 2_000;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(dynamo_coordinator::run(config, listener, stop.clone()));
-    dynamo_server_ready(&url).await;
     Setup {
-        url,
+        url: coordinator.url.clone(),
         nodes,
         order,
-        stop,
-        task,
+        coordinator,
     }
-}
-
-async fn dynamo_server_ready(url: &str) {
-    let http = reqwest::Client::new();
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Ok(r) = http.get(format!("{url}/v1/ring")).bearer_auth(TOKEN).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("coordinator routes within 20 s");
 }
 
 async fn put(url: &str) -> reqwest::Response {
@@ -352,7 +158,7 @@ async fn a_fallbacks_not_found_does_not_count_toward_r() {
         &DotSet::new(),
         ActorId(9),
         NewWrite::value(b"kept".to_vec(), "text/plain", 1),
-        Resolution::Siblings { max_siblings: 8 },
+        ConflictRule::Siblings { max_siblings: 8 },
     )
     .expect("put");
     *s.node(1).object.lock().expect("lock") = Some(o);

@@ -7,10 +7,10 @@ use std::hint::black_box;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use dynamo_core::context;
 use dynamo_core::ring::{Member, Ring};
-use dynamo_core::version::{NewWrite, Resolution, VersionedObject};
+use dynamo_core::version::{ConflictRule, NewWrite, VersionedObject};
 use dynamo_core::{ActorId, DotSet, KeyHash, NodeId, Partitioning};
 
-const RES: Resolution = Resolution::Siblings { max_siblings: 256 };
+const RES: ConflictRule = ConflictRule::Siblings { max_siblings: 256 };
 
 /// Builds two replicas that share `siblings` concurrent blind writes (1 KiB each) and
 /// differ by one more write on each side, so sync has real work on both lists.

@@ -13,6 +13,7 @@ macro_rules! error_codes {
     ($( $(#[$doc:meta])* $variant:ident = ($code:literal, $status:literal), )+) => {
         /// A stable, machine-readable error code with its HTTP status.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         #[non_exhaustive]
         pub enum ErrorCode {
@@ -139,6 +140,7 @@ impl std::fmt::Display for ErrorCode {
 /// The JSON error body every service answers with:
 /// `{"error": {"code": "...", "message": "...", "request_id": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error itself.
     pub error: ErrorDetail,
@@ -146,6 +148,7 @@ pub struct ErrorBody {
 
 /// The inside of an [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// The stable machine-readable code.
     pub code: ErrorCode,

@@ -9,7 +9,7 @@
 //!   the replaced node's partitions to its replacement;
 //! - every change produces a ring with a strictly larger epoch.
 //!
-//! Placement also tries to keep any `spread` consecutive partitions on distinct nodes
+//! Placement also tries to keep any `n` consecutive partitions on distinct nodes
 //! (Riak's `target_n_val`), so a preference list is found within a short walk and the
 //! replicas of neighbouring partitions land on different nodes. Zones, where members
 //! declare them, spread preference lists over distinct zones where the membership allows.
@@ -99,7 +99,7 @@ pub struct PreferenceList {
 pub struct Ring {
     epoch: RingEpoch,
     partitioning: Partitioning,
-    spread: u8,
+    n: u8,
     members: BTreeMap<NodeId, Member>,
     owners: Vec<NodeId>,
 }
@@ -108,7 +108,9 @@ pub struct Ring {
 struct RingRepr {
     epoch: RingEpoch,
     partitions: u32,
-    spread: u8,
+    // Named `spread` in state files written before 0.1's first release.
+    #[serde(alias = "spread")]
+    n: u8,
     members: BTreeMap<NodeId, Member>,
     owners: Vec<NodeId>,
 }
@@ -133,7 +135,7 @@ impl TryFrom<RingRepr> for Ring {
         Ok(Ring {
             epoch: r.epoch,
             partitioning,
-            spread: r.spread.max(1),
+            n: r.n.max(1),
             members: r.members,
             owners: r.owners,
         })
@@ -145,7 +147,7 @@ impl From<Ring> for RingRepr {
         RingRepr {
             epoch: r.epoch,
             partitions: r.partitioning.count(),
-            spread: r.spread,
+            n: r.n,
             members: r.members,
             owners: r.owners,
         }
@@ -156,14 +158,14 @@ impl Ring {
     /// Builds the first ring (epoch 1) over `members`, balanced, with consecutive
     /// partitions on distinct nodes and, where zones are declared, alternating zones.
     ///
-    /// `spread` is the replication factor placement optimises for (the largest N buckets
+    /// `n` is the replication factor placement optimises for (the largest N buckets
     /// are expected to use).
     ///
     /// # Errors
     /// [`RingError::NoMembers`] for an empty membership.
     pub fn new(
         partitioning: Partitioning,
-        spread: u8,
+        n: u8,
         members: BTreeMap<NodeId, Member>,
     ) -> Result<Ring, RingError> {
         if members.is_empty() {
@@ -191,7 +193,7 @@ impl Ring {
         Ok(Ring {
             epoch: RingEpoch(1),
             partitioning,
-            spread: spread.max(1),
+            n: n.max(1),
             members,
             owners,
         })
@@ -439,12 +441,12 @@ impl Ring {
         counts
     }
 
-    /// Counts how badly giving partition `p` to `node` breaks spread: owners of the
-    /// `spread − 1` partitions on either side that are `node` itself (weighted high) or in
+    /// Counts how badly giving partition `p` to `node` breaks the spread of replicas: owners of the
+    /// `n − 1` partitions on either side that are `node` itself (weighted high) or in
     /// its zone.
     fn conflicts(&self, node: &NodeId, p: usize) -> usize {
         let q = self.owners.len();
-        let reach = (self.spread as usize).saturating_sub(1).min(q / 2);
+        let reach = (self.n as usize).saturating_sub(1).min(q / 2);
         let zone = self.members.get(node).and_then(|m| m.zone.as_deref());
         let mut score = 0;
         for d in 1..=reach {
@@ -571,6 +573,10 @@ mod tests {
         );
         let bad = json.replace("\"partitions\":16", "\"partitions\":15");
         assert!(serde_json::from_str::<Ring>(&bad).is_err());
+        // State files written before the field was renamed still load.
+        let old = json.replace("\"n\":", "\"spread\":");
+        assert_ne!(old, json);
+        assert_eq!(serde_json::from_str::<Ring>(&old).expect("old name"), r);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::error::ErrorCode;
 use crate::ids::NodeId;
 use crate::quorum::{QuorumCount, QuorumState, Slot, SlotPlan};
 use crate::ring::PreferenceList;
-use crate::version::{Resolution, VersionedObject};
+use crate::version::{ConflictRule, VersionedObject};
 
 /// What a coordinate-put call came back with, as far as the round cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,7 +355,7 @@ pub enum ReadAction {
 pub struct ReadRound {
     plan: SlotPlan,
     r: usize,
-    resolution: Resolution,
+    conflict: ConflictRule,
     deadline_ms: u64,
     quorum: QuorumCount,
     replies: Vec<(Slot, Option<VersionedObject>)>,
@@ -366,11 +366,11 @@ pub struct ReadRound {
 
 impl ReadRound {
     /// Starts a read of quorum `r` over `pl`, to be answered by `deadline_ms`; replies
-    /// merge with the bucket's `resolution`.
+    /// merge with the bucket's `conflict` rule.
     pub fn new(
         pl: &PreferenceList,
         r: usize,
-        resolution: Resolution,
+        conflict: ConflictRule,
         deadline_ms: u64,
         is_up: impl Fn(&NodeId) -> bool,
     ) -> ReadRound {
@@ -381,7 +381,7 @@ impl ReadRound {
             actions: plan.slots.iter().cloned().map(ReadAction::Get).collect(),
             plan,
             r,
-            resolution,
+            conflict,
             deadline_ms,
             replies: Vec::new(),
             answered: false,
@@ -434,7 +434,7 @@ impl ReadRound {
         match state {
             QuorumState::Reached if !self.answered => {
                 self.answered = true;
-                let merged = merge(self.replies.iter().map(|(_, o)| o), self.resolution);
+                let merged = merge(self.replies.iter().map(|(_, o)| o), self.conflict);
                 self.actions
                     .push_back(ReadAction::Answer(ReadAnswer::Found(merged)));
             }
@@ -443,7 +443,7 @@ impl ReadRound {
         }
         if self.inflight == 0 {
             self.answer_unavailable(Shortfall::NotEnoughReplicas);
-            let repairs = repair_plan(&self.replies, self.resolution);
+            let repairs = repair_plan(&self.replies, self.conflict);
             self.actions.extend(
                 repairs
                     .into_iter()
@@ -472,20 +472,20 @@ impl ReadRound {
     }
 }
 
-/// Merges replica copies with the bucket's resolution; `None` when none knows the key.
+/// Merges replica copies with the bucket's conflict rule; `None` when none knows the key.
 pub fn merge<'a>(
     copies: impl Iterator<Item = &'a Option<VersionedObject>>,
-    resolution: Resolution,
+    conflict: ConflictRule,
 ) -> Option<VersionedObject> {
     let mut out: Option<VersionedObject> = None;
     for c in copies.flatten() {
         match &mut out {
-            Some(o) => o.sync(c, resolution),
+            Some(o) => o.sync(c, conflict),
             None => {
                 // Synced into an empty object rather than cloned: under last-writer-wins
                 // a single copy is reduced to its latest sibling like any merge.
                 let mut first = VersionedObject::new();
-                first.sync(c, resolution);
+                first.sync(c, conflict);
                 out = Some(first);
             }
         }
@@ -498,9 +498,9 @@ pub fn merge<'a>(
 /// is repaired when no reply knows the key.
 pub fn repair_plan(
     replies: &[(Slot, Option<VersionedObject>)],
-    resolution: Resolution,
+    conflict: ConflictRule,
 ) -> Vec<(NodeId, VersionedObject)> {
-    let Some(merged) = merge(replies.iter().map(|(_, o)| o), resolution) else {
+    let Some(merged) = merge(replies.iter().map(|(_, o)| o), conflict) else {
         return Vec::new();
     };
     let digest = merged.digest();

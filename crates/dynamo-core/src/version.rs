@@ -90,10 +90,11 @@ impl NewWrite {
     }
 }
 
-/// How a bucket resolves concurrent versions.
+/// How a replica resolves concurrent versions: the rule a bucket's `conflict` property
+/// ([`crate::wire::ConflictMode`]) and `max_siblings` give it ([`crate::wire::BucketProps::conflict_rule`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Resolution {
+pub enum ConflictRule {
     /// Keep concurrent versions as siblings, at most `max_siblings` after a write.
     Siblings {
         /// The bucket's bound on siblings.
@@ -191,14 +192,14 @@ impl StoredCopy {
         incarnation: Incarnation,
         fresh: impl IntoIterator<Item = ActorId>,
         write: NewWrite,
-        resolution: Resolution,
+        conflict: ConflictRule,
     ) -> Result<PutOutcome, VersionError> {
         let own = self
             .minter
             .filter(|m| m.incarnation == incarnation)
             .map(|m| m.actor);
         let actor = self.object.minting_actor(context, own, fresh)?;
-        let outcome = self.object.put(context, actor, write, resolution)?;
+        let outcome = self.object.put(context, actor, write, conflict)?;
         self.minter = Some(Minter { incarnation, actor });
         Ok(outcome)
     }
@@ -349,7 +350,7 @@ impl VersionedObject {
     /// write (a blind write never replaces a value silently).
     ///
     /// # Errors
-    /// [`VersionError::TooManySiblings`] when, under [`Resolution::Siblings`], the write
+    /// [`VersionError::TooManySiblings`] when, under [`ConflictRule::Siblings`], the write
     /// would leave more than `max_siblings` siblings; [`VersionError::CounterExhausted`]
     /// when the context holds `actor`'s counter `u64::MAX`. Nothing changes then.
     pub fn put(
@@ -357,10 +358,10 @@ impl VersionedObject {
         context: &DotSet,
         actor: ActorId,
         write: NewWrite,
-        resolution: Resolution,
+        conflict: ConflictRule,
     ) -> Result<PutOutcome, VersionError> {
         let kept = self.siblings.iter().filter(|s| !context.contains(&s.dot)).count();
-        if let Resolution::Siblings { max_siblings } = resolution
+        if let ConflictRule::Siblings { max_siblings } = conflict
             && kept + 1 > max_siblings as usize
         {
             return Err(VersionError::TooManySiblings {
@@ -392,7 +393,7 @@ impl VersionedObject {
         self.history.union(context);
         self.history.insert(dot);
         self.bound_history(MAX_VECTOR_ENTRIES);
-        if resolution == Resolution::LastWriterWins {
+        if conflict == ConflictRule::LastWriterWins {
             self.keep_latest();
         }
 
@@ -408,10 +409,10 @@ impl VersionedObject {
 
     /// Merges a replica's copy into this one (commutative, associative, idempotent).
     ///
-    /// `resolution` must be the bucket's; with [`Resolution::LastWriterWins`] only the
+    /// `conflict` must be the bucket's rule; with [`ConflictRule::LastWriterWins`] only the
     /// latest sibling is kept. The sibling bound is not enforced here: a replica never
     /// refuses data another replica acknowledged.
-    pub fn sync(&mut self, other: &VersionedObject, resolution: Resolution) {
+    pub fn sync(&mut self, other: &VersionedObject, conflict: ConflictRule) {
         let mut merged = Vec::with_capacity(self.siblings.len() + other.siblings.len());
         let (mut i, mut j) = (0, 0);
         let (a, b) = (&self.siblings, &other.siblings);
@@ -445,7 +446,7 @@ impl VersionedObject {
         }
         self.siblings = merged;
         self.history.union(&other.history);
-        if resolution == Resolution::LastWriterWins {
+        if conflict == ConflictRule::LastWriterWins {
             self.keep_latest();
         }
         self.check_invariants();
@@ -522,7 +523,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SIB: Resolution = Resolution::Siblings { max_siblings: 1000 };
+    const SIB: ConflictRule = ConflictRule::Siblings { max_siblings: 1000 };
 
     fn w(v: &str, t: u64) -> NewWrite {
         NewWrite::value(v.as_bytes().to_vec(), "text/plain", t)
@@ -586,7 +587,7 @@ mod tests {
 
     #[test]
     fn max_siblings_refuses_and_changes_nothing() {
-        let r = Resolution::Siblings { max_siblings: 2 };
+        let r = ConflictRule::Siblings { max_siblings: 2 };
         let mut o = VersionedObject::new();
         o.put(&DotSet::new(), A, w("x", 1), r).expect("put");
         o.put(&DotSet::new(), A, w("y", 1), r).expect("put");
@@ -611,14 +612,14 @@ mod tests {
     fn lww_keeps_the_latest_concurrent_write() {
         let mut a = VersionedObject::new();
         let mut b = VersionedObject::new();
-        a.put(&DotSet::new(), A, w("early", 10), Resolution::LastWriterWins)
+        a.put(&DotSet::new(), A, w("early", 10), ConflictRule::LastWriterWins)
             .expect("put");
-        b.put(&DotSet::new(), B, w("late", 20), Resolution::LastWriterWins)
+        b.put(&DotSet::new(), B, w("late", 20), ConflictRule::LastWriterWins)
             .expect("put");
         let mut ab = a.clone();
-        ab.sync(&b, Resolution::LastWriterWins);
+        ab.sync(&b, ConflictRule::LastWriterWins);
         let mut ba = b.clone();
-        ba.sync(&a, Resolution::LastWriterWins);
+        ba.sync(&a, ConflictRule::LastWriterWins);
         assert_eq!(values(&ab), ["late"]);
         assert_eq!(ab, ba);
     }
@@ -679,7 +680,7 @@ mod tests {
         proptest::collection::vec(prop_oneof![2 => put, 1 => sync], 0..24)
     }
 
-    fn run(steps: &[Step], replicas: usize, res: Resolution) -> Vec<VersionedObject> {
+    fn run(steps: &[Step], replicas: usize, res: ConflictRule) -> Vec<VersionedObject> {
         let mut r = vec![VersionedObject::new(); replicas];
         for (t, step) in steps.iter().enumerate() {
             match *step {
@@ -709,7 +710,7 @@ mod tests {
 
     fn arb_objects() -> impl Strategy<Value = (Vec<VersionedObject>, bool)> {
         (arb_steps(3), any::<bool>()).prop_map(|(steps, lww)| {
-            let res = if lww { Resolution::LastWriterWins } else { SIB };
+            let res = if lww { ConflictRule::LastWriterWins } else { SIB };
             (run(&steps, 3, res), lww)
         })
     }
@@ -717,7 +718,7 @@ mod tests {
     proptest! {
         #[test]
         fn sync_is_commutative_associative_idempotent((objs, lww) in arb_objects()) {
-            let res = if lww { Resolution::LastWriterWins } else { SIB };
+            let res = if lww { ConflictRule::LastWriterWins } else { SIB };
             let (a, b, c) = (&objs[0], &objs[1], &objs[2]);
             let mut ab = a.clone(); ab.sync(b, res);
             let mut ba = b.clone(); ba.sync(a, res);
@@ -755,7 +756,7 @@ mod tests {
         fn replicas_converge_in_any_delivery_order(
             (objs, lww) in arb_objects(), order in Just([0usize, 1, 2]).prop_shuffle()
         ) {
-            let res = if lww { Resolution::LastWriterWins } else { SIB };
+            let res = if lww { ConflictRule::LastWriterWins } else { SIB };
             let mut fwd = VersionedObject::new();
             for o in &objs { fwd.sync(o, res); }
             let mut shuffled = VersionedObject::new();

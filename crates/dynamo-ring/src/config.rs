@@ -31,9 +31,10 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_PARTITIONS", default_value_t = 256)]
     pub partitions: u64,
 
-    /// Replicas (N) that placement spreads over and that handoff plans copy for.
-    #[arg(long, env = "DYNAMO_SPREAD", default_value_t = 3)]
-    pub spread: u8,
+    /// The ring's N: the replicas placement keeps on distinct nodes (and zones) and that
+    /// handoff plans copy for; set it to the largest `n` a bucket will use.
+    #[arg(long = "n", alias = "spread", env = "DYNAMO_N", default_value_t = 3)]
+    pub n: u8,
 
     /// A member whose last heartbeat is older than this is `down` (liveness only; never a
     /// membership change).
@@ -76,8 +77,8 @@ impl Config {
         if let Err(e) = Partitioning::with_count(self.partitions) {
             return bad("partitions", e.to_string());
         }
-        if self.spread == 0 || self.spread > MAX_N {
-            return bad("spread", format!("must be 1..={MAX_N}, got {}", self.spread));
+        if self.n == 0 || self.n > MAX_N {
+            return bad("n", format!("must be 1..={MAX_N}, got {}", self.n));
         }
         if self.max_body_bytes < MIN_BODY_BYTES {
             return bad("max-body-bytes", format!("must be at least {MIN_BODY_BYTES}"));
@@ -156,7 +157,7 @@ mod tests {
         let c = Config::for_dir("x");
         c.validate().expect("defaults are valid");
         assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
-        assert_eq!((c.partitions, c.spread, c.heartbeat_timeout_ms), (256, 3, 3_000));
+        assert_eq!((c.partitions, c.n, c.heartbeat_timeout_ms), (256, 3, 3_000));
         assert_eq!(c.max_body_bytes, 1 << 20);
 
         let mut bad = c.clone();
@@ -168,13 +169,8 @@ mod tests {
                 .contains("--partitions")
         );
         let mut bad = c.clone();
-        bad.spread = 0;
-        assert!(
-            bad.validate()
-                .expect_err("spread 0")
-                .to_string()
-                .contains("--spread")
-        );
+        bad.n = 0;
+        assert!(bad.validate().expect_err("n 0").to_string().contains("--n"));
         let mut bad = c.clone();
         bad.heartbeat_timeout_ms = 0;
         assert!(bad.validate().is_err());

@@ -295,7 +295,7 @@ async fn pull(
                 // Only the copy phase still has the old ring, whose holders are the
                 // alternatives; in catch-up the source stays.
                 if phase == ChangePhase::Copy
-                    && let Some(next) = next_source(&snap, &h, usize::from(svc.settings.spread))
+                    && let Some(next) = next_source(&snap, &h, usize::from(svc.settings.n))
                 {
                     tracing::info!(partition = h.partition.0, from = %h.from, to = %next, "switching handoff source");
                     h.from = next;
@@ -331,9 +331,9 @@ async fn pull(
 
 /// Returns the holder after the current source in the order a receiver should try them
 /// (available holders of the current ring first), wrapping around.
-fn next_source(c: &Cluster, h: &Handoff, spread: usize) -> Option<NodeId> {
+fn next_source(c: &Cluster, h: &Handoff, n: usize) -> Option<NodeId> {
     let ring = c.state.ring.as_ref()?;
-    let holders = ring.preference_list(h.partition, spread).preference_list;
+    let holders = ring.preference_list(h.partition, n).preference_list;
     let unavailable = c
         .state
         .nodes

@@ -124,15 +124,13 @@ pub fn candidate_ring(
     kind: &ChangeKind,
     member: Option<Member>,
     partitioning: Partitioning,
-    spread: u8,
+    n: u8,
 ) -> Result<Ring, RingError> {
     let member = member.unwrap_or_default();
     match (current, kind) {
-        (None, ChangeKind::Join { node }) => Ring::new(
-            partitioning,
-            spread,
-            BTreeMap::from([(node.node_id.clone(), member)]),
-        ),
+        (None, ChangeKind::Join { node }) => {
+            Ring::new(partitioning, n, BTreeMap::from([(node.node_id.clone(), member)]))
+        }
         (Some(r), ChangeKind::Join { node }) => r.with_member_added(node.node_id.clone(), member),
         (Some(r), ChangeKind::Decommission { node }) => r.with_member_removed(node),
         (Some(r), ChangeKind::Replace { old, new }) => {
@@ -144,13 +142,13 @@ pub fn candidate_ring(
 }
 
 /// Returns the handoffs that must complete before `new` may replace `old`: for every
-/// partition p, each node in `new`'s preference list of p (N = `spread`) that is not in
+/// partition p, each node in `new`'s preference list of p (the ring's `n`) that is not in
 /// `old`'s must receive p's data. Its source is the first node of `old`'s list for p that
 /// is not in `unavailable` (leaving or down), else the first of that list (any holder).
 ///
 /// Deterministic, ordered by partition then receiver. Empty when there is no old ring
 /// (nothing can be stored yet).
-pub fn plan(old: Option<&Ring>, new: &Ring, spread: usize, unavailable: &BTreeSet<NodeId>) -> Vec<Handoff> {
+pub fn plan(old: Option<&Ring>, new: &Ring, n: usize, unavailable: &BTreeSet<NodeId>) -> Vec<Handoff> {
     let Some(old) = old else {
         return Vec::new();
     };
@@ -158,8 +156,8 @@ pub fn plan(old: Option<&Ring>, new: &Ring, spread: usize, unavailable: &BTreeSe
     let mut out = Vec::new();
     for p in 0..q {
         let p = PartitionId(p);
-        let before = old.preference_list(p, spread).preference_list;
-        let after = new.preference_list(p, spread).preference_list;
+        let before = old.preference_list(p, n).preference_list;
+        let after = new.preference_list(p, n).preference_list;
         let mut receivers: Vec<&NodeId> = after.iter().filter(|n| !before.contains(n)).collect();
         receivers.sort();
         for to in receivers {

@@ -32,7 +32,7 @@ use crate::store::{self, StateFile};
 pub(crate) struct Service {
     /// The configuration.
     pub config: Arc<Config>,
-    /// Q and the spread.
+    /// Q and the ring's N.
     pub settings: Settings,
     /// The current state; only [`Service::mutate`] takes it (a tokio lock, since a
     /// commit awaits the fsync while holding it: commits are serialised in order).
@@ -68,7 +68,7 @@ impl Service {
         metrics.observe(&cluster);
         let settings = Settings {
             partitioning: config.partitioning(),
-            spread: config.spread,
+            n: config.n,
         };
         let (published, _) = watch::channel(Arc::new(cluster.clone()));
         Arc::new(Service {

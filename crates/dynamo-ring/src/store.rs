@@ -157,7 +157,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let settings = Settings {
             partitioning: dynamo_core::Partitioning::with_count(8).expect("q"),
-            spread: 3,
+            n: 3,
         };
         let mut c = Cluster::empty();
         let reg = NodeRegistration {

@@ -197,11 +197,7 @@ async fn a_change_in_progress_resumes_after_a_restart() {
     )
     .await;
     assert_eq!(s, StatusCode::ACCEPTED);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while b.requests() < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "no pull attempts");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    dynamo_testkit::eventually("pull attempts", || std::future::ready(b.requests() >= 4)).await;
     ring.shutdown().await;
 
     b.fail_next(0);
@@ -239,16 +235,7 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
         .spawn()
         .expect("spawn dynamo-ring");
     let url = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(r) = client().get(format!("{url}/readyz")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    dynamo_testkit::wait_ready(&url).await;
     let (s, _) = call(
         "PUT",
         &format!("{url}/internal/v1/buckets/b"),
@@ -266,17 +253,7 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
         .status()
         .expect("kill");
     assert!(ok.success());
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("did not exit after SIGTERM");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = dynamo_testkit::wait_exit(&mut child, "dynamo-ring exits after SIGTERM").await;
     assert!(status.success(), "{status}");
 
     // Bad flags are refused with a non-zero exit, before anything is bound.

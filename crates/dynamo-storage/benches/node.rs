@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use dynamo_core::version::Resolution;
+use dynamo_core::version::ConflictRule;
 use dynamo_core::wire::internal::{ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult};
 use dynamo_core::{BucketName, DotSet};
 use dynamo_storage::{Config, Durability};
@@ -71,7 +71,7 @@ fn put(key: String, value: &[u8]) -> ReplicaOp {
         value: value.to_vec(),
         content_type: "application/octet-stream".into(),
         tombstone: false,
-        resolution: Resolution::Siblings { max_siblings: 32 },
+        conflict: ConflictRule::Siblings { max_siblings: 32 },
         hint: None,
         deadline_ms: None,
         idempotency: None,

@@ -205,7 +205,7 @@ fn apply(
             value,
             content_type,
             tombstone,
-            resolution,
+            conflict,
             hint,
             deadline_ms,
             idempotency,
@@ -240,7 +240,7 @@ fn apply(
                 window_ms,
                 now_ms: now,
             });
-            let c = engine.coordinate_idempotent(&k, &context, write, resolution, hint.as_ref(), claim)?;
+            let c = engine.coordinate_idempotent(&k, &context, write, conflict, hint.as_ref(), claim)?;
             // A replay waits for the group commit too: the first attempt's write may
             // still be unsynced (its answer never reached the coordinator).
             Ok((
@@ -258,7 +258,7 @@ fn apply(
             bucket,
             key,
             object,
-            resolution,
+            conflict,
             hint,
             idempotency,
         } => {
@@ -266,7 +266,7 @@ fn apply(
                 bucket: bucket.as_str(),
                 key: &key,
             };
-            engine.replicate_with_record(&k, &object, resolution, hint.as_ref(), idempotency.as_ref())?;
+            engine.replicate_with_record(&k, &object, conflict, hint.as_ref(), idempotency.as_ref())?;
             Ok((ReplicaResult::Replicated, true))
         }
         ReplicaOp::Get { bucket, key } => {

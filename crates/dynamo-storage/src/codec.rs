@@ -388,7 +388,7 @@ pub fn decode_idem_record(v: &[u8]) -> Result<IdempotencyRecord, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dynamo_core::version::{NewWrite, Resolution};
+    use dynamo_core::version::{ConflictRule, NewWrite};
 
     #[test]
     fn object_keys_round_trip_and_sort_by_partition_then_hash() {
@@ -411,7 +411,7 @@ mod tests {
     #[test]
     fn values_round_trip_with_their_digest() {
         let mut o = VersionedObject::new();
-        let r = Resolution::Siblings { max_siblings: 8 };
+        let r = ConflictRule::Siblings { max_siblings: 8 };
         o.put(
             &DotSet::new(),
             ActorId(3),
@@ -439,7 +439,7 @@ mod tests {
             Incarnation(9),
             [ActorId(5)],
             NewWrite::value(b"v".to_vec(), "text/plain", 1),
-            Resolution::Siblings { max_siblings: 8 },
+            ConflictRule::Siblings { max_siblings: 8 },
         )
         .expect("put");
         let bytes = encode_copy(&copy);

@@ -441,14 +441,14 @@ async fn purge_pages(
 
 #[cfg(test)]
 mod tests {
-    use dynamo_core::version::{NewWrite, Resolution};
+    use dynamo_core::version::{ConflictRule, NewWrite};
     use dynamo_core::{ActorId, DotSet, Partitioning};
 
     use super::*;
     use crate::engine::Durability;
     use crate::metrics::StorageMetrics;
 
-    const SIB: Resolution = Resolution::Siblings { max_siblings: 8 };
+    const SIB: ConflictRule = ConflictRule::Siblings { max_siblings: 8 };
 
     #[test]
     fn only_old_all_tombstone_sets_are_collectable() {

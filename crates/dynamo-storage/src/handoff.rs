@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use dynamo_core::PartitionId;
-use dynamo_core::version::Resolution;
+use dynamo_core::version::ConflictRule;
 use dynamo_core::wire::internal::PullProgress;
 use dynamo_core::wire::routes;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +76,7 @@ pub async fn pull_partition(
                 e.replicate(
                     &k,
                     &o.object,
-                    Resolution::Siblings {
+                    ConflictRule::Siblings {
                         max_siblings: u32::MAX,
                     },
                     None,

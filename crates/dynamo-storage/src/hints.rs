@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use dynamo_core::BucketName;
 use dynamo_core::NodeId;
-use dynamo_core::version::Resolution;
+use dynamo_core::version::ConflictRule;
 use dynamo_core::wire::internal::{
     MAX_BATCH_BYTES, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
@@ -133,7 +133,7 @@ pub async fn deliver_to(
                     object: h.object.clone(),
                     // A pure merge: never drops a version the owner lacks. LWW buckets are
                     // narrowed again by the owner's next write or a read.
-                    resolution: Resolution::Siblings {
+                    conflict: ConflictRule::Siblings {
                         max_siblings: u32::MAX,
                     },
                     hint: None,

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use dynamo_core::merkle::MerkleSummary;
-use dynamo_core::version::{NewWrite, Resolution, VersionedObject};
+use dynamo_core::version::{ConflictRule, NewWrite, VersionedObject};
 use dynamo_core::wire::internal::{HintFor, ReplicaOp, ReplicaResult};
 use dynamo_core::{ActorId, DotSet, NodeId};
 use serde_json::json;
@@ -47,7 +47,7 @@ async fn coordinate_put_replicate_get_round_trip() {
             bucket: bucket("b"),
             key: "k".into(),
             object: object.clone(),
-            resolution: SIB,
+            conflict: SIB,
             hint: None,
             idempotency: None,
         }],
@@ -72,7 +72,7 @@ async fn too_many_siblings_is_refused_per_operation() {
         value: v.to_vec(),
         content_type: String::new(),
         tombstone: false,
-        resolution: Resolution::Siblings { max_siblings: 2 },
+        conflict: ConflictRule::Siblings { max_siblings: 2 },
         hint: None,
         deadline_ms: None,
         idempotency: None,
@@ -118,7 +118,7 @@ async fn bad_internal_requests_get_4xx_and_change_nothing() {
     let url = format!("{}/internal/v1/replicas", a.url());
     let big = "x".repeat(1_048_577);
     let b64 = |s: &str| base64_std(s.as_bytes());
-    let good_put = json!({"op": "coordinate_put", "bucket": "b", "key": "k", "value": b64("new"), "resolution": {"mode": "siblings", "max_siblings": 32}});
+    let good_put = json!({"op": "coordinate_put", "bucket": "b", "key": "k", "value": b64("new"), "conflict": {"mode": "siblings", "max_siblings": 32}});
     let cases: Vec<(serde_json::Value, u16, &str)> = vec![
         (json!({"ops": []}), 400, "invalid_request"),
         (
@@ -142,32 +142,32 @@ async fn bad_internal_requests_get_4xx_and_change_nothing() {
             "invalid_json",
         ),
         (
-            json!({"ops": [{"op": "coordinate_put", "bucket": "b", "key": "k", "value": b64(&big), "resolution": {"mode": "lww"}}]}),
+            json!({"ops": [{"op": "coordinate_put", "bucket": "b", "key": "k", "value": b64(&big), "conflict": {"mode": "lww"}}]}),
             413,
             "value_too_large",
         ),
         (
-            json!({"ops": [{"op": "coordinate_put", "bucket": "b", "key": "k", "value": "!!notbase64", "resolution": {"mode": "lww"}}]}),
+            json!({"ops": [{"op": "coordinate_put", "bucket": "b", "key": "k", "value": "!!notbase64", "conflict": {"mode": "lww"}}]}),
             400,
             "invalid_json",
         ),
         (
-            json!({"ops": [{"op": "coordinate_put", "bucket": "b", "key": "k", "tombstone": true, "value": b64("x"), "resolution": {"mode": "lww"}}]}),
+            json!({"ops": [{"op": "coordinate_put", "bucket": "b", "key": "k", "tombstone": true, "value": b64("x"), "conflict": {"mode": "lww"}}]}),
             400,
             "invalid_request",
         ),
         (
-            json!({"ops": [{"op": "coordinate_put", "bucket": "b", "key": "k", "value": b64("x"), "resolution": {"mode": "lww"}, "hint": {"node": "n1", "address": "file:///etc"}}]}),
+            json!({"ops": [{"op": "coordinate_put", "bucket": "b", "key": "k", "value": b64("x"), "conflict": {"mode": "lww"}, "hint": {"node": "n1", "address": "file:///etc"}}]}),
             400,
             "invalid_request",
         ),
         (
-            json!({"ops": [{"op": "replicate", "bucket": "b", "key": "k", "object": {"history": {"vv": []}, "siblings": [{"dot": {"actor": 1, "counter": 1}, "value": "", "content_type": "", "last_modified_ms": 0}]}, "resolution": {"mode": "lww"}}]}),
+            json!({"ops": [{"op": "replicate", "bucket": "b", "key": "k", "object": {"history": {"vv": []}, "siblings": [{"dot": {"actor": 1, "counter": 1}, "value": "", "content_type": "", "last_modified_ms": 0}]}, "conflict": {"mode": "lww"}}]}),
             400,
             "invalid_json",
         ),
         (
-            json!({"ops": [{"op": "coordinate_put", "bucket": "b", "key": "k", "context": {"vv": [[1, 0]]}, "resolution": {"mode": "lww"}}]}),
+            json!({"ops": [{"op": "coordinate_put", "bucket": "b", "key": "k", "context": {"vv": [[1, 0]]}, "conflict": {"mode": "lww"}}]}),
             400,
             "invalid_json",
         ),
@@ -413,7 +413,7 @@ async fn replica_merge_in_any_order_converges() {
                 bucket: bucket("b"),
                 key: "k".into(),
                 object: copies[c].clone(),
-                resolution: sib,
+                conflict: sib,
                 hint: None,
                 idempotency: None,
             };
@@ -446,7 +446,7 @@ async fn hinted_writes_are_kept_apart_and_readable() {
         value: b"held".to_vec(),
         content_type: String::new(),
         tombstone: false,
-        resolution: SIB,
+        conflict: SIB,
         // Nobody listens on port 1: the hint stays pending.
         hint: Some(HintFor {
             node: NodeId::new("node-z").expect("id"),

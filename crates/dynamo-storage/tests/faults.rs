@@ -147,7 +147,7 @@ async fn a_hint_survives_restart_and_is_delivered_when_the_owner_returns() {
         value: b"for b".to_vec(),
         content_type: String::new(),
         tombstone: false,
-        resolution: SIB,
+        conflict: SIB,
         hint: Some(owner),
         deadline_ms: None,
         idempotency: None,
@@ -198,14 +198,7 @@ async fn sigterm_exits_zero_and_keeps_data() {
     wait_ready(&node.url()).await;
     batch(&node.url(), vec![put_op("t", "k", b"v", DotSet::new())]).await;
     node.signal("-TERM");
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = node.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = dynamo_testkit::wait_exit(&mut node.child, "the node exits after SIGTERM").await;
     assert!(status.success(), "exit status {status:?}");
     let node = spawn_proc(dir.path(), "node-a", port, "buffered");
     wait_ready(&node.url()).await;

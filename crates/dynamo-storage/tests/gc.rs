@@ -102,7 +102,7 @@ async fn replicate(url: &str, key: &str, object: &VersionedObject) {
             bucket: bucket("gc"),
             key: key.into(),
             object: object.clone(),
-            resolution: SIB,
+            conflict: SIB,
             hint: None,
             idempotency: None,
         }],

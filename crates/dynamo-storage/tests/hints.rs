@@ -150,7 +150,7 @@ async fn a_coordinate_past_its_deadline_is_not_applied() {
             value,
             content_type,
             tombstone,
-            resolution,
+            conflict,
             hint,
             ..
         } => ReplicaOp::CoordinatePut {
@@ -160,7 +160,7 @@ async fn a_coordinate_past_its_deadline_is_not_applied() {
             value,
             content_type,
             tombstone,
-            resolution,
+            conflict,
             hint,
             deadline_ms: Some(deadline),
             idempotency: None,

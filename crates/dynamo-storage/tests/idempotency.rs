@@ -4,7 +4,7 @@
 //! with the write answers a repeat the same way; records survive a restart, and leave
 //! with their window.
 
-use dynamo_core::version::{NewWrite, Resolution};
+use dynamo_core::version::{ConflictRule, NewWrite};
 use dynamo_core::wire::internal::IdempotencyClaim;
 use dynamo_core::{DotSet, NodeId, Partitioning};
 use dynamo_storage::engine::{Claim, Coordinated, Durability, Engine, KeyRef};
@@ -15,7 +15,7 @@ const K: KeyRef<'static> = KeyRef {
     bucket: "b",
     key: "k",
 };
-const SIB: Resolution = Resolution::Siblings { max_siblings: 16 };
+const SIB: ConflictRule = ConflictRule::Siblings { max_siblings: 16 };
 const WINDOW_MS: u64 = 1_000;
 const CLAIM: IdempotencyClaim = IdempotencyClaim {
     id: 7,

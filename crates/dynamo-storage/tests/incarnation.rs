@@ -3,7 +3,7 @@
 //! crash lost) is not continued; a clean stop keeps it; and a copy that is deleted (a
 //! delivered hint, a collected tombstone) takes its actor with it.
 
-use dynamo_core::version::{NewWrite, Resolution};
+use dynamo_core::version::{ConflictRule, NewWrite};
 use dynamo_core::{DotSet, NodeId, Partitioning};
 use dynamo_storage::engine::{Durability, Engine, HintFor, KeyRef};
 use dynamo_storage::metrics::StorageMetrics;
@@ -12,7 +12,7 @@ const K: KeyRef<'static> = KeyRef {
     bucket: "b",
     key: "k",
 };
-const LWW: Resolution = Resolution::LastWriterWins;
+const LWW: ConflictRule = ConflictRule::LastWriterWins;
 
 fn open(dir: &std::path::Path, durability: Durability) -> (Engine, StorageMetrics) {
     let metrics = StorageMetrics::new(&prometheus::Registry::new()).expect("metrics");

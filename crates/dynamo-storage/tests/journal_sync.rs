@@ -4,7 +4,7 @@
 //! against the fjall version in Cargo.lock; an upgrade that changes it fails here
 //! instead of silently fsyncing the wrong file.
 
-use dynamo_core::version::{NewWrite, Resolution};
+use dynamo_core::version::{ConflictRule, NewWrite};
 use dynamo_core::{DotSet, NodeId, Partitioning};
 use dynamo_storage::engine::{Durability, Engine, KeyRef};
 use dynamo_storage::metrics::StorageMetrics;
@@ -52,7 +52,7 @@ fn commits_land_in_the_newest_journal_file_that_sync_journal_fsyncs() {
             &k,
             &DotSet::new(),
             NewWrite::value(probe.clone(), "text/plain", 1),
-            Resolution::LastWriterWins,
+            ConflictRule::LastWriterWins,
             None,
         )
         .expect("put");

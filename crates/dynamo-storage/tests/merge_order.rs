@@ -1,13 +1,13 @@
 //! Replica merge through the storage engine converges whatever the order (and repetition)
 //! of delivery: a property test driving the real engine on fjall.
 
-use dynamo_core::version::{NewWrite, Resolution, VersionedObject};
+use dynamo_core::version::{ConflictRule, NewWrite, VersionedObject};
 use dynamo_core::{ActorId, DotSet, PartitionId, Partitioning, key_hash};
 use dynamo_storage::engine::{Durability, Engine, KeyRef};
 use dynamo_storage::metrics::StorageMetrics;
 use proptest::prelude::*;
 
-const SIB: Resolution = Resolution::Siblings { max_siblings: 1000 };
+const SIB: ConflictRule = ConflictRule::Siblings { max_siblings: 1000 };
 
 /// A random history at three replicas: client writes through any replica (blind or with
 /// the context read from any replica), deletes, and replica syncs.

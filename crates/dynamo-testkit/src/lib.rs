@@ -1,6 +1,7 @@
 //! `dynamo-testkit`: the harness pieces every test suite of the workspace needs, written
-//! once: waiting on a condition instead of sleeping ([`eventually`]), and reading a
-//! service's Prometheus metrics ([`scrape`], [`sample`], [`metric`]).
+//! once: waiting on a condition instead of sleeping ([`eventually`]), reading a service's
+//! Prometheus metrics ([`scrape`], [`sample`], [`metric`]), and serving a fake service
+//! on loopback ([`serve`], [`closed_address`]).
 //!
 //! A dev-dependency only; nothing here runs in a service.
 
@@ -40,6 +41,76 @@ where
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
         );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Serves `app` on a free loopback port until the test's runtime ends; returns its base
+/// URL (`http://127.0.0.1:port`).
+///
+/// # Panics
+/// When no port can be bound.
+pub async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("binding a loopback port: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("reading the bound address: {e}"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+/// Returns an address where nothing listens (a killed node: connection refused).
+///
+/// # Panics
+/// When no port can be bound.
+pub fn closed_address() -> String {
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding a loopback port: {e}"));
+    format!(
+        "http://{}",
+        l.local_addr()
+            .unwrap_or_else(|e| panic!("reading the bound address: {e}"))
+    )
+}
+
+/// Waits until the service at `url` answers `/readyz` with a success.
+///
+/// # Panics
+/// When [`WAIT`] passes first.
+pub async fn wait_ready(url: &str) {
+    let http = http();
+    let readyz = format!("{}/readyz", url.trim_end_matches('/'));
+    eventually(&format!("{url} is ready"), || async {
+        http.get(&readyz)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+}
+
+/// Waits until the child process exits; returns its status.
+///
+/// # Panics
+/// With `what` when [`WAIT`] passes first (the child is killed), or when its status
+/// cannot be read.
+pub async fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) => {}
+            Err(e) => panic!("reading the exit status ({what}): {e}"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("timed out waiting for: {what}");
+        }
         tokio::time::sleep(POLL).await;
     }
 }

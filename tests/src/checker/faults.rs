@@ -214,7 +214,6 @@ pub async fn play(
 
 /// Undoes `fault` and waits (bounded) until the node answers again.
 async fn heal(cluster: &mut Cluster, fault: Fault, firewall: &mut Result<Firewall, String>) {
-    let http = cluster.http.clone();
     let node = &mut cluster.nodes[fault.node];
     match fault.kind {
         FaultKind::Kill => node.start(),
@@ -225,7 +224,7 @@ async fn heal(cluster: &mut Cluster, fault: Fault, firewall: &mut Result<Firewal
             }
         }
     }
-    wait_ready(&http, &node.url()).await;
+    wait_ready(&node.url()).await;
 }
 
 /// The iptables rules of one checker process.

@@ -13,7 +13,7 @@ use dynamo_core::round::{
     CoordinateReply, ReadAction, ReadAnswer, ReadReply, ReadRound, ReplicateReply, WriteAction, WriteAnswer,
     WriteRound,
 };
-use dynamo_core::version::{NewWrite, Resolution, StoredCopy, VersionedObject};
+use dynamo_core::version::{ConflictRule, NewWrite, StoredCopy, VersionedObject};
 use dynamo_core::{ActorId, Dot, DotSet, ErrorCode, Incarnation, NodeId, Partitioning, key_hash};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -23,7 +23,7 @@ use super::{Config, Mutant, Report};
 
 const BUCKET: &str = "sim";
 const PARTITIONS: u64 = 16;
-const RESOLUTION: Resolution = Resolution::Siblings { max_siblings: 32 };
+const RESOLUTION: ConflictRule = ConflictRule::Siblings { max_siblings: 32 };
 /// One call's timeout at a coordinator.
 const HOP_TIMEOUT_MS: u64 = 100;
 /// A client request's deadline.

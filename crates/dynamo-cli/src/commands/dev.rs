@@ -305,7 +305,7 @@ async fn start(
             data_dir.join("ring").display().to_string(),
             "--partitions".into(),
             args.partitions.to_string(),
-            "--spread".into(),
+            "--n".into(),
             args.n.to_string(),
         ],
         logs,

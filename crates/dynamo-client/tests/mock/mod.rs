@@ -23,7 +23,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use dynamo_core::context;
-use dynamo_core::version::{NewWrite, Resolution, VersionedObject};
+use dynamo_core::version::{ConflictRule, NewWrite, VersionedObject};
 use dynamo_core::wire::cluster::{ClusterView, KeyPlacement, NodeRegistration, NodeState, NodeStatus};
 use dynamo_core::wire::{BucketProps, BucketPropsPatch, SiblingView, SiblingsEnvelope, rfc3339_from_ms};
 use dynamo_core::{ActorId, DotSet, ErrorBody, ErrorCode, NodeId, PartitionId, RingEpoch};
@@ -34,7 +34,7 @@ use serde_json::json;
 pub const TOKEN: &str = "mock-root-token";
 
 const CONTEXT: &str = "x-dynamo-context";
-const SIBLINGS: Resolution = Resolution::Siblings { max_siblings: 32 };
+const SIBLINGS: ConflictRule = ConflictRule::Siblings { max_siblings: 32 };
 
 /// A running mock; the server stops when this is dropped.
 pub struct Mock {

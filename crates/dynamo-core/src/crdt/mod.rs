@@ -114,6 +114,7 @@ pub const MAX_MAP_DEPTH: usize = 4;
 
 /// The kind of a CRDT: the bucket property `crdt_type` and the kind of a map field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CrdtType {
     /// A [`PnCounter`].

@@ -8,7 +8,7 @@ use crate::ids::ActorId;
 use crate::quorum::tests::{id, pl};
 use crate::version::NewWrite;
 
-const SIB: Resolution = Resolution::Siblings { max_siblings: 16 };
+const SIB: ConflictRule = ConflictRule::Siblings { max_siblings: 16 };
 
 fn up(_: &NodeId) -> bool {
     true
@@ -329,7 +329,7 @@ fn merge_keeps_concurrent_siblings_and_drops_superseded_ones() {
     let values: Vec<&[u8]> = merged.siblings().iter().map(|s| s.value.as_slice()).collect();
     assert_eq!(values, vec![b"a2".as_slice(), b"b".as_slice()]);
     assert_eq!(merge([None, None].iter(), SIB), None);
-    let lww = merge([Some(b)].iter(), Resolution::LastWriterWins).expect("known");
+    let lww = merge([Some(b)].iter(), ConflictRule::LastWriterWins).expect("known");
     assert_eq!(lww.siblings().len(), 1);
 }
 

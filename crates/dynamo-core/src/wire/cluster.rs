@@ -16,9 +16,11 @@ pub const MAX_BUCKETS: usize = 100_000;
 
 /// An admin-made join: a node and where its internal API answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeRegistration {
     /// The node's id (its StatefulSet pod name, or the id on its volume).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub node_id: NodeId,
     /// Its internal API address, `http://host:port`.
     pub address: String,

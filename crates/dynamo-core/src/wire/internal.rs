@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::ErrorCode;
 use crate::dots::{Dot, DotSet};
 use crate::ids::{BucketName, NodeId};
-use crate::version::{Resolution, VersionedObject};
+use crate::version::{ConflictRule, VersionedObject};
 
 /// Most operations in one replica batch.
 pub const MAX_BATCH_OPS: usize = 256;
@@ -139,8 +139,8 @@ pub enum ReplicaOp {
         /// True for a delete.
         #[serde(default)]
         tombstone: bool,
-        /// The bucket's conflict resolution.
-        resolution: Resolution,
+        /// The bucket's conflict rule.
+        conflict: ConflictRule,
         /// Set when this node holds the write for another (sloppy quorum).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hint: Option<HintFor>,
@@ -162,8 +162,8 @@ pub enum ReplicaOp {
         key: String,
         /// The versions to merge.
         object: VersionedObject,
-        /// The bucket's conflict resolution.
-        resolution: Resolution,
+        /// The bucket's conflict rule.
+        conflict: ConflictRule,
         /// Set when this node holds the write for another (sloppy quorum).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hint: Option<HintFor>,
@@ -261,7 +261,9 @@ enum ReplicaOpDef {
         content_type: String,
         #[serde(default)]
         tombstone: bool,
-        resolution: Resolution,
+        // Named `resolution` before 0.1's first release; still read.
+        #[serde(alias = "resolution")]
+        conflict: ConflictRule,
         #[serde(default)]
         hint: Option<HintFor>,
         #[serde(default)]
@@ -273,7 +275,8 @@ enum ReplicaOpDef {
         bucket: BucketName,
         key: String,
         object: VersionedObject,
-        resolution: Resolution,
+        #[serde(alias = "resolution")]
+        conflict: ConflictRule,
         #[serde(default)]
         hint: Option<HintFor>,
         #[serde(default)]
@@ -573,7 +576,7 @@ mod tests {
             &DotSet::new(),
             crate::ids::ActorId(7),
             crate::version::NewWrite::value(b"v\"al\\ue".to_vec(), "text/plain", 5),
-            Resolution::Siblings { max_siblings: 8 },
+            ConflictRule::Siblings { max_siblings: 8 },
         )
         .expect("put");
         o
@@ -589,7 +592,7 @@ mod tests {
                 value: vec![0, 1, 2, 255],
                 content_type: "application/octet-stream".into(),
                 tombstone: false,
-                resolution: Resolution::LastWriterWins,
+                conflict: ConflictRule::LastWriterWins,
                 hint: Some(HintFor {
                     node: NodeId::new("node-1").expect("id"),
                     address: "http://127.0.0.1:1".into(),
@@ -601,7 +604,7 @@ mod tests {
                 bucket: b.clone(),
                 key: "k".into(),
                 object: sample_object(),
-                resolution: Resolution::Siblings { max_siblings: 3 },
+                conflict: ConflictRule::Siblings { max_siblings: 3 },
                 hint: None,
                 idempotency: None,
             },
@@ -690,6 +693,26 @@ mod tests {
     // Goal: the reader is as strict as serde's derive was: unknown fields of an
     // operation, unknown variants, a missing or non-string tag are all refused, on
     // both paths.
+    #[test]
+    fn the_conflict_rule_is_still_read_under_its_old_name() {
+        for op in every_op() {
+            let v = serde_json::to_value(&op).expect("serialize");
+            let Some(rule) = v.get("conflict").cloned() else {
+                continue;
+            };
+            let mut old = v.clone();
+            let map = old.as_object_mut().expect("object");
+            map.remove("conflict");
+            map.insert("resolution".into(), rule);
+            let json = serde_json::to_string(&old).expect("json");
+            assert_eq!(serde_json::from_str::<ReplicaOp>(&json).expect("old name"), op);
+            assert_eq!(
+                serde_json::from_str::<ReplicaOp>(&tag_last(&old)).expect("old name, tag last"),
+                op
+            );
+        }
+    }
+
     #[test]
     fn bad_tagged_objects_are_refused() {
         let bad = [

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::ErrorCode;
 use crate::crdt::CrdtType;
 use crate::limits::{DEFAULT_MAX_SIBLINGS, MAX_N, MAX_SIBLINGS_LIMIT};
-use crate::version::Resolution;
+use crate::version::ConflictRule;
 
 pub mod cluster;
 pub mod internal;
@@ -37,6 +37,7 @@ pub mod base64_bytes {
 
 /// How a bucket resolves concurrent writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConflictMode {
     /// Concurrent writes are kept as siblings for the application to resolve.
@@ -50,6 +51,7 @@ pub enum ConflictMode {
 
 /// A bucket's effective properties (defaults filled in).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BucketProps {
     /// Replicas per key.
@@ -83,6 +85,7 @@ impl Default for BucketProps {
 /// A partial update of bucket properties (`PUT /v1/buckets/{bucket}`): absent fields keep
 /// their value.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BucketPropsPatch {
     /// See [`BucketProps::n`].
@@ -181,21 +184,23 @@ impl BucketProps {
 
     /// Returns how puts and merges resolve versions in this bucket (CRDT buckets merge
     /// their values elsewhere; their version sets keep one sibling per write, like LWW).
-    pub fn resolution(&self) -> Resolution {
+    pub fn conflict_rule(&self) -> ConflictRule {
         match self.conflict {
-            ConflictMode::Siblings => Resolution::Siblings {
+            ConflictMode::Siblings => ConflictRule::Siblings {
                 max_siblings: self.max_siblings,
             },
-            ConflictMode::Lww | ConflictMode::Crdt => Resolution::LastWriterWins,
+            ConflictMode::Lww | ConflictMode::Crdt => ConflictRule::LastWriterWins,
         }
     }
 }
 
 /// One sibling in the public JSON envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SiblingView {
     /// The value, base64.
     #[serde(with = "base64_bytes")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub value: Vec<u8>,
     /// The value's media type.
     pub content_type: String,
@@ -205,6 +210,7 @@ pub struct SiblingView {
 
 /// The public JSON envelope of a read: `{"context": "...", "siblings": [...]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SiblingsEnvelope {
     /// The context token covering every sibling.
     pub context: String,

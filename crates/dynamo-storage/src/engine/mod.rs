@@ -43,7 +43,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use dynamo_core::merkle::{MerkleItem, MerkleShape, MerkleTree};
-use dynamo_core::version::{NewWrite, PutOutcome, Resolution, StoredCopy, VersionedObject};
+use dynamo_core::version::{ConflictRule, NewWrite, PutOutcome, StoredCopy, VersionedObject};
 use dynamo_core::wire::internal::{IdempotencyClaim, IdempotencyRecord};
 use dynamo_core::{ActorId, DotSet, Incarnation, KeyHash, NodeId, PartitionId, Partitioning, key_hash};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};

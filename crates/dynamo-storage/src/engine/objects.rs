@@ -70,7 +70,7 @@ impl Engine {
                 match &mut found {
                     Some(obj) => obj.sync(
                         &hinted,
-                        Resolution::Siblings {
+                        ConflictRule::Siblings {
                             max_siblings: u32::MAX,
                         },
                     ),
@@ -93,10 +93,10 @@ impl Engine {
         k: &KeyRef<'_>,
         context: &DotSet,
         write: NewWrite,
-        resolution: Resolution,
+        conflict: ConflictRule,
         hint: Option<&HintFor>,
     ) -> Result<(VersionedObject, PutOutcome), StorageError> {
-        let c = self.coordinate_idempotent(k, context, write, resolution, hint, None)?;
+        let c = self.coordinate_idempotent(k, context, write, conflict, hint, None)?;
         Ok((c.object, c.outcome))
     }
 
@@ -113,7 +113,7 @@ impl Engine {
         k: &KeyRef<'_>,
         context: &DotSet,
         write: NewWrite,
-        resolution: Resolution,
+        conflict: ConflictRule,
         hint: Option<&HintFor>,
         claim: Option<Claim>,
     ) -> Result<Coordinated, StorageError> {
@@ -137,7 +137,7 @@ impl Engine {
         }
         let now_ms = write.now_ms;
         let fresh = std::iter::repeat_with(|| ActorId(rand::random::<u64>()));
-        let outcome = copy.coordinate(context, self.identity.incarnation, fresh, write, resolution)?;
+        let outcome = copy.coordinate(context, self.identity.incarnation, fresh, write, conflict)?;
         let record = claim.map(|c| IdempotencyRecord {
             claim: c.claim,
             dot: outcome.dot,
@@ -176,10 +176,10 @@ impl Engine {
         &self,
         k: &KeyRef<'_>,
         incoming: &VersionedObject,
-        resolution: Resolution,
+        conflict: ConflictRule,
         hint: Option<&HintFor>,
     ) -> Result<(), StorageError> {
-        self.replicate_with_record(k, incoming, resolution, hint, None)
+        self.replicate_with_record(k, incoming, conflict, hint, None)
     }
 
     /// [`Engine::replicate`] of an idempotent write's copy: the write's record is
@@ -192,7 +192,7 @@ impl Engine {
         &self,
         k: &KeyRef<'_>,
         incoming: &VersionedObject,
-        resolution: Resolution,
+        conflict: ConflictRule,
         hint: Option<&HintFor>,
         record: Option<&IdempotencyRecord>,
     ) -> Result<(), StorageError> {
@@ -203,7 +203,7 @@ impl Engine {
             _ => None,
         };
         let before = copy.object.digest();
-        copy.object.sync(incoming, resolution);
+        copy.object.sync(incoming, conflict);
         if at.old_raw.is_some() && copy.object.digest() == before {
             // Nothing new: skip the write (replication and anti-entropy resend a lot).
             if let Some(r) = record {

@@ -1,11 +1,11 @@
 //! Unit tests of the engine's own rules (the services' behaviour on top of it is in
 //! `tests/`).
 
-use dynamo_core::version::{NewWrite, Resolution};
+use dynamo_core::version::{ConflictRule, NewWrite};
 
 use super::*;
 
-const SIB: Resolution = Resolution::Siblings { max_siblings: 8 };
+const SIB: ConflictRule = ConflictRule::Siblings { max_siblings: 8 };
 
 fn open(dir: &Path, id: &str, q: u64) -> Result<Engine, StorageError> {
     let metrics = StorageMetrics::new(&prometheus::Registry::new()).expect("metrics");

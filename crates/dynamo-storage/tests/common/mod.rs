@@ -8,12 +8,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dynamo_core::version::{Resolution, VersionedObject};
+use dynamo_core::version::{ConflictRule, VersionedObject};
 use dynamo_core::wire::internal::{ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult};
 use dynamo_core::{BucketName, DotSet};
 use tokio_util::sync::CancellationToken;
 
-pub const SIB: Resolution = Resolution::Siblings { max_siblings: 32 };
+pub const SIB: ConflictRule = ConflictRule::Siblings { max_siblings: 32 };
 
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -67,19 +67,7 @@ pub async fn start_with(config: dynamo_storage::Config) -> InProcess {
     InProcess { addr, stop, task }
 }
 
-pub async fn wait_ready(url: &str) {
-    let c = client();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(r) = c.get(format!("{url}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{url} never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use dynamo_testkit::wait_ready;
 
 /// A port free right now (bound and released).
 pub fn free_port() -> u16 {
@@ -163,7 +151,7 @@ pub fn put_op(b: &str, key: &str, value: &[u8], context: DotSet) -> ReplicaOp {
         value: value.to_vec(),
         content_type: "application/octet-stream".into(),
         tombstone: false,
-        resolution: SIB,
+        conflict: SIB,
         hint: None,
         deadline_ms: None,
         idempotency: None,

@@ -1,0 +1,222 @@
+//! The public REST API (`/v1`), as `../shared/API.md` specifies it, plus the admin token
+//! endpoints documented in `docs/api.md`.
+//!
+//! By concept: `objects` (the key-value calls and their idempotency), `buckets`,
+//! `cluster` (the cluster view, the ring, joins and decommissions) and `tokens`; this
+//! file holds the router, the shared state and the helpers every handler uses, and the
+//! relay of admin calls to the ring service.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Extension;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use dynamo_core::context;
+use dynamo_core::ids::validate_key;
+use dynamo_core::limits::MAX_VALUE_BYTES;
+use dynamo_core::version::VersionedObject;
+use dynamo_core::wire::cluster::NodeRegistration;
+use dynamo_core::wire::cluster::{ClusterState, ClusterView, KeyPlacement, Permission, TokenRecord};
+use dynamo_core::wire::internal::IdempotencyClaim;
+use dynamo_core::wire::public::{NewToken, RingView, TokenInfo, TokenList, TokenRequest};
+use dynamo_core::wire::routes;
+use dynamo_core::wire::{
+    BucketProps, BucketPropsPatch, ConflictMode, SiblingView, SiblingsEnvelope, rfc3339_from_ms,
+};
+use dynamo_core::{BucketName, DotSet, ErrorBody, ErrorCode, NodeId, PartitionId, RingEpoch, key_hash};
+use dynamo_server::ApiError;
+use dynamo_server::extract::{Body, Json, Path, Query};
+use serde::Deserialize;
+
+use crate::auth::{self, AuthState, Principal};
+use crate::config::Config;
+use crate::kv::{Coordinator, WriteRequest};
+use crate::metrics::CoordinatorMetrics;
+use crate::state::ClusterCache;
+
+mod buckets;
+mod cluster;
+mod objects;
+mod tokens;
+
+pub use buckets::*;
+pub use cluster::*;
+pub use objects::*;
+pub use tokens::*;
+
+/// The context header.
+pub const CONTEXT_HEADER: &str = "x-dynamo-context";
+/// Longest request URI accepted (a 1024-byte key percent-encoded is at most 3 KiB).
+pub const MAX_URI_BYTES: usize = 8192;
+/// Longest `Content-Type` stored with a value.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 255;
+/// How long admin calls wait for the ring service.
+const RING_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared state of the handlers.
+pub struct AppState {
+    /// The data path.
+    pub coord: Arc<Coordinator>,
+    /// The cluster cache.
+    pub cache: ClusterCache,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Client for the ring service.
+    pub client: reqwest::Client,
+    /// Metrics.
+    pub metrics: CoordinatorMetrics,
+    /// Buckets whose first write this coordinator reported (or is reporting) to the ring
+    /// service, so that a burst of writes to a new bucket sends one report, not one each.
+    pub marked: Arc<std::sync::Mutex<std::collections::HashSet<BucketName>>>,
+}
+
+/// Builds the `/v1` routes behind authentication.
+pub fn routes(state: AppState, auth: Arc<AuthState>) -> Router {
+    Router::new()
+        .route(
+            "/v1/kv/{bucket}/{*key}",
+            get(get_object).put(put_object).delete(delete_object),
+        )
+        .route("/v1/buckets/{bucket}", get(get_bucket).put(put_bucket))
+        .route("/v1/cluster", get(get_cluster))
+        .route("/v1/cluster/nodes", post(join_node))
+        .route("/v1/cluster/nodes/{node}", delete(decommission_node))
+        .route("/v1/ring", get(get_ring))
+        .route("/v1/admin/tokens", post(create_token).get(list_tokens))
+        .route("/v1/admin/tokens/{id}", delete(delete_token))
+        .route("/v1/openapi.json", get(crate::openapi::serve))
+        .layer(middleware::from_fn_with_state(auth, auth::authenticate))
+        .layer(middleware::from_fn(limit_uri))
+        // Behind an Arc: axum clones the state for every request, and a plain clone of
+        // this one was a few dozen reference counts and a string.
+        .with_state(Arc::new(state))
+}
+
+async fn limit_uri(req: Request, next: Next) -> Response {
+    if req.uri().to_string().len() > MAX_URI_BYTES {
+        return ApiError::new(
+            ErrorCode::UriTooLong,
+            format!("the request URI is longer than {MAX_URI_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn bucket_name(b: String) -> Result<BucketName, ApiError> {
+    BucketName::new(b).map_err(ApiError::from)
+}
+
+fn quorum(value: Option<u8>, default: u8, n: u8, what: &str) -> Result<usize, ApiError> {
+    let v = value.unwrap_or(default);
+    if v == 0 || v > n {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuorum,
+            format!("{what} must be 1..={n}, got {v}"),
+        ));
+    }
+    Ok(usize::from(v))
+}
+
+fn timeout(config: &Config, ms: Option<u64>) -> Result<Duration, ApiError> {
+    match ms {
+        None => Ok(config.request_timeout()),
+        Some(0) => Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            "timeout_ms must be at least 1",
+        )),
+        Some(ms) => Ok(Duration::from_millis(ms.min(config.max_request_timeout_ms))),
+    }
+}
+
+fn context_of(headers: &HeaderMap) -> Result<DotSet, ApiError> {
+    match headers.get(CONTEXT_HEADER) {
+        None => Ok(DotSet::new()),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::new(ErrorCode::InvalidContext, "context is not ASCII"))?;
+            context::decode(s).map_err(ApiError::from)
+        }
+    }
+}
+
+fn with_context(mut resp: Response, ctx: &DotSet) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&context::encode(ctx)) {
+        resp.headers_mut().insert(CONTEXT_HEADER, v);
+    }
+    resp
+}
+
+fn envelope(obj: &VersionedObject, ctx: &DotSet) -> SiblingsEnvelope {
+    SiblingsEnvelope {
+        context: context::encode(ctx),
+        siblings: obj
+            .live_siblings()
+            .map(|s| SiblingView {
+                value: s.value.clone(),
+                content_type: s.content_type.clone(),
+                last_modified: rfc3339_from_ms(s.last_modified_ms),
+            })
+            .collect(),
+    }
+}
+
+/// Records a request's outcome in the metrics.
+fn observe<T>(m: &CoordinatorMetrics, op: &str, start: Instant, r: &Result<T, ApiError>) {
+    m.request_duration
+        .with_label_values(&[op])
+        .observe(start.elapsed().as_secs_f64());
+    let code = r.as_ref().err().map_or("ok", |e| e.code.as_str());
+    m.requests.with_label_values(&[op, code]).inc();
+}
+
+/// Relays an error body from the ring service, or maps its absence.
+async fn ring_error(resp: reqwest::Response) -> ApiError {
+    let status = resp.status();
+    match resp.json::<dynamo_core::ErrorBody>().await {
+        Ok(body) => ApiError::new(body.error.code, body.error.message),
+        Err(_) => ApiError::new(
+            ErrorCode::RingUnavailable,
+            format!("ring service answered {status}"),
+        ),
+    }
+}
+
+fn ring_unreachable(e: reqwest::Error) -> ApiError {
+    ApiError::new(
+        ErrorCode::RingUnavailable,
+        format!("ring service unreachable: {}", e.without_url()),
+    )
+}
+
+/// Sends an admin change to the ring service and, once it accepted it, refreshes the
+/// cached state so this coordinator serves the change at once.
+///
+/// # Errors
+/// The ring service's own error, or `503 ring_unavailable` when it does not answer.
+async fn ring_change(state: &AppState, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
+    let resp = req
+        .timeout(RING_CALL_TIMEOUT)
+        .send()
+        .await
+        .map_err(ring_unreachable)?;
+    if !resp.status().is_success() {
+        return Err(ring_error(resp).await);
+    }
+    state.cache.refresh(RING_CALL_TIMEOUT).await?;
+    Ok(resp)
+}
+
+/// Relays a membership change to the ring service, answering its status and body.
+async fn relay(state: &AppState, req: reqwest::RequestBuilder) -> Result<Response, ApiError> {
+    let resp = ring_change(state, req).await?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::OK);
+    let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    Ok((status, Json(body)).into_response())
+}

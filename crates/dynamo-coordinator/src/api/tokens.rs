@@ -1,0 +1,97 @@
+//! `/v1/admin/tokens`: creating, listing and revoking API tokens.
+
+use super::*;
+
+/// `POST /v1/admin/tokens` (admin).
+#[utoipa::path(post, path = "/v1/admin/tokens", tag = "admin", request_body = TokenRequest,
+    responses((status = 201, description = "Created; the secret is in the answer, once", body = NewToken)))]
+pub async fn create_token(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Json(req): Json<TokenRequest>,
+) -> Result<Response, ApiError> {
+    principal.require(Permission::Admin, None)?;
+    let mut permissions = req.permissions;
+    permissions.sort();
+    permissions.dedup();
+    if permissions.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "a token needs at least one permission",
+        ));
+    }
+    let (id, token) = auth::new_token();
+    let created_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let record = TokenRecord {
+        id: id.clone(),
+        sha256: auth::token_sha256(&token),
+        buckets: req.buckets.clone(),
+        permissions: permissions.clone(),
+        created_ms,
+    };
+    ring_change(
+        &state,
+        state
+            .client
+            .post(routes::url(state.cache.ring_url(), routes::ring::TOKENS))
+            .json(&record),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(NewToken {
+            id,
+            token,
+            buckets: req.buckets,
+            permissions,
+        }),
+    )
+        .into_response())
+}
+
+/// `GET /v1/admin/tokens` (admin).
+#[utoipa::path(get, path = "/v1/admin/tokens", tag = "admin",
+    responses((status = 200, description = "Every token, without secrets", body = TokenList)))]
+pub async fn list_tokens(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<TokenList>, ApiError> {
+    principal.require(Permission::Admin, None)?;
+    let s = state.cache.current()?;
+    Ok(Json(TokenList {
+        tokens: s
+            .tokens
+            .iter()
+            .map(|t| TokenInfo {
+                id: t.id.clone(),
+                buckets: t.buckets.clone(),
+                permissions: t.permissions.clone(),
+                created: rfc3339_from_ms(t.created_ms),
+            })
+            .collect(),
+    }))
+}
+
+/// `DELETE /v1/admin/tokens/{id}` (admin).
+#[utoipa::path(delete, path = "/v1/admin/tokens/{id}", tag = "admin", params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such token", body = ErrorBody)))]
+pub async fn delete_token(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(Permission::Admin, None)?;
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ApiError::new(ErrorCode::TokenNotFound, "no such token"));
+    }
+    ring_change(
+        &state,
+        state
+            .client
+            .delete(routes::url(state.cache.ring_url(), &routes::ring::token(&id))),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,323 @@
+//! A membership change's life (begin, progress, publish, finish, fail, retry, abort),
+//! and the heartbeats and liveness transitions of the members.
+
+use super::*;
+
+impl Cluster {
+    fn ensure_no_change(&self) -> Result<(), ClusterError> {
+        match &self.change {
+            None => Ok(()),
+            Some(c) => Err(conflict(format!(
+                "a membership change ({}) is in progress; wait for it, or retry or abort it if it failed",
+                c.kind.name()
+            ))),
+        }
+    }
+
+    fn ensure_new_node(&self, r: &NodeRegistration) -> Result<(), ClusterError> {
+        validate_registration(r)?;
+        if self.node(&r.node_id).is_some() {
+            return Err(conflict(format!("node {} is already a member", r.node_id)));
+        }
+        if let Some(other) = self.state.nodes.iter().find(|n| n.address == r.address) {
+            return Err(conflict(format!(
+                "address {} is already used by node {}",
+                r.address, other.node_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts a membership change: computes the new ring and the handoff plan, records
+    /// the newcomer as `joining` and the leaver as `leaving`. The ring itself changes
+    /// only in [`Cluster::publish`], after the plan's pulls.
+    ///
+    /// # Errors
+    /// `membership_conflict` (a change in progress, already a member, the last member),
+    /// `node_not_found`, `invalid_request` (a bad address or zone).
+    pub fn begin(&mut self, kind: ChangeKind, settings: Settings) -> Result<(), ClusterError> {
+        self.ensure_no_change()?;
+        match &kind {
+            ChangeKind::Join { node } => self.ensure_new_node(node)?,
+            ChangeKind::Decommission { node } => {
+                if self.node(node).is_none() {
+                    return Err(node_not_found(node));
+                }
+            }
+            ChangeKind::Replace { old, new } => {
+                if self.node(old).is_none() {
+                    return Err(node_not_found(old));
+                }
+                self.ensure_new_node(new)?;
+            }
+        }
+        let member = kind.joiner().map(|r| Member {
+            zone: r.zone.clone(),
+            address: Some(r.address.clone()),
+        });
+        let current = self.state.ring.as_ref();
+        let next = candidate_ring(current, &kind, member, settings.partitioning, settings.n)?;
+        let mut unavailable: BTreeSet<NodeId> = self
+            .state
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Down)
+            .map(|n| n.node_id.clone())
+            .collect();
+        unavailable.extend(kind.leaver().cloned());
+        self.state.handoffs = plan(current, &next, usize::from(settings.n), &unavailable);
+        if let Some(r) = kind.joiner() {
+            self.state.nodes.push(NodeStatus {
+                node_id: r.node_id.clone(),
+                address: r.address.clone(),
+                zone: r.zone.clone(),
+                state: NodeState::Joining,
+                last_heartbeat_ms_ago: None,
+            });
+            self.state.nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        }
+        if let Some(leaver) = kind.leaver()
+            && let Some(n) = self.node_mut(leaver)
+        {
+            n.state = NodeState::Leaving;
+        }
+        self.change = Some(PendingChange {
+            // The commit of this very change bumps the version by one.
+            id: self.state.version + 1,
+            kind,
+            phase: ChangePhase::Copy,
+            status: ChangeStatus::Running,
+            planned_epoch: next.epoch(),
+            planned_owners: next.owners().to_vec(),
+            failed_attempts: 0,
+        });
+        Ok(())
+    }
+
+    fn running_change(&self, id: u64, phase: ChangePhase) -> Result<&PendingChange, ClusterError> {
+        match &self.change {
+            Some(c) if c.id == id && c.phase == phase && c.status == ChangeStatus::Running => Ok(c),
+            _ => Err(conflict(format!(
+                "membership change {id} is no longer running in phase {phase:?}"
+            ))),
+        }
+    }
+
+    /// Records pull progress of the running change: each update names its handoff by
+    /// partition and receiver and carries the source used, the objects copied and
+    /// whether it is done.
+    ///
+    /// # Errors
+    /// `membership_conflict` when the change is no longer the one running in `phase`.
+    pub fn record_progress(
+        &mut self,
+        id: u64,
+        phase: ChangePhase,
+        updates: &[Handoff],
+        failed_attempts: u64,
+    ) -> Result<(), ClusterError> {
+        self.running_change(id, phase)?;
+        for u in updates {
+            if let Some(h) = self
+                .state
+                .handoffs
+                .iter_mut()
+                .find(|h| h.partition == u.partition && h.to == u.to)
+            {
+                h.from = u.from.clone();
+                h.objects = u.objects;
+                h.done = u.done;
+            }
+        }
+        if let Some(c) = &mut self.change {
+            c.failed_attempts = failed_attempts;
+        }
+        Ok(())
+    }
+
+    /// Publishes the change's new ring (every copy done): it is recomputed from the
+    /// current ring, so address updates made during the copy are kept, and must place
+    /// partitions exactly as planned. The handoffs restart for the catch-up round.
+    ///
+    /// # Errors
+    /// `membership_conflict` when the change is not running in the copy phase or a
+    /// handoff is not done; `internal` when the recomputed ring differs from the plan.
+    pub fn publish(&mut self, id: u64, settings: Settings) -> Result<RingEpoch, ClusterError> {
+        let change = self.running_change(id, ChangePhase::Copy)?.clone();
+        if let Some(h) = self.state.handoffs.iter().find(|h| !h.done) {
+            return Err(conflict(format!(
+                "partition {} is not yet copied to {}",
+                h.partition, h.to
+            )));
+        }
+        let member = change
+            .kind
+            .joiner()
+            .and_then(|r| self.node(&r.node_id))
+            .map(|n| Member {
+                zone: n.zone.clone(),
+                address: Some(n.address.clone()),
+            });
+        let next = candidate_ring(
+            self.state.ring.as_ref(),
+            &change.kind,
+            member,
+            settings.partitioning,
+            settings.n,
+        )?;
+        if next.owners() != change.planned_owners.as_slice() {
+            return Err(ClusterError::Internal(
+                "the new ring places partitions differently from its handoff plan".into(),
+            ));
+        }
+        let epoch = next.epoch();
+        self.state.ring = Some(next);
+        for h in &mut self.state.handoffs {
+            h.done = false;
+        }
+        if let Some(c) = &mut self.change {
+            c.phase = ChangePhase::CatchUp;
+        }
+        Ok(epoch)
+    }
+
+    /// Completes the change after the catch-up round: the leaver leaves `nodes`, the
+    /// newcomer becomes `up` or `down` by liveness, the handoffs are cleared.
+    ///
+    /// # Errors
+    /// `membership_conflict` when the change is not running in the catch-up phase or a
+    /// handoff is not done.
+    pub fn finish(&mut self, id: u64, live: &dyn Fn(&NodeId) -> bool) -> Result<(), ClusterError> {
+        let change = self.running_change(id, ChangePhase::CatchUp)?.clone();
+        if let Some(h) = self.state.handoffs.iter().find(|h| !h.done) {
+            return Err(conflict(format!(
+                "partition {} is not yet caught up on {}",
+                h.partition, h.to
+            )));
+        }
+        if let Some(leaver) = change.kind.leaver() {
+            self.state.nodes.retain(|n| n.node_id != *leaver);
+        }
+        if let Some(r) = change.kind.joiner()
+            && let Some(n) = self.node_mut(&r.node_id)
+        {
+            n.state = if live(&r.node_id) {
+                NodeState::Up
+            } else {
+                NodeState::Down
+            };
+        }
+        self.state.handoffs.clear();
+        self.change = None;
+        Ok(())
+    }
+
+    /// Marks the running change failed; it waits for a retry or an abort.
+    pub fn fail(&mut self, id: u64, reason: String, failed_attempts: u64) {
+        if let Some(c) = &mut self.change
+            && c.id == id
+        {
+            c.status = ChangeStatus::Failed { reason };
+            c.failed_attempts = failed_attempts;
+        }
+    }
+
+    /// Sets a failed change running again (its done handoffs are not repeated).
+    /// Returns its id.
+    ///
+    /// # Errors
+    /// `membership_conflict` when no change has failed.
+    pub fn retry(&mut self) -> Result<u64, ClusterError> {
+        match &mut self.change {
+            Some(c) if c.status != ChangeStatus::Running => {
+                c.status = ChangeStatus::Running;
+                Ok(c.id)
+            }
+            Some(_) => Err(conflict("the membership change is running; nothing to retry")),
+            None => Err(conflict("no membership change is in progress")),
+        }
+    }
+
+    /// Abandons the change before its ring is published: the newcomer is forgotten, the
+    /// leaver is a member again (`up` or `down` by liveness), the ring is untouched.
+    /// Data already copied to the newcomer stays there, unused.
+    ///
+    /// # Errors
+    /// `membership_conflict` when no change is in progress or its ring is already
+    /// published (it can then only go forward).
+    pub fn abort(&mut self, live: &dyn Fn(&NodeId) -> bool) -> Result<(), ClusterError> {
+        let Some(change) = self.change.clone() else {
+            return Err(conflict("no membership change is in progress"));
+        };
+        if change.phase != ChangePhase::Copy {
+            return Err(conflict(
+                "the new ring is already published; the change can only be retried",
+            ));
+        }
+        if let Some(r) = change.kind.joiner() {
+            self.state.nodes.retain(|n| n.node_id != r.node_id);
+        }
+        if let Some(leaver) = change.kind.leaver()
+            && let Some(n) = self.node_mut(leaver)
+        {
+            n.state = if live(leaver) {
+                NodeState::Up
+            } else {
+                NodeState::Down
+            };
+        }
+        self.state.handoffs.clear();
+        self.change = None;
+        Ok(())
+    }
+
+    /// Applies a heartbeat: a `down` member comes back `up`, and a changed address is
+    /// recorded (and, for a ring member, put in the ring with a new epoch). Joining and
+    /// leaving nodes keep their state.
+    ///
+    /// # Errors
+    /// `node_not_found`, `invalid_request` (bad address).
+    pub fn heartbeat(&mut self, hb: &Heartbeat) -> Result<(), ClusterError> {
+        validate_address(&hb.address)?;
+        let Some(n) = self.node_mut(&hb.node_id) else {
+            return Err(node_not_found(&hb.node_id));
+        };
+        if n.state == NodeState::Down {
+            n.state = NodeState::Up;
+        }
+        if n.address != hb.address {
+            n.address = hb.address.clone();
+            let member = Member {
+                zone: n.zone.clone(),
+                address: Some(hb.address.clone()),
+            };
+            if let Some(ring) = &self.state.ring
+                && ring.members().contains_key(&hb.node_id)
+            {
+                self.state.ring = Some(ring.with_member_updated(&hb.node_id, member)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-evaluates liveness: each `up`/`down` node takes the state `live` gives it.
+    /// Returns the transitions made.
+    pub fn apply_liveness(&mut self, live: &dyn Fn(&NodeId) -> bool) -> Vec<(NodeId, NodeState)> {
+        let mut changed = Vec::new();
+        for n in &mut self.state.nodes {
+            if !matches!(n.state, NodeState::Up | NodeState::Down) {
+                continue;
+            }
+            let now = if live(&n.node_id) {
+                NodeState::Up
+            } else {
+                NodeState::Down
+            };
+            if now != n.state {
+                n.state = now;
+                changed.push((n.node_id.clone(), now));
+            }
+        }
+        changed
+    }
+}

@@ -1,0 +1,280 @@
+use super::*;
+use dynamo_core::wire::cluster::Permission;
+
+fn settings() -> Settings {
+    Settings {
+        partitioning: Partitioning::with_count(16).expect("q"),
+        n: 3,
+    }
+}
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).expect("id")
+}
+
+fn reg(s: &str, port: u16) -> NodeRegistration {
+    NodeRegistration {
+        node_id: id(s),
+        address: format!("http://127.0.0.1:{port}"),
+        zone: None,
+    }
+}
+
+/// Drives a change to completion, as the worker would with all pulls succeeding.
+fn complete(c: &mut Cluster) {
+    c.state.version += 1;
+    let change = c.change.clone().expect("a change");
+    let done: Vec<Handoff> = c
+        .state
+        .handoffs
+        .iter()
+        .map(|h| Handoff {
+            done: true,
+            ..h.clone()
+        })
+        .collect();
+    c.record_progress(change.id, ChangePhase::Copy, &done, 0)
+        .expect("progress");
+    c.publish(change.id, settings()).expect("publish");
+    c.record_progress(change.id, ChangePhase::CatchUp, &done, 0)
+        .expect("progress");
+    c.finish(change.id, &|_| true).expect("finish");
+}
+
+fn joined(names: &[&str]) -> Cluster {
+    let mut c = Cluster::empty();
+    for (i, n) in names.iter().enumerate() {
+        c.begin(
+            ChangeKind::Join {
+                node: reg(n, 7100 + i as u16),
+            },
+            settings(),
+        )
+        .expect("join");
+        complete(&mut c);
+    }
+    c
+}
+
+#[test]
+fn joins_make_epochs_one_by_one_and_conflicts_are_refused() {
+    let mut c = joined(&["a", "b", "c"]);
+    assert_eq!(c.epoch(), RingEpoch(3));
+    assert!(c.state.nodes.iter().all(|n| n.state == NodeState::Up));
+    let before = c.clone();
+    let e = c
+        .begin(ChangeKind::Join { node: reg("a", 9999) }, settings())
+        .expect_err("dup");
+    assert_eq!(e.code(), ErrorCode::MembershipConflict);
+    let e = c
+        .begin(ChangeKind::Join { node: reg("d", 7100) }, settings())
+        .expect_err("same address");
+    assert_eq!(e.code(), ErrorCode::MembershipConflict);
+    let e = c
+        .begin(ChangeKind::Decommission { node: id("zz") }, settings())
+        .expect_err("unknown");
+    assert_eq!(e.code(), ErrorCode::NodeNotFound);
+    assert_eq!(c, before, "refusals change nothing");
+
+    c.begin(ChangeKind::Join { node: reg("d", 7200) }, settings())
+        .expect("join d");
+    assert_eq!(c.node(&id("d")).map(|n| n.state), Some(NodeState::Joining));
+    assert_eq!(c.epoch(), RingEpoch(3), "the ring changes only at publish");
+    let e = c
+        .begin(ChangeKind::Decommission { node: id("a") }, settings())
+        .expect_err("busy");
+    assert_eq!(e.code(), ErrorCode::MembershipConflict);
+}
+
+#[test]
+fn the_last_member_cannot_leave() {
+    let mut c = joined(&["a"]);
+    let e = c
+        .begin(ChangeKind::Decommission { node: id("a") }, settings())
+        .expect_err("last");
+    assert_eq!(e.code(), ErrorCode::MembershipConflict);
+    assert!(c.change.is_none());
+}
+
+#[test]
+fn abort_restores_membership_only_before_publish() {
+    let mut c = joined(&["a", "b"]);
+    let before = c.clone();
+    c.begin(ChangeKind::Decommission { node: id("b") }, settings())
+        .expect("decommission");
+    assert_eq!(c.node(&id("b")).map(|n| n.state), Some(NodeState::Leaving));
+    c.abort(&|_| true).expect("abort");
+    assert_eq!(c, before);
+
+    c.begin(ChangeKind::Join { node: reg("x", 7300) }, settings())
+        .expect("join");
+    c.state.version += 1;
+    let change = c.change.clone().expect("change");
+    let done: Vec<Handoff> = c
+        .state
+        .handoffs
+        .iter()
+        .map(|h| Handoff {
+            done: true,
+            ..h.clone()
+        })
+        .collect();
+    c.record_progress(change.id, ChangePhase::Copy, &done, 0)
+        .expect("progress");
+    c.publish(change.id, settings()).expect("publish");
+    assert_eq!(
+        c.abort(&|_| true).expect_err("published").code(),
+        ErrorCode::MembershipConflict
+    );
+}
+
+#[test]
+fn publish_needs_every_copy_and_keeps_address_updates() {
+    let mut c = joined(&["a"]);
+    c.begin(ChangeKind::Join { node: reg("b", 7301) }, settings())
+        .expect("join");
+    c.state.version += 1;
+    let change = c.change.clone().expect("change");
+    assert_eq!(c.state.handoffs.len(), 16);
+    assert_eq!(
+        c.publish(change.id, settings())
+            .expect_err("copies missing")
+            .code(),
+        ErrorCode::MembershipConflict
+    );
+    c.heartbeat(&Heartbeat {
+        node_id: id("a"),
+        address: "http://127.0.0.1:8888".into(),
+    })
+    .expect("heartbeat");
+    assert_eq!(c.epoch(), RingEpoch(2), "an address update is a new ring");
+    let done: Vec<Handoff> = c
+        .state
+        .handoffs
+        .iter()
+        .map(|h| Handoff {
+            done: true,
+            ..h.clone()
+        })
+        .collect();
+    c.record_progress(change.id, ChangePhase::Copy, &done, 0)
+        .expect("progress");
+    let epoch = c.publish(change.id, settings()).expect("publish");
+    assert_eq!(epoch, RingEpoch(3));
+    let ring = c.state.ring.as_ref().expect("ring");
+    assert_eq!(
+        ring.members()[&id("a")].address.as_deref(),
+        Some("http://127.0.0.1:8888")
+    );
+    assert!(
+        c.state.handoffs.iter().all(|h| !h.done),
+        "catch-up round restarts"
+    );
+}
+
+#[test]
+fn liveness_transitions_never_touch_the_ring() {
+    let mut c = joined(&["a", "b"]);
+    let ring = c.state.ring.clone();
+    let t = c.apply_liveness(&|n| n.as_str() != "b");
+    assert_eq!(t, vec![(id("b"), NodeState::Down)]);
+    assert!(c.apply_liveness(&|n| n.as_str() != "b").is_empty(), "no repeat");
+    assert_eq!(c.state.ring, ring);
+    c.heartbeat(&Heartbeat {
+        node_id: id("b"),
+        address: "http://127.0.0.1:7101".into(),
+    })
+    .expect("heartbeat");
+    assert_eq!(c.node(&id("b")).map(|n| n.state), Some(NodeState::Up));
+    assert_eq!(c.state.ring, ring, "same address, same ring");
+}
+
+#[test]
+fn buckets_validate_and_freeze_n_once_written() {
+    let mut c = Cluster::empty();
+    let b = BucketName::new("photos").expect("bucket");
+    assert_eq!(c.bucket(&b).props, BucketProps::default());
+    let bad = BucketPropsPatch {
+        r: Some(9),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.patch_bucket(&b, &bad).expect_err("r > n").code(),
+        ErrorCode::InvalidBucketProperties
+    );
+    let n5 = BucketPropsPatch {
+        n: Some(5),
+        ..Default::default()
+    };
+    assert_eq!(c.patch_bucket(&b, &n5).expect("n=5").props.n, 5);
+    c.mark_written(&b).expect("written");
+    let n3 = BucketPropsPatch {
+        n: Some(3),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.patch_bucket(&b, &n3).expect_err("frozen").code(),
+        ErrorCode::BucketNImmutable
+    );
+    assert!(c.patch_bucket(&b, &n5).is_ok(), "the same n is fine");
+}
+
+#[test]
+fn tokens_are_validated_and_unique() {
+    let mut c = Cluster::empty();
+    let t = TokenRecord {
+        id: "tok1".into(),
+        sha256: "a".repeat(64),
+        buckets: BucketScope::Only(vec![BucketName::new("b").expect("bucket")]),
+        permissions: vec![Permission::Read],
+        created_ms: 1,
+    };
+    c.add_token(t.clone()).expect("add");
+    assert_eq!(
+        c.add_token(t.clone()).expect_err("dup").code(),
+        ErrorCode::InvalidRequest
+    );
+    let upper = TokenRecord {
+        id: "tok2".into(),
+        sha256: "A".repeat(64),
+        ..t.clone()
+    };
+    assert!(c.add_token(upper).is_err());
+    let none = TokenRecord {
+        id: "tok3".into(),
+        sha256: "b".repeat(64),
+        permissions: vec![],
+        ..t
+    };
+    assert!(c.add_token(none).is_err());
+    assert_eq!(
+        c.remove_token("nope").expect_err("missing").code(),
+        ErrorCode::TokenNotFound
+    );
+    c.remove_token("tok1").expect("remove");
+    assert!(c.state.tokens.is_empty());
+}
+
+#[test]
+fn addresses_must_be_bare_http_urls() {
+    for ok in [
+        "http://127.0.0.1:7100",
+        "https://node-0.dynamo.svc:7100/",
+        "http://[::1]:1",
+    ] {
+        assert!(validate_address(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "127.0.0.1:7100",
+        "ftp://x",
+        "http://x/path",
+        "http://x?q=1",
+        "http://u:p@x",
+        "http://",
+        "http://x #",
+    ] {
+        assert!(validate_address(bad).is_err(), "{bad}");
+    }
+    assert!(validate_address(&format!("http://{}", "a".repeat(300))).is_err());
+}
