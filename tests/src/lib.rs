@@ -53,14 +53,7 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A port free right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+pub use dynamo_testkit::free_port;
 
 /// One service process.
 pub struct Proc {

@@ -8,15 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(90);
+use dynamo_testkit::free_port;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+const WAIT: Duration = Duration::from_secs(90);
 
 /// Starts `dynamo dev` and waits for its "ready" line; returns the child.
 fn start_dev(data: &Path, port: u16, ring: u16, storage: u16) -> Child {

@@ -168,22 +168,30 @@ impl Coordinator {
         timeout: Duration,
     ) -> Result<WriteOutcome, ApiError> {
         let ring = self.cache.ring()?;
-        let (tx, rx) = oneshot::channel();
         let deadline_ms = wall_clock_ms() + timeout.as_millis() as u64;
-        let task = self.clone().write_task(
-            ring,
-            req,
-            props.conflict_rule(),
-            usize::from(props.n),
-            w,
-            deadline_ms,
-            tx,
-        );
-        self.tracker.spawn(in_request_scope(task));
+        let (rule, n) = (props.conflict_rule(), usize::from(props.n));
+        self.answered("write", |tx| {
+            self.clone().write_task(ring, req, rule, n, w, deadline_ms, tx)
+        })
+        .await
+    }
+
+    /// Runs a round's task in the request tracker, so that it finishes (its minted dots
+    /// stored, its replicas sent) when the client hangs up, and waits for its answer.
+    async fn answered<T, F>(
+        &self,
+        what: &str,
+        task: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> F,
+    ) -> Result<T, ApiError>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.tracker.spawn(in_request_scope(task(tx)));
         rx.await.unwrap_or_else(|_| {
             Err(ApiError::new(
                 ErrorCode::Internal,
-                "write task ended without an answer",
+                format!("{what} task ended without an answer"),
             ))
         })
     }
@@ -340,25 +348,13 @@ impl Coordinator {
         timeout: Duration,
     ) -> Result<Option<VersionedObject>, ApiError> {
         let ring = self.cache.ring()?;
-        let (tx, rx) = oneshot::channel();
         let deadline_ms = wall_clock_ms() + timeout.as_millis() as u64;
-        let task = self.clone().read_task(
-            ring,
-            bucket,
-            key,
-            props.conflict_rule(),
-            usize::from(props.n),
-            r,
-            deadline_ms,
-            tx,
-        );
-        self.tracker.spawn(in_request_scope(task));
-        rx.await.unwrap_or_else(|_| {
-            Err(ApiError::new(
-                ErrorCode::Internal,
-                "read task ended without an answer",
-            ))
+        let (rule, n) = (props.conflict_rule(), usize::from(props.n));
+        self.answered("read", |tx| {
+            self.clone()
+                .read_task(ring, bucket, key, rule, n, r, deadline_ms, tx)
         })
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]

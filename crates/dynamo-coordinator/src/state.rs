@@ -15,7 +15,6 @@ use dynamo_core::wire::cluster::{BucketRecord, ClusterState, Decision, decide};
 use dynamo_core::{BucketName, ErrorCode, RingEpoch};
 use dynamo_server::ApiError;
 use dynamo_server::follow;
-use dynamo_server::metrics::invariant;
 use tokio::sync::watch;
 
 use crate::metrics::CoordinatorMetrics;
@@ -116,20 +115,9 @@ impl ClusterCache {
         let current = slot.as_ref().map(|c| c.state.clone());
         let floor = current.as_deref().map_or(RingEpoch(0), ClusterState::ring_epoch);
         let decision = decide(floor, current.as_deref(), &state);
-        match decision {
-            Decision::Unchanged => return decision,
-            Decision::Refused { current, offered } => {
-                self.metrics
-                    .invariant_violations
-                    .record(invariant::RING_EPOCH_MONOTONIC);
-                tracing::error!(
-                    ring_epoch = %current,
-                    offered_epoch = %offered,
-                    "refusing a cluster state with an older ring (or another ring under the same epoch)"
-                );
-                return decision;
-            }
-            Decision::Adopted => {}
+        if decision != Decision::Adopted {
+            follow::record_refusal(&self.metrics.invariant_violations, decision, state.version);
+            return decision;
         }
         let version = state.version;
         if let Some(ring) = &state.ring {

@@ -21,6 +21,7 @@ use dynamo_core::wire::cluster::{ClusterState, Decision};
 use dynamo_core::wire::routes;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{InvariantViolations, invariant};
 use crate::worker::{Next, Worker};
 
 /// How long the ring service may hold a state long poll.
@@ -43,6 +44,20 @@ pub trait StateSink: Send + Sync {
     /// # Errors
     /// A message when storing failed (the state stays as it was; the poll backs off).
     fn offer(&self, state: ClusterState) -> impl Future<Output = Result<Decision, String>> + Send;
+}
+
+/// Records a state [`Decision::Refused`] by a sink: the invariant-violation counter
+/// (invariant 5) and an error naming both epochs.
+pub fn record_refusal(violations: &InvariantViolations, decision: Decision, offered_version: u64) {
+    if let Decision::Refused { current, offered } = decision {
+        violations.record(invariant::RING_EPOCH_MONOTONIC);
+        tracing::error!(
+            ring_epoch = %current,
+            offered_epoch = %offered,
+            offered_version,
+            "refusing a cluster state with an older ring (or another ring under the same epoch)"
+        );
+    }
 }
 
 /// Fetches the state once: `Some` for a `200`, `None` for a `304`.

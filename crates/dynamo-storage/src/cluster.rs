@@ -29,7 +29,6 @@ use dynamo_core::RingEpoch;
 use dynamo_core::backoff::Backoff;
 use dynamo_core::wire::cluster::{ClusterState, Decision, Heartbeat, decide};
 use dynamo_core::wire::routes;
-use dynamo_server::metrics::invariant;
 use dynamo_server::worker::{Next, Worker};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -162,15 +161,11 @@ impl ClusterCache {
         let decision = decide(floor, current.as_deref(), &incoming);
         match decision {
             Decision::Unchanged => {}
-            Decision::Refused { current, offered } => {
-                self.metrics
-                    .invariant_violations
-                    .record(invariant::RING_EPOCH_MONOTONIC);
-                tracing::error!(
-                    ring_epoch = %current,
-                    offered_epoch = %offered,
-                    offered_version = incoming.version,
-                    "ring service offered an older ring (or another ring under the same epoch); refused"
+            Decision::Refused { .. } => {
+                dynamo_server::follow::record_refusal(
+                    &self.metrics.invariant_violations,
+                    decision,
+                    incoming.version,
                 );
             }
             Decision::Adopted => {

@@ -198,14 +198,8 @@ impl Cluster {
         if let Some(leaver) = change.kind.leaver() {
             self.state.nodes.retain(|n| n.node_id != *leaver);
         }
-        if let Some(r) = change.kind.joiner()
-            && let Some(n) = self.node_mut(&r.node_id)
-        {
-            n.state = if live(&r.node_id) {
-                NodeState::Up
-            } else {
-                NodeState::Down
-            };
+        if let Some(r) = change.kind.joiner() {
+            self.set_state_by_liveness(&r.node_id, live);
         }
         self.state.handoffs.clear();
         self.change = None;
@@ -257,14 +251,8 @@ impl Cluster {
         if let Some(r) = change.kind.joiner() {
             self.state.nodes.retain(|n| n.node_id != r.node_id);
         }
-        if let Some(leaver) = change.kind.leaver()
-            && let Some(n) = self.node_mut(leaver)
-        {
-            n.state = if live(leaver) {
-                NodeState::Up
-            } else {
-                NodeState::Down
-            };
+        if let Some(leaver) = change.kind.leaver() {
+            self.set_state_by_liveness(leaver, live);
         }
         self.state.handoffs.clear();
         self.change = None;
@@ -319,5 +307,13 @@ impl Cluster {
             }
         }
         changed
+    }
+
+    /// Makes a known node `up` or `down`, as `live` says.
+    fn set_state_by_liveness(&mut self, id: &NodeId, live: &dyn Fn(&NodeId) -> bool) {
+        let state = if live(id) { NodeState::Up } else { NodeState::Down };
+        if let Some(n) = self.node_mut(id) {
+            n.state = state;
+        }
     }
 }

@@ -19,8 +19,7 @@ use dynamo_core::{ErrorBody, ErrorCode, NodeId, PartitionId};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-/// Every wait in these tests is bounded by this.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub use dynamo_testkit::WAIT;
 
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -15,8 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 pub const SIB: ConflictRule = ConflictRule::Siblings { max_siblings: 32 };
 
-/// Every wait in these tests is bounded by this.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub use dynamo_testkit::WAIT;
 
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -69,14 +68,8 @@ pub async fn start_with(config: dynamo_storage::Config) -> InProcess {
 
 pub use dynamo_testkit::wait_ready;
 
-/// A port free right now (bound and released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+#[allow(unused_imports)] // Not every test binary starts processes.
+pub use dynamo_testkit::free_port;
 
 /// A node as a real process of the `dynamo-storage` binary.
 pub struct Proc {
