@@ -25,6 +25,8 @@ pub use dynamo_testkit::WAIT;
 
 /// The root token of test clusters.
 pub const ROOT_TOKEN: &str = "test-root-token-0123456789abcdef";
+/// The coordinators' context key (public: tests only).
+pub const CONTEXT_KEY: &str = "1:dGVzdC1oYXJuZXNzLWNvbnRleHQta2V5LW5vdC1hLXNlY3JldA";
 
 /// Returns the path of a workspace binary built beside the running test, or in
 /// `DYNAMO_BIN_DIR` when that is set (to test binaries built elsewhere, e.g. a copy that
@@ -271,6 +273,8 @@ impl Cluster {
             ring.url(),
             "--root-token".into(),
             ROOT_TOKEN.into(),
+            "--context-key".into(),
+            CONTEXT_KEY.into(),
             "--replica-timeout-ms".into(),
             "500".into(),
             "--node-backoff-ms".into(),

@@ -162,6 +162,97 @@ async fn siblings_and_contexts() {
     assert_eq!(values(&env), ["b"]);
 }
 
+// Goal (issue 12): a context is good only for the key it was issued for, and only as
+// issued. One moved from another key, altered, truncated, or made up (the unsealed
+// format naming every writer's actor with the largest counter, which before would have
+// replaced siblings the client never saw) is 400 invalid_context, and every replica
+// still holds both siblings afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_and_foreign_contexts_are_refused_and_change_nothing() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let c = Cluster::start(Options::default()).await;
+    put(&c, "/v1/kv/f/k", "one", None).await;
+    put(&c, "/v1/kv/f/k", "two", None).await;
+    let other = put(&c, "/v1/kv/f/other", "x", None).await;
+    let foreign = other.headers()[CTX].to_str().expect("ctx").to_owned();
+    let (status, env, ctx) = get_json(&c, "/v1/kv/f/k").await;
+    assert_eq!(status, StatusCode::MULTIPLE_CHOICES);
+    assert_eq!(values(&env), ["one", "two"]);
+    let real = ctx.expect("a context");
+
+    let mut altered = b64.decode(&real).expect("base64url");
+    let last = altered.len() - 1;
+    altered[last] ^= 0x55;
+    let altered = b64.encode(&altered);
+    let truncated = real[..real.len() - 2].to_owned();
+    // The unsealed format: 0x01, then postcard's (vv, cloud) with every actor that wrote
+    // a sibling at u64::MAX.
+    let stored = c.node_get(0, "f", "k").await.expect("stored on node 0");
+    let mut actors: Vec<u64> = stored["siblings"]
+        .as_array()
+        .expect("siblings")
+        .iter()
+        .map(|s| s["dot"]["actor"].as_u64().expect("actor"))
+        .collect();
+    actors.sort_unstable();
+    actors.dedup();
+    let varint = |mut v: u64, out: &mut Vec<u8>| loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    };
+    let mut unsealed = vec![1u8, actors.len() as u8];
+    for a in &actors {
+        varint(*a, &mut unsealed);
+        varint(u64::MAX, &mut unsealed);
+    }
+    unsealed.push(0);
+    let made_up = b64.encode(&unsealed);
+
+    for (what, ctx) in [
+        ("another key's", foreign.as_str()),
+        ("altered", altered.as_str()),
+        ("truncated", truncated.as_str()),
+        ("made-up", made_up.as_str()),
+    ] {
+        let r = put(&c, "/v1/kv/f/k", "overwrite", Some(ctx)).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{what} context");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "invalid_context", "{what} context: {body}");
+        let r = c
+            .req(Method::DELETE, "/v1/kv/f/k")
+            .header(CTX, ctx)
+            .send()
+            .await
+            .expect("delete");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{what} context on a delete");
+    }
+    for node in 0..c.nodes.len() {
+        let Some(obj) = c.node_get(node, "f", "k").await else {
+            continue;
+        };
+        let live = obj["siblings"]
+            .as_array()
+            .expect("siblings")
+            .iter()
+            .filter(|s| !s["value"].as_str().unwrap_or_default().is_empty())
+            .count();
+        assert_eq!(live, 2, "node {node} still holds both siblings: {obj}");
+    }
+    // The real context still resolves them.
+    assert_eq!(
+        put(&c, "/v1/kv/f/k", "resolved", Some(&real)).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let (_, env, _) = get_json(&c, "/v1/kv/f/k").await;
+    assert_eq!(values(&env), ["resolved"]);
+}
+
 async fn expect_error(r: reqwest::Response, status: u16, code: &str) {
     let got = r.status().as_u16();
     let body: Value = r.json().await.unwrap_or(Value::Null);
@@ -798,6 +889,8 @@ async fn no_ring_service_means_ring_unavailable() {
             dead_ring,
             "--root-token".into(),
             ROOT_TOKEN.into(),
+            "--context-key".into(),
+            dynamo_tests::CONTEXT_KEY.into(),
         ],
         dir.path(),
     );

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use dynamo_client::{Client, ClientError, RetryPolicy};
 
-use crate::commands::{bench, bucket, cluster, delete, dev, get, put, ring, token};
+use crate::commands::{bench, bucket, cluster, delete, dev, get, keygen, put, ring, token};
 use crate::error::CliError;
 
 /// The file, inside the data directory, where `dynamo dev` writes the root token.
@@ -77,6 +77,8 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Measure throughput and latency under a YCSB-style load (Dynamo or etcd).
     Bench(bench::BenchArgs),
+    /// Print a fresh context key (a line of a coordinator's `--context-key-file`).
+    Keygen(keygen::KeygenArgs),
 }
 
 impl GlobalArgs {

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use dynamo_core::context::ContextKeys;
 use dynamo_core::wire::BucketProps;
+
+/// The context key of [`Config::for_ring`]: public, so for tests only.
+pub const TEST_CONTEXT_KEY: &str = "1:dGVzdC1vbmx5LWNvbnRleHQta2V5LW5ldmVyLWluLXByb2R1Y3Rpb24";
 
 /// A secret string whose `Debug` never prints it.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -51,6 +55,16 @@ pub struct Config {
     /// A file holding the root token (first line), e.g. `<data-dir>/root-token`.
     #[arg(long, env = "DYNAMO_ROOT_TOKEN_FILE")]
     pub root_token_file: Option<PathBuf>,
+
+    /// The keys that seal context tokens, as the lines of a key file
+    /// (`<id>:<base64url secret>`, the sealing key first). Every coordinator of a cluster
+    /// needs the same keys. Prefer `--context-key-file`.
+    #[arg(long, env = "DYNAMO_CONTEXT_KEY", default_value = "", hide_env_values = true)]
+    pub context_key: Secret,
+
+    /// A file holding the context keys (see `--context-key`), e.g. `<data-dir>/context-key`.
+    #[arg(long, env = "DYNAMO_CONTEXT_KEY_FILE")]
+    pub context_key_file: Option<PathBuf>,
 
     /// Replicas per key for buckets without explicit properties.
     #[arg(long, env = "DYNAMO_DEFAULT_N", default_value_t = 3)]
@@ -173,6 +187,35 @@ impl Config {
         Ok(Secret(token))
     }
 
+    /// Reads the context keys from the flag/env or the file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when neither gives keys, the file cannot be read, or a key is
+    /// malformed.
+    pub fn load_context_keys(&self) -> Result<ContextKeys, ConfigError> {
+        let (field, text) = if !self.context_key.0.is_empty() {
+            ("context-key", self.context_key.0.clone())
+        } else if let Some(path) = &self.context_key_file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                field: "context-key-file",
+                reason: format!("{}: {e}", path.display()),
+            })?;
+            ("context-key-file", text)
+        } else {
+            return Err(ConfigError {
+                field: "context-key",
+                reason:
+                    "context keys are required (--context-key, DYNAMO_CONTEXT_KEY or --context-key-file; \
+                         `dynamo keygen` writes one)"
+                        .into(),
+            });
+        };
+        ContextKeys::parse(&text).map_err(|e| ConfigError {
+            field,
+            reason: e.to_string(),
+        })
+    }
+
     /// Properties of buckets without explicit ones.
     pub fn default_props(&self) -> BucketProps {
         BucketProps {
@@ -188,11 +231,12 @@ impl Config {
         Duration::from_millis(self.request_timeout_ms)
     }
 
-    /// Builds a configuration for tests and `dynamo dev`.
+    /// Builds a configuration for tests, with [`TEST_CONTEXT_KEY`].
     pub fn for_ring(ring_url: impl Into<String>, root_token: impl Into<String>) -> Config {
         let mut c = Config::parse_from(["dynamo-coordinator"]);
         c.ring_url = ring_url.into();
         c.root_token = Secret(root_token.into());
+        c.context_key = Secret(TEST_CONTEXT_KEY.into());
         c
     }
 }
@@ -223,5 +267,32 @@ mod tests {
         c.serve.otlp_endpoint = Some("otel-collector:4318".into());
         let e = c.validate().expect_err("not a URL").to_string();
         assert!(e.contains("--otlp-endpoint"), "{e}");
+    }
+
+    #[test]
+    fn context_keys_are_required_and_checked() {
+        let mut c = Config::for_ring("http://127.0.0.1:7000", "root-token-for-tests-0123");
+        assert_eq!(c.load_context_keys().expect("the test key").sealing().id(), 1);
+        c.context_key = Secret(String::new());
+        let e = c.load_context_keys().expect_err("no key").to_string();
+        assert!(e.contains("--context-key"), "{e}");
+        c.context_key = Secret("1:c2hvcnQ".into());
+        let e = c.load_context_keys().expect_err("short key").to_string();
+        assert!(e.contains("32 to 64"), "{e}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("context-key");
+        std::fs::write(
+            &path,
+            format!("# rotated in 2026\n2:{}\n{TEST_CONTEXT_KEY}\n", "QUJD".repeat(11)),
+        )
+        .expect("write");
+        c.context_key = Secret(String::new());
+        c.context_key_file = Some(path);
+        let keys = c.load_context_keys().expect("file");
+        assert_eq!(keys.sealing().id(), 2, "the first line seals");
+        c.context_key_file = Some(dir.path().join("missing"));
+        let e = c.load_context_keys().expect_err("missing file").to_string();
+        assert!(e.contains("--context-key-file"), "{e}");
     }
 }

@@ -67,6 +67,7 @@ pub enum RunError {
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
     config.validate()?;
     let root = config.load_root_token()?;
+    let context_keys = Arc::new(config.load_context_keys()?);
     let config = Arc::new(config);
     let registry = Arc::new(Registry::new());
     let metrics = metrics::CoordinatorMetrics::new(&registry)?;
@@ -123,6 +124,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         config: config.clone(),
         client,
         metrics,
+        context_keys,
         marked: Arc::default(),
     };
     let readiness = Readiness::new();

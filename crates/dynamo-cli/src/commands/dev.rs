@@ -95,6 +95,23 @@ fn root_token(args: &DevArgs, data_dir: &Path) -> anyhow::Result<(String, PathBu
     Ok((token, path))
 }
 
+/// The context keys of the dev cluster's coordinator: `<data-dir>/context-key`, generated
+/// on first start and kept (contexts clients hold stay valid across restarts).
+fn context_key(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join(CONTEXT_KEY_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && dynamo_core::context::ContextKeys::parse(&text).is_ok()
+    {
+        return Ok(path);
+    }
+    let line = crate::commands::keygen::generate(1).map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_secret(&path, &line)?;
+    Ok(path)
+}
+
+/// Where `dynamo dev` keeps its coordinator's context keys.
+pub const CONTEXT_KEY_FILE: &str = "context-key";
+
 fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -246,11 +263,21 @@ async fn run_cluster(data_dir: &Path, args: &DevArgs) -> anyhow::Result<()> {
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let (token, token_path) = root_token(args, data_dir)?;
+    let key_path = context_key(data_dir)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
     let mut services = Vec::new();
-    let result = start(args, data_dir, &logs, &token_path, &http, &mut services).await;
+    let result = start(
+        args,
+        data_dir,
+        &logs,
+        &token_path,
+        &key_path,
+        &http,
+        &mut services,
+    )
+    .await;
     if let Err(e) = result {
         stop(&mut services).await;
         return Err(e);
@@ -291,6 +318,7 @@ async fn start(
     data_dir: &Path,
     logs: &Path,
     token_path: &Path,
+    key_path: &Path,
     http: &reqwest::Client,
     services: &mut Vec<Service>,
 ) -> anyhow::Result<()> {
@@ -356,6 +384,8 @@ async fn start(
             ring_url,
             "--root-token-file".into(),
             token_path.display().to_string(),
+            "--context-key-file".into(),
+            key_path.display().to_string(),
             "--default-n".into(),
             args.n.to_string(),
             "--default-r".into(),

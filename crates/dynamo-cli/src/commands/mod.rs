@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod delete;
 pub mod dev;
 pub mod get;
+pub mod keygen;
 pub mod put;
 pub mod ring;
 pub mod token;
@@ -31,6 +32,7 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Token(command) => token::run(global, command).await,
         Command::Dev(args) => dev::run(global, args).await,
         Command::Bench(args) => bench::run(global, args).await,
+        Command::Keygen(args) => keygen::run(args),
     }
 }
 

@@ -241,8 +241,17 @@ fn error(code: ErrorCode, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The mock's context keys (the SDK treats tokens as opaque; the mock seals them as a
+/// coordinator would, for one scope).
+fn mock_keys() -> &'static context::ContextKeys {
+    static KEYS: std::sync::OnceLock<context::ContextKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        context::ContextKeys::new(vec![context::ContextKey::new(1, &[9; 32]).expect("key")]).expect("keys")
+    })
+}
+
 fn with_context(mut resp: Response, context: &DotSet) -> Response {
-    let value = HeaderValue::from_str(&context::encode(context)).expect("token is ASCII");
+    let value = HeaderValue::from_str(&mock_keys().seal(context, "mock", "mock")).expect("token is ASCII");
     resp.headers_mut().insert(CONTEXT, value);
     resp
 }
@@ -262,7 +271,7 @@ fn envelope(object: &VersionedObject) -> Response {
         StatusCode::OK
     };
     let body = SiblingsEnvelope {
-        context: context::encode(object.context()),
+        context: mock_keys().seal(object.context(), "mock", "mock"),
         siblings,
     };
     with_context((status, Json(body)).into_response(), object.context())
@@ -309,7 +318,7 @@ struct WriteQuery {
 fn request_context(headers: &HeaderMap) -> Result<DotSet, String> {
     match headers.get(CONTEXT).map(|v| v.to_str()) {
         None => Ok(DotSet::new()),
-        Some(Ok(token)) => context::decode(token).map_err(|e| e.to_string()),
+        Some(Ok(token)) => mock_keys().open(token, "mock", "mock").map_err(|e| e.to_string()),
         Some(Err(_)) => Err("the context is not ASCII".into()),
     }
 }

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use dynamo_core::context;
+use dynamo_core::context::ContextKeys;
 use dynamo_core::ids::validate_key;
 use dynamo_core::limits::MAX_VALUE_BYTES;
 use dynamo_core::version::VersionedObject;
@@ -70,6 +70,8 @@ pub struct AppState {
     pub client: reqwest::Client,
     /// Metrics.
     pub metrics: CoordinatorMetrics,
+    /// The keys context tokens are sealed with.
+    pub context_keys: Arc<ContextKeys>,
     /// Buckets whose first write this coordinator reported (or is reporting) to the ring
     /// service, so that a burst of writes to a new bucket sends one report, not one each.
     pub marked: Arc<std::sync::Mutex<std::collections::HashSet<BucketName>>>,
@@ -134,36 +136,57 @@ fn timeout(config: &Config, ms: Option<u64>) -> Result<Duration, ApiError> {
     }
 }
 
-fn context_of(headers: &HeaderMap) -> Result<DotSet, ApiError> {
-    match headers.get(CONTEXT_HEADER) {
-        None => Ok(DotSet::new()),
-        Some(v) => {
-            let s = v
-                .to_str()
-                .map_err(|_| ApiError::new(ErrorCode::InvalidContext, "context is not ASCII"))?;
-            context::decode(s).map_err(ApiError::from)
+/// The context tokens of one key: sealed for it, and opened only if they were sealed for
+/// it (a context of another key, or of another cluster, is forged here).
+pub(crate) struct KeyContexts<'a> {
+    keys: &'a ContextKeys,
+    bucket: &'a str,
+    key: &'a str,
+}
+
+impl<'a> KeyContexts<'a> {
+    pub(crate) fn new(state: &'a AppState, bucket: &'a BucketName, key: &'a str) -> KeyContexts<'a> {
+        KeyContexts {
+            keys: &state.context_keys,
+            bucket: bucket.as_str(),
+            key,
         }
     }
-}
 
-fn with_context(mut resp: Response, ctx: &DotSet) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&context::encode(ctx)) {
-        resp.headers_mut().insert(CONTEXT_HEADER, v);
+    /// Opens the request's `X-Dynamo-Context` (none is the empty context).
+    fn open(&self, headers: &HeaderMap) -> Result<DotSet, ApiError> {
+        match headers.get(CONTEXT_HEADER) {
+            None => Ok(DotSet::new()),
+            Some(v) => {
+                let s = v
+                    .to_str()
+                    .map_err(|_| ApiError::new(ErrorCode::InvalidContext, "context is not ASCII"))?;
+                self.keys.open(s, self.bucket, self.key).map_err(ApiError::from)
+            }
+        }
     }
-    resp
-}
 
-fn envelope(obj: &VersionedObject, ctx: &DotSet) -> SiblingsEnvelope {
-    SiblingsEnvelope {
-        context: context::encode(ctx),
-        siblings: obj
-            .live_siblings()
-            .map(|s| SiblingView {
-                value: s.value.clone(),
-                content_type: s.content_type.clone(),
-                last_modified: rfc3339_from_ms(s.last_modified_ms),
-            })
-            .collect(),
+    /// Attaches `ctx`, sealed, as the answer's `X-Dynamo-Context`.
+    fn attach(&self, mut resp: Response, ctx: &DotSet) -> Response {
+        if let Ok(v) = HeaderValue::from_str(&self.keys.seal(ctx, self.bucket, self.key)) {
+            resp.headers_mut().insert(CONTEXT_HEADER, v);
+        }
+        resp
+    }
+
+    /// The siblings envelope of `obj`, with `ctx` sealed.
+    fn envelope(&self, obj: &VersionedObject, ctx: &DotSet) -> SiblingsEnvelope {
+        SiblingsEnvelope {
+            context: self.keys.seal(ctx, self.bucket, self.key),
+            siblings: obj
+                .live_siblings()
+                .map(|s| SiblingView {
+                    value: s.value.clone(),
+                    content_type: s.content_type.clone(),
+                    last_modified: rfc3339_from_ms(s.last_modified_ms),
+                })
+                .collect(),
+        }
     }
 }
 

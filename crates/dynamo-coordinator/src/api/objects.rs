@@ -74,6 +74,7 @@ pub async fn get_object(
     .await;
     observe(&state.metrics, "get", start, &r);
     let (obj, bucket, key) = r?;
+    let contexts = KeyContexts::new(&state, &bucket, &key);
     let obj = match obj {
         Some(o) if !o.is_deleted() => o,
         found => {
@@ -84,7 +85,7 @@ pub async fn get_object(
             .into_response();
             // A tombstone's context lets the client write "after the delete".
             return Ok(match found {
-                Some(tomb) => with_context(missing, tomb.context()),
+                Some(tomb) => contexts.attach(missing, tomb.context()),
                 None => missing,
             });
         }
@@ -101,8 +102,8 @@ pub async fn get_object(
         } else {
             StatusCode::OK
         };
-        return Ok(with_context(
-            (status, Json(envelope(&obj, &ctx))).into_response(),
+        return Ok(contexts.attach(
+            (status, Json(contexts.envelope(&obj, &ctx))).into_response(),
             &ctx,
         ));
     }
@@ -116,7 +117,7 @@ pub async fn get_object(
     if let Ok(v) = HeaderValue::from_str(ct) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    Ok(with_context(resp, &ctx))
+    Ok(contexts.attach(resp, &ctx))
 }
 
 fn mark_written(state: &AppState, bucket: &BucketName, has_data: bool) {
@@ -239,7 +240,7 @@ async fn write(
                 None => DotSet::new(),
             }
         }
-        _ => context_of(headers)?,
+        _ => KeyContexts::new(state, &bucket, &key).open(headers)?,
     };
     let value = value.map(|b| b.to_vec()).unwrap_or_default();
     if value.len() > MAX_VALUE_BYTES {
@@ -262,6 +263,8 @@ async fn write(
                 )
             })?,
     };
+    let sealed_key = key.clone();
+    let contexts = KeyContexts::new(state, &bucket, &sealed_key);
     let req = WriteRequest {
         bucket: bucket.clone(),
         key,
@@ -275,15 +278,12 @@ async fn write(
     mark_written(state, &bucket, has_data);
     if params.returnbody.unwrap_or(false) && !tombstone {
         let ctx = outcome.object.context().clone();
-        return Ok(with_context(
-            (StatusCode::OK, Json(envelope(&outcome.object, &ctx))).into_response(),
+        return Ok(contexts.attach(
+            (StatusCode::OK, Json(contexts.envelope(&outcome.object, &ctx))).into_response(),
             &ctx,
         ));
     }
-    Ok(with_context(
-        StatusCode::NO_CONTENT.into_response(),
-        &outcome.context,
-    ))
+    Ok(contexts.attach(StatusCode::NO_CONTENT.into_response(), &outcome.context))
 }
 
 /// `PUT /v1/kv/{bucket}/{key}`.
