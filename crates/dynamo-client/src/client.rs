@@ -390,6 +390,9 @@ impl ClientBuilder {
             .connect_timeout(self.connect_timeout)
             .timeout(self.timeout)
             .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS_PER_HOST)
+            .pool_idle_timeout(std::time::Duration::from_millis(
+                dynamo_core::limits::CLIENT_POOL_IDLE_MS,
+            ))
             // The bearer token must never follow a redirect, and the API has none.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("dynamo-client/", env!("CARGO_PKG_VERSION")))

@@ -80,6 +80,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         // rather than as a timeout, which it must not (at most once, `kv`).
         .connect_timeout(Duration::from_millis(config.replica_timeout_ms / 2).max(Duration::from_millis(1)))
         .pool_max_idle_per_host(64)
+        .pool_idle_timeout(Duration::from_millis(dynamo_core::limits::CLIENT_POOL_IDLE_MS))
         .tcp_nodelay(true)
         .build()?;
 
@@ -138,14 +139,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         http_metrics,
     );
     tracing::info!(listen = %listener.local_addr()?, ring = %config.ring_url, "coordinator starting");
-    let served = serve::serve(
-        listener,
-        app,
-        shutdown,
-        readiness,
-        Duration::from_millis(config.serve.drain_timeout_ms),
-    )
-    .await;
+    let served = serve::serve(listener, app, shutdown, readiness, config.serve.clone()).await;
 
     // Replication and repair tasks started by requests finish first (they may hold
     // minted dots), bounded by the replica timeout; then the workers stop.

@@ -73,6 +73,9 @@ error_codes! {
     TokenNotFound = ("token_not_found", 404),
     /// The route exists but not with this method.
     MethodNotAllowed = ("method_not_allowed", 405),
+    /// The request body did not arrive within the server's body read timeout (400, not
+    /// 408: the API's status set, and a client that trickles its body sent a bad request).
+    RequestTimeout = ("request_timeout", 400),
     /// The write would leave more siblings than the bucket's `max_siblings`: read, resolve, write with the context.
     TooManySiblings = ("too_many_siblings", 409),
     /// The bucket's `n` cannot change once it holds data.

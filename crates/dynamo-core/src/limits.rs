@@ -55,3 +55,10 @@ pub const DEFAULT_PARTITION_BITS: u8 = 8;
 
 /// Largest replication factor N a bucket may have.
 pub const MAX_N: u8 = 7;
+
+/// Longest a client of the workspace (the SDK, and every service calling another) keeps
+/// an idle pooled connection, in milliseconds. Servers close a connection idle for their
+/// `--header-read-timeout-ms`, which must be longer: a server that closed first would race
+/// the client's next request on that connection, and a write caught in the race has an
+/// unknown outcome.
+pub const CLIENT_POOL_IDLE_MS: u64 = 5_000;

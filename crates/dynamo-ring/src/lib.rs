@@ -177,13 +177,16 @@ pub async fn run(
     let client = reqwest::Client::builder()
         .connect_timeout(config.handoff_timeout().min(std::time::Duration::from_secs(5)))
         .pool_max_idle_per_host(4)
+        .pool_idle_timeout(std::time::Duration::from_millis(
+            dynamo_core::limits::CLIENT_POOL_IDLE_MS,
+        ))
         .build()
         .map_err(|e| RingServiceError::Setup(e.to_string()))?;
     let limits = Limits {
         max_body_bytes: config.max_body_bytes,
         max_concurrent_requests: config.max_concurrent_requests,
     };
-    let drain = config.drain_timeout();
+    let serve_args = config.serve.clone();
     let workers = Workers::new(&registry, "ring", shutdown.child_token()).map_err(setup)?;
     let svc = Service::new(
         Arc::new(config),
@@ -204,7 +207,7 @@ pub async fn run(
         http_metrics,
     )
     .layer(axum::middleware::map_response(json_body_too_large));
-    let served = serve::serve(listener, app, shutdown, readiness, drain).await;
+    let served = serve::serve(listener, app, shutdown, readiness, serve_args).await;
 
     workers.shutdown().await;
     svc.tasks.close();

@@ -44,6 +44,21 @@ pub struct ServeArgs {
     /// (protobuf); unset, nothing is exported.
     #[arg(long, env = "DYNAMO_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+
+    /// Most connections open at once; past it the listener stops accepting until one
+    /// closes.
+    #[arg(long, env = "DYNAMO_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// A client must send a request's headers within this, counted from its first byte
+    /// (else the connection is closed).
+    #[arg(long, env = "DYNAMO_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// A client must send a request's whole body within this (else `400
+    /// request_timeout`).
+    #[arg(long, env = "DYNAMO_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for ServeArgs {
@@ -52,6 +67,9 @@ impl Default for ServeArgs {
             drain_timeout_ms: 10_000,
             log_json: false,
             otlp_endpoint: None,
+            max_connections: 4096,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
         }
     }
 }
@@ -62,8 +80,25 @@ impl ServeArgs {
     /// # Errors
     /// [`ConfigError`] naming the first bad flag.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.drain_timeout_ms == 0 {
-            return Err(ConfigError::new("drain-timeout-ms", "must be at least 1"));
+        for (field, v) in [
+            ("drain-timeout-ms", self.drain_timeout_ms),
+            ("max-connections", self.max_connections as u64),
+            ("header-read-timeout-ms", self.header_read_timeout_ms),
+            ("body-read-timeout-ms", self.body_read_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::new(field, "must be at least 1"));
+            }
+        }
+        if self.header_read_timeout_ms <= dynamo_core::limits::CLIENT_POOL_IDLE_MS {
+            return Err(ConfigError::new(
+                "header-read-timeout-ms",
+                format!(
+                    "must be longer than the {} ms clients keep an idle connection, or a request \
+                     may race the server's close",
+                    dynamo_core::limits::CLIENT_POOL_IDLE_MS
+                ),
+            ));
         }
         if let Some(url) = &self.otlp_endpoint
             && let Err(reason) = crate::telemetry::check_otlp_endpoint(url)
@@ -160,5 +195,31 @@ mod tests {
         };
         let e = bad_otlp.validate().expect_err("not a URL").to_string();
         assert!(e.starts_with("invalid --otlp-endpoint"), "{e}");
+        for (field, args) in [
+            (
+                "max-connections",
+                ServeArgs {
+                    max_connections: 0,
+                    ..ServeArgs::default()
+                },
+            ),
+            (
+                "body-read-timeout-ms",
+                ServeArgs {
+                    body_read_timeout_ms: 0,
+                    ..ServeArgs::default()
+                },
+            ),
+            // Shorter than a client's idle pool: the close would race the next request.
+            (
+                "header-read-timeout-ms",
+                ServeArgs {
+                    header_read_timeout_ms: 5_000,
+                    ..ServeArgs::default()
+                },
+            ),
+        ] {
+            assert_eq!(args.validate().map_err(|e| e.field), Err(field));
+        }
     }
 }

@@ -18,6 +18,9 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// The human message.
     pub message: String,
+    /// Seconds after which a retry may succeed, sent as `Retry-After` (overload and rate
+    /// limits).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -26,7 +29,14 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+
+    /// Adds a `Retry-After` of `seconds` (at least 1) to the answer.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds.max(1));
+        self
     }
 
     /// Returns the HTTP status of this error.
@@ -47,6 +57,14 @@ impl IntoResponse for ApiError {
         let mut resp = (status, bytes).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        // The API's contract: every 429 and 503 says when to retry.
+        let retry_after = self
+            .retry_after_s
+            .or_else(|| matches!(status.as_u16(), 429 | 503).then_some(1));
+        if let Some(s) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
         resp
     }
 }

@@ -12,6 +12,26 @@ use serde::de::DeserializeOwned;
 
 use crate::ApiError;
 
+/// Returns whether reading the body failed because the client did not send it within
+/// `--body-read-timeout-ms` (the body timeout layer's error, somewhere in the chain).
+fn body_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+fn timeout_error() -> ApiError {
+    ApiError::new(
+        ErrorCode::RequestTimeout,
+        "the request body did not arrive within the server's body read timeout",
+    )
+}
+
 fn body_error(status: StatusCode, text: String) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
@@ -42,6 +62,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
             Err(e @ JsonRejection::JsonDataError(_)) | Err(e @ JsonRejection::JsonSyntaxError(_)) => {
                 Err(ApiError::new(ErrorCode::InvalidJson, e.body_text()))
             }
+            Err(e) if body_timed_out(&e) => Err(timeout_error()),
             Err(e) => Err(body_error(e.status(), e.body_text())),
         }
     }
@@ -64,7 +85,13 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         bytes::Bytes::from_request(req, state)
             .await
             .map(Body)
-            .map_err(|e: BytesRejection| body_error(e.status(), e.body_text()))
+            .map_err(|e: BytesRejection| {
+                if body_timed_out(&e) {
+                    timeout_error()
+                } else {
+                    body_error(e.status(), e.body_text())
+                }
+            })
     }
 }
 

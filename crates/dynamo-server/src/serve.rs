@@ -15,18 +15,34 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use dynamo_core::ErrorCode;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::ApiError;
+use crate::config::ServeArgs;
 use crate::error::REQUEST_ID;
 use crate::metrics::{self, HttpMetrics};
+
+/// Largest request head (start line and headers) read, in bytes; a larger one is
+/// answered `431` and the connection closed.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+/// Concurrent streams one HTTP/2 connection may open.
+const H2_MAX_STREAMS: u32 = 256;
+/// HTTP/2 keep-alive pings: a peer that answers none within this is disconnected.
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The request-id header, read from callers and forwarded on internal calls.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -131,7 +147,9 @@ pub async fn request_id_scope(req: Request, next: Next) -> Response {
 async fn limit_concurrency(State(permits): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
     match permits.try_acquire() {
         Ok(_permit) => next.run(req).await,
-        Err(_) => ApiError::new(ErrorCode::Overloaded, "too many requests in flight; retry").into_response(),
+        Err(_) => ApiError::new(ErrorCode::Overloaded, "too many requests in flight; retry")
+            .retry_after(1)
+            .into_response(),
     }
 }
 
@@ -163,7 +181,14 @@ pub fn with_common_layers(routes: Router, health: Router, limits: Limits, metric
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then marks the service not
-/// ready, stops accepting and drains in-flight requests for at most `drain`.
+/// ready, stops accepting and drains in-flight requests for at most `--drain-timeout-ms`.
+///
+/// Every connection is bounded (`args`): at most `--max-connections` at once (past it the
+/// listener stops accepting, so the kernel's backlog, not this process, holds the rest),
+/// request headers within `--header-read-timeout-ms` (a client that trickles or stalls its
+/// headers is disconnected; on a kept-alive connection the clock starts with the next
+/// request's first byte), and a request body within `--body-read-timeout-ms`
+/// (`400 request_timeout`).
 ///
 /// # Errors
 /// An I/O error from the listener.
@@ -172,35 +197,82 @@ pub async fn serve(
     app: Router,
     shutdown: CancellationToken,
     readiness: Readiness,
-    drain: Duration,
+    args: ServeArgs,
 ) -> std::io::Result<()> {
+    let app = app.layer(RequestBodyTimeoutLayer::new(Duration::from_millis(
+        args.body_read_timeout_ms,
+    )));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(args.header_read_timeout_ms))
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(Some(H2_KEEPALIVE))
+        .keep_alive_timeout(H2_KEEPALIVE);
+    let connections = Arc::new(Semaphore::new(args.max_connections));
+    let graceful = GracefulShutdown::new();
     readiness.set(true);
-    let stop = shutdown.clone();
-    let not_ready = readiness.clone();
-    // Every exchange here is a small request answered by a small response; with Nagle's
-    // algorithm on, a response written in two segments waits for the peer's delayed ACK
-    // (up to 40 ms) before its second half leaves.
-    let listener = listener.tap_io(|tcp| {
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and the like: the process is fine, the moment
+                // is not. Pause instead of spinning on the same error.
+                tracing::warn!(error = %e, "accept failed; retrying");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        // Every exchange here is a small request answered by a small response; with
+        // Nagle's algorithm on, a response written in two segments waits for the peer's
+        // delayed ACK (up to 40 ms) before its second half leaves.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
         }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stop.cancelled().await;
-        not_ready.set(false);
-    });
-    let server = std::pin::pin!(server.into_future());
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(drain).await;
-    };
+        let service = TowerToHyperService::new(
+            app.clone()
+                .map_request(|req: hyper::Request<hyper::body::Incoming>| req.map(axum::body::Body::new)),
+        );
+        let conn = graceful.watch(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            // A peer that hung up or broke the protocol: nothing to tell anyone.
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    readiness.set(false);
+    drop(listener);
+    let drain = Duration::from_millis(args.drain_timeout_ms);
     tokio::select! {
-        r = server => r,
-        () = deadline => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain) => {
             tracing::warn!(drain_ms = drain.as_millis() as u64, "drain deadline passed; dropping open connections");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -272,6 +344,14 @@ mod tests {
         assert_eq!(body["error"]["code"], "quorum_unavailable");
         assert_eq!(body["error"]["request_id"].as_str(), rid.as_deref());
         assert!(rid.is_some());
+        // The API's contract: every 503 (and 429) says when to retry; a 4xx does not.
+        let resp = app().oneshot(req("GET", "/boom", "")).await.expect("infallible");
+        assert_eq!(resp.headers()[axum::http::header::RETRY_AFTER], "1");
+        let resp = app()
+            .oneshot(req("GET", "/nowhere", ""))
+            .await
+            .expect("infallible");
+        assert!(resp.headers().get(axum::http::header::RETRY_AFTER).is_none());
     }
 
     #[tokio::test]
@@ -312,6 +392,69 @@ mod tests {
         assert_eq!(body["error"]["request_id"], "abc-123");
     }
 
+    // Goal: past the in-flight cap a request is answered at once with 503 overloaded and
+    // a Retry-After, not queued; health probes still answer.
+    #[tokio::test]
+    async fn past_the_in_flight_cap_requests_are_overloaded_with_retry_after() {
+        let registry = Arc::new(Registry::new());
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+        let entered = Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+        let held = gate.clone();
+        let routes = Router::new().route(
+            "/slow",
+            get(move || {
+                let (held, entered) = (held.clone(), entered.clone());
+                async move {
+                    if let Some(tx) = entered.lock().expect("lock").take() {
+                        let _ = tx.send(());
+                    }
+                    held.notified().await;
+                }
+            }),
+        );
+        let ready = Readiness::new();
+        ready.set(true);
+        let app = with_common_layers(
+            routes,
+            health_routes(ready, registry.clone()),
+            Limits {
+                max_body_bytes: 64,
+                max_concurrent_requests: 1,
+            },
+            HttpMetrics::new(&registry, "test").expect("metrics"),
+        );
+        let first = tokio::spawn(app.clone().oneshot(req("GET", "/slow", "")));
+        // Once the first request waits in the handler, it holds the only permit.
+        tokio::time::timeout(Duration::from_secs(10), entered_rx)
+            .await
+            .expect("the first request reached the handler")
+            .expect("sent");
+        let r = app
+            .clone()
+            .oneshot(req("GET", "/slow", ""))
+            .await
+            .expect("infallible");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "1");
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["error"]["code"], "overloaded");
+        let probe = app
+            .clone()
+            .oneshot(req("GET", "/healthz", ""))
+            .await
+            .expect("infallible");
+        assert_eq!(probe.status(), StatusCode::OK, "probes stay outside the cap");
+        gate.notify_waiters();
+        let first = tokio::time::timeout(Duration::from_secs(10), first)
+            .await
+            .expect("the first request ends")
+            .expect("join")
+            .expect("infallible");
+        assert_eq!(first.status(), StatusCode::OK);
+    }
+
     #[tokio::test]
     async fn serve_drains_and_turns_not_ready_on_shutdown() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -322,7 +465,7 @@ mod tests {
             app(),
             shutdown.clone(),
             ready.clone(),
-            Duration::from_secs(5),
+            ServeArgs::default(),
         ));
         for _ in 0..100 {
             if ready.is_ready() {

@@ -105,6 +105,7 @@ pub async fn run(
         .timeout(Duration::from_millis(config.peer_timeout_ms))
         .connect_timeout(Duration::from_millis(config.peer_timeout_ms))
         .pool_max_idle_per_host(4)
+        .pool_idle_timeout(Duration::from_millis(dynamo_core::limits::CLIENT_POOL_IDLE_MS))
         .build()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     workers.spawn(hints::HintDelivery {
@@ -166,7 +167,7 @@ pub async fn run(
         },
         http_metrics,
     );
-    let served = serve::serve(listener, app, shutdown, readiness, config.drain_timeout()).await;
+    let served = serve::serve(listener, app, shutdown, readiness, config.serve.clone()).await;
 
     workers.shutdown().await;
     let e = engine.clone();
