@@ -572,6 +572,140 @@ async fn every_error_code_is_reachable_and_changes_nothing() {
     let _ = ROOT_TOKEN;
 }
 
+async fn create_token(c: &Cluster, body: Value) -> Value {
+    let r = c
+        .req(Method::POST, "/v1/admin/tokens")
+        .json(&body)
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.expect("json")
+}
+
+async fn read_status(c: &Cluster, token: &str) -> StatusCode {
+    c.http
+        .get(format!("{}/v1/kv/b/nothing", c.url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("get")
+        .status()
+}
+
+// Goal (issue 12): a token with a TTL works until it expires, then is 401; the cluster
+// views (internal addresses) need cluster-wide admin while a key's placement needs read
+// on its bucket; every admin action, allowed or refused, leaves an audit line naming the
+// token id and never a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_expire_cluster_views_need_admin_and_admin_actions_are_audited() {
+    let c = Cluster::start(Options::default()).await;
+    let (u, h) = (c.url(), &c.http);
+    let brief = create_token(&c, json!({"buckets": "*", "permissions": ["read"], "ttl_s": 1})).await;
+    let secret = brief["token"].as_str().expect("token").to_owned();
+    assert!(
+        brief["expires"].as_str().is_some_and(|e| e.ends_with('Z')),
+        "{brief}"
+    );
+    // Refused with 401 once expired (and never before: a fresh token reads).
+    let first = read_status(&c, &secret).await;
+    assert!(
+        first == StatusCode::NOT_FOUND || first == StatusCode::UNAUTHORIZED,
+        "{first}"
+    );
+    eventually("the one-second token expires", || async {
+        read_status(&c, &secret).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    let r = h
+        .get(format!("{u}/v1/kv/b/nothing"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .expect("get");
+    expect_error(r, 401, "unauthorized").await;
+    expect_error(
+        c.req(Method::POST, "/v1/admin/tokens")
+            .json(&json!({"buckets": "*", "permissions": ["read"], "ttl_s": 0}))
+            .send()
+            .await
+            .expect("s"),
+        400,
+        "invalid_request",
+    )
+    .await;
+
+    let reader = create_token(&c, json!({"buckets": ["b"], "permissions": ["read", "write"]})).await;
+    let rt = reader["token"].as_str().expect("token").to_owned();
+    assert!(reader.get("expires").is_none(), "no TTL, no expiry: {reader}");
+    for path in ["/v1/cluster", "/v1/ring"] {
+        let r = h
+            .get(format!("{u}{path}"))
+            .bearer_auth(&rt)
+            .send()
+            .await
+            .expect("s");
+        expect_error(r, 403, "forbidden").await;
+        let r = c.req(Method::GET, path).send().await.expect("s");
+        assert_eq!(r.status(), StatusCode::OK, "{path} with the root token");
+    }
+    let r = h
+        .get(format!("{u}/v1/ring?bucket=b&key=k"))
+        .bearer_auth(&rt)
+        .send()
+        .await
+        .expect("s");
+    assert_eq!(r.status(), StatusCode::OK, "placement of a key it may read");
+    let r = h
+        .get(format!("{u}/v1/ring?bucket=other&key=k"))
+        .bearer_auth(&rt)
+        .send()
+        .await
+        .expect("s");
+    expect_error(r, 403, "forbidden").await;
+    // A refused admin action is audited too.
+    let r = h
+        .put(format!("{u}/v1/buckets/b"))
+        .bearer_auth(&rt)
+        .json(&json!({"r": 1}))
+        .send()
+        .await
+        .expect("s");
+    expect_error(r, 403, "forbidden").await;
+    let id = reader["id"].as_str().expect("id").to_owned();
+    let r = c
+        .req(Method::DELETE, &format!("/v1/admin/tokens/{id}"))
+        .send()
+        .await
+        .expect("s");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    let brief_id = brief["id"].as_str().expect("id").to_owned();
+    let expected = [
+        format!("principal=\"root\" action=\"token.create\" object=\"{brief_id}\" result=\"ok\""),
+        format!(
+            "principal=\"{id}\" action=\"bucket.props\" object=\"b\" result=\"refused\" code=\"forbidden\""
+        ),
+        format!("principal=\"root\" action=\"token.delete\" object=\"{id}\" result=\"ok\""),
+    ];
+    let mut log = String::new();
+    eventually("the audit lines are written", || {
+        log = c.coordinator.log_text();
+        std::future::ready(expected.iter().all(|l| log.contains(l.as_str())))
+    })
+    .await;
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("action="))
+            .all(|l| l.contains(" audit: ")),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&secret) && !log.contains(&rt),
+        "a secret reached the log"
+    );
+}
+
 async fn idem_put(c: &Cluster, path: &str, body: &str, key: &str) -> reqwest::Response {
     c.req(Method::PUT, path)
         .header("content-type", "text/plain")

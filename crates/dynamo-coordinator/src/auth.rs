@@ -41,6 +41,14 @@ impl Principal {
         }
     }
 
+    /// The caller as the audit log names it: `root`, or the token's public id.
+    pub fn name(&self) -> &str {
+        match self {
+            Principal::Root => "root",
+            Principal::Token(t) => &t.id,
+        }
+    }
+
     /// Checks that the caller may use `permission` on `bucket` (or cluster-wide when
     /// `bucket` is `None`, which scoped tokens may only do for `read`).
     ///
@@ -66,6 +74,13 @@ impl Principal {
             ))
         }
     }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Hex SHA-256 of a token.
@@ -129,12 +144,15 @@ fn principal(auth: &AuthState, req: &Request) -> Result<Principal, ApiError> {
         .map(|(id, _)| id)
         .ok_or_else(|| unauthorized("unknown token"))?;
     let state = auth.cache.current()?;
-    state
+    let t = state
         .tokens
         .iter()
         .find(|t| t.id == id && constant_time_eq(t.sha256.as_bytes(), sha.as_bytes()))
-        .map(|t| Principal::Token(t.clone()))
-        .ok_or_else(|| unauthorized("unknown token"))
+        .ok_or_else(|| unauthorized("unknown token"))?;
+    if t.is_expired(now_ms()) {
+        return Err(unauthorized("the token has expired"));
+    }
+    Ok(Principal::Token(t.clone()))
 }
 
 #[cfg(test)]
@@ -152,6 +170,7 @@ mod tests {
             buckets: BucketScope::Only(vec![b.clone()]),
             permissions: vec![Permission::Read],
             created_ms: 0,
+            expires_ms: None,
         });
         assert!(t.require(Permission::Read, Some(&b)).is_ok());
         assert_eq!(
@@ -172,6 +191,7 @@ mod tests {
             buckets: BucketScope::All(AllBuckets::Star),
             permissions: vec![Permission::Read, Permission::Admin],
             created_ms: 0,
+            expires_ms: None,
         });
         assert!(all.require(Permission::Admin, None).is_ok());
         assert!(Principal::Root.require(Permission::Admin, Some(&other)).is_ok());

@@ -11,6 +11,10 @@ use clap::Parser;
 use dynamo_core::context::ContextKeys;
 use dynamo_core::wire::BucketProps;
 
+/// Fewest characters of a root token, however it is given (a guessable root token is
+/// every permission on every bucket).
+pub const MIN_ROOT_TOKEN_CHARS: usize = 16;
+
 /// The context key of [`Config::for_ring`]: public, so for tests only.
 pub const TEST_CONTEXT_KEY: &str = "1:dGVzdC1vbmx5LWNvbnRleHQta2V5LW5ldmVyLWluLXByb2R1Y3Rpb24";
 
@@ -164,7 +168,13 @@ impl Config {
     /// [`ConfigError`] when neither gives a non-empty token, or the file cannot be read.
     pub fn load_root_token(&self) -> Result<Secret, ConfigError> {
         if !self.root_token.0.is_empty() {
-            return Ok(self.root_token.clone());
+            if self.root_token.0.trim().len() < MIN_ROOT_TOKEN_CHARS {
+                return Err(ConfigError {
+                    field: "root-token",
+                    reason: format!("the token must be at least {MIN_ROOT_TOKEN_CHARS} characters"),
+                });
+            }
+            return Ok(Secret(self.root_token.0.trim().to_owned()));
         }
         let Some(path) = &self.root_token_file else {
             return Err(ConfigError {
@@ -178,10 +188,10 @@ impl Config {
             reason: format!("{}: {e}", path.display()),
         })?;
         let token = text.lines().next().unwrap_or("").trim().to_owned();
-        if token.len() < 16 {
+        if token.len() < MIN_ROOT_TOKEN_CHARS {
             return Err(ConfigError {
                 field: "root-token-file",
-                reason: "the token must be at least 16 characters".into(),
+                reason: format!("the token must be at least {MIN_ROOT_TOKEN_CHARS} characters"),
             });
         }
         Ok(Secret(token))
@@ -267,6 +277,25 @@ mod tests {
         c.serve.otlp_endpoint = Some("otel-collector:4318".into());
         let e = c.validate().expect_err("not a URL").to_string();
         assert!(e.contains("--otlp-endpoint"), "{e}");
+    }
+
+    #[test]
+    fn a_root_token_is_long_however_it_is_given() {
+        let mut c = Config::for_ring("http://127.0.0.1:7000", "a");
+        let e = c.load_root_token().expect_err("one character").to_string();
+        assert!(e.contains("--root-token") && e.contains("16"), "{e}");
+        c.root_token = Secret("  padded-root-token-0123  ".into());
+        assert_eq!(
+            c.load_root_token().expect("long enough").0,
+            "padded-root-token-0123"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("root-token");
+        std::fs::write(&path, "short\n").expect("write");
+        c.root_token = Secret(String::new());
+        c.root_token_file = Some(path);
+        let e = c.load_root_token().expect_err("short file").to_string();
+        assert!(e.contains("--root-token-file"), "{e}");
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub enum TelemetryError {
 pub fn init(json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(log_filter())
+        .with_ansi(colors())
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
@@ -126,6 +127,7 @@ pub fn init_with_otlp(
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
+            .with_ansi(colors())
             .with_writer(std::io::stderr)
             .boxed()
     };
@@ -135,6 +137,13 @@ pub fn init_with_otlp(
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(guard)
+}
+
+/// Colours only for a person at a terminal: a log file or a container's log pipeline
+/// would keep the escape codes as text.
+fn colors() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal()
 }
 
 fn log_filter() -> EnvFilter {

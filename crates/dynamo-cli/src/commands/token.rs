@@ -18,6 +18,9 @@ pub enum TokenCommand {
         /// What it may do, separated by commas.
         #[arg(long, value_enum, value_delimiter = ',', required = true)]
         permissions: Vec<PermissionArg>,
+        /// Seconds until the token stops being accepted; without it, it lives until deleted.
+        #[arg(long)]
+        ttl: Option<u64>,
     },
     /// List tokens: ids and scopes, never secrets.
     List,
@@ -57,10 +60,15 @@ impl From<PermissionArg> for Permission {
 pub async fn run(global: &GlobalArgs, command: &TokenCommand) -> Result<(), CliError> {
     let client = global.client()?;
     match command {
-        TokenCommand::Create { buckets, permissions } => {
+        TokenCommand::Create {
+            buckets,
+            permissions,
+            ttl,
+        } => {
             let request = TokenRequest {
                 buckets: scope(buckets)?,
                 permissions: permissions.iter().map(|&p| p.into()).collect(),
+                ttl_s: *ttl,
             };
             let created = client.create_token(&request).await?;
             eprintln!("the secret is shown once: store it now");

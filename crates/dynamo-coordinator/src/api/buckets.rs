@@ -30,30 +30,36 @@ pub async fn put_bucket(
     Path(bucket): Path<String>,
     Json(patch): Json<BucketPropsPatch>,
 ) -> Result<Json<BucketProps>, ApiError> {
-    let bucket = bucket_name(bucket)?;
-    principal.require(Permission::Admin, Some(&bucket))?;
-    let (current, _) = state.cache.bucket(&bucket, &state.config.default_props());
-    let next = current.apply(&patch).map_err(ApiError::from)?;
-    // The ring service stores exactly the effective properties, so every coordinator
-    // serves the same ones whatever its own defaults.
-    let full = BucketPropsPatch {
-        n: Some(next.n),
-        r: Some(next.r),
-        w: Some(next.w),
-        conflict: Some(next.conflict),
-        crdt_type: next.crdt_type,
-        max_siblings: Some(next.max_siblings),
-    };
-    ring_change(
-        &state,
-        state
-            .client
-            .put(routes::url(
-                state.cache.ring_url(),
-                &routes::ring::bucket(&bucket),
-            ))
-            .json(&full),
-    )
-    .await?;
-    Ok(Json(next))
+    let name = bucket.clone();
+    let outcome = async {
+        let bucket = bucket_name(bucket)?;
+        principal.require(Permission::Admin, Some(&bucket))?;
+        let (current, _) = state.cache.bucket(&bucket, &state.config.default_props());
+        let next = current.apply(&patch).map_err(ApiError::from)?;
+        // The ring service stores exactly the effective properties, so every coordinator
+        // serves the same ones whatever its own defaults.
+        let full = BucketPropsPatch {
+            n: Some(next.n),
+            r: Some(next.r),
+            w: Some(next.w),
+            conflict: Some(next.conflict),
+            crdt_type: next.crdt_type,
+            max_siblings: Some(next.max_siblings),
+        };
+        ring_change(
+            &state,
+            state
+                .client
+                .put(routes::url(
+                    state.cache.ring_url(),
+                    &routes::ring::bucket(&bucket),
+                ))
+                .json(&full),
+        )
+        .await?;
+        Ok(Json(next))
+    }
+    .await;
+    audit(&principal, "bucket.props", &name, &outcome);
+    outcome
 }

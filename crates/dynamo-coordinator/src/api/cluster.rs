@@ -11,11 +11,16 @@ fn view(s: &ClusterState) -> ClusterView {
     }
 }
 
-/// `GET /v1/cluster`: served from the cached state, so it answers while the ring service
-/// is away.
+/// `GET /v1/cluster` (cluster-wide admin: it shows internal addresses): served from the
+/// cached state, so it answers while the ring service is away.
 #[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
-    responses((status = 200, description = "Nodes, their state, the ring epoch, handoffs in progress")))]
-pub async fn get_cluster(State(state): State<Arc<AppState>>) -> Result<Json<ClusterView>, ApiError> {
+    responses((status = 200, description = "Nodes, their state, the ring epoch, handoffs in progress"),
+        (status = 403, description = "The token lacks cluster-wide admin", body = ErrorBody)))]
+pub async fn get_cluster(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<ClusterView>, ApiError> {
+    principal.require(Permission::Admin, None)?;
     let s = state.cache.current()?;
     Ok(Json(view(&s)))
 }
@@ -30,13 +35,20 @@ pub struct RingQuery {
     pub key: Option<String>,
 }
 
-/// `GET /v1/ring`, or a key's placement with `?bucket=&key=`.
+/// `GET /v1/ring` (cluster-wide admin), or a key's placement with `?bucket=&key=` (read
+/// on the bucket).
 #[utoipa::path(get, path = "/v1/ring", tag = "cluster", params(RingQuery),
-    responses((status = 200, description = "The ring, or the key's partition, preference list and fallbacks")))]
+    responses((status = 200, description = "The ring, or the key's partition, preference list and fallbacks"),
+        (status = 403, description = "The token lacks the permission", body = ErrorBody)))]
 pub async fn get_ring(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     Query(q): Query<RingQuery>,
 ) -> Result<Response, ApiError> {
+    match (&q.bucket, &q.key) {
+        (Some(b), Some(_)) => principal.require(Permission::Read, Some(&bucket_name(b.clone())?))?,
+        _ => principal.require(Permission::Admin, None)?,
+    }
     let s = state.cache.current()?;
     let ring = s
         .ring
@@ -78,9 +90,14 @@ pub async fn join_node(
     Extension(principal): Extension<Principal>,
     Json(reg): Json<dynamo_core::wire::cluster::NodeRegistration>,
 ) -> Result<Response, ApiError> {
-    principal.require(Permission::Admin, None)?;
-    let url = routes::url(state.cache.ring_url(), routes::ring::NODES);
-    relay(&state, state.client.post(url).json(&reg)).await
+    let outcome = async {
+        principal.require(Permission::Admin, None)?;
+        let url = routes::url(state.cache.ring_url(), routes::ring::NODES);
+        relay(&state, state.client.post(url).json(&reg)).await
+    }
+    .await;
+    audit_relayed(&principal, "node.join", reg.node_id.as_str(), &outcome);
+    outcome
 }
 
 /// `DELETE /v1/cluster/nodes/{node}` (admin): decommission; its data is handed off first.
@@ -92,8 +109,13 @@ pub async fn decommission_node(
     Extension(principal): Extension<Principal>,
     Path(node): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal.require(Permission::Admin, None)?;
-    let node = NodeId::new(node).map_err(|e| ApiError::new(e.code(), e.to_string()))?;
-    let url = routes::url(state.cache.ring_url(), &routes::ring::node(&node));
-    relay(&state, state.client.delete(url)).await
+    let outcome = async {
+        principal.require(Permission::Admin, None)?;
+        let node = NodeId::new(node.clone()).map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+        let url = routes::url(state.cache.ring_url(), &routes::ring::node(&node));
+        relay(&state, state.client.delete(url)).await
+    }
+    .await;
+    audit_relayed(&principal, "node.decommission", &node, &outcome);
+    outcome
 }

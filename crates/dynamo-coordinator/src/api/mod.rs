@@ -21,7 +21,9 @@ use dynamo_core::ids::validate_key;
 use dynamo_core::limits::MAX_VALUE_BYTES;
 use dynamo_core::version::VersionedObject;
 use dynamo_core::wire::cluster::NodeRegistration;
-use dynamo_core::wire::cluster::{ClusterState, ClusterView, KeyPlacement, Permission, TokenRecord};
+use dynamo_core::wire::cluster::{
+    ClusterState, ClusterView, KeyPlacement, MAX_TOKEN_TTL_S, Permission, TokenRecord,
+};
 use dynamo_core::wire::internal::IdempotencyClaim;
 use dynamo_core::wire::public::{NewToken, RingView, TokenInfo, TokenList, TokenRequest};
 use dynamo_core::wire::routes;
@@ -188,6 +190,42 @@ impl<'a> KeyContexts<'a> {
                 .collect(),
         }
     }
+}
+
+/// Writes the audit line of an admin action: who (the token id, never a secret), what,
+/// on what, and how it ended. Target `audit`, so a log pipeline can route these apart
+/// (`DYNAMO_LOG=audit=info` keeps them alone).
+fn audit<T>(principal: &Principal, action: &'static str, object: &str, outcome: &Result<T, ApiError>) {
+    match outcome {
+        Ok(_) => audit_line(principal, action, object, "ok", ""),
+        Err(e) => audit_line(principal, action, object, "refused", e.code.as_str()),
+    }
+}
+
+/// [`audit`] of an action whose answer is relayed from the ring service.
+fn audit_relayed(
+    principal: &Principal,
+    action: &'static str,
+    object: &str,
+    outcome: &Result<Response, ApiError>,
+) {
+    match outcome {
+        Ok(r) if r.status().is_success() => audit_line(principal, action, object, "ok", ""),
+        Ok(r) => audit_line(principal, action, object, "refused", r.status().as_str()),
+        Err(_) => audit(principal, action, object, outcome),
+    }
+}
+
+fn audit_line(principal: &Principal, action: &'static str, object: &str, result: &str, code: &str) {
+    tracing::info!(
+        target: "audit",
+        principal = principal.name(),
+        action,
+        object,
+        result,
+        code,
+        "admin action"
+    );
 }
 
 /// Records a request's outcome in the metrics.

@@ -10,7 +10,10 @@ pub async fn create_token(
     Extension(principal): Extension<Principal>,
     Json(req): Json<TokenRequest>,
 ) -> Result<Response, ApiError> {
-    principal.require(Permission::Admin, None)?;
+    if let Err(e) = principal.require(Permission::Admin, None) {
+        audit_line(&principal, "token.create", "", "refused", e.code.as_str());
+        return Err(e);
+    }
     let mut permissions = req.permissions;
     permissions.sort();
     permissions.dedup();
@@ -20,25 +23,36 @@ pub async fn create_token(
             "a token needs at least one permission",
         ));
     }
+    let expires_ms = match req.ttl_s {
+        None => None,
+        Some(ttl) if (1..=MAX_TOKEN_TTL_S).contains(&ttl) => Some(ttl * 1000),
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("ttl_s must be 1 to {MAX_TOKEN_TTL_S} (ten years)"),
+            ));
+        }
+    };
     let (id, token) = auth::new_token();
-    let created_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let created_ms = auth::now_ms();
     let record = TokenRecord {
         id: id.clone(),
         sha256: auth::token_sha256(&token),
         buckets: req.buckets.clone(),
         permissions: permissions.clone(),
         created_ms,
+        expires_ms: expires_ms.map(|ttl| created_ms + ttl),
     };
-    ring_change(
+    let created = ring_change(
         &state,
         state
             .client
             .post(routes::url(state.cache.ring_url(), routes::ring::TOKENS))
             .json(&record),
     )
-    .await?;
+    .await;
+    audit(&principal, "token.create", &id, &created);
+    created?;
     Ok((
         StatusCode::CREATED,
         Json(NewToken {
@@ -46,6 +60,7 @@ pub async fn create_token(
             token,
             buckets: req.buckets,
             permissions,
+            expires: record.expires_ms.map(rfc3339_from_ms),
         }),
     )
         .into_response())
@@ -69,6 +84,7 @@ pub async fn list_tokens(
                 buckets: t.buckets.clone(),
                 permissions: t.permissions.clone(),
                 created: rfc3339_from_ms(t.created_ms),
+                expires: t.expires_ms.map(rfc3339_from_ms),
             })
             .collect(),
     }))
@@ -82,16 +98,21 @@ pub async fn delete_token(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    principal.require(Permission::Admin, None)?;
+    if let Err(e) = principal.require(Permission::Admin, None) {
+        audit_line(&principal, "token.delete", &id, "refused", e.code.as_str());
+        return Err(e);
+    }
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(ApiError::new(ErrorCode::TokenNotFound, "no such token"));
     }
-    ring_change(
+    let deleted = ring_change(
         &state,
         state
             .client
             .delete(routes::url(state.cache.ring_url(), &routes::ring::token(&id))),
     )
-    .await?;
+    .await;
+    audit(&principal, "token.delete", &id, &deleted);
+    deleted?;
     Ok(StatusCode::NO_CONTENT)
 }

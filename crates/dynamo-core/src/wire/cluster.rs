@@ -169,6 +169,19 @@ pub struct TokenRecord {
     pub permissions: Vec<Permission>,
     /// When it was created (ms since the Unix epoch).
     pub created_ms: u64,
+    /// When it stops being accepted (ms since the Unix epoch); never without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+}
+
+/// Longest lifetime a token may be given: ten years, in seconds.
+pub const MAX_TOKEN_TTL_S: u64 = 10 * 365 * 24 * 3600;
+
+impl TokenRecord {
+    /// Returns whether the token is past its expiry at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|e| now_ms >= e)
+    }
 }
 
 /// Everything a coordinator caches, versioned: any change makes a larger `version`.

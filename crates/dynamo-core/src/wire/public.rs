@@ -51,6 +51,10 @@ pub struct TokenRequest {
     /// Any of `read`, `write`, `admin`.
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub permissions: Vec<Permission>,
+    /// Seconds until the token stops being accepted (1 to ten years); none for a token
+    /// that lives until it is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
 }
 
 impl TokenRequest {
@@ -59,6 +63,7 @@ impl TokenRequest {
         TokenRequest {
             buckets: BucketScope::All(AllBuckets::Star),
             permissions,
+            ttl_s: None,
         }
     }
 }
@@ -78,6 +83,9 @@ pub struct NewToken {
     /// What it may do there.
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub permissions: Vec<Permission>,
+    /// When it expires, RFC 3339 (UTC, milliseconds); absent for a token without a TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 impl fmt::Debug for NewToken {
@@ -87,6 +95,7 @@ impl fmt::Debug for NewToken {
             .field("token", &"<redacted>")
             .field("buckets", &self.buckets)
             .field("permissions", &self.permissions)
+            .field("expires", &self.expires)
             .finish()
     }
 }
@@ -105,6 +114,9 @@ pub struct TokenInfo {
     pub permissions: Vec<Permission>,
     /// When it was created, RFC 3339 (UTC, milliseconds).
     pub created: String,
+    /// When it expires, RFC 3339; absent for a token without a TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 /// The answer of `GET /v1/admin/tokens`.
@@ -126,6 +138,7 @@ mod tests {
             token: "s3cret-value".into(),
             buckets: BucketScope::All(AllBuckets::Star),
             permissions: vec![Permission::Read],
+            expires: None,
         };
         let shown = format!("{t:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

@@ -17,8 +17,8 @@ use dynamo_core::ring::Member;
 use dynamo_core::ring::RingError;
 use dynamo_core::wire::InvalidProps;
 use dynamo_core::wire::cluster::{
-    BucketRecord, BucketScope, ClusterState, ClusterView, Handoff, Heartbeat, MAX_BUCKETS, MAX_TOKENS,
-    NodeRegistration, NodeState, NodeStatus, TokenRecord,
+    BucketRecord, BucketScope, ClusterState, ClusterView, Handoff, Heartbeat, MAX_BUCKETS, MAX_TOKEN_TTL_S,
+    MAX_TOKENS, NodeRegistration, NodeState, NodeStatus, TokenRecord,
 };
 use dynamo_core::wire::{BucketProps, BucketPropsPatch};
 use dynamo_core::{BucketName, ErrorCode, NodeId, Partitioning, RingEpoch};

@@ -228,6 +228,7 @@ fn tokens_are_validated_and_unique() {
         buckets: BucketScope::Only(vec![BucketName::new("b").expect("bucket")]),
         permissions: vec![Permission::Read],
         created_ms: 1,
+        expires_ms: None,
     };
     c.add_token(t.clone()).expect("add");
     assert_eq!(
@@ -244,7 +245,7 @@ fn tokens_are_validated_and_unique() {
         id: "tok3".into(),
         sha256: "b".repeat(64),
         permissions: vec![],
-        ..t
+        ..t.clone()
     };
     assert!(c.add_token(none).is_err());
     assert_eq!(
@@ -253,6 +254,21 @@ fn tokens_are_validated_and_unique() {
     );
     c.remove_token("tok1").expect("remove");
     assert!(c.state.tokens.is_empty());
+    // An expiry must come after the creation, within ten years.
+    for (expires, ok) in [
+        (1, false),
+        (2, true),
+        (1 + MAX_TOKEN_TTL_S * 1000, true),
+        (2 + MAX_TOKEN_TTL_S * 1000, false),
+    ] {
+        let timed = TokenRecord {
+            id: format!("tok-{expires}"),
+            sha256: format!("{expires:064x}"),
+            expires_ms: Some(expires),
+            ..t.clone()
+        };
+        assert_eq!(c.add_token(timed).is_ok(), ok, "expires at {expires}");
+    }
 }
 
 #[test]

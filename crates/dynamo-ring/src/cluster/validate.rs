@@ -98,5 +98,10 @@ pub fn validate_token(t: &TokenRecord) -> Result<(), ClusterError> {
             "a token names 1-{MAX_TOKEN_BUCKETS} buckets, or \"*\""
         )));
     }
+    if let Some(e) = t.expires_ms
+        && (e <= t.created_ms || e - t.created_ms > MAX_TOKEN_TTL_S * 1000)
+    {
+        return Err(invalid("a token expires after it is created, within ten years"));
+    }
     Ok(())
 }
