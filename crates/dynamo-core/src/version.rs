@@ -392,7 +392,7 @@ impl VersionedObject {
         self.siblings.sort_by_key(|s| s.dot);
         self.history.union(context);
         self.history.insert(dot);
-        self.bound_history(MAX_VECTOR_ENTRIES);
+        self.bound_history(MAX_VECTOR_ENTRIES, Some(actor));
         if conflict == ConflictRule::LastWriterWins {
             self.keep_latest();
         }
@@ -496,12 +496,16 @@ impl VersionedObject {
     /// no sibling comes from, smallest counter first (Dynamo's truncation, §4.4). The
     /// cost: a stale replica's superseded sibling from a forgotten actor could come back
     /// as a sibling; a live sibling is never dropped, because its actor is never forgotten.
-    fn bound_history(&mut self, max_entries: usize) {
+    ///
+    /// `minter`, the actor minting on this copy, is never forgotten either, live sibling or
+    /// not (an LWW write may lose its own sibling to a later timestamp): forgotten, an
+    /// older counter of it brought back by a merge would let the copy mint a dot again.
+    fn bound_history(&mut self, max_entries: usize, minter: Option<ActorId>) {
         while self.history.vector_len() > max_entries {
             let victim = self
                 .history
                 .vector()
-                .filter(|(a, _)| !self.siblings.iter().any(|s| s.dot.actor == *a))
+                .filter(|(a, _)| Some(*a) != minter && !self.siblings.iter().any(|s| s.dot.actor == *a))
                 .min_by_key(|&(a, n)| (n, a))
                 .map(|(a, _)| a);
             match victim {
@@ -936,7 +940,9 @@ mod tests {
                 Life::Collect { at } => nodes[at].own = None,
                 Life::Truncate { at } => {
                     if let Some(c) = &mut nodes[at].own {
-                        c.object.bound_history(1);
+                        // As inside a put: the copy's minter is kept.
+                        let minter = c.minter.map(|m| m.actor);
+                        c.object.bound_history(1, minter);
                     }
                 }
                 Life::Sync { at } => {
@@ -961,6 +967,32 @@ mod tests {
         fn no_dot_is_ever_minted_twice(steps in arb_life()) {
             prop_assert_eq!(live(&steps), None);
         }
+    }
+
+    /// Regression (found by `no_dot_is_ever_minted_twice` in CI): a truncation that forgot
+    /// the copy's own minting actor, followed by a merge that brought back an older
+    /// counter of that actor, let the copy continue the actor at a counter it had already
+    /// used. Truncation keeps the minter's actor, as it does inside every put.
+    #[test]
+    fn truncation_never_forgets_the_minting_actor() {
+        use Life::*;
+        let c = |at, hint_for, ctx_from| Coordinate {
+            at,
+            hint_for,
+            ctx_from,
+            delete: false,
+        };
+        let steps = [
+            c(2, None, None),
+            c(1, None, Some(2)),
+            c(2, None, None),
+            c(0, Some(2), Some(2)),
+            Deliver { at: 0, owner: 2 },
+            Truncate { at: 2 },
+            Replicate { from: 1, to: 2 },
+            c(2, None, None),
+        ];
+        assert_eq!(live(&steps), None);
     }
 
     /// Goal: the model finds the bug it guards against. A fallback that mints with the
@@ -1074,7 +1106,8 @@ mod tests {
         // Another actor's write supersedes ours; then the history is truncated.
         let ctx = copy.object.context().clone();
         copy.object.put(&ctx, ActorId(5), w("b", 2), SIB).expect("put");
-        copy.object.bound_history(1);
+        // Forgotten as if by a put of another minter (the minter is otherwise kept).
+        copy.object.bound_history(1, None);
         assert_eq!(copy.object.context().max_counter(d1.actor), 0, "forgotten");
         let ctx = copy.object.context().clone();
         let d3 = copy
