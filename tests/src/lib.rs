@@ -16,7 +16,8 @@ pub mod sim;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+
+use dynamo_server::internal::testing::{TEST_CONTROL_KEY, TEST_MEMBER_KEY};
 
 pub use dynamo_testkit::wait_ready;
 
@@ -96,6 +97,10 @@ impl Proc {
                 "DYNAMO_LOG",
                 std::env::var("DYNAMO_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // Every service of a test cluster shares the public test keys; a storage
+            // node has no control flag and ignores that variable.
+            .env("DYNAMO_MEMBER_KEY", TEST_MEMBER_KEY)
+            .env("DYNAMO_CONTROL_KEY", TEST_CONTROL_KEY)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -177,7 +182,7 @@ pub struct Cluster {
     /// The coordinator.
     pub coordinator: Proc,
     /// An HTTP client.
-    pub http: reqwest::Client,
+    pub http: dynamo_testkit::Http,
 }
 
 /// Options of a test cluster.
@@ -231,10 +236,7 @@ impl Cluster {
             ],
             &logs,
         );
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client");
+        let http = dynamo_testkit::http();
         wait_ready(&ring.url()).await;
         let mut nodes = Vec::new();
         for i in 0..opts.nodes {
@@ -261,7 +263,7 @@ impl Cluster {
             nodes.push(node);
         }
         for (i, node) in nodes.iter().enumerate() {
-            let resp = http
+            let resp = dynamo_testkit::control_http()
                 .post(format!("{}/internal/v1/nodes", ring.url()))
                 .json(&serde_json::json!({"node_id": format!("node-{i}"), "address": node.url()}))
                 .send()
@@ -305,7 +307,7 @@ impl Cluster {
     }
 
     /// A request to the coordinator with the root token.
-    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest_middleware::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.url()))
             .bearer_auth(ROOT_TOKEN)
@@ -356,7 +358,7 @@ impl Cluster {
     }
 }
 
-async fn wait_members(http: &reqwest::Client, ring_url: &str, n: usize) {
+async fn wait_members(http: &dynamo_testkit::Http, ring_url: &str, n: usize) {
     dynamo_testkit::eventually(&format!("the ring has {n} members and no handoff"), || async {
         let Ok(r) = http
             .get(format!("{ring_url}/internal/v1/state?after=0&wait_ms=0"))

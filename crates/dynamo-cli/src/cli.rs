@@ -77,7 +77,7 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Measure throughput and latency under a YCSB-style load (Dynamo or etcd).
     Bench(bench::BenchArgs),
-    /// Print a fresh context key (a line of a coordinator's `--context-key-file`).
+    /// Print a fresh secret key: a line of a context, member or control key file.
     Keygen(keygen::KeygenArgs),
 }
 

@@ -7,7 +7,9 @@
 //! is enough (no password-stretching needed). Missing or unknown token: `401
 //! unauthorized`; a token without the permission or the bucket: `403 forbidden`.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -18,8 +20,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dynamo_core::wire::cluster::{Permission, TokenRecord};
 use dynamo_core::{BucketName, ErrorCode};
 use dynamo_server::ApiError;
+use dynamo_server::worker::{Next as WorkerNext, Worker};
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
+use crate::config::Secret;
+use crate::rate::RateLimits;
 use crate::state::ClusterCache;
 
 /// Who is calling.
@@ -102,22 +108,103 @@ pub fn new_token() -> (String, String) {
 }
 
 /// What the auth middleware needs.
-#[derive(Clone)]
 pub struct AuthState {
-    /// SHA-256 of the root token.
-    pub root_sha256: String,
+    /// SHA-256 of each root token accepted (two while the root token rotates), replaced
+    /// when `--root-token-file` changes ([`RootTokenReload`]).
+    root_sha256: RwLock<Vec<String>>,
     /// The cluster cache holding the scoped tokens.
     pub cache: ClusterCache,
+    /// Every caller's rate limit.
+    pub rates: RateLimits,
 }
 
-/// Resolves the bearer token into a [`Principal`] request extension, or answers 401.
+impl AuthState {
+    /// An auth state accepting `root` tokens and the cache's scoped tokens, limited by
+    /// `rates`.
+    pub fn new(root: &[Secret], cache: ClusterCache, rates: RateLimits) -> AuthState {
+        AuthState {
+            root_sha256: RwLock::new(root.iter().map(|t| token_sha256(&t.0)).collect()),
+            cache,
+            rates,
+        }
+    }
+
+    /// Replaces the root tokens; returns whether they changed.
+    pub fn set_root(&self, root: &[Secret]) -> bool {
+        let new: Vec<String> = root.iter().map(|t| token_sha256(&t.0)).collect();
+        let mut current = self.root_sha256.write().unwrap_or_else(|p| p.into_inner());
+        let changed = *current != new;
+        *current = new;
+        changed
+    }
+
+    fn is_root(&self, sha: &str) -> bool {
+        let root = self.root_sha256.read().unwrap_or_else(|p| p.into_inner());
+        // Every candidate is compared, so the time taken does not say which matched.
+        root.iter().fold(false, |hit, r| {
+            constant_time_eq(sha.as_bytes(), r.as_bytes()) | hit
+        })
+    }
+}
+
+/// Resolves the bearer token into a [`Principal`] request extension, or answers 401; a
+/// caller over its rate limit gets 429.
 pub async fn authenticate(State(auth): State<Arc<AuthState>>, mut req: Request, next: Next) -> Response {
-    match principal(&auth, &req) {
+    match principal(&auth, &req).and_then(|p| auth.rates.check(&p).map(|()| p)) {
         Ok(p) => {
             req.extensions_mut().insert(p);
             next.run(req).await
         }
         Err(e) => e.into_response(),
+    }
+}
+
+/// The `root-token-reload` worker: reads `--root-token-file` every interval and, when it
+/// holds other valid tokens, accepts those from then on (rotation without a restart). A
+/// file that cannot be read or holds no valid token changes nothing (the error is logged).
+pub struct RootTokenReload {
+    /// The file.
+    pub path: PathBuf,
+    /// Where the tokens are replaced.
+    pub auth: Arc<AuthState>,
+    /// Pause between reads.
+    pub every: Duration,
+}
+
+/// Why a reload of the root token file was not taken.
+#[derive(Debug, thiserror::Error)]
+#[error("the root token file {path} was not reloaded: {reason}")]
+pub struct ReloadError {
+    path: String,
+    reason: String,
+}
+
+impl Worker for RootTokenReload {
+    type Error = ReloadError;
+
+    fn name(&self) -> &'static str {
+        "root-token-reload"
+    }
+
+    async fn work(&mut self, _stop: &CancellationToken) -> Result<WorkerNext, ReloadError> {
+        let err = |reason: String| ReloadError {
+            path: self.path.display().to_string(),
+            reason,
+        };
+        let path = self.path.clone();
+        let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(path))
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(e.to_string()))?;
+        let tokens = crate::config::parse_root_token_file(&text).map_err(err)?;
+        if self.auth.set_root(&tokens) {
+            tracing::info!(target: "audit", tokens = tokens.len(), "root token file changed: the tokens it holds are now accepted");
+        }
+        Ok(WorkerNext::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.every).await;
     }
 }
 
@@ -135,7 +222,7 @@ fn principal(auth: &AuthState, req: &Request) -> Result<Principal, ApiError> {
         .filter(|t| !t.is_empty() && t.len() <= 512)
         .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
     let sha = token_sha256(token);
-    if constant_time_eq(sha.as_bytes(), auth.root_sha256.as_bytes()) {
+    if auth.is_root(&sha) {
         return Ok(Principal::Root);
     }
     let id = token
@@ -171,6 +258,7 @@ mod tests {
             permissions: vec![Permission::Read],
             created_ms: 0,
             expires_ms: None,
+            rate_limit_rps: None,
         });
         assert!(t.require(Permission::Read, Some(&b)).is_ok());
         assert_eq!(
@@ -192,6 +280,7 @@ mod tests {
             permissions: vec![Permission::Read, Permission::Admin],
             created_ms: 0,
             expires_ms: None,
+            rate_limit_rps: None,
         });
         assert!(all.require(Permission::Admin, None).is_ok());
         assert!(Principal::Root.require(Permission::Admin, Some(&other)).is_ok());

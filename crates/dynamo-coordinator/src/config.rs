@@ -1,8 +1,10 @@
 //! The coordinator's configuration: flags with `DYNAMO_*` environment variables.
 
 pub use dynamo_server::config::ConfigError;
+pub use dynamo_server::config::Secret;
 use dynamo_server::config::ServeArgs;
-use std::fmt;
+use dynamo_server::internal::testing::{TEST_CONTROL_KEY, TEST_MEMBER_KEY};
+use dynamo_server::internal::{ControlArgs, MemberArgs};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,25 +20,38 @@ pub const MIN_ROOT_TOKEN_CHARS: usize = 16;
 /// The context key of [`Config::for_ring`]: public, so for tests only.
 pub const TEST_CONTEXT_KEY: &str = "1:dGVzdC1vbmx5LWNvbnRleHQta2V5LW5ldmVyLWluLXByb2R1Y3Rpb24";
 
-/// A secret string whose `Debug` never prints it.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(pub String);
+/// Most root tokens a root token file holds: the current one and, while it rotates, the
+/// one before.
+pub const MAX_ROOT_TOKENS: usize = 2;
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "<unset>"
-        } else {
-            "<redacted>"
-        })
+/// Reads a root token file: one token per line (blank lines and `#` comments skipped), at
+/// most [`MAX_ROOT_TOKENS`], each at least [`MIN_ROOT_TOKEN_CHARS`] characters. Two lines
+/// are a rotation in progress: both are accepted.
+///
+/// # Errors
+/// What is wrong with the file, as a sentence.
+pub fn parse_root_token_file(text: &str) -> Result<Vec<Secret>, String> {
+    let tokens: Vec<Secret> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| Secret(l.to_owned()))
+        .collect();
+    if tokens.is_empty() {
+        return Err("the file holds no token".into());
     }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
+    if tokens.len() > MAX_ROOT_TOKENS {
+        return Err(format!(
+            "the file holds {} tokens; at most {MAX_ROOT_TOKENS} (the new one and, while rotating, the old one)",
+            tokens.len()
+        ));
     }
+    if tokens.iter().any(|t| t.0.len() < MIN_ROOT_TOKEN_CHARS) {
+        return Err(format!(
+            "the token must be at least {MIN_ROOT_TOKEN_CHARS} characters"
+        ));
+    }
+    Ok(tokens)
 }
 
 /// A Dynamo coordinator: stateless, serves the public REST API.
@@ -118,9 +133,33 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
     pub max_concurrent_requests: usize,
 
+    /// Requests per second a scoped token may make through this coordinator (a burst of
+    /// one second's worth; more get `429 rate_limited` with `Retry-After`), unless the
+    /// token carries its own `rate_limit_rps`. 0 turns the default off.
+    #[arg(long, env = "DYNAMO_TOKEN_RATE_LIMIT_RPS", default_value_t = 5_000)]
+    pub token_rate_limit_rps: u32,
+
+    /// Requests per second the root token may make through this coordinator. 0 (the
+    /// default) is no limit: the root token is the operator's way in during an incident.
+    #[arg(long, env = "DYNAMO_ROOT_RATE_LIMIT_RPS", default_value_t = 0)]
+    pub root_rate_limit_rps: u32,
+
+    /// How often `--root-token-file` is read again, so a rotated root token takes effect
+    /// without a restart.
+    #[arg(long, env = "DYNAMO_ROOT_TOKEN_RELOAD_MS", default_value_t = 2_000)]
+    pub root_token_reload_ms: u64,
+
     /// Serving and telemetry flags every service shares.
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// The member keys and the signature window of internal requests.
+    #[command(flatten)]
+    pub member: MemberArgs,
+
+    /// The control keys (membership, tokens, bucket properties).
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 impl Config {
@@ -147,9 +186,18 @@ impl Config {
             ("max-inflight-per-node", self.max_inflight_per_node as u64),
             ("read-repair-queue", self.read_repair_queue as u64),
             ("max-concurrent-requests", self.max_concurrent_requests as u64),
+            ("root-token-reload-ms", self.root_token_reload_ms),
         ] {
             if v == 0 {
                 return bad(field, "must be greater than 0".into());
+            }
+        }
+        for (field, rps) in [
+            ("token-rate-limit-rps", self.token_rate_limit_rps),
+            ("root-rate-limit-rps", self.root_rate_limit_rps),
+        ] {
+            if rps > dynamo_core::wire::cluster::MAX_TOKEN_RATE_LIMIT_RPS {
+                return bad(field, "must be at most 1000000 (0 for no limit)".into());
             }
         }
         if self.request_timeout_ms > self.max_request_timeout_ms {
@@ -159,42 +207,36 @@ impl Config {
             );
         }
         self.serve.validate()?;
+        self.member.validate()?;
         Ok(())
     }
 
-    /// Reads the root token from the flag/env or the file.
+    /// Reads the root tokens: the one of the flag/env, or those of the file (see
+    /// [`parse_root_token_file`]).
     ///
     /// # Errors
-    /// [`ConfigError`] when neither gives a non-empty token, or the file cannot be read.
-    pub fn load_root_token(&self) -> Result<Secret, ConfigError> {
+    /// [`ConfigError`] when neither gives a token, the file cannot be read, or a token is
+    /// shorter than [`MIN_ROOT_TOKEN_CHARS`].
+    pub fn load_root_tokens(&self) -> Result<Vec<Secret>, ConfigError> {
         if !self.root_token.0.is_empty() {
-            if self.root_token.0.trim().len() < MIN_ROOT_TOKEN_CHARS {
-                return Err(ConfigError {
-                    field: "root-token",
-                    reason: format!("the token must be at least {MIN_ROOT_TOKEN_CHARS} characters"),
-                });
+            let token = self.root_token.0.trim();
+            if token.len() < MIN_ROOT_TOKEN_CHARS {
+                return Err(ConfigError::new(
+                    "root-token",
+                    format!("the token must be at least {MIN_ROOT_TOKEN_CHARS} characters"),
+                ));
             }
-            return Ok(Secret(self.root_token.0.trim().to_owned()));
+            return Ok(vec![Secret(token.to_owned())]);
         }
         let Some(path) = &self.root_token_file else {
-            return Err(ConfigError {
-                field: "root-token",
-                reason: "a root token is required (--root-token, DYNAMO_ROOT_TOKEN or --root-token-file)"
-                    .into(),
-            });
+            return Err(ConfigError::new(
+                "root-token",
+                "a root token is required (--root-token, DYNAMO_ROOT_TOKEN or --root-token-file)",
+            ));
         };
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            field: "root-token-file",
-            reason: format!("{}: {e}", path.display()),
-        })?;
-        let token = text.lines().next().unwrap_or("").trim().to_owned();
-        if token.len() < MIN_ROOT_TOKEN_CHARS {
-            return Err(ConfigError {
-                field: "root-token-file",
-                reason: format!("the token must be at least {MIN_ROOT_TOKEN_CHARS} characters"),
-            });
-        }
-        Ok(Secret(token))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("root-token-file", format!("{}: {e}", path.display())))?;
+        parse_root_token_file(&text).map_err(|reason| ConfigError::new("root-token-file", reason))
     }
 
     /// Reads the context keys from the flag/env or the file.
@@ -203,27 +245,11 @@ impl Config {
     /// [`ConfigError`] when neither gives keys, the file cannot be read, or a key is
     /// malformed.
     pub fn load_context_keys(&self) -> Result<ContextKeys, ConfigError> {
-        let (field, text) = if !self.context_key.0.is_empty() {
-            ("context-key", self.context_key.0.clone())
-        } else if let Some(path) = &self.context_key_file {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-                field: "context-key-file",
-                reason: format!("{}: {e}", path.display()),
-            })?;
-            ("context-key-file", text)
-        } else {
-            return Err(ConfigError {
-                field: "context-key",
-                reason:
-                    "context keys are required (--context-key, DYNAMO_CONTEXT_KEY or --context-key-file; \
-                         `dynamo keygen` writes one)"
-                        .into(),
-            });
-        };
-        ContextKeys::parse(&text).map_err(|e| ConfigError {
-            field,
-            reason: e.to_string(),
-        })
+        let ring = dynamo_server::internal::load_keys(
+            ("context-key", &self.context_key),
+            ("context-key-file", self.context_key_file.as_ref()),
+        )?;
+        Ok(ContextKeys::from(ring))
     }
 
     /// Properties of buckets without explicit ones.
@@ -241,12 +267,15 @@ impl Config {
         Duration::from_millis(self.request_timeout_ms)
     }
 
-    /// Builds a configuration for tests, with [`TEST_CONTEXT_KEY`].
+    /// Builds a configuration for tests, with [`TEST_CONTEXT_KEY`] and the public test
+    /// member and control keys ([`dynamo_server::internal::testing`]).
     pub fn for_ring(ring_url: impl Into<String>, root_token: impl Into<String>) -> Config {
         let mut c = Config::parse_from(["dynamo-coordinator"]);
         c.ring_url = ring_url.into();
         c.root_token = Secret(root_token.into());
         c.context_key = Secret(TEST_CONTEXT_KEY.into());
+        c.member.member_key = Secret(TEST_MEMBER_KEY.into());
+        c.control.control_key = Secret(TEST_CONTROL_KEY.into());
         c
     }
 }
@@ -282,20 +311,34 @@ mod tests {
     #[test]
     fn a_root_token_is_long_however_it_is_given() {
         let mut c = Config::for_ring("http://127.0.0.1:7000", "a");
-        let e = c.load_root_token().expect_err("one character").to_string();
+        let e = c.load_root_tokens().expect_err("one character").to_string();
         assert!(e.contains("--root-token") && e.contains("16"), "{e}");
         c.root_token = Secret("  padded-root-token-0123  ".into());
         assert_eq!(
-            c.load_root_token().expect("long enough").0,
-            "padded-root-token-0123"
+            c.load_root_tokens().expect("long enough"),
+            vec![Secret("padded-root-token-0123".into())]
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("root-token");
         std::fs::write(&path, "short\n").expect("write");
         c.root_token = Secret(String::new());
         c.root_token_file = Some(path);
-        let e = c.load_root_token().expect_err("short file").to_string();
+        let e = c.load_root_tokens().expect_err("short file").to_string();
         assert!(e.contains("--root-token-file"), "{e}");
+    }
+
+    #[test]
+    fn a_root_token_file_holds_one_token_or_a_rotation() {
+        let one = parse_root_token_file("# root\nroot-token-0123456789\n").expect("one");
+        assert_eq!(one, vec![Secret("root-token-0123456789".into())]);
+        let two = parse_root_token_file("new-root-token-0123456\n\nold-root-token-0123456\n").expect("two");
+        assert_eq!(two.len(), 2);
+        assert!(parse_root_token_file("").is_err());
+        assert!(
+            parse_root_token_file("a-root-token-000000001\na-root-token-000000002\na-root-token-000000003")
+                .is_err()
+        );
+        assert!(parse_root_token_file("a-root-token-000000001\nshort").is_err());
     }
 
     #[test]

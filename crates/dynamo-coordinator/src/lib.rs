@@ -11,7 +11,8 @@
 //! - [`config`]: flags; [`state`]: the cached cluster state (ring, buckets, tokens),
 //!   long-polled from the ring service; [`peers`]: one handle per storage node, with
 //!   batching and failure detection; [`kv`]: the quorum data path and read repair;
-//!   [`auth`]: tokens; [`api`]: the routes; [`openapi`]; [`metrics`].
+//!   [`auth`]: tokens and the root token's reload; [`rate`]: per-token rate limits;
+//!   [`api`]: the routes; [`openapi`]; [`metrics`].
 //! - Start at [`run`], then [`kv`].
 //!
 //! # It is not
@@ -26,11 +27,14 @@ pub mod kv;
 pub mod metrics;
 pub mod openapi;
 pub mod peers;
+pub mod rate;
 pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynamo_core::signature::Role;
+use dynamo_server::internal;
 use dynamo_server::metrics::HttpMetrics;
 use dynamo_server::serve::{self, Limits, Readiness};
 use dynamo_server::worker::Workers;
@@ -66,15 +70,19 @@ pub enum RunError {
 /// [`RunError`] for an invalid configuration or a failing listener.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
     config.validate()?;
-    let root = config.load_root_token()?;
+    let root = config.load_root_tokens()?;
     let context_keys = Arc::new(config.load_context_keys()?);
     let config = Arc::new(config);
     let registry = Arc::new(Registry::new());
     let metrics = metrics::CoordinatorMetrics::new(&registry)?;
     let http_metrics = HttpMetrics::new(&registry, "coordinator")?;
 
-    // One client per process: pooled keep-alive connections to every storage node.
-    let client = reqwest::Client::builder()
+    let member_keys = config.member.keys()?;
+    let control_keys = config.control.keys()?;
+    // One connection pool per process: keep-alive connections to every storage node and
+    // the ring service, shared by the member client (the data plane) and the control
+    // client (admin calls relayed to the ring service, after the admin token is checked).
+    let http = reqwest::Client::builder()
         // Shorter than a batch's timeout, so a node that cannot be reached (a cut link
         // drops the SYN) fails as "never sent", which a coordinate may retry elsewhere,
         // rather than as a timeout, which it must not (at most once, `kv`).
@@ -83,6 +91,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .pool_idle_timeout(Duration::from_millis(dynamo_core::limits::CLIENT_POOL_IDLE_MS))
         .tcp_nodelay(true)
         .build()?;
+    let signer = |keys, role| {
+        internal::Signer::new(keys, role, "coordinator")
+            .map_err(|e| config::ConfigError::new("member-key", e.to_string()))
+    };
+    let client = internal::client(http.clone(), signer(&member_keys, Role::Member)?);
+    let control_client = internal::client(http, signer(&control_keys, Role::Control)?);
 
     let tracker = TaskTracker::new();
     let workers = Workers::new(&registry, "coordinator", CancellationToken::new())?;
@@ -115,15 +129,27 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     });
     workers.spawn(kv::RepairSender::new(repair_rx, peers.clone(), metrics.clone()));
 
-    let auth = Arc::new(auth::AuthState {
-        root_sha256: auth::token_sha256(&root.0),
-        cache: cache.clone(),
-    });
+    let auth = Arc::new(auth::AuthState::new(
+        &root,
+        cache.clone(),
+        rate::RateLimits::new(config.token_rate_limit_rps, config.root_rate_limit_rps),
+    ));
+    // A root token from the flag or the environment cannot change; one from a file is
+    // read again, so the operator rotates it by editing the file.
+    if config.root_token.0.is_empty()
+        && let Some(path) = &config.root_token_file
+    {
+        workers.spawn(auth::RootTokenReload {
+            path: path.clone(),
+            auth: auth.clone(),
+            every: Duration::from_millis(config.root_token_reload_ms),
+        });
+    }
     let app_state = api::AppState {
         coord: coord.clone(),
         cache,
         config: config.clone(),
-        client,
+        client: control_client,
         metrics,
         context_keys,
         marked: Arc::default(),

@@ -39,6 +39,7 @@ use dynamo_core::wire::internal::{
     MAX_BATCH_BYTES, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
 use dynamo_core::wire::routes;
+use dynamo_server::internal::InternalClient;
 use dynamo_server::worker::{Next, Worker, Workers};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -219,7 +220,7 @@ impl NodeHandle {
 #[derive(Clone)]
 pub struct Peers {
     nodes: Arc<Mutex<HashMap<NodeId, Arc<NodeHandle>>>>,
-    client: reqwest::Client,
+    client: InternalClient,
     settings: PeerSettings,
     metrics: CoordinatorMetrics,
     tracker: TaskTracker,
@@ -232,7 +233,7 @@ impl Peers {
     /// Builds the peer layer; batcher tasks are spawned on `tracker`, probes on
     /// `workers`, and both stop with the workers.
     pub fn new(
-        client: reqwest::Client,
+        client: InternalClient,
         settings: PeerSettings,
         metrics: CoordinatorMetrics,
         tracker: TaskTracker,
@@ -396,7 +397,7 @@ fn start_probe(node: &Arc<NodeHandle>, peers: &Peers) {
 /// is due (once per window), until the node answers a probe or a hop.
 struct Probe {
     node: Arc<NodeHandle>,
-    client: reqwest::Client,
+    client: InternalClient,
     metrics: CoordinatorMetrics,
 }
 
@@ -693,7 +694,7 @@ mod tests {
         let metrics = CoordinatorMetrics::new(&registry).expect("metrics");
         let workers = Workers::new(&registry, "coordinator", stop.clone()).expect("worker metrics");
         let peers = Peers::new(
-            reqwest::Client::new(),
+            dynamo_server::internal::testing::client(dynamo_core::signature::Role::Member),
             settings,
             metrics,
             tracker.clone(),

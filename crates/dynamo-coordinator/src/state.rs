@@ -15,6 +15,7 @@ use dynamo_core::wire::cluster::{BucketRecord, ClusterState, Decision, decide};
 use dynamo_core::{BucketName, ErrorCode, RingEpoch};
 use dynamo_server::ApiError;
 use dynamo_server::follow;
+use dynamo_server::internal::InternalClient;
 use tokio::sync::watch;
 
 use crate::metrics::CoordinatorMetrics;
@@ -36,13 +37,13 @@ pub struct ClusterCache {
     state: Arc<RwLock<Option<Cached>>>,
     changed: watch::Sender<u64>,
     ring_url: String,
-    client: reqwest::Client,
+    client: InternalClient,
     metrics: CoordinatorMetrics,
 }
 
 impl ClusterCache {
     /// Builds an empty cache for the ring service at `ring_url`.
-    pub fn new(ring_url: String, client: reqwest::Client, metrics: CoordinatorMetrics) -> Self {
+    pub fn new(ring_url: String, client: InternalClient, metrics: CoordinatorMetrics) -> Self {
         ClusterCache {
             state: Arc::new(RwLock::new(None)),
             changed: watch::channel(0).0,

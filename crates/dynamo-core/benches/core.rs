@@ -83,8 +83,8 @@ fn dvv(c: &mut Criterion) {
     }
 
     let (a, _) = replicas(4);
-    let keys =
-        context::ContextKeys::new(vec![context::ContextKey::new(1, &[7; 32]).expect("key")]).expect("keys");
+    let keys = context::ContextKeys::new(vec![dynamo_core::keys::Key::new(1, &[7; 32]).expect("key")])
+        .expect("keys");
     let token = keys.seal(a.context(), "bucket", "key");
     // Sealing and opening include the HMAC-SHA256 of the token (the names predate it).
     c.bench_function("context_encode", |bench| {

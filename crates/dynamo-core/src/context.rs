@@ -26,6 +26,7 @@ use sha2::Sha256;
 
 use crate::dots::{Dot, DotSet};
 use crate::ids::ActorId;
+use crate::keys::{Key, KeyError, KeyRing};
 use crate::limits::{MAX_CONTEXT_DOTS, MAX_CONTEXT_TOKEN_BYTES, MAX_VECTOR_ENTRIES};
 
 const VERSION_2: u8 = 2;
@@ -33,10 +34,6 @@ const VERSION_2: u8 = 2;
 const TAG_BYTES: usize = 16;
 /// Separates this use of the keys from any other.
 const DOMAIN: &[u8] = b"dynamo-context-v2\0";
-/// Most keys a coordinator holds at once (the one sealing and those still accepted).
-pub const MAX_CONTEXT_KEYS: usize = 8;
-/// Fewest and most bytes of a context key's secret.
-pub const CONTEXT_KEY_BYTES: std::ops::RangeInclusive<usize> = 32..=64;
 
 /// Why a context token was refused. Every variant maps to `invalid_context`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,141 +88,44 @@ impl ContextError {
     }
 }
 
-/// Why a set of context keys was refused (a configuration error).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    /// No key at all.
-    #[error("no context key given")]
-    Empty,
-    /// More than [`MAX_CONTEXT_KEYS`].
-    #[error("{0} context keys; at most {MAX_CONTEXT_KEYS} are held at once")]
-    TooMany(usize),
-    /// Two keys share an id.
-    #[error("context key id {0} appears twice")]
-    DuplicateId(u8),
-    /// A secret outside [`CONTEXT_KEY_BYTES`].
-    #[error("context key {id} has {len} bytes; a key has 32 to 64")]
-    BadLength {
-        /// The key's id.
-        id: u8,
-        /// Its length.
-        len: usize,
-    },
-    /// A line of a key file is not `<id>:<base64url secret>`.
-    #[error("line {0} of the context key file is not `<id 0-255>:<base64url secret>`")]
-    BadLine(usize),
-}
-
-/// One key contexts are sealed with: an id (carried in each token) and a secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ContextKey {
-    id: u8,
-    secret: Vec<u8>,
-}
-
-impl std::fmt::Debug for ContextKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ContextKey({}, <redacted>)", self.id)
-    }
-}
-
-impl ContextKey {
-    /// A key with `id` and `secret` (32 to 64 bytes, from a CSPRNG).
-    ///
-    /// # Errors
-    /// [`KeyError::BadLength`].
-    pub fn new(id: u8, secret: &[u8]) -> Result<ContextKey, KeyError> {
-        if !CONTEXT_KEY_BYTES.contains(&secret.len()) {
-            return Err(KeyError::BadLength {
-                id,
-                len: secret.len(),
-            });
-        }
-        Ok(ContextKey {
-            id,
-            secret: secret.to_vec(),
-        })
-    }
-
-    /// Returns the key's id.
-    pub fn id(&self) -> u8 {
-        self.id
-    }
-
-    /// Returns the key as a line of a key file (`<id>:<base64url secret>`).
-    pub fn to_line(&self) -> String {
-        format!("{}:{}", self.id, URL_SAFE_NO_PAD.encode(&self.secret))
-    }
-
-    fn mac(&self, bucket: &str, key: &str, sealed: &[u8]) -> Hmac<Sha256> {
-        // `new_from_slice` accepts any length for HMAC; the length was checked at `new`.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!());
-        mac.update(DOMAIN);
-        for part in [bucket.as_bytes(), key.as_bytes()] {
-            mac.update(&(part.len() as u32).to_be_bytes());
-            mac.update(part);
-        }
-        mac.update(sealed);
-        mac
-    }
-}
-
 /// The keys of a coordinator: the first seals, all of them open.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContextKeys(Vec<ContextKey>);
+pub struct ContextKeys(KeyRing);
+
+impl From<KeyRing> for ContextKeys {
+    fn from(ring: KeyRing) -> Self {
+        ContextKeys(ring)
+    }
+}
 
 impl ContextKeys {
     /// Keys in order of preference: `keys[0]` seals new contexts.
     ///
     /// # Errors
     /// [`KeyError`] for no key, too many, or a repeated id.
-    pub fn new(keys: Vec<ContextKey>) -> Result<ContextKeys, KeyError> {
-        if keys.is_empty() {
-            return Err(KeyError::Empty);
-        }
-        if keys.len() > MAX_CONTEXT_KEYS {
-            return Err(KeyError::TooMany(keys.len()));
-        }
-        for (i, k) in keys.iter().enumerate() {
-            if keys[..i].iter().any(|o| o.id == k.id) {
-                return Err(KeyError::DuplicateId(k.id));
-            }
-        }
-        Ok(ContextKeys(keys))
+    pub fn new(keys: Vec<Key>) -> Result<ContextKeys, KeyError> {
+        KeyRing::new(keys).map(ContextKeys)
     }
 
-    /// Reads a key file: one `<id>:<base64url secret>` per line, the sealing key first;
-    /// blank lines and lines starting with `#` are skipped.
+    /// Reads a key file (see [`crate::keys`]), the sealing key first.
     ///
     /// # Errors
     /// [`KeyError`] naming the first bad line or rule.
     pub fn parse(text: &str) -> Result<ContextKeys, KeyError> {
-        let mut keys = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let bad = || KeyError::BadLine(i + 1);
-            let (id, secret) = line.split_once(':').ok_or_else(bad)?;
-            let id: u8 = id.trim().parse().map_err(|_| bad())?;
-            let secret = URL_SAFE_NO_PAD.decode(secret.trim()).map_err(|_| bad())?;
-            keys.push(ContextKey::new(id, &secret)?);
-        }
-        ContextKeys::new(keys)
+        KeyRing::parse(text).map(ContextKeys)
     }
 
     /// Returns the key that seals.
-    pub fn sealing(&self) -> &ContextKey {
-        &self.0[0]
+    pub fn sealing(&self) -> &Key {
+        self.0.signing()
     }
 
     /// Seals `set` as the context of `bucket`/`key`.
     pub fn seal(&self, set: &DotSet, bucket: &str, key: &str) -> String {
         let k = self.sealing();
-        let mut bytes = vec![VERSION_2, k.id];
+        let mut bytes = vec![VERSION_2, k.id()];
         bytes.extend(payload(set));
-        let tag = k.mac(bucket, key, &bytes).finalize().into_bytes();
+        let tag = mac(k, bucket, key, &bytes).finalize().into_bytes();
         bytes.extend_from_slice(&tag[..TAG_BYTES]);
         URL_SAFE_NO_PAD.encode(bytes)
     }
@@ -240,16 +140,25 @@ impl ContextKeys {
         let bytes = token_bytes(token)?;
         let (sealed, tag) = split(&bytes)?;
         let id = sealed[1];
-        let k = self
-            .0
-            .iter()
-            .find(|k| k.id == id)
-            .ok_or(ContextError::UnknownKey(id))?;
-        k.mac(bucket, key, sealed)
+        let k = self.0.find(id).ok_or(ContextError::UnknownKey(id))?;
+        mac(k, bucket, key, sealed)
             .verify_truncated_left(tag)
             .map_err(|_| ContextError::Forged)?;
         parse_payload(&sealed[2..])
     }
+}
+
+/// The tag's HMAC: over a domain string, the bucket and key (each length-prefixed, so a
+/// byte cannot move across the boundary) and the sealed bytes.
+fn mac(k: &Key, bucket: &str, key: &str, sealed: &[u8]) -> Hmac<Sha256> {
+    let mut mac = k.hmac();
+    mac.update(DOMAIN);
+    for part in [bucket.as_bytes(), key.as_bytes()] {
+        mac.update(&(part.len() as u32).to_be_bytes());
+        mac.update(part);
+    }
+    mac.update(sealed);
+    mac
 }
 
 /// Reads the dots of a token without checking its seal: for tests and tools that
@@ -343,7 +252,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn keys() -> ContextKeys {
-        ContextKeys::new(vec![ContextKey::new(7, &[0x42; 32]).expect("key")]).expect("keys")
+        ContextKeys::new(vec![Key::new(7, &[0x42; 32]).expect("key")]).expect("keys")
     }
 
     fn sample() -> DotSet {
@@ -360,9 +269,9 @@ mod tests {
     /// whose payload is bad but whose seal is good).
     fn reseal(keys: &ContextKeys, payload: &[u8], b: &str, k: &str) -> String {
         let key = keys.sealing();
-        let mut bytes = vec![VERSION_2, key.id];
+        let mut bytes = vec![VERSION_2, key.id()];
         bytes.extend_from_slice(payload);
-        let tag = key.mac(b, k, &bytes).finalize().into_bytes();
+        let tag = mac(key, b, k, &bytes).finalize().into_bytes();
         bytes.extend_from_slice(&tag[..TAG_BYTES]);
         URL_SAFE_NO_PAD.encode(bytes)
     }
@@ -393,9 +302,9 @@ mod tests {
         let truncated = URL_SAFE_NO_PAD.encode(&bytes[..bytes.len() - 1]);
         assert_eq!(k.open(&truncated, "b", "k"), Err(ContextError::Forged));
         // Another cluster's key with the same id, and a retired id.
-        let other = ContextKeys::new(vec![ContextKey::new(7, &[0x43; 32]).expect("key")]).expect("keys");
+        let other = ContextKeys::new(vec![Key::new(7, &[0x43; 32]).expect("key")]).expect("keys");
         assert_eq!(other.open(&token, "b", "k"), Err(ContextError::Forged));
-        let rotated = ContextKeys::new(vec![ContextKey::new(8, &[0x44; 32]).expect("key")]).expect("keys");
+        let rotated = ContextKeys::new(vec![Key::new(8, &[0x44; 32]).expect("key")]).expect("keys");
         assert_eq!(rotated.open(&token, "b", "k"), Err(ContextError::UnknownKey(7)));
     }
 
@@ -405,7 +314,7 @@ mod tests {
         let token = old.seal(&sample(), "b", "k");
         let both = ContextKeys::parse(&format!(
             "# new key first\n{}\n\n{}\n",
-            ContextKey::new(8, &[0x44; 32]).expect("key").to_line(),
+            Key::new(8, &[0x44; 32]).expect("key").to_line(),
             old.sealing().to_line()
         ))
         .expect("parse");
@@ -417,24 +326,6 @@ mod tests {
         );
         let fresh = both.seal(&sample(), "b", "k");
         assert_eq!(old.open(&fresh, "b", "k"), Err(ContextError::UnknownKey(8)));
-    }
-
-    #[test]
-    fn bad_key_sets_are_refused() {
-        assert_eq!(ContextKeys::new(Vec::new()), Err(KeyError::Empty));
-        assert_eq!(
-            ContextKey::new(1, &[0; 31]),
-            Err(KeyError::BadLength { id: 1, len: 31 })
-        );
-        let k = ContextKey::new(1, &[0; 32]).expect("key");
-        assert_eq!(
-            ContextKeys::new(vec![k.clone(), k.clone()]),
-            Err(KeyError::DuplicateId(1))
-        );
-        assert_eq!(ContextKeys::parse("1-abc"), Err(KeyError::BadLine(1)));
-        assert_eq!(ContextKeys::parse("\n300:AAAA"), Err(KeyError::BadLine(2)));
-        assert_eq!(ContextKeys::parse("# only a comment"), Err(KeyError::Empty));
-        assert!(!format!("{k:?}").contains("AAAA"), "the secret is not in Debug");
     }
 
     #[test]

@@ -59,9 +59,11 @@ error_codes! {
     InvalidParameter = ("invalid_parameter", 400),
     /// A node id is not 1–63 bytes of `[a-z0-9._-]`.
     InvalidNodeId = ("invalid_node_id", 400),
-    /// No bearer token, or one the cluster does not know.
+    /// No bearer token, or one the cluster does not know; on internal routes, no valid
+    /// signature.
     Unauthorized = ("unauthorized", 401),
-    /// The token is valid but lacks the permission the call needs.
+    /// The token is valid but lacks the permission the call needs; on internal routes, a
+    /// member's signature on a control route.
     Forbidden = ("forbidden", 403),
     /// No live value under the key (it may carry a context if a tombstone was found).
     NotFound = ("not_found", 404),

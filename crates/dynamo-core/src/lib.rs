@@ -17,6 +17,8 @@
 //! - [`crdt`]: counters, sets, registers and maps that merge without siblings.
 //! - [`wire`]: serde types shared by every service; [`error`]: the one error-code space.
 //! - [`limits`]: every bound, in one place; [`backoff`]: the one retry backoff.
+//! - [`keys`]: secret keys and rotating key rings; [`signature`]: signed internal
+//!   requests and the member and control roles.
 //!
 //! # It is not
 //! - a storage engine, an HTTP layer or a clock: services own those and drive this crate;
@@ -33,12 +35,14 @@ pub mod dots;
 pub mod error;
 pub mod hash;
 pub mod ids;
+pub mod keys;
 pub mod limits;
 pub mod liveness;
 pub mod merkle;
 pub mod quorum;
 pub mod ring;
 pub mod round;
+pub mod signature;
 pub mod version;
 pub mod wire;
 

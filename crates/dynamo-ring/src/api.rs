@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use dynamo_core::signature::Role;
 use dynamo_core::wire::BucketPropsPatch;
 use dynamo_core::wire::cluster::{
     BucketRecord, ClusterView, Handoff, Heartbeat, KeyPlacement, NodeRegistration, NodeState, ReplaceRequest,
@@ -31,6 +32,24 @@ use crate::service::Service;
 pub const MAX_WAIT_MS: u64 = 30_000;
 
 type AppState = Arc<Service>;
+
+/// Returns the role a route needs: membership changes, tokens, bucket properties and the
+/// controls of a change need [`Role::Control`] (storage nodes hold no control key, so
+/// none of them can do these); reading the state, heartbeats and `written` marks are the
+/// data plane's.
+pub(crate) fn policy(method: &Method, route: Option<&str>) -> Role {
+    match (method, route.unwrap_or_default()) {
+        (&Method::POST, ring::NODES)
+        | (&Method::DELETE, ring::NODE)
+        | (&Method::POST, ring::NODE_REPLACE)
+        | (&Method::PUT, ring::BUCKET)
+        | (&Method::POST, ring::TOKENS)
+        | (&Method::DELETE, ring::TOKEN)
+        | (&Method::POST, ring::CHANGE_RETRY)
+        | (&Method::POST, ring::CHANGE_ABORT) => Role::Control,
+        _ => Role::Member,
+    }
+}
 
 /// Builds the internal API routes.
 pub(crate) fn routes(svc: Arc<Service>) -> Router {

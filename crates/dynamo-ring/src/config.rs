@@ -1,7 +1,9 @@
 //! The ring service's configuration: flags with `DYNAMO_*` environment variables.
 
 pub use dynamo_server::config::ConfigError;
-use dynamo_server::config::ServeArgs;
+use dynamo_server::config::{Secret, ServeArgs};
+use dynamo_server::internal::testing::{TEST_CONTROL_KEY, TEST_MEMBER_KEY};
+use dynamo_server::internal::{ControlArgs, MemberArgs};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,6 +67,14 @@ pub struct Config {
     /// Serving and telemetry flags every service shares.
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// The member keys and the signature window of internal requests.
+    #[command(flatten)]
+    pub member: MemberArgs,
+
+    /// The control keys (membership, tokens, bucket properties).
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 impl Config {
@@ -101,13 +111,17 @@ impl Config {
             }
         }
         self.serve.validate()?;
+        self.member.validate()?;
         Ok(())
     }
 
-    /// Builds a configuration for tests and `dynamo dev`: defaults with `data_dir`.
+    /// Builds a configuration for tests: defaults with `data_dir` and the public test
+    /// member and control keys ([`dynamo_server::internal::testing`]).
     pub fn for_dir(data_dir: impl Into<PathBuf>) -> Config {
         let mut c = Config::parse_from(["dynamo-ring"]);
         c.data_dir = data_dir.into();
+        c.member.member_key = Secret(TEST_MEMBER_KEY.into());
+        c.control.control_key = Secret(TEST_CONTROL_KEY.into());
         c
     }
 

@@ -81,7 +81,9 @@ mod service;
 
 use std::sync::Arc;
 
+use dynamo_core::signature::Role;
 use dynamo_core::wire::cluster::NodeState;
+use dynamo_server::internal;
 use dynamo_server::metrics::HttpMetrics;
 use dynamo_server::serve::{self, Limits, Readiness};
 use dynamo_server::worker::Workers;
@@ -174,7 +176,11 @@ pub async fn run(
         "ring service starting"
     );
 
-    let client = reqwest::Client::builder()
+    let member_keys = config.member.keys()?;
+    let control_keys = config.control.keys()?;
+    let signer = internal::Signer::new(&member_keys, Role::Member, "ring")
+        .map_err(|e| RingServiceError::Setup(e.to_string()))?;
+    let http = reqwest::Client::builder()
         .connect_timeout(config.handoff_timeout().min(std::time::Duration::from_secs(5)))
         .pool_max_idle_per_host(4)
         .pool_idle_timeout(std::time::Duration::from_millis(
@@ -182,6 +188,14 @@ pub async fn run(
         ))
         .build()
         .map_err(|e| RingServiceError::Setup(e.to_string()))?;
+    let client = internal::client(http, signer);
+    let door = internal::Door::new(
+        &config.member,
+        member_keys,
+        Some(control_keys),
+        api::policy,
+        config.max_body_bytes,
+    );
     let limits = Limits {
         max_body_bytes: config.max_body_bytes,
         max_concurrent_requests: config.max_concurrent_requests,
@@ -201,7 +215,7 @@ pub async fn run(
 
     let readiness = Readiness::new();
     let app = serve::with_common_layers(
-        api::routes(svc.clone()),
+        internal::guard(api::routes(svc.clone()), door),
         serve::health_routes(readiness.clone(), registry),
         limits,
         http_metrics,

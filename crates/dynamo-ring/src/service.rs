@@ -52,7 +52,7 @@ pub(crate) struct Service {
     /// The handoff worker running, with the change it drives.
     worker: Mutex<Option<(u64, CancellationToken)>>,
     /// The client for pull requests to storage nodes.
-    pub client: reqwest::Client,
+    pub client: dynamo_server::internal::InternalClient,
 }
 
 impl Service {
@@ -62,7 +62,7 @@ impl Service {
         cluster: Cluster,
         liveness: SharedLiveness,
         metrics: RingMetrics,
-        client: reqwest::Client,
+        client: dynamo_server::internal::InternalClient,
         workers: Workers,
     ) -> Arc<Service> {
         metrics.observe(&cluster);

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use common::*;
 use dynamo_ring::RingServiceError;
 use dynamo_ring::store::{LoadError, STATE_FILE, TEMP_FILE};
+use dynamo_server::internal::testing::{TEST_CONTROL_KEY, TEST_MEMBER_KEY};
 use serde_json::{Value, json};
 
 fn token(id: &str, hash_digit: char) -> Value {
@@ -222,6 +223,8 @@ async fn a_change_in_progress_resumes_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let control_key_file = dir.path().join("control-key");
+    std::fs::write(&control_key_file, format!("# a key file\n{TEST_CONTROL_KEY}\n")).expect("key file");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -231,6 +234,8 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
         .args(["--listen", &format!("127.0.0.1:{port}"), "--partitions", "16"])
         .env("DYNAMO_DATA_DIR", dir.path())
         .env("DYNAMO_LOG", "warn")
+        .env("DYNAMO_MEMBER_KEY", TEST_MEMBER_KEY)
+        .env("DYNAMO_CONTROL_KEY_FILE", &control_key_file)
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawn dynamo-ring");
@@ -265,6 +270,19 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--partitions"),
+        "{out:?}"
+    );
+
+    // Without its keys it does not start: internal routes are never open.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dynamo-ring"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("DYNAMO_DATA_DIR", dir.path())
+        .env("DYNAMO_CONTROL_KEY", TEST_CONTROL_KEY)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--member-key"),
         "{out:?}"
     );
 }

@@ -654,3 +654,120 @@ async fn shutdown_ends_long_polls_at_once() {
     );
     assert!(t.elapsed() < Duration::from_secs(10), "did not wait for the poll");
 }
+
+// Goal (ARCHITECTURE §4 invariant 7): membership, tokens and bucket properties need the
+// control key. A member (every storage node holds the member key) is `403 forbidden`
+// there; an unsigned caller is `401 unauthorized` everywhere, reads and heartbeats
+// included; nothing refused changes the state. A member may still read the state and
+// beat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_routes_need_the_control_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = start(config(dir.path())).await;
+    let r = &ring.url;
+    let before = state(r).await;
+    let token = json!({
+        "id": "mine", "sha256": "0123456789abcdef".repeat(4), "buckets": [],
+        "permissions": ["admin"], "created_ms": 1u64,
+    });
+    let node = json!({"node_id": "node-x", "address": "http://127.0.0.1:1"});
+    let control_calls: Vec<(reqwest::Method, String, Option<Value>)> = vec![
+        (
+            reqwest::Method::POST,
+            format!("{r}/internal/v1/tokens"),
+            Some(token),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{r}/internal/v1/tokens/abc"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{r}/internal/v1/nodes"),
+            Some(node.clone()),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{r}/internal/v1/nodes/node-x"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{r}/internal/v1/nodes/node-x/replace"),
+            Some(node),
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{r}/internal/v1/buckets/b"),
+            Some(json!({"r": 1})),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{r}/internal/v1/change/retry"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{r}/internal/v1/change/abort"),
+            None,
+        ),
+    ];
+    let member = dynamo_testkit::http();
+    let outsider = dynamo_testkit::unsigned_http();
+    for (method, url, body) in &control_calls {
+        let mut req = member.request(method.clone(), url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("send");
+        assert_eq!(resp.status(), 403, "{method} {url} as a member");
+        let v: Value = resp.json().await.expect("json");
+        assert_eq!(v["error"]["code"], "forbidden", "{v}");
+
+        let mut req = outsider.request(method.clone(), url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        assert_eq!(
+            req.send().await.expect("send").status(),
+            401,
+            "{method} {url} unsigned"
+        );
+    }
+    for url in [
+        format!("{r}/internal/v1/state"),
+        format!("{r}/internal/v1/cluster"),
+        format!("{r}/internal/v1/ring"),
+    ] {
+        assert_eq!(
+            outsider.get(&url).send().await.expect("send").status(),
+            401,
+            "{url}"
+        );
+        // Admitted (the ring route answers 503 ring_unavailable before any node joined).
+        let status = member.get(&url).send().await.expect("send").status();
+        assert!(status == 200 || status == 503, "{url}: {status}");
+    }
+    let beat = json!({"node_id": "node-x", "address": "http://127.0.0.1:1"});
+    let hb = format!("{r}/internal/v1/heartbeat");
+    assert_eq!(
+        outsider
+            .post(&hb)
+            .json(&beat)
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        401
+    );
+    // Not a member yet, but admitted as a member's request: the ring service answers it.
+    assert_eq!(
+        member.post(&hb).json(&beat).send().await.expect("send").status(),
+        404
+    );
+    let after = state(r).await;
+    assert_eq!(after.version, before.version, "nothing refused changed the state");
+    assert!(after.tokens.is_empty());
+    ring.shutdown().await;
+}

@@ -95,6 +95,29 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
+/// Reads a whole body of at most `limit` bytes, refusing as [`Body`] does
+/// (`body_too_large`, `request_timeout`), for middleware that must see the body before
+/// the handler does.
+///
+/// # Errors
+/// [`ApiError`] `body_too_large`, `request_timeout` or `invalid_request`.
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if c.is::<http_body_util::LengthLimitError>() {
+                return body_error(StatusCode::PAYLOAD_TOO_LARGE, String::new());
+            }
+            cause = c.source();
+        }
+        if body_timed_out(&e) {
+            timeout_error()
+        } else {
+            ApiError::new(ErrorCode::InvalidRequest, "the request body could not be read")
+        }
+    })
+}
+
 /// Path extractor; a malformed segment becomes `invalid_request`.
 #[derive(Debug, Clone)]
 pub struct Path<T>(pub T);

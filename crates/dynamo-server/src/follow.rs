@@ -21,6 +21,7 @@ use dynamo_core::wire::cluster::{ClusterState, Decision};
 use dynamo_core::wire::routes;
 use tokio_util::sync::CancellationToken;
 
+use crate::internal::InternalClient;
 use crate::metrics::{InvariantViolations, invariant};
 use crate::worker::{Next, Worker};
 
@@ -65,7 +66,7 @@ pub fn record_refusal(violations: &InvariantViolations, decision: Decision, offe
 /// # Errors
 /// A message for a transport failure or any other answer.
 pub async fn fetch_state(
-    client: &reqwest::Client,
+    client: &InternalClient,
     ring_url: &str,
     after: u64,
     wait: Duration,
@@ -107,7 +108,7 @@ pub enum FollowError {
 /// The `cluster-state` worker: follows the ring service at `ring_url` into `sink` (see
 /// the module doc).
 pub struct Follower<S> {
-    client: reqwest::Client,
+    client: InternalClient,
     ring_url: String,
     slack: Duration,
     sink: S,
@@ -118,7 +119,7 @@ pub struct Follower<S> {
 impl<S: StateSink> Follower<S> {
     /// A follower of `ring_url` into `sink`; `slack` is added to the long poll's wait as
     /// its timeout.
-    pub fn new(client: reqwest::Client, ring_url: String, slack: Duration, sink: S) -> Follower<S> {
+    pub fn new(client: InternalClient, ring_url: String, slack: Duration, sink: S) -> Follower<S> {
         Follower {
             seen: sink.version(),
             client,

@@ -8,6 +8,8 @@
 //!   rejections go through it.
 //! - [`follow`]: the one follower of the ring service's cluster state (long poll, rules,
 //!   backoff) that coordinators and storage nodes share.
+//! - [`internal`]: the door of internal routes: member and control keys from flags, the
+//!   client that signs every internal request, the layer that admits only signed ones.
 //! - [`metrics`]: a per-service Prometheus registry, HTTP request metrics, `/metrics`.
 //! - [`serve`]: health routes (`/healthz`, `/readyz`), the common tower layers (request
 //!   id, body limit, concurrency limit, panic catching) and graceful serving with a drain
@@ -25,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod follow;
+pub mod internal;
 pub mod metrics;
 pub mod serve;
 pub mod shutdown;

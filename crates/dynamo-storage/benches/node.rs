@@ -89,7 +89,7 @@ fn next_random(state: &mut u64) -> u64 {
 /// Runs one cell for `duration`; `written[c]` is how many single puts client `c` made
 /// (gets read those keys). Returns the row and, for puts, how many keys each client wrote.
 async fn run_cell(
-    http: &reqwest::Client,
+    http: &dynamo_server::internal::InternalClient,
     url: &str,
     mode: &'static str,
     cell: Cell,
@@ -185,10 +185,13 @@ async fn bench_mode(durability: Durability, duration: Duration) -> anyhow::Resul
     let stop = CancellationToken::new();
     let node = tokio::spawn(dynamo_storage::run(config, listener, stop.clone()));
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(CLIENTS)
-        .build()?;
+    let http = dynamo_server::internal::client(
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(CLIENTS)
+            .build()?,
+        dynamo_server::internal::testing::signer(dynamo_core::signature::Role::Member),
+    );
     let ready_by = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = http.get(format!("{url}/readyz")).send().await

@@ -14,6 +14,7 @@
 //! with a 4xx and nothing changes. Failures while applying (e.g. `too_many_siblings`) are
 //! per operation.
 
+use dynamo_server::internal::InternalClient;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,7 +61,7 @@ pub struct AppState {
     /// The group-commit syncer (`sync` durability only).
     pub syncer: Option<Syncer>,
     /// The client for node-to-node calls.
-    pub client: reqwest::Client,
+    pub client: InternalClient,
     /// Cancelled at shutdown; long pulls stop at their next page.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The node's cached view of the cluster.

@@ -22,6 +22,7 @@
 //! - The state is followed by [`dynamo_server::follow`], the coordinators' follower too,
 //!   into a [`StateSink`] that fsyncs what it adopts.
 
+use dynamo_server::internal::{InternalClient, SendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -213,7 +214,7 @@ pub struct RingService {
 pub enum HeartbeatError {
     /// The ring service did not answer.
     #[error("the ring service did not answer the heartbeat")]
-    Unreachable(#[source] reqwest::Error),
+    Unreachable(#[source] SendError),
     /// It answered with an error status.
     #[error("the ring service answered the heartbeat with {0}")]
     Refused(reqwest::StatusCode),
@@ -223,7 +224,7 @@ pub enum HeartbeatError {
 /// while the ring service fails.
 pub struct HeartbeatSender {
     /// The client for the ring service.
-    pub client: reqwest::Client,
+    pub client: InternalClient,
     /// The ring service.
     pub ring: RingService,
     /// What each heartbeat says.

@@ -1,7 +1,9 @@
 //! The storage node's configuration: flags with `DYNAMO_*` environment variables.
 
 pub use dynamo_server::config::ConfigError;
-use dynamo_server::config::ServeArgs;
+use dynamo_server::config::{Secret, ServeArgs};
+use dynamo_server::internal::MemberArgs;
+use dynamo_server::internal::testing::TEST_MEMBER_KEY;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -102,6 +104,10 @@ pub struct Config {
     /// Serving and telemetry flags every service shares.
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// The member keys and the signature window of internal requests.
+    #[command(flatten)]
+    pub member: MemberArgs,
 }
 
 fn is_http_url(u: &str) -> bool {
@@ -157,6 +163,7 @@ impl Config {
             }
         }
         self.serve.validate()?;
+        self.member.validate()?;
         Ok(())
     }
 
@@ -184,10 +191,12 @@ impl Config {
         })
     }
 
-    /// Builds a configuration for tests and `dynamo dev`: defaults with `data_dir`.
+    /// Builds a configuration for tests: defaults with `data_dir` and the public test
+    /// member key ([`dynamo_server::internal::testing`]).
     pub fn for_dir(data_dir: impl Into<PathBuf>) -> Config {
         let mut c = Config::parse_from(["dynamo-storage"]);
         c.data_dir = data_dir.into();
+        c.member.member_key = Secret(TEST_MEMBER_KEY.into());
         c
     }
 

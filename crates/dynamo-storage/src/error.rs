@@ -56,6 +56,9 @@ pub enum StorageError {
     /// A blocking task panicked or was cancelled.
     #[error("storage task failed")]
     Join(#[from] tokio::task::JoinError),
+    /// The configuration cannot work (found at start-up, e.g. unreadable keys).
+    #[error(transparent)]
+    Config(#[from] dynamo_server::config::ConfigError),
     /// An I/O error outside fjall (e.g. the data directory).
     #[error("storage I/O failed")]
     Io(#[from] std::io::Error),

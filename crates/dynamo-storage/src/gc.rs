@@ -31,6 +31,7 @@
 //! [`TRANQUILITY`] times what the page took, so GC yields to foreground traffic (Garage's
 //! tranquilizer, Dynamo's admission control).
 
+use dynamo_server::internal::{InternalClient, SendError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -135,7 +136,7 @@ pub struct TombstoneGc {
     /// The cluster state the round plans with.
     pub cluster: Arc<ClusterCache>,
     /// The client for the peers.
-    pub client: reqwest::Client,
+    pub client: InternalClient,
     /// Grace, interval and idempotency window.
     pub settings: GcSettings,
 }
@@ -192,7 +193,7 @@ struct Candidate {
 pub async fn round(
     engine: &Arc<Engine>,
     cluster: &ClusterCache,
-    client: &reqwest::Client,
+    client: &InternalClient,
     settings: GcSettings,
     stop: &CancellationToken,
 ) -> Result<Option<RoundStats>, GcError> {
@@ -322,7 +323,7 @@ fn addresses(state: &ClusterState) -> BTreeMap<NodeId, String> {
 async fn ask_peers(
     candidates: &mut [Candidate],
     addresses: &BTreeMap<NodeId, String>,
-    client: &reqwest::Client,
+    client: &InternalClient,
     stop: &CancellationToken,
 ) {
     let mut per_peer: BTreeMap<&NodeId, Vec<usize>> = BTreeMap::new();
@@ -361,6 +362,7 @@ async fn ask_peers(
                     .error_for_status()?
                     .json::<ReplicaBatchResult>()
                     .await
+                    .map_err(SendError::from)
             }
             .await;
             (peer, idxs, reply)

@@ -7,6 +7,7 @@
 //! twice changes nothing, and writes arriving meanwhile through the normal path merge
 //! with the streamed copies in any order.
 
+use dynamo_server::internal::{InternalClient, SendError};
 use std::sync::Arc;
 
 use dynamo_core::PartitionId;
@@ -27,10 +28,16 @@ pub const PAGE: usize = 256;
 pub enum PullError {
     /// The source did not answer or refused.
     #[error("source unreachable")]
-    Source(#[from] reqwest::Error),
+    Source(#[from] SendError),
     /// The local engine failed.
     #[error("local storage failed")]
     Storage(#[from] StorageError),
+}
+
+impl From<reqwest::Error> for PullError {
+    fn from(e: reqwest::Error) -> Self {
+        PullError::Source(e.into())
+    }
 }
 
 /// Pulls partition `p` from `source` (an internal API address) into `engine`, starting
@@ -43,7 +50,7 @@ pub enum PullError {
 /// resume from the last cursor it saw.
 pub async fn pull_partition(
     engine: &Arc<Engine>,
-    client: &reqwest::Client,
+    client: &InternalClient,
     source: &str,
     p: PartitionId,
     cursor: Option<String>,

@@ -10,6 +10,7 @@
 //! (Garage's tranquilizer), so delivery yields to foreground traffic; an owner that does
 //! not answer is left alone until the next round.
 
+use dynamo_server::internal::{InternalClient, SendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ pub const TRANQUILITY: u32 = 2;
 pub enum DeliveryError {
     /// The owner did not answer or refused the request.
     #[error("owner unreachable")]
-    Unreachable(#[from] reqwest::Error),
+    Unreachable(#[from] SendError),
     /// The owner answered something that is not a batch result.
     #[error("owner answered {0} results for {1} operations")]
     Mismatch(usize, usize),
@@ -48,13 +49,19 @@ pub enum DeliveryError {
     Storage(#[from] StorageError),
 }
 
+impl From<reqwest::Error> for DeliveryError {
+    fn from(e: reqwest::Error) -> Self {
+        DeliveryError::Unreachable(e.into())
+    }
+}
+
 /// The `hint-delivery` worker: each round offers every owner with pending hints up to
 /// [`MAX_BATCHES_PER_ROUND`] batches, then idles for the interval.
 pub struct HintDelivery {
     /// The node's engine (where the hints are).
     pub engine: Arc<Engine>,
     /// The client for the owners.
-    pub client: reqwest::Client,
+    pub client: InternalClient,
     /// Pause between rounds.
     pub interval: Duration,
 }
@@ -97,7 +104,7 @@ impl Worker for HintDelivery {
 /// confirmed stay.
 pub async fn deliver_to(
     engine: &Arc<Engine>,
-    client: &reqwest::Client,
+    client: &InternalClient,
     target: &NodeId,
     address: &str,
     shutdown: &CancellationToken,

@@ -44,7 +44,9 @@ pub mod syncer;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynamo_core::signature::Role;
 use dynamo_server::follow::Follower;
+use dynamo_server::internal;
 use dynamo_server::metrics::HttpMetrics;
 use dynamo_server::serve::{self, Limits, Readiness};
 use dynamo_server::worker::{Next, Worker, Workers};
@@ -101,13 +103,29 @@ pub async fn run(
 
     let workers = Workers::new(&registry, "storage", CancellationToken::new())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let client = reqwest::Client::builder()
+    let member_keys = config.member.keys()?;
+    let signer = internal::Signer::new(
+        &member_keys,
+        Role::Member,
+        format!("storage/{}", engine.identity().node_id),
+    )
+    .map_err(|e| dynamo_server::config::ConfigError::new("node-id", e.to_string()))?;
+    let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(config.peer_timeout_ms))
         .connect_timeout(Duration::from_millis(config.peer_timeout_ms))
         .pool_max_idle_per_host(4)
         .pool_idle_timeout(Duration::from_millis(dynamo_core::limits::CLIENT_POOL_IDLE_MS))
         .build()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let client = internal::client(http, signer);
+    // Storage nodes hold no control keys: nothing they serve changes membership.
+    let door = internal::Door::new(
+        &config.member,
+        member_keys,
+        None,
+        internal::members_only,
+        config.max_body_bytes,
+    );
     workers.spawn(hints::HintDelivery {
         engine: engine.clone(),
         client: client.clone(),
@@ -152,14 +170,17 @@ pub async fn run(
 
     let readiness = Readiness::new();
     let app = serve::with_common_layers(
-        api::routes(api::AppState {
-            engine: engine.clone(),
-            syncer,
-            client,
-            shutdown: shutdown.clone(),
-            cluster,
-            idempotency_window_ms: config.idempotency_window_ms,
-        }),
+        internal::guard(
+            api::routes(api::AppState {
+                engine: engine.clone(),
+                syncer,
+                client,
+                shutdown: shutdown.clone(),
+                cluster,
+                idempotency_window_ms: config.idempotency_window_ms,
+            }),
+            door,
+        ),
         serve::health_routes(readiness.clone(), registry),
         Limits {
             max_body_bytes: config.max_body_bytes,

@@ -17,10 +17,7 @@ async fn write_until_dead(url: String, writers: usize, acked: Arc<Mutex<BTreeSet
         let url = url.clone();
         let acked = acked.clone();
         tasks.push(tokio::spawn(async move {
-            let c = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("client");
+            let c = dynamo_testkit::client(dynamo_testkit::Role::Member, Duration::from_secs(5));
             // Bounded: at most 5000 writes per writer.
             for i in 0..5000 {
                 let key = format!("w{w}-{i}");

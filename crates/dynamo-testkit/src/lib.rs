@@ -8,17 +8,80 @@
 use std::future::Future;
 use std::time::Duration;
 
+pub use dynamo_core::signature::Role;
+
 /// Every wait of a test is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(60);
 
 /// How often [`eventually`] checks.
 const POLL: Duration = Duration::from_millis(20);
 
-/// An HTTP client for tests: short connect timeout, bounded calls.
-pub fn http() -> reqwest::Client {
+/// The HTTP client of tests: short connect timeout, bounded calls, and every request
+/// signed as a cluster member with the public test key, so it reaches the internal routes
+/// of test clusters (the public API ignores the signature).
+pub type Http = dynamo_server::internal::InternalClient;
+
+/// A test client signing as a member ([`Http`]), calls bounded by 30 s.
+pub fn http() -> Http {
+    client(Role::Member, Duration::from_secs(30))
+}
+
+/// A test client signing as control: membership, tokens and bucket properties on the
+/// ring service (which also admits it wherever a member is admitted).
+pub fn control_http() -> Http {
+    client(Role::Control, Duration::from_secs(30))
+}
+
+/// A test client signing as `role`, each call bounded by `timeout`.
+pub fn client(role: Role, timeout: Duration) -> Http {
+    dynamo_server::internal::client(plain(timeout), dynamo_server::internal::testing::signer(role))
+}
+
+/// A test client that signs nothing: an outsider to the cluster.
+pub fn unsigned_http() -> reqwest::Client {
+    plain(Duration::from_secs(30))
+}
+
+/// A signature header for a request, made by hand so a test can choose what a signing
+/// client never would: another key ring (`key_file`, e.g. a foreign cluster's), a stale
+/// clock (`ts_ms`), or a signature for another body or path than the one it sends.
+pub fn signature_header(
+    key_file: &str,
+    role: Role,
+    ts_ms: u64,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> String {
+    let keys = dynamo_core::keys::KeyRing::parse(key_file).unwrap_or_else(|e| panic!("the test key: {e}"));
+    let parts = dynamo_core::signature::SignedParts {
+        method,
+        path_and_query: path,
+        body_digest: dynamo_core::signature::body_digest(body),
+    };
+    dynamo_core::signature::Signature::sign(keys.signing(), role, "test", ts_ms, rand_nonce(), &parts)
+        .unwrap_or_else(|e| panic!("signing: {e}"))
+        .to_header()
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn rand_nonce() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Unique within the test process is all a nonce needs here.
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed) ^ now_ms().rotate_left(20)
+}
+
+fn plain(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
+        .timeout(timeout)
         .build()
         .unwrap_or_else(|e| panic!("building the test HTTP client: {e}"))
 }
@@ -127,7 +190,7 @@ pub async fn wait_exit(child: &mut std::process::Child, what: &str) -> std::proc
 }
 
 /// Returns a service's `/metrics` text, `None` when it cannot be read.
-pub async fn scrape(http: &reqwest::Client, url: &str) -> Option<String> {
+pub async fn scrape(http: &Http, url: &str) -> Option<String> {
     http.get(format!("{}/metrics", url.trim_end_matches('/')))
         .send()
         .await

@@ -350,13 +350,13 @@ async fn read_nodes(
 }
 
 /// Reads one metric (no labels) from a service's `/metrics`; `None` when unreadable.
-async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+async fn metric(http: &dynamo_testkit::Http, url: &str, name: &str) -> Option<f64> {
     let text = scrape(http, url).await?;
     Some(metric_lines(&text, name).map(|(_, v)| v).sum())
 }
 
 /// A service's `/metrics` text; `None` when unreadable.
-pub async fn scrape(http: &reqwest::Client, url: &str) -> Option<String> {
+pub async fn scrape(http: &dynamo_testkit::Http, url: &str) -> Option<String> {
     tokio::time::timeout(CALL_TIMEOUT, dynamo_testkit::scrape(http, url))
         .await
         .ok()
@@ -947,7 +947,7 @@ mod tests {
     }
 
     fn ctx(dots: &[(u64, u64)]) -> Option<String> {
-        let keys = context::ContextKeys::new(vec![context::ContextKey::new(1, &[3; 32]).expect("key")])
+        let keys = context::ContextKeys::new(vec![dynamo_core::keys::Key::new(1, &[3; 32]).expect("key")])
             .expect("keys");
         Some(keys.seal(&set(dots), "b", "k"))
     }

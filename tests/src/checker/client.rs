@@ -22,7 +22,7 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// One workload client's handle on the coordinator.
 #[derive(Debug, Clone)]
 pub struct Api {
-    http: reqwest::Client,
+    http: dynamo_testkit::Http,
     base: String,
     t0: Instant,
     history: History,
@@ -50,7 +50,13 @@ pub struct Write<'a> {
 impl Api {
     /// A client named `client` of the coordinator at `base`, recording into `history`
     /// with times measured from `t0`.
-    pub fn new(http: reqwest::Client, base: String, t0: Instant, history: History, client: String) -> Api {
+    pub fn new(
+        http: dynamo_testkit::Http,
+        base: String,
+        t0: Instant,
+        history: History,
+        client: String,
+    ) -> Api {
         Api {
             http,
             base,
@@ -64,7 +70,7 @@ impl Api {
         format!("/v1/kv/{bucket}/{key}")
     }
 
-    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+    fn request(&self, method: Method, path: &str) -> reqwest_middleware::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(ROOT_TOKEN)
@@ -183,7 +189,7 @@ fn header_context(resp: &reqwest::Response) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn no_answer(e: &reqwest::Error) -> Outcome {
+fn no_answer(e: &reqwest_middleware::Error) -> Outcome {
     let code = if e.is_timeout() {
         "client timeout".to_owned()
     } else if e.is_connect() {

@@ -30,7 +30,7 @@ pub struct EpochReport {
 
 /// Samples until `stop` turns true. `nodes` are `(name, base URL)`.
 pub async fn sample(
-    http: reqwest::Client,
+    http: dynamo_testkit::Http,
     coordinator: String,
     nodes: Vec<(String, String)>,
     t0: Instant,

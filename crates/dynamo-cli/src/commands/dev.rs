@@ -6,8 +6,10 @@
 //! same directory, the cluster has the same data and the same root token. Ctrl-C stops
 //! everything cleanly: the coordinator first, then the nodes, then the ring service.
 
+use dynamo_core::signature::Role;
 use dynamo_core::wire::cluster::{ClusterState, NodeRegistration};
 use dynamo_core::wire::routes;
+use dynamo_server::internal::InternalClient;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -95,12 +97,12 @@ fn root_token(args: &DevArgs, data_dir: &Path) -> anyhow::Result<(String, PathBu
     Ok((token, path))
 }
 
-/// The context keys of the dev cluster's coordinator: `<data-dir>/context-key`, generated
-/// on first start and kept (contexts clients hold stay valid across restarts).
-fn context_key(data_dir: &Path) -> anyhow::Result<PathBuf> {
-    let path = data_dir.join(CONTEXT_KEY_FILE);
+/// A key file of the dev cluster, `<data-dir>/<name>`, generated on first start and kept
+/// (contexts clients hold stay valid across restarts, and so do the services' keys).
+fn key_file(data_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join(name);
     if let Ok(text) = std::fs::read_to_string(&path)
-        && dynamo_core::context::ContextKeys::parse(&text).is_ok()
+        && dynamo_core::keys::KeyRing::parse(&text).is_ok()
     {
         return Ok(path);
     }
@@ -111,6 +113,33 @@ fn context_key(data_dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Where `dynamo dev` keeps its coordinator's context keys.
 pub const CONTEXT_KEY_FILE: &str = "context-key";
+/// Where `dynamo dev` keeps the member keys every service holds.
+pub const MEMBER_KEY_FILE: &str = "member-key";
+/// Where `dynamo dev` keeps the control keys of the ring service and the coordinator
+/// (storage nodes never get them).
+pub const CONTROL_KEY_FILE: &str = "control-key";
+
+/// The secret files of a dev cluster, each mode 0600 under the data directory.
+struct Secrets {
+    root_token: PathBuf,
+    context_key: PathBuf,
+    member_key: PathBuf,
+    control_key: PathBuf,
+}
+
+impl Secrets {
+    /// `--member-key-file <path>`, and `--control-key-file <path>` when `control`.
+    fn key_args(&self, control: bool) -> Vec<String> {
+        let mut args = vec!["--member-key-file".into(), self.member_key.display().to_string()];
+        if control {
+            args.extend([
+                "--control-key-file".into(),
+                self.control_key.display().to_string(),
+            ]);
+        }
+        args
+    }
+}
 
 fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
@@ -150,7 +179,7 @@ fn spawn(name: &str, bin: &str, args: &[String], logs: &Path) -> anyhow::Result<
     })
 }
 
-async fn wait_ready(http: &reqwest::Client, svc: &mut Service, url: &str, logs: &Path) -> anyhow::Result<()> {
+async fn wait_ready(http: &InternalClient, svc: &mut Service, url: &str, logs: &Path) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(r) = http.get(format!("{url}/readyz")).send().await
@@ -184,7 +213,7 @@ fn registration(id: &str, address: &str) -> anyhow::Result<NodeRegistration> {
     })
 }
 
-async fn join_all(http: &reqwest::Client, ring_url: &str, nodes: &[(String, String)]) -> anyhow::Result<()> {
+async fn join_all(http: &InternalClient, ring_url: &str, nodes: &[(String, String)]) -> anyhow::Result<()> {
     for (id, address) in nodes {
         let resp = http
             .post(routes::url(ring_url, routes::ring::NODES))
@@ -263,21 +292,25 @@ async fn run_cluster(data_dir: &Path, args: &DevArgs) -> anyhow::Result<()> {
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let (token, token_path) = root_token(args, data_dir)?;
-    let key_path = context_key(data_dir)?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
+    let secrets = Secrets {
+        root_token: token_path.clone(),
+        context_key: key_file(data_dir, CONTEXT_KEY_FILE)?,
+        member_key: key_file(data_dir, MEMBER_KEY_FILE)?,
+        control_key: key_file(data_dir, CONTROL_KEY_FILE)?,
+    };
+    // `dynamo dev` joins the nodes itself: it acts as the operator would, with the
+    // control key.
+    let control_keys = dynamo_core::keys::KeyRing::parse(&std::fs::read_to_string(&secrets.control_key)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", secrets.control_key.display()))?;
+    let signer = dynamo_server::internal::Signer::new(&control_keys, Role::Control, "dev")?;
+    let http = dynamo_server::internal::client(
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?,
+        signer,
+    );
     let mut services = Vec::new();
-    let result = start(
-        args,
-        data_dir,
-        &logs,
-        &token_path,
-        &key_path,
-        &http,
-        &mut services,
-    )
-    .await;
+    let result = start(args, data_dir, &logs, &secrets, &http, &mut services).await;
     if let Err(e) = result {
         stop(&mut services).await;
         return Err(e);
@@ -317,9 +350,8 @@ async fn start(
     args: &DevArgs,
     data_dir: &Path,
     logs: &Path,
-    token_path: &Path,
-    key_path: &Path,
-    http: &reqwest::Client,
+    secrets: &Secrets,
+    http: &InternalClient,
     services: &mut Vec<Service>,
 ) -> anyhow::Result<()> {
     let ring_url = format!("http://127.0.0.1:{}", args.ring_port);
@@ -335,7 +367,10 @@ async fn start(
             args.partitions.to_string(),
             "--n".into(),
             args.n.to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(secrets.key_args(true))
+        .collect::<Vec<_>>(),
         logs,
     )?;
     let ready = wait_ready(http, &mut ring, &ring_url, logs).await;
@@ -363,7 +398,10 @@ async fn start(
                 ring_url.clone(),
                 "--durability".into(),
                 args.durability.clone(),
-            ],
+            ]
+            .into_iter()
+            .chain(secrets.key_args(false))
+            .collect::<Vec<_>>(),
             logs,
         )?;
         let ready = wait_ready(http, &mut node, &url, logs).await;
@@ -383,16 +421,19 @@ async fn start(
             "--ring-url".into(),
             ring_url,
             "--root-token-file".into(),
-            token_path.display().to_string(),
+            secrets.root_token.display().to_string(),
             "--context-key-file".into(),
-            key_path.display().to_string(),
+            secrets.context_key.display().to_string(),
             "--default-n".into(),
             args.n.to_string(),
             "--default-r".into(),
             args.r.to_string(),
             "--default-w".into(),
             args.w.to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(secrets.key_args(true))
+        .collect::<Vec<_>>(),
         logs,
     )?;
     let ready = wait_ready(http, &mut coord, &coord_url, logs).await;

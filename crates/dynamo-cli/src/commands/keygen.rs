@@ -1,16 +1,16 @@
-//! `dynamo keygen`: a fresh context key, as the line a coordinator's
-//! `--context-key-file` holds.
+//! `dynamo keygen`: a fresh secret key, as a line of a key file: a coordinator's
+//! `--context-key-file`, or any service's `--member-key-file` / `--control-key-file`.
 
 use clap::Args;
-use dynamo_core::context::{ContextKey, ContextKeys};
+use dynamo_core::keys::{Key, KeyRing};
 
 use crate::error::CliError;
 
 /// Arguments of `dynamo keygen`.
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// The key's id (0-255), carried in every context it seals: give each new key of a
-    /// cluster an id its current keys do not use.
+    /// The key's id (0-255), carried in everything it signs: give each new key of a
+    /// key file an id its current keys do not use.
     #[arg(long, default_value_t = 1)]
     pub id: u8,
 }
@@ -29,10 +29,10 @@ pub fn run(args: &KeygenArgs) -> Result<(), CliError> {
 /// # Errors
 /// [`CliError::Usage`] should the key be refused (it never is: 32 random bytes).
 pub fn generate(id: u8) -> Result<String, CliError> {
-    let key = ContextKey::new(id, &rand::random::<[u8; 32]>()).map_err(|e| CliError::Usage(e.to_string()))?;
+    let key = Key::new(id, &rand::random::<[u8; 32]>()).map_err(|e| CliError::Usage(e.to_string()))?;
     let line = key.to_line();
-    // What is printed must be what a coordinator reads back.
-    ContextKeys::parse(&line).map_err(|e| CliError::Usage(e.to_string()))?;
+    // What is printed must be what a service reads back.
+    KeyRing::parse(&line).map_err(|e| CliError::Usage(e.to_string()))?;
     Ok(line)
 }
 
@@ -45,7 +45,7 @@ mod tests {
         let (a, b) = (generate(3).expect("key"), generate(3).expect("key"));
         assert_ne!(a, b);
         assert!(a.starts_with("3:"));
-        let keys = ContextKeys::parse(&format!("{a}\n")).expect("parse");
-        assert_eq!(keys.sealing().id(), 3);
+        let keys = KeyRing::parse(&format!("{a}\n")).expect("parse");
+        assert_eq!(keys.signing().id(), 3);
     }
 }

@@ -21,6 +21,10 @@ pub enum TokenCommand {
         /// Seconds until the token stops being accepted; without it, it lives until deleted.
         #[arg(long)]
         ttl: Option<u64>,
+        /// Requests per second it may make through each coordinator; without it, the
+        /// coordinators' default (`--token-rate-limit-rps`).
+        #[arg(long)]
+        rate_limit_rps: Option<u32>,
     },
     /// List tokens: ids and scopes, never secrets.
     List,
@@ -64,11 +68,13 @@ pub async fn run(global: &GlobalArgs, command: &TokenCommand) -> Result<(), CliE
             buckets,
             permissions,
             ttl,
+            rate_limit_rps,
         } => {
             let request = TokenRequest {
                 buckets: scope(buckets)?,
                 permissions: permissions.iter().map(|&p| p.into()).collect(),
                 ttl_s: *ttl,
+                rate_limit_rps: *rate_limit_rps,
             };
             let created = client.create_token(&request).await?;
             eprintln!("the secret is shown once: store it now");

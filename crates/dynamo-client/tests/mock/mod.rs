@@ -246,7 +246,7 @@ fn error(code: ErrorCode, message: &str) -> Response {
 fn mock_keys() -> &'static context::ContextKeys {
     static KEYS: std::sync::OnceLock<context::ContextKeys> = std::sync::OnceLock::new();
     KEYS.get_or_init(|| {
-        context::ContextKeys::new(vec![context::ContextKey::new(1, &[9; 32]).expect("key")]).expect("keys")
+        context::ContextKeys::new(vec![dynamo_core::keys::Key::new(1, &[9; 32]).expect("key")]).expect("keys")
     })
 }
 

@@ -22,7 +22,8 @@ use dynamo_core::limits::MAX_VALUE_BYTES;
 use dynamo_core::version::VersionedObject;
 use dynamo_core::wire::cluster::NodeRegistration;
 use dynamo_core::wire::cluster::{
-    ClusterState, ClusterView, KeyPlacement, MAX_TOKEN_TTL_S, Permission, TokenRecord,
+    ClusterState, ClusterView, KeyPlacement, MAX_TOKEN_RATE_LIMIT_RPS, MAX_TOKEN_TTL_S, Permission,
+    TokenRecord,
 };
 use dynamo_core::wire::internal::IdempotencyClaim;
 use dynamo_core::wire::public::{NewToken, RingView, TokenInfo, TokenList, TokenRequest};
@@ -68,8 +69,9 @@ pub struct AppState {
     pub cache: ClusterCache,
     /// The configuration.
     pub config: Arc<Config>,
-    /// Client for the ring service.
-    pub client: reqwest::Client,
+    /// Client for the ring service, signing as control: it relays admin calls, made only
+    /// after the caller's admin token was checked.
+    pub client: dynamo_server::internal::InternalClient,
     /// Metrics.
     pub metrics: CoordinatorMetrics,
     /// The keys context tokens are sealed with.
@@ -249,7 +251,7 @@ async fn ring_error(resp: reqwest::Response) -> ApiError {
     }
 }
 
-fn ring_unreachable(e: reqwest::Error) -> ApiError {
+fn ring_unreachable(e: dynamo_server::internal::SendError) -> ApiError {
     ApiError::new(
         ErrorCode::RingUnavailable,
         format!("ring service unreachable: {}", e.without_url()),
@@ -261,7 +263,10 @@ fn ring_unreachable(e: reqwest::Error) -> ApiError {
 ///
 /// # Errors
 /// The ring service's own error, or `503 ring_unavailable` when it does not answer.
-async fn ring_change(state: &AppState, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
+async fn ring_change(
+    state: &AppState,
+    req: reqwest_middleware::RequestBuilder,
+) -> Result<reqwest::Response, ApiError> {
     let resp = req
         .timeout(RING_CALL_TIMEOUT)
         .send()
@@ -275,7 +280,7 @@ async fn ring_change(state: &AppState, req: reqwest::RequestBuilder) -> Result<r
 }
 
 /// Relays a membership change to the ring service, answering its status and body.
-async fn relay(state: &AppState, req: reqwest::RequestBuilder) -> Result<Response, ApiError> {
+async fn relay(state: &AppState, req: reqwest_middleware::RequestBuilder) -> Result<Response, ApiError> {
     let resp = ring_change(state, req).await?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::OK);
     let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);

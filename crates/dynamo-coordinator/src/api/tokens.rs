@@ -33,6 +33,14 @@ pub async fn create_token(
             ));
         }
     };
+    if let Some(rps) = req.rate_limit_rps
+        && !(1..=MAX_TOKEN_RATE_LIMIT_RPS).contains(&rps)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("rate_limit_rps must be 1 to {MAX_TOKEN_RATE_LIMIT_RPS}"),
+        ));
+    }
     let (id, token) = auth::new_token();
     let created_ms = auth::now_ms();
     let record = TokenRecord {
@@ -42,6 +50,7 @@ pub async fn create_token(
         permissions: permissions.clone(),
         created_ms,
         expires_ms: expires_ms.map(|ttl| created_ms + ttl),
+        rate_limit_rps: req.rate_limit_rps,
     };
     let created = ring_change(
         &state,
@@ -61,6 +70,7 @@ pub async fn create_token(
             buckets: req.buckets,
             permissions,
             expires: record.expires_ms.map(rfc3339_from_ms),
+            rate_limit_rps: record.rate_limit_rps,
         }),
     )
         .into_response())
@@ -85,6 +95,7 @@ pub async fn list_tokens(
                 permissions: t.permissions.clone(),
                 created: rfc3339_from_ms(t.created_ms),
                 expires: t.expires_ms.map(rfc3339_from_ms),
+                rate_limit_rps: t.rate_limit_rps,
             })
             .collect(),
     }))

@@ -169,11 +169,16 @@ pub fn ring(q: u64, members: BTreeMap<dynamo_core::NodeId, Option<String>>) -> R
 
 /// Serves a ring service that answers `ring` (state version 1) to every state poll.
 pub async fn fake_ring_service(ring: Ring) -> String {
-    let state = ClusterState {
+    fake_ring_service_with(ClusterState {
         version: 1,
         ring: Some(ring),
         ..ClusterState::default()
-    };
+    })
+    .await
+}
+
+/// Serves a ring service that answers `state` to every state poll.
+pub async fn fake_ring_service_with(state: ClusterState) -> String {
     dynamo_testkit::serve(Router::new().route(
         routes::ring::STATE,
         get(move || {

@@ -172,10 +172,16 @@ pub struct TokenRecord {
     /// When it stops being accepted (ms since the Unix epoch); never without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
+    /// Requests per second it may make through each coordinator; without one, the
+    /// coordinator's `--token-rate-limit-rps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_rps: Option<u32>,
 }
 
 /// Longest lifetime a token may be given: ten years, in seconds.
 pub const MAX_TOKEN_TTL_S: u64 = 10 * 365 * 24 * 3600;
+/// Largest per-token rate limit, in requests per second per coordinator.
+pub const MAX_TOKEN_RATE_LIMIT_RPS: u32 = 1_000_000;
 
 impl TokenRecord {
     /// Returns whether the token is past its expiry at `now_ms`.

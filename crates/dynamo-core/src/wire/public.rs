@@ -55,6 +55,10 @@ pub struct TokenRequest {
     /// that lives until it is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_s: Option<u64>,
+    /// Requests per second the token may make through each coordinator (1 to
+    /// 1 000 000); none for the coordinators' default (`--token-rate-limit-rps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_rps: Option<u32>,
 }
 
 impl TokenRequest {
@@ -64,6 +68,7 @@ impl TokenRequest {
             buckets: BucketScope::All(AllBuckets::Star),
             permissions,
             ttl_s: None,
+            rate_limit_rps: None,
         }
     }
 }
@@ -86,6 +91,9 @@ pub struct NewToken {
     /// When it expires, RFC 3339 (UTC, milliseconds); absent for a token without a TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
+    /// Its own rate limit, when it was given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_rps: Option<u32>,
 }
 
 impl fmt::Debug for NewToken {
@@ -96,6 +104,7 @@ impl fmt::Debug for NewToken {
             .field("buckets", &self.buckets)
             .field("permissions", &self.permissions)
             .field("expires", &self.expires)
+            .field("rate_limit_rps", &self.rate_limit_rps)
             .finish()
     }
 }
@@ -117,6 +126,10 @@ pub struct TokenInfo {
     /// When it expires, RFC 3339; absent for a token without a TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
+    /// Its own rate limit (requests per second per coordinator); absent where the
+    /// coordinators' default applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_rps: Option<u32>,
 }
 
 /// The answer of `GET /v1/admin/tokens`.
@@ -139,6 +152,7 @@ mod tests {
             buckets: BucketScope::All(AllBuckets::Star),
             permissions: vec![Permission::Read],
             expires: None,
+            rate_limit_rps: None,
         };
         let shown = format!("{t:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

@@ -229,6 +229,7 @@ fn tokens_are_validated_and_unique() {
         permissions: vec![Permission::Read],
         created_ms: 1,
         expires_ms: None,
+        rate_limit_rps: None,
     };
     c.add_token(t.clone()).expect("add");
     assert_eq!(

@@ -91,6 +91,14 @@ pub fn validate_token(t: &TokenRecord) -> Result<(), ClusterError> {
     if t.permissions.is_empty() {
         return Err(invalid("a token needs at least one permission"));
     }
+    if let Some(rps) = t.rate_limit_rps
+        && !(1..=dynamo_core::wire::cluster::MAX_TOKEN_RATE_LIMIT_RPS).contains(&rps)
+    {
+        return Err(invalid(format!(
+            "rate_limit_rps must be 1 to {}",
+            dynamo_core::wire::cluster::MAX_TOKEN_RATE_LIMIT_RPS
+        )));
+    }
     if let BucketScope::Only(list) = &t.buckets
         && (list.is_empty() || list.len() > MAX_TOKEN_BUCKETS)
     {

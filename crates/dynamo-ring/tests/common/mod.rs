@@ -21,11 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use dynamo_testkit::WAIT;
 
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(40))
-        .build()
-        .expect("client")
+/// A client signing as control (the ring service admits it on every route); calls are
+/// bounded by 40 s, longer than the longest long poll.
+pub fn client() -> dynamo_testkit::Http {
+    dynamo_testkit::client(dynamo_testkit::Role::Control, Duration::from_secs(40))
 }
 
 pub fn id(s: &str) -> NodeId {

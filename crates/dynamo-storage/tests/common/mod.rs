@@ -17,11 +17,8 @@ pub const SIB: ConflictRule = ConflictRule::Siblings { max_siblings: 32 };
 
 pub use dynamo_testkit::WAIT;
 
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
+pub fn client() -> dynamo_testkit::Http {
+    dynamo_testkit::client(dynamo_testkit::Role::Member, Duration::from_secs(10))
 }
 
 pub fn bucket(b: &str) -> BucketName {
@@ -105,6 +102,10 @@ impl Drop for Proc {
 
 pub fn spawn_proc(dir: &Path, node_id: &str, port: u16, durability: &str) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_dynamo-storage"))
+        .env(
+            "DYNAMO_MEMBER_KEY",
+            dynamo_server::internal::testing::TEST_MEMBER_KEY,
+        )
         .args([
             "--data-dir",
             dir.to_str().expect("utf-8 path"),
