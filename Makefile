@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help run build-release test lint fmt fmt-check clippy unit doc bench-core bench soak soak-sim
+.PHONY: help run build-release test lint fmt fmt-check clippy deny unit fuzz fuzz-short fuzz-tool doc bench-core bench soak soak-sim
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -13,7 +13,7 @@ run: build-release ## build optimised binaries and run a local cluster (3 storag
 build-release:
 	$(CARGO) build --release --workspace --bins --locked
 
-test: fmt-check clippy unit ## everything CI runs: format check, clippy -D warnings, the whole test suite
+test: fmt-check clippy deny unit fuzz-short ## everything CI runs: format check, clippy -D warnings, cargo deny, the whole test suite, 30 s of fuzzing
 
 lint: fmt-check clippy ## format check and clippy
 
@@ -26,9 +26,40 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# The cargo-deny this checks with; installed from crates.io on first use (a few minutes).
+# `advisories` needs the RustSec database, which these machines cannot fetch.
+CARGO_DENY_VERSION ?= 0.20.2
+
+deny: ## licences, bans (one version of each crate) and sources of every dependency (deny.toml)
+	@command -v cargo-deny >/dev/null 2>&1 && cargo-deny --version | grep -q "$(CARGO_DENY_VERSION)" \
+		|| $(CARGO) install --locked --quiet cargo-deny --version $(CARGO_DENY_VERSION)
+	$(CARGO) deny --locked check bans licenses sources
+
 unit:
 	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
+
+# Fuzzing (fuzz/): cargo-fuzz with libFuzzer. The toolchain here is stable, so the build
+# runs with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes a few -Z flags) and no sanitizer (the
+# workspace forbids unsafe code; what is fuzzed is panics and broken round trips).
+CARGO_FUZZ_VERSION ?= 0.13.2
+FUZZ_TARGETS = context signature replica_batch crdt_op names
+FUZZ_SECONDS ?= 300
+FUZZ = cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+
+fuzz-tool:
+	@command -v cargo-fuzz >/dev/null 2>&1 && cargo-fuzz --version | grep -q "$(CARGO_FUZZ_VERSION)" \
+		|| $(CARGO) install --locked --quiet cargo-fuzz --version $(CARGO_FUZZ_VERSION)
+
+fuzz: fuzz-tool ## every fuzz target for FUZZ_SECONDS each (make fuzz FUZZ_SECONDS=3600), from fuzz/seeds; crashes land in fuzz/artifacts
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		mkdir -p fuzz/corpus/$$t; \
+		($(FUZZ) run --sanitizer none $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048) || exit 1; \
+	done
+
+fuzz-short: ## each fuzz target for 6 s (part of make test)
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=6
 
 doc: ## build the API docs (warnings are errors)
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --locked

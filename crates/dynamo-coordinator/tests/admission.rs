@@ -27,7 +27,10 @@ fn token(id: &str, rate_limit_rps: Option<u32>) -> (String, TokenRecord) {
 /// A ring of one node that no request here reaches (bucket reads are answered from the
 /// coordinator's cached state).
 fn one_node_ring() -> dynamo_core::ring::Ring {
-    ring(16, BTreeMap::from([(dynamo_core::NodeId::new("node-0").expect("id"), None)]))
+    ring(
+        16,
+        BTreeMap::from([(dynamo_core::NodeId::new("node-0").expect("id"), None)]),
+    )
 }
 
 async fn status(url: &str, bearer: &str) -> (u16, Option<String>, serde_json::Value) {

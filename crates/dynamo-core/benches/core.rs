@@ -112,5 +112,55 @@ fn ring(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, dvv, ring);
+/// What signing costs an internal request: the signer hashes the body and MACs the
+/// parts; the receiver does the same and remembers the tag. Per batch, not per operation.
+fn signature(c: &mut Criterion) {
+    use dynamo_core::keys::{Key, KeyRing};
+    use dynamo_core::signature::{Role, Signature, SignedParts, Verifier, body_digest};
+    let ring = KeyRing::new(vec![Key::new(1, &[7; 32]).expect("key")]).expect("ring");
+    let mut g = c.benchmark_group("signature");
+    for body_bytes in [1 << 10, 64 << 10, 1 << 20] {
+        let body = vec![b'x'; body_bytes];
+        g.bench_with_input(BenchmarkId::new("sign", body_bytes), &body, |bench, body| {
+            let mut nonce = 0u64;
+            bench.iter(|| {
+                nonce += 1;
+                let parts = SignedParts {
+                    method: "POST",
+                    path_and_query: "/internal/v1/replicas",
+                    body_digest: body_digest(black_box(body)),
+                };
+                Signature::sign(ring.signing(), Role::Member, "coordinator", 1, nonce, &parts).expect("sign")
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("verify", body_bytes), &body, |bench, body| {
+            // A fresh verifier per batch of iterations: its replay guard grows with each.
+            bench.iter_batched(
+                || {
+                    let parts = SignedParts {
+                        method: "POST",
+                        path_and_query: "/internal/v1/replicas",
+                        body_digest: body_digest(body),
+                    };
+                    let sig = Signature::sign(ring.signing(), Role::Member, "coordinator", 1, 1, &parts)
+                        .expect("sign");
+                    (Verifier::new(ring.clone(), None, u64::MAX, 16), sig.to_header())
+                },
+                |(mut v, header)| {
+                    let sig = v.precheck(Some(&header), 1).expect("precheck");
+                    let parts = SignedParts {
+                        method: "POST",
+                        path_and_query: "/internal/v1/replicas",
+                        body_digest: body_digest(black_box(body)),
+                    };
+                    v.verify(&sig, &parts, Role::Member, 1).expect("verify")
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, dvv, ring, signature);
 criterion_main!(benches);
