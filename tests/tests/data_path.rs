@@ -543,10 +543,20 @@ async fn every_error_code_is_reachable_and_changes_nothing() {
     )
     .await;
 
-    // Nothing above changed the stored value.
+    // Nothing above changed the stored value: not through a quorum read, and not on any
+    // replica (every node holds the key: three nodes, N = 3).
     let r = c.req(Method::GET, "/v1/kv/b/k").send().await.expect("get");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().await.expect("body"), "original");
+    for node in 0..c.nodes.len() {
+        dynamo_testkit::eventually(&format!("node-{node} holds only the original"), || async {
+            c.node_get(node, "b", "k").await.is_some_and(|o| {
+                let o: dynamo_core::version::VersionedObject = serde_json::from_value(o).expect("object");
+                o.live_siblings().map(|s| s.value.as_slice()).collect::<Vec<_>>() == vec![&b"original"[..]]
+            })
+        })
+        .await;
+    }
     let props: Value = c
         .req(Method::GET, "/v1/buckets/b")
         .send()
@@ -1006,7 +1016,8 @@ async fn quorum_unavailable_when_too_few_nodes_answer() {
 }
 
 // Goal: a coordinator that has never seen a ring (the ring service is not there) answers
-// 503 ring_unavailable, not a hang or a 500; its health endpoints still answer.
+// 503 ring_unavailable, not a hang or a 500; it is alive but not ready (`/readyz` 503,
+// so a load balancer sends it nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ring_service_means_ring_unavailable() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1029,7 +1040,20 @@ async fn no_ring_service_means_ring_unavailable() {
         dir.path(),
     );
     let http = reqwest::Client::new();
-    dynamo_tests::wait_ready(&coord.url()).await;
+    // Alive, but not ready: it has never heard from the ring service.
+    dynamo_testkit::eventually("the coordinator is alive", || async {
+        http.get(format!("{}/healthz", coord.url()))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    let r = http
+        .get(format!("{}/readyz", coord.url()))
+        .send()
+        .await
+        .expect("readyz");
+    expect_error(r, 503, "ring_unavailable").await;
     let r = http
         .get(format!("{}/v1/kv/b/k", coord.url()))
         .bearer_auth(ROOT_TOKEN)

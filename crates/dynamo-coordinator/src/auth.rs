@@ -20,6 +20,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dynamo_core::wire::cluster::{Permission, TokenRecord};
 use dynamo_core::{BucketName, ErrorCode};
 use dynamo_server::ApiError;
+use dynamo_server::clock::now_ms;
 use dynamo_server::worker::{Next as WorkerNext, Worker};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -80,13 +81,6 @@ impl Principal {
             ))
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Hex SHA-256 of a token.

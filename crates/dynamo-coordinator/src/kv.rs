@@ -483,9 +483,7 @@ fn in_request_scope<F: std::future::Future<Output = ()>>(task: F) -> impl std::f
 /// Returns the wall clock in ms since the Unix epoch (rounds and coordinate deadlines
 /// are in it: the storage node compares a coordinate's deadline with its own clock).
 fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    dynamo_server::clock::now_ms()
 }
 
 /// Sleeps until the wall clock reads `at_ms` (a round's deadline) and returns the time

@@ -145,6 +145,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             every: Duration::from_millis(config.root_token_reload_ms),
         });
     }
+    // Ready once the ring service has answered at least once: before that no token but
+    // the root one can be checked and no key routed.
+    let gate = cache.clone();
+    let readiness = Readiness::new().with_gate(move || gate.current().map(|_| ()));
     let app_state = api::AppState {
         coord: coord.clone(),
         cache,
@@ -154,7 +158,6 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         context_keys,
         marked: Arc::default(),
     };
-    let readiness = Readiness::new();
     let app = serve::with_common_layers(
         api::routes(app_state, auth),
         serve::health_routes(readiness.clone(), registry),

@@ -694,7 +694,7 @@ mod tests {
         let metrics = CoordinatorMetrics::new(&registry).expect("metrics");
         let workers = Workers::new(&registry, "coordinator", stop.clone()).expect("worker metrics");
         let peers = Peers::new(
-            dynamo_server::internal::testing::client(dynamo_core::signature::Role::Member),
+            dynamo_testkit::http(),
             settings,
             metrics,
             tracker.clone(),

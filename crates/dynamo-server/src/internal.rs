@@ -9,7 +9,6 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method};
@@ -21,6 +20,7 @@ use dynamo_core::signature::{
 };
 
 use crate::ApiError;
+use crate::clock::now_ms;
 use crate::config::{ConfigError, Secret};
 
 /// A client for internal routes: every request it sends is signed.
@@ -319,21 +319,13 @@ fn refuse(e: SignatureError) -> Response {
     }
 }
 
-/// Milliseconds since the Unix epoch on this machine's clock (what signatures carry).
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
-}
-
-/// Keys and clients for tests only (the keys are public, so never for a real cluster):
-/// what every test cluster shares.
+/// Keys for tests only (public, so never for a real cluster): what every test cluster
+/// shares, and a signer with them (`dynamo-testkit` builds its clients on it).
 pub mod testing {
     use dynamo_core::keys::KeyRing;
     use dynamo_core::signature::Role;
 
-    use super::{InternalClient, Signer};
+    use super::Signer;
 
     /// A member key file.
     pub const TEST_MEMBER_KEY: &str = "1:dGVzdC1vbmx5LW1lbWJlci1rZXktbmV2ZXItaW4tcHJvZHVjdGlvbg";
@@ -348,10 +340,5 @@ pub mod testing {
         };
         let keys = KeyRing::parse(key).expect("the test keys parse");
         Signer::new(&keys, role, "test").expect("`test` is a valid principal")
-    }
-
-    /// A client signing as `role` with the test keys.
-    pub fn client(role: Role) -> InternalClient {
-        super::client(reqwest::Client::new(), signer(role))
     }
 }

@@ -1,6 +1,7 @@
 //! `dynamo-server`: the plumbing every Dynamo service shares, written once.
 //!
 //! # Layout
+//! - [`clock`]: the wall clock, read in one place.
 //! - [`config`]: the flags every service shares, the one `ConfigError`, and the one `main`
 //!   of the service binaries.
 //! - [`error`]: [`ApiError`], the one place an [`dynamo_core::ErrorCode`] becomes an HTTP
@@ -23,6 +24,7 @@
 //! # It is not
 //! Domain logic (that is `dynamo-core`) or any one service's routes.
 
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -47,9 +47,26 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The request-id header, read from callers and forwarded on internal calls.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// Whether the service should receive traffic; `/readyz` answers from it.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// A condition a service needs besides serving, e.g. the coordinator's "has heard from the
+/// ring service": `Err` says why it is not met.
+type Gate = Arc<dyn Fn() -> Result<(), ApiError> + Send + Sync>;
+
+/// Whether the service should receive traffic; `/readyz` answers from it: the flag that
+/// [`serve`] raises once it accepts and lowers at shutdown, and the service's own gate.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    flag: Arc<AtomicBool>,
+    gate: Option<Gate>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("flag", &self.flag.load(Ordering::SeqCst))
+            .field("gate", &self.gate.is_some())
+            .finish()
+    }
+}
 
 impl Readiness {
     /// Returns a flag that starts not ready.
@@ -57,14 +74,27 @@ impl Readiness {
         Readiness::default()
     }
 
-    /// Sets the flag.
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+    /// Adds a condition `/readyz` also needs (its error is the answer while it fails).
+    pub fn with_gate(mut self, gate: impl Fn() -> Result<(), ApiError> + Send + Sync + 'static) -> Self {
+        self.gate = Some(Arc::new(gate));
+        self
     }
 
-    /// Reads the flag.
+    /// Sets the flag.
+    pub fn set(&self, ready: bool) {
+        self.flag.store(ready, Ordering::SeqCst);
+    }
+
+    /// Returns whether the flag is up and the gate, if any, is met.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.check().is_ok()
+    }
+
+    fn check(&self) -> Result<(), ApiError> {
+        if !self.flag.load(Ordering::SeqCst) {
+            return Err(ApiError::new(ErrorCode::ShuttingDown, "not ready"));
+        }
+        self.gate.as_ref().map_or(Ok(()), |g| g())
     }
 }
 
@@ -86,12 +116,11 @@ pub fn health_routes(readiness: Readiness, registry: Arc<Registry>) -> Router {
         .route(
             "/readyz",
             get(move || {
-                let ready = readiness.is_ready();
+                let ready = readiness.check();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready").into_response()
-                    } else {
-                        ApiError::new(ErrorCode::ShuttingDown, "not ready").into_response()
+                    match ready {
+                        Ok(()) => (StatusCode::OK, "ready").into_response(),
+                        Err(e) => e.into_response(),
                     }
                 }
             }),

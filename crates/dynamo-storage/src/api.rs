@@ -16,7 +16,9 @@
 
 use dynamo_server::internal::InternalClient;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+
+use dynamo_server::clock::now_ms;
 
 use axum::Router;
 use axum::extract::State;
@@ -174,12 +176,6 @@ fn validate(batch: &ReplicaBatch) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn op_name(op: &ReplicaOp) -> &'static str {

@@ -34,7 +34,9 @@
 use dynamo_server::internal::{InternalClient, SendError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use dynamo_server::clock::now_ms;
 
 use dynamo_core::backoff::Backoff;
 use dynamo_core::version::VersionedObject;
@@ -112,12 +114,6 @@ pub struct RoundStats {
     pub blocked: u64,
     /// GC records and idempotency records purged.
     pub purged: u64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Returns true when `obj` is a set of tombstones whose newest is older than `grace_ms`

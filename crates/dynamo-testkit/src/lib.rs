@@ -1,7 +1,9 @@
 //! `dynamo-testkit`: the harness pieces every test suite of the workspace needs, written
-//! once: waiting on a condition instead of sleeping ([`eventually`]), reading a service's
-//! Prometheus metrics ([`scrape`], [`sample`], [`metric`]), and serving a fake service
-//! on loopback ([`serve`], [`closed_address`]).
+//! once: clients that sign as a cluster member or as control with the public test keys
+//! ([`http`], [`control_http`]), an outsider's ([`unsigned_http`]) and hand-made
+//! signatures ([`signature_header`]); waiting on a condition instead of sleeping
+//! ([`eventually`]), reading a service's Prometheus metrics ([`scrape`], [`sample`],
+//! [`metric`]), and serving a fake service on loopback ([`serve`], [`closed_address`]).
 //!
 //! A dev-dependency only; nothing here runs in a service.
 
@@ -64,12 +66,7 @@ pub fn signature_header(
         .to_header()
 }
 
-/// Milliseconds since the Unix epoch on this machine's clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use dynamo_server::clock::now_ms;
 
 fn rand_nonce() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};

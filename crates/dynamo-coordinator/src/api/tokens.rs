@@ -42,7 +42,7 @@ pub async fn create_token(
         ));
     }
     let (id, token) = auth::new_token();
-    let created_ms = auth::now_ms();
+    let created_ms = dynamo_server::clock::now_ms();
     let record = TokenRecord {
         id: id.clone(),
         sha256: auth::token_sha256(&token),
