@@ -13,7 +13,7 @@ run: build-release ## build optimised binaries and run a local cluster (3 storag
 build-release:
 	$(CARGO) build --release --workspace --bins --locked
 
-test: fmt-check clippy deny unit fuzz-short ## everything CI runs: format check, clippy -D warnings, cargo deny, the whole test suite, 30 s of fuzzing
+test: fmt-check clippy doc deny unit fuzz-short ## everything CI runs: format check, clippy -D warnings, API docs, cargo deny, the whole test suite, 30 s of fuzzing
 
 lint: fmt-check clippy ## format check and clippy
 

@@ -82,7 +82,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// The schedule of `seed` over `nodes` storage nodes, for a load phase of `duration`:
-    /// the steps whose nominal end fits before the phase's last [`TAIL_MS`].
+    /// the steps whose nominal end fits before the phase's last `TAIL_MS`.
     pub fn generate(seed: u64, nodes: usize, duration: Duration) -> Schedule {
         // The schedule's own stream: workload clients use other streams of the same seed.
         let mut rng = StdRng::seed_from_u64(seed);

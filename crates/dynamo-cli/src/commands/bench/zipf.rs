@@ -71,7 +71,7 @@ impl Zipfian {
     /// Returns a generator over `items` ranks whose ζ(items, θ) is already known.
     ///
     /// # Panics
-    /// As [`Zipfian::new`].
+    /// As `Zipfian::new`.
     pub fn with_zetan(items: u64, theta: f64, zetan: f64) -> Zipfian {
         assert!(items > 0, "a zipfian generator needs at least one item");
         assert!(theta > 0.0 && theta < 1.0, "the zipfian skew must be in (0, 1)");
