@@ -1069,3 +1069,252 @@ async fn no_ring_service_means_ring_unavailable() {
     assert_eq!(r.status(), StatusCode::OK);
     let _ = WAIT;
 }
+
+/// One public call of the hostile suite: method, path, body, and the permission it needs
+/// (`read` or `write` on the bucket `h`, or cluster-wide `admin`).
+struct Call {
+    method: Method,
+    path: &'static str,
+    body: Option<Value>,
+    needs: &'static str,
+}
+
+fn calls() -> Vec<Call> {
+    let call = |method, path, body, needs| Call {
+        method,
+        path,
+        body,
+        needs,
+    };
+    vec![
+        call(Method::GET, "/v1/kv/h/k1", None, "read"),
+        call(Method::PUT, "/v1/kv/h/k1", Some(json!("overwritten")), "write"),
+        call(Method::DELETE, "/v1/kv/h/k2", None, "write"),
+        call(Method::GET, "/v1/buckets/h", None, "read"),
+        call(Method::PUT, "/v1/buckets/h", Some(json!({"r": 1})), "admin"),
+        call(Method::GET, "/v1/cluster", None, "admin"),
+        call(Method::GET, "/v1/ring", None, "admin"),
+        call(
+            Method::POST,
+            "/v1/cluster/nodes",
+            Some(json!({"node_id": "intruder", "address": "http://127.0.0.1:1"})),
+            "admin",
+        ),
+        call(Method::DELETE, "/v1/cluster/nodes/node-0", None, "admin"),
+        call(
+            Method::POST,
+            "/v1/admin/tokens",
+            Some(json!({"buckets": "*", "permissions": ["admin"]})),
+            "admin",
+        ),
+        call(Method::GET, "/v1/admin/tokens", None, "admin"),
+        call(Method::DELETE, "/v1/admin/tokens/0123456789abcdef", None, "admin"),
+    ]
+}
+
+// Goal (issue 12, ARCHITECTURE §4 invariants 4 and 7): every public endpoint refuses a
+// missing, unknown, expired or wrong-scope credential with 401 or 403 and its code;
+// oversized, malformed and trickled requests are refused with theirs; a flood past a
+// token's rate gets 429 with Retry-After; afterwards every key the suite touched holds its
+// original value on every replica, and the bucket, the tokens and the membership are as
+// they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_requests_are_refused_per_endpoint_and_change_nothing() {
+    let c = Cluster::start(Options {
+        coordinator_args: vec!["--body-read-timeout-ms".into(), "1000".into()],
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(put(&c, "/v1/kv/h/k1", "one", None).await.status(), 204);
+    assert_eq!(put(&c, "/v1/kv/h/k2", "two", None).await.status(), 204);
+    let token = |v: Value| v["token"].as_str().expect("token").to_owned();
+    let reader = token(create_token(&c, json!({"buckets": ["h"], "permissions": ["read"]})).await);
+    let elsewhere = token(
+        create_token(
+            &c,
+            json!({"buckets": ["other"], "permissions": ["read", "write"]}),
+        )
+        .await,
+    );
+    let expired = token(
+        create_token(
+            &c,
+            json!({"buckets": "*", "permissions": ["read", "write"], "ttl_s": 1}),
+        )
+        .await,
+    );
+    let flood = token(
+        create_token(
+            &c,
+            json!({"buckets": ["h"], "permissions": ["read"], "rate_limit_rps": 1}),
+        )
+        .await,
+    );
+    eventually("the short-lived token has expired", || async {
+        read_status(&c, &expired).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    let tokens_before: Value = c
+        .req(Method::GET, "/v1/admin/tokens")
+        .send()
+        .await
+        .expect("s")
+        .json()
+        .await
+        .expect("json");
+
+    let send = |call: &Call, bearer: Option<&str>| {
+        let mut r = c
+            .http
+            .request(call.method.clone(), format!("{}{}", c.url(), call.path));
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        match &call.body {
+            Some(Value::String(s)) => r.header("content-type", "text/plain").body(s.clone()),
+            Some(v) => r.json(v),
+            None => r,
+        }
+        .send()
+    };
+    for call in calls() {
+        let what = format!("{} {}", call.method, call.path);
+        for (who, bearer) in [
+            ("no token", None),
+            (
+                "an unknown token",
+                Some("dk_0123456789abcdef_not-a-token-of-this-cluster"),
+            ),
+            ("a malformed header", Some("")),
+            ("an expired token", Some(expired.as_str())),
+        ] {
+            let r = send(&call, bearer).await.expect("send");
+            assert_eq!(r.status(), 401, "{what} with {who}");
+            let e: Value = r.json().await.expect("json");
+            assert_eq!(e["error"]["code"], "unauthorized", "{what} with {who}: {e}");
+        }
+        // A token of another bucket, and a read-only token on anything but a read.
+        let mut wrong_scope = vec![("another bucket's token", elsewhere.as_str())];
+        if call.needs != "read" {
+            wrong_scope.push(("a read-only token", reader.as_str()));
+        }
+        for (who, bearer) in wrong_scope {
+            let r = send(&call, Some(bearer)).await.expect("send");
+            assert_eq!(r.status(), 403, "{what} with {who}");
+            let e: Value = r.json().await.expect("json");
+            assert_eq!(e["error"]["code"], "forbidden", "{what} with {who}: {e}");
+        }
+    }
+
+    // Oversized and malformed, with a valid token.
+    let big = vec![b'x'; (1 << 20) + 1];
+    let once = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let r = once
+        .put(format!("{}/v1/kv/h/k1", c.url()))
+        .bearer_auth(ROOT_TOKEN)
+        .body(big)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 413, "a value over 1 MiB");
+    expect_error(
+        c.req(Method::PUT, "/v1/buckets/h")
+            .header("content-type", "application/json")
+            .body("{\"r\": ")
+            .send()
+            .await
+            .expect("s"),
+        400,
+        "invalid_json",
+    )
+    .await;
+    // A body that trickles: the coordinator gives up after its body read timeout.
+    let addr = c.url().trim_start_matches("http://").to_owned();
+    let mut raw = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let head = format!(
+        "PUT /v1/kv/h/k1 HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {ROOT_TOKEN}\r\n\
+         content-type: text/plain\r\ncontent-length: 100\r\n\r\nslow"
+    );
+    raw.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, raw.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+
+    // A flood past a token's rate.
+    let mut limited = 0;
+    for _ in 0..30 {
+        let r = c
+            .http
+            .get(format!("{}/v1/kv/h/k1", c.url()))
+            .bearer_auth(&flood)
+            .send()
+            .await
+            .expect("send");
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            let e: Value = r.json().await.expect("json");
+            assert_eq!(e["error"]["code"], "rate_limited");
+            limited += 1;
+        }
+    }
+    assert!(
+        limited > 0,
+        "30 requests in a row at 1 per second were all admitted"
+    );
+
+    // Nothing changed: every touched key on every replica, the bucket, tokens, members.
+    for (key, value) in [("k1", "one"), ("k2", "two")] {
+        for node in 0..c.nodes.len() {
+            eventually(&format!("node-{node} holds h/{key} = {value} only"), || async {
+                c.node_get(node, "h", key).await.is_some_and(|o| {
+                    let o: dynamo_core::version::VersionedObject = serde_json::from_value(o).expect("object");
+                    o.live_siblings().map(|s| s.value.as_slice()).collect::<Vec<_>>()
+                        == vec![value.as_bytes()]
+                })
+            })
+            .await;
+        }
+    }
+    let props: Value = c
+        .req(Method::GET, "/v1/buckets/h")
+        .send()
+        .await
+        .expect("s")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(props["r"], 2, "{props}");
+    let tokens_after: Value = c
+        .req(Method::GET, "/v1/admin/tokens")
+        .send()
+        .await
+        .expect("s")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(tokens_after, tokens_before);
+    let cluster: Value = c
+        .req(Method::GET, "/v1/cluster")
+        .send()
+        .await
+        .expect("s")
+        .json()
+        .await
+        .expect("json");
+    let nodes: Vec<&str> = cluster["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["node_id"].as_str())
+        .collect();
+    assert_eq!(nodes, vec!["node-0", "node-1", "node-2"], "{cluster}");
+}
