@@ -133,10 +133,25 @@ fn list_text(tokens: &[TokenInfo]) -> String {
                 }
             };
             let permissions: Vec<&str> = t.permissions.iter().map(|&p| permission_name(p)).collect();
-            vec![t.id.clone(), buckets, permissions.join(","), t.created.clone()]
+            // A token without a limit of its own gets each coordinator's default.
+            let rate = t
+                .rate_limit_rps
+                .map_or_else(|| "default".to_owned(), |r| format!("{r}/s"));
+            let expires = t.expires.clone().unwrap_or_else(|| "never".to_owned());
+            vec![
+                t.id.clone(),
+                buckets,
+                permissions.join(","),
+                rate,
+                t.created.clone(),
+                expires,
+            ]
         })
         .collect();
-    output::table(&["ID", "BUCKETS", "PERMISSIONS", "CREATED"], &rows)
+    output::table(
+        &["ID", "BUCKETS", "PERMISSIONS", "RATE", "CREATED", "EXPIRES"],
+        &rows,
+    )
 }
 
 #[cfg(test)]
@@ -152,5 +167,31 @@ mod tests {
             Err(CliError::Usage(_))
         ));
         assert!(matches!(scope(&["Bad".into()]), Err(CliError::Usage(_))));
+    }
+
+    #[test]
+    fn the_list_shows_rate_limits_and_expiry() {
+        let t = |rate, expires: Option<&str>| TokenInfo {
+            id: "ab12".into(),
+            buckets: BucketScope::Only(vec![BucketName::new("cart").expect("bucket")]),
+            permissions: vec![Permission::Read],
+            created: "2026-12-05T10:00:00.000Z".into(),
+            expires: expires.map(str::to_owned),
+            rate_limit_rps: rate,
+        };
+        let text = list_text(&[t(Some(200), Some("2026-12-06T10:00:00.000Z")), t(None, None)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains("RATE") && lines[0].contains("EXPIRES"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("200/s") && lines[1].contains("2026-12-06"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("default") && lines[2].contains("never"),
+            "{text}"
+        );
     }
 }
