@@ -110,16 +110,25 @@ pub struct AuthState {
     pub cache: ClusterCache,
     /// Every caller's rate limit.
     pub rates: RateLimits,
+    /// How long scoped tokens are trusted without an answer from the ring service.
+    max_ring_silence: Duration,
 }
 
 impl AuthState {
     /// An auth state accepting `root` tokens and the cache's scoped tokens, limited by
-    /// `rates`.
-    pub fn new(root: &[Secret], cache: ClusterCache, rates: RateLimits) -> AuthState {
+    /// `rates`; scoped tokens only while the ring service answered within
+    /// `max_ring_silence`.
+    pub fn new(
+        root: &[Secret],
+        cache: ClusterCache,
+        rates: RateLimits,
+        max_ring_silence: Duration,
+    ) -> AuthState {
         AuthState {
             root_sha256: RwLock::new(root.iter().map(|t| token_sha256(&t.0)).collect()),
             cache,
             rates,
+            max_ring_silence,
         }
     }
 
@@ -224,6 +233,20 @@ fn principal(auth: &AuthState, req: &Request) -> Result<Principal, ApiError> {
         .and_then(|rest| rest.split_once('_'))
         .map(|(id, _)| id)
         .ok_or_else(|| unauthorized("unknown token"))?;
+    // Fail closed: a token revoked while this coordinator cannot hear the ring service
+    // must not live on in its cache, so past the bound no scoped token is confirmed.
+    if let Some(silence) = auth.cache.silence()
+        && silence > auth.max_ring_silence
+    {
+        return Err(ApiError::new(
+            ErrorCode::RingUnavailable,
+            format!(
+                "the ring service has not answered for {} s, so tokens cannot be confirmed (the root token still works)",
+                silence.as_secs()
+            ),
+        )
+        .retry_after(1));
+    }
     let state = auth.cache.current()?;
     let t = state
         .tokens

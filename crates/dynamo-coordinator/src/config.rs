@@ -144,6 +144,19 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_ROOT_RATE_LIMIT_RPS", default_value_t = 0)]
     pub root_rate_limit_rps: u32,
 
+    /// How long the ring service may hold each state poll of this coordinator: it answers
+    /// at least this often while it is up.
+    #[arg(long, env = "DYNAMO_RING_POLL_WAIT_MS", default_value_t = 20_000)]
+    pub ring_poll_wait_ms: u64,
+
+    /// After this long without an answer from the ring service, scoped tokens are
+    /// refused (`503 ring_unavailable`): this coordinator can no longer confirm that a
+    /// token was not revoked, so a revocation takes effect within this bound even when
+    /// the coordinator cannot hear of it. The root token and the data path's cached ring
+    /// are not affected. At least twice `--ring-poll-wait-ms`.
+    #[arg(long, env = "DYNAMO_MAX_RING_SILENCE_MS", default_value_t = 60_000)]
+    pub max_ring_silence_ms: u64,
+
     /// How often `--root-token-file` is read again, so a rotated root token takes effect
     /// without a restart.
     #[arg(long, env = "DYNAMO_ROOT_TOKEN_RELOAD_MS", default_value_t = 2_000)]
@@ -187,10 +200,27 @@ impl Config {
             ("read-repair-queue", self.read_repair_queue as u64),
             ("max-concurrent-requests", self.max_concurrent_requests as u64),
             ("root-token-reload-ms", self.root_token_reload_ms),
+            ("ring-poll-wait-ms", self.ring_poll_wait_ms),
         ] {
             if v == 0 {
                 return bad(field, "must be greater than 0".into());
             }
+        }
+        if self.max_ring_silence_ms < self.ring_poll_wait_ms.saturating_mul(2) {
+            return bad(
+                "max-ring-silence-ms",
+                "must be at least twice --ring-poll-wait-ms (a quiet ring service answers once a wait)"
+                    .into(),
+            );
+        }
+        if self.ring_poll_wait_ms > dynamo_core::wire::cluster::MAX_STATE_WAIT_MS {
+            return bad(
+                "ring-poll-wait-ms",
+                format!(
+                    "must be at most {} ms (the ring service holds a poll no longer)",
+                    dynamo_core::wire::cluster::MAX_STATE_WAIT_MS
+                ),
+            );
         }
         for (field, rps) in [
             ("token-rate-limit-rps", self.token_rate_limit_rps),

@@ -104,7 +104,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     if let Err(e) = cache.refresh(Duration::from_secs(2)).await {
         tracing::warn!(error = %e.message, "ring service not reachable at start; will keep trying");
     }
-    workers.spawn(cache.clone().follower());
+    workers.spawn(
+        cache
+            .clone()
+            .follower(Duration::from_millis(config.ring_poll_wait_ms)),
+    );
 
     let peers = peers::Peers::new(
         client.clone(),
@@ -133,6 +137,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         &root,
         cache.clone(),
         rate::RateLimits::new(config.token_rate_limit_rps, config.root_rate_limit_rps),
+        Duration::from_millis(config.max_ring_silence_ms),
     ));
     // A root token from the flag or the environment cannot change; one from a file is
     // read again, so the operator rotates it by editing the file.

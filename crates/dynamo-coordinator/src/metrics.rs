@@ -35,6 +35,8 @@ pub struct CoordinatorMetrics {
     pub nodes_down: IntGauge,
     /// The ring epoch of the cached state.
     pub ring_epoch: IntGauge,
+    /// When the ring service last answered, in Unix seconds (0: never).
+    pub ring_last_contact: IntGauge,
     /// Runtime checks of core invariants that failed.
     pub invariant_violations: InvariantViolations,
 }
@@ -121,6 +123,11 @@ impl CoordinatorMetrics {
                 "dynamo_coordinator_ring_epoch",
                 "Ring epoch of the cached cluster state",
             )?,
+            ring_last_contact: IntGauge::new(
+                "dynamo_coordinator_ring_last_contact_timestamp_seconds",
+                "When the ring service last answered this coordinator (Unix seconds; 0: never): \
+                 scoped tokens are refused once it is older than --max-ring-silence-ms",
+            )?,
             invariant_violations: InvariantViolations::new(registry, &[invariant::RING_EPOCH_MONOTONIC])?,
         };
         registry.register(Box::new(m.requests.clone()))?;
@@ -136,6 +143,7 @@ impl CoordinatorMetrics {
         registry.register(Box::new(m.hop_duration.clone()))?;
         registry.register(Box::new(m.nodes_down.clone()))?;
         registry.register(Box::new(m.ring_epoch.clone()))?;
+        registry.register(Box::new(m.ring_last_contact.clone()))?;
         Ok(m)
     }
 }

@@ -6,6 +6,7 @@
 //! the storage nodes' follower and rules ([`dynamo_server::follow`], [`decide`]): an
 //! older ring, or another ring under the same epoch, is never installed (invariant 5).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ struct Cached {
 #[derive(Clone)]
 pub struct ClusterCache {
     state: Arc<RwLock<Option<Cached>>>,
+    /// When the ring service last answered (wall clock ms; 0: never).
+    heard_ms: Arc<AtomicU64>,
     changed: watch::Sender<u64>,
     ring_url: String,
     client: InternalClient,
@@ -46,10 +49,29 @@ impl ClusterCache {
     pub fn new(ring_url: String, client: InternalClient, metrics: CoordinatorMetrics) -> Self {
         ClusterCache {
             state: Arc::new(RwLock::new(None)),
+            heard_ms: Arc::new(AtomicU64::new(0)),
             changed: watch::channel(0).0,
             ring_url: ring_url.trim_end_matches('/').to_owned(),
             client,
             metrics,
+        }
+    }
+
+    /// Records that the ring service answered just now.
+    pub fn mark_heard(&self) {
+        let now = dynamo_server::clock::now_ms();
+        self.heard_ms.store(now, Ordering::Relaxed);
+        self.metrics.ring_last_contact.set((now / 1000) as i64);
+    }
+
+    /// Returns how long the ring service has been silent (since its last answer), or
+    /// `None` when it never answered.
+    pub fn silence(&self) -> Option<Duration> {
+        match self.heard_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(
+                dynamo_server::clock::now_ms().saturating_sub(at),
+            )),
         }
     }
 
@@ -144,16 +166,18 @@ impl ClusterCache {
         let state = follow::fetch_state(&self.client, &self.ring_url, 0, Duration::ZERO, timeout)
             .await
             .map_err(|e| ApiError::new(ErrorCode::RingUnavailable, format!("ring service: {e}")))?;
+        self.mark_heard();
         if let Some(s) = state {
             self.install(s);
         }
         Ok(())
     }
 
-    /// Follows the ring service until `stop` ([`dynamo_server::follow`]).
-    pub fn follower(self) -> follow::Follower<ClusterCache> {
+    /// Follows the ring service until `stop` ([`dynamo_server::follow`]), each long poll
+    /// held for at most `wait`.
+    pub fn follower(self, wait: Duration) -> follow::Follower<ClusterCache> {
         let (client, url) = (self.client.clone(), self.ring_url.clone());
-        follow::Follower::new(client, url, RING_SLACK, self)
+        follow::Follower::with_wait(client, url, wait, RING_SLACK, self)
     }
 
     /// Returns a receiver that sees the version of every state installed from now on.
@@ -175,5 +199,9 @@ impl follow::StateSink for ClusterCache {
 
     async fn offer(&self, state: ClusterState) -> Result<Decision, String> {
         Ok(self.install(state))
+    }
+
+    fn heard(&self) {
+        self.mark_heard();
     }
 }

@@ -150,3 +150,50 @@ async fn the_root_token_rotates_without_a_restart() {
     assert_eq!(status(&c.url, new).await.0, 200);
     c.stop().await;
 }
+
+// Goal (issue 12: revocation within a stated bound): while the ring service does not
+// answer, scoped tokens keep working up to --max-ring-silence-ms and are then refused with
+// 503 ring_unavailable (a token revoked meanwhile cannot live on in this coordinator's
+// cache), while the root token keeps working; once the ring service answers again, so do
+// the tokens. The last contact is a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_tokens_fail_closed_when_the_ring_service_is_silent() {
+    let (secret, record) = token("aaaa0003", None);
+    let (ring_url, up) = fake_ring_service_switch(ClusterState {
+        version: 1,
+        ring: Some(one_node_ring()),
+        tokens: vec![record],
+        ..ClusterState::default()
+    })
+    .await;
+    let c = Coordinator::start(ring_url, |c| {
+        c.ring_poll_wait_ms = 100;
+        c.max_ring_silence_ms = 1_000;
+    })
+    .await;
+    eventually("the scoped token works", || async {
+        status(&c.url, &secret).await.0 == 200
+    })
+    .await;
+    let contact = dynamo_testkit::metric(&c.url, "dynamo_coordinator_ring_last_contact_timestamp_seconds")
+        .await
+        .expect("the metric");
+    assert!(contact > 1.7e9, "a Unix time: {contact}");
+
+    up.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("the scoped token is refused", || async {
+        status(&c.url, &secret).await.0 == 503
+    })
+    .await;
+    let (_, retry, body) = status(&c.url, &secret).await;
+    assert_eq!(body["error"]["code"], "ring_unavailable", "{body}");
+    assert!(retry.is_some());
+    assert_eq!(status(&c.url, TOKEN).await.0, 200, "the root token still works");
+
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually("the scoped token works again", || async {
+        status(&c.url, &secret).await.0 == 200
+    })
+    .await;
+    c.stop().await;
+}

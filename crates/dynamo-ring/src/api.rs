@@ -28,8 +28,7 @@ use crate::cluster::{validate_address, validate_registration};
 use crate::plan::{ChangeKind, PendingChange};
 use crate::service::Service;
 
-/// Longest long-poll wait a caller may ask for (`wait_ms`).
-pub const MAX_WAIT_MS: u64 = 30_000;
+pub use dynamo_core::wire::cluster::MAX_STATE_WAIT_MS as MAX_WAIT_MS;
 
 type AppState = Arc<Service>;
 

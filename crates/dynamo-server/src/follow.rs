@@ -45,6 +45,11 @@ pub trait StateSink: Send + Sync {
     /// # Errors
     /// A message when storing failed (the state stays as it was; the poll backs off).
     fn offer(&self, state: ClusterState) -> impl Future<Output = Result<Decision, String>> + Send;
+
+    /// Called on every answer of the ring service (`200` or `304`): the service is
+    /// reachable and the cached state is current as of now. Coordinators bound how long
+    /// they trust their copy of the tokens by it.
+    fn heard(&self) {}
 }
 
 /// Records a state [`Decision::Refused`] by a sink: the invariant-violation counter
@@ -110,6 +115,7 @@ pub enum FollowError {
 pub struct Follower<S> {
     client: InternalClient,
     ring_url: String,
+    wait: Duration,
     slack: Duration,
     sink: S,
     seen: u64,
@@ -117,13 +123,26 @@ pub struct Follower<S> {
 }
 
 impl<S: StateSink> Follower<S> {
-    /// A follower of `ring_url` into `sink`; `slack` is added to the long poll's wait as
-    /// its timeout.
+    /// A follower of `ring_url` into `sink`, asking the ring service to hold each poll
+    /// for [`STATE_WAIT`]; `slack` is added to the wait as the poll's timeout.
     pub fn new(client: InternalClient, ring_url: String, slack: Duration, sink: S) -> Follower<S> {
+        Follower::with_wait(client, ring_url, STATE_WAIT, slack, sink)
+    }
+
+    /// As [`Follower::new`], with the long poll held for `wait` (so the ring service
+    /// answers at least that often).
+    pub fn with_wait(
+        client: InternalClient,
+        ring_url: String,
+        wait: Duration,
+        slack: Duration,
+        sink: S,
+    ) -> Follower<S> {
         Follower {
             seen: sink.version(),
             client,
             ring_url,
+            wait,
             slack,
             sink,
             last_full: tokio::time::Instant::now(),
@@ -146,9 +165,11 @@ impl<S: StateSink + 'static> Worker for Follower<S> {
         };
         let polled = tokio::select! {
             () = stop.cancelled() => return Ok(Next::Done),
-            r = fetch_state(&self.client, &self.ring_url, after, STATE_WAIT, STATE_WAIT + self.slack) => r,
+            r = fetch_state(&self.client, &self.ring_url, after, self.wait, self.wait + self.slack) => r,
         };
-        let Some(state) = polled.map_err(FollowError::Poll)? else {
+        let polled = polled.map_err(FollowError::Poll)?;
+        self.sink.heard();
+        let Some(state) = polled else {
             return Ok(Next::Busy);
         };
         self.last_full = tokio::time::Instant::now();

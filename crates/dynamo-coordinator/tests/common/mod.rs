@@ -13,6 +13,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse as _;
 use axum::routing::{get, post};
 use dynamo_core::ring::{Member, Ring};
 use dynamo_core::version::{NewWrite, VersionedObject};
@@ -179,14 +180,30 @@ pub async fn fake_ring_service(ring: Ring) -> String {
 
 /// Serves a ring service that answers `state` to every state poll.
 pub async fn fake_ring_service_with(state: ClusterState) -> String {
-    dynamo_testkit::serve(Router::new().route(
+    fake_ring_service_switch(state).await.0
+}
+
+/// Serves a ring service that answers `state` to every state poll while the returned
+/// switch is on, and `503` while it is off (a ring service that cannot answer).
+pub async fn fake_ring_service_switch(state: ClusterState) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let on = up.clone();
+    let url = dynamo_testkit::serve(Router::new().route(
         routes::ring::STATE,
         get(move || {
             let s = state.clone();
-            async move { (StatusCode::OK, axum::Json(s)) }
+            let up = on.load(Ordering::SeqCst);
+            async move {
+                if up {
+                    (StatusCode::OK, axum::Json(s)).into_response()
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE.into_response()
+                }
+            }
         }),
     ))
-    .await
+    .await;
+    (url, up)
 }
 
 /// A coordinator running in-process.

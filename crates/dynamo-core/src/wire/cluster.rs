@@ -178,6 +178,10 @@ pub struct TokenRecord {
     pub rate_limit_rps: Option<u32>,
 }
 
+/// Longest a state long poll may be held (`wait_ms` of the ring service's state route):
+/// the ring service refuses longer, and followers never ask for more.
+pub const MAX_STATE_WAIT_MS: u64 = 30_000;
+
 /// Longest lifetime a token may be given: ten years, in seconds.
 pub const MAX_TOKEN_TTL_S: u64 = 10 * 365 * 24 * 3600;
 /// Largest per-token rate limit, in requests per second per coordinator.
