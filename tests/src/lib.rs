@@ -351,6 +351,27 @@ impl Cluster {
         (!obj.is_null()).then_some(obj)
     }
 
+    /// Waits until every storage node holds `bucket`/`key` with exactly one live value,
+    /// `value` (a write acknowledged at W may reach the last replica a moment later).
+    ///
+    /// # Panics
+    /// When some node does not within [`WAIT`].
+    pub async fn wait_every_replica_holds(&self, bucket: &str, key: &str, value: &[u8]) {
+        for node in 0..self.nodes.len() {
+            dynamo_testkit::eventually(
+                &format!("node-{node} holds {bucket}/{key} with one value"),
+                || async {
+                    self.node_get(node, bucket, key).await.is_some_and(|o| {
+                        let o: dynamo_core::version::VersionedObject =
+                            serde_json::from_value(o).expect("a stored object");
+                        o.live_siblings().map(|s| s.value.as_slice()).collect::<Vec<_>>() == vec![value]
+                    })
+                },
+            )
+            .await;
+        }
+    }
+
     /// Reads a metric from a service's `/metrics` (0 when absent).
     pub async fn metric(&self, url: &str, name_with_labels: &str) -> f64 {
         let text = dynamo_testkit::scrape(&self.http, url).await.expect("metrics");

@@ -548,15 +548,7 @@ async fn every_error_code_is_reachable_and_changes_nothing() {
     let r = c.req(Method::GET, "/v1/kv/b/k").send().await.expect("get");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().await.expect("body"), "original");
-    for node in 0..c.nodes.len() {
-        dynamo_testkit::eventually(&format!("node-{node} holds only the original"), || async {
-            c.node_get(node, "b", "k").await.is_some_and(|o| {
-                let o: dynamo_core::version::VersionedObject = serde_json::from_value(o).expect("object");
-                o.live_siblings().map(|s| s.value.as_slice()).collect::<Vec<_>>() == vec![&b"original"[..]]
-            })
-        })
-        .await;
-    }
+    c.wait_every_replica_holds("b", "k", b"original").await;
     let props: Value = c
         .req(Method::GET, "/v1/buckets/b")
         .send()
@@ -1273,16 +1265,7 @@ async fn hostile_requests_are_refused_per_endpoint_and_change_nothing() {
 
     // Nothing changed: every touched key on every replica, the bucket, tokens, members.
     for (key, value) in [("k1", "one"), ("k2", "two")] {
-        for node in 0..c.nodes.len() {
-            eventually(&format!("node-{node} holds h/{key} = {value} only"), || async {
-                c.node_get(node, "h", key).await.is_some_and(|o| {
-                    let o: dynamo_core::version::VersionedObject = serde_json::from_value(o).expect("object");
-                    o.live_siblings().map(|s| s.value.as_slice()).collect::<Vec<_>>()
-                        == vec![value.as_bytes()]
-                })
-            })
-            .await;
-        }
+        c.wait_every_replica_holds("h", key, value.as_bytes()).await;
     }
     let props: Value = c
         .req(Method::GET, "/v1/buckets/h")
