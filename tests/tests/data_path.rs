@@ -381,7 +381,7 @@ async fn every_error_code_is_reachable_and_changes_nothing() {
     // On a connection of its own: the server answers before reading the whole body and
     // closes the connection, which a pooled client could otherwise pick for the next
     // request (a broken pipe that is not the server's answer to that request).
-    let once = reqwest::Client::builder()
+    let once = dynamo_testkit::http_builder()
         .pool_max_idle_per_host(0)
         .build()
         .expect("client");
@@ -1031,7 +1031,7 @@ async fn no_ring_service_means_ring_unavailable() {
         ],
         dir.path(),
     );
-    let http = reqwest::Client::new();
+    let http = dynamo_testkit::unsigned_http();
     // Alive, but not ready: it has never heard from the ring service.
     dynamo_testkit::eventually("the coordinator is alive", || async {
         http.get(format!("{}/healthz", coord.url()))
@@ -1200,7 +1200,7 @@ async fn hostile_requests_are_refused_per_endpoint_and_change_nothing() {
 
     // Oversized and malformed, with a valid token.
     let big = vec![b'x'; (1 << 20) + 1];
-    let once = reqwest::Client::builder()
+    let once = dynamo_testkit::http_builder()
         .pool_max_idle_per_host(0)
         .build()
         .expect("client");

@@ -41,6 +41,11 @@ pub struct GlobalArgs {
     #[arg(long, env = "DYNAMO_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 
+    /// The CA certificates (PEM) trusted for an `https://` endpoint. Default: the
+    /// system's roots, or `<data-dir>/tls/ca.pem` when it exists (`dynamo dev --tls`).
+    #[arg(long, env = "DYNAMO_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+
     /// The data directory of a local cluster (`dynamo dev` writes its root token there).
     #[arg(long, env = "DYNAMO_DATA_DIR", default_value = "data", global = true)]
     pub data_dir: PathBuf,
@@ -108,7 +113,11 @@ impl GlobalArgs {
         timeout: Duration,
     ) -> Result<Client, CliError> {
         let token = self.resolve_token()?;
-        Client::builder(endpoint)
+        let mut builder = Client::builder(endpoint);
+        if let Some(ca) = self.resolve_ca_file(endpoint) {
+            builder = builder.ca_file(ca);
+        }
+        builder
             .token(token)
             .timeout(timeout)
             .retry(retry)
@@ -117,6 +126,16 @@ impl GlobalArgs {
                 ClientError::Config { message } => CliError::Usage(message),
                 other => CliError::Client(other),
             })
+    }
+
+    /// Returns `--ca-file`, else the CA of a local TLS cluster when the endpoint is
+    /// `https://` and `<data-dir>/tls/ca.pem` exists, else nothing (the system's roots).
+    fn resolve_ca_file(&self, endpoint: &str) -> Option<PathBuf> {
+        if let Some(ca) = &self.ca_file {
+            return Some(ca.clone());
+        }
+        let local = self.data_dir.join(crate::commands::dev::TLS_DIR).join("ca.pem");
+        (endpoint.starts_with("https://") && local.is_file()).then_some(local)
     }
 
     /// Returns `--token` / `DYNAMO_TOKEN`, else the content of `<data-dir>/root-token`.

@@ -44,6 +44,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Usage errors exit with 2 here, inside clap.
     let cli = cli::Cli::parse();
+    // Every HTTP client here is built with a configuration of dynamo-tls; this covers
+    // any that is not.
+    dynamo_tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

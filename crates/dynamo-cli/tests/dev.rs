@@ -14,6 +14,11 @@ const WAIT: Duration = Duration::from_secs(90);
 
 /// Starts `dynamo dev` and waits for its "ready" line; returns the child.
 fn start_dev(data: &Path, port: u16, ring: u16, storage: u16) -> Child {
+    start_dev_with(data, port, ring, storage, &[])
+}
+
+/// As [`start_dev`], with more flags of `dev`.
+fn start_dev_with(data: &Path, port: u16, ring: u16, storage: u16, extra: &[&str]) -> Child {
     let bin = env!("CARGO_BIN_EXE_dynamo");
     let dir = Path::new(bin).parent().expect("bin dir");
     for b in ["dynamo-ring", "dynamo-storage", "dynamo-coordinator"] {
@@ -39,6 +44,7 @@ fn start_dev(data: &Path, port: u16, ring: u16, storage: u16) -> Child {
             "--durability",
             "buffered",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -70,7 +76,7 @@ async fn stop_dev(mut child: Child) {
 }
 
 async fn put_get(port: u16, token: &str, put: Option<&str>) -> String {
-    let http = reqwest::Client::builder()
+    let http = dynamo_testkit::http_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
@@ -88,6 +94,92 @@ async fn put_get(port: u16, token: &str, put: Option<&str>) -> String {
     let r = http.get(&url).bearer_auth(token).send().await.expect("get");
     assert_eq!(r.status().as_u16(), 200);
     r.text().await.expect("body")
+}
+
+/// Three free ports in a row (storage nodes take base, base+1, base+2), by a bounded
+/// search.
+fn three_free_ports() -> u16 {
+    let start = free_port();
+    (0..50)
+        .map(|i| start.wrapping_add(i * 7))
+        .find(|&p| (0..3).all(|d| std::net::TcpListener::bind(("127.0.0.1", p + d)).is_ok()))
+        .expect("three free ports in a row")
+}
+
+// Goal: `dynamo dev --tls` runs every hop over TLS with a throw-away CA: the CLI (which
+// finds the CA in the data directory) and the SDK (given the CA file) write and read
+// over https; the storage nodes advertise https addresses; plain HTTP to the coordinator
+// or a storage node gets no HTTP answer, and a client that trusts only the system's roots
+// refuses the cluster's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_tls_runs_every_hop_over_tls_with_a_throw_away_ca() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let (port, ring) = (free_port(), free_port());
+    let storage = three_free_ports();
+    let dev = start_dev_with(&data, port, ring, storage, &["--tls"]);
+    let ca = data.join("tls").join("ca.pem");
+    assert!(ca.is_file(), "the CA certificate is written for clients");
+    let endpoint = format!("https://127.0.0.1:{port}");
+
+    // The CLI: a write through the coordinator, which replicates it to the storage nodes
+    // over https; the CA is found in the data directory.
+    let out = Command::new(env!("CARGO_BIN_EXE_dynamo"))
+        .args([
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--endpoint",
+            &endpoint,
+        ])
+        .args(["put", "demo", "greeting", "hello over tls"])
+        .output()
+        .expect("dynamo put");
+    assert!(
+        out.status.success(),
+        "dynamo put over https: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let token = std::fs::read_to_string(data.join("root-token")).expect("token");
+    let client = dynamo_client::Client::builder(&endpoint)
+        .token(token.trim())
+        .ca_file(&ca)
+        .build()
+        .expect("sdk client");
+    let got = client
+        .get("demo", "greeting")
+        .await
+        .expect("get over https")
+        .expect("found");
+    assert_eq!(
+        got.single().map(|s| s.value.as_slice()),
+        Some(&b"hello over tls"[..])
+    );
+    let view = client.cluster().await.expect("cluster view");
+    assert_eq!(view.nodes.len(), 3);
+    for node in &view.nodes {
+        assert!(node.address.starts_with("https://"), "{node:?}");
+    }
+
+    // Plain HTTP to TLS listeners: no HTTP answer at all.
+    for p in [port, storage] {
+        let r = dynamo_testkit::unsigned_http()
+            .get(format!("http://127.0.0.1:{p}/healthz"))
+            .send()
+            .await;
+        assert!(r.is_err(), "plain HTTP to port {p} must not be answered: {r:?}");
+    }
+    // Without the CA, the cluster's certificate is not trusted.
+    let stranger = dynamo_client::Client::builder(&endpoint)
+        .token(token.trim())
+        .build()
+        .expect("sdk client");
+    let e = stranger
+        .get("demo", "greeting")
+        .await
+        .expect_err("unknown issuer");
+    assert!(matches!(e, dynamo_client::ClientError::Transport { .. }), "{e:?}");
+    stop_dev(dev).await;
 }
 
 // Goal: from an empty directory, `dynamo dev` answers a put and a get, writes the root

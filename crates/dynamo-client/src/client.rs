@@ -7,6 +7,7 @@
 //! transient/permanent split). Everything else, timeouts included, is answered at once.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -270,6 +271,7 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     update_attempts: u32,
     max_response_bytes: u64,
+    ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -282,6 +284,7 @@ impl fmt::Debug for ClientBuilder {
             .field("retry", &self.retry)
             .field("update_attempts", &self.update_attempts)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -299,7 +302,17 @@ impl ClientBuilder {
             retry: RetryPolicy::default(),
             update_attempts: DEFAULT_UPDATE_ATTEMPTS,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            ca_file: None,
         }
+    }
+
+    /// Trusts the CA certificates (PEM) in `path` for an `https://` endpoint, instead of
+    /// the system's roots: a cluster with its own CA (`dynamo dev --tls` writes
+    /// `<data-dir>/tls/ca.pem`). The file is read again when it changes, so a rotated CA
+    /// needs no new client.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
     }
 
     /// Sets the bearer token sent with every `/v1` request.
@@ -344,17 +357,16 @@ impl ClientBuilder {
     /// Builds the client.
     ///
     /// # Errors
-    /// [`ClientError::Config`] when the endpoint is not an `http://` URL without query or
-    /// fragment (this build has no TLS backend, so `https://` is refused here rather than
-    /// on the first request), the token is not a valid header value, a timeout is zero,
-    /// or a bound is out of range.
+    /// [`ClientError::Config`] when the endpoint is not an `http://` or `https://` URL
+    /// without query or fragment, the CA file cannot be read or holds no certificate, the
+    /// token is not a valid header value, a timeout is zero, or a bound is out of range.
     pub fn build(self) -> Result<Client, ClientError> {
         let config = |message: String| ClientError::Config { message };
         let base = self.endpoint.trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base).map_err(|e| config(format!("endpoint {base:?}: {e}")))?;
-        if url.scheme() != "http" {
+        if url.scheme() != "http" && url.scheme() != "https" {
             return Err(config(format!(
-                "endpoint {base:?}: only http:// is supported (this build has no TLS backend)"
+                "endpoint {base:?}: the scheme must be http:// or https://"
             )));
         }
         if url.query().is_some() || url.fragment().is_some() {
@@ -386,7 +398,11 @@ impl ClientBuilder {
                 Some(value)
             }
         };
+        // The trust of `https://` endpoints; `http://` ones never use it.
+        let tls = dynamo_tls::ClientTls::new(self.ca_file.as_deref(), dynamo_tls::DEFAULT_RELOAD)
+            .map_err(|e| config(format!("TLS: {e}")))?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls.config())
             .connect_timeout(self.connect_timeout)
             .timeout(self.timeout)
             .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS_PER_HOST)
@@ -675,9 +691,17 @@ mod tests {
     #[test]
     fn builder_refuses_bad_configuration() {
         assert!(Client::builder("http://127.0.0.1:1/").build().is_ok());
+        assert!(Client::builder("https://example.com").build().is_ok());
+        let no_ca = Client::builder("https://example.com")
+            .ca_file("/nonexistent/ca.pem")
+            .build();
+        assert!(
+            matches!(&no_ca, Err(ClientError::Config { message }) if message.contains("/nonexistent/ca.pem")),
+            "{no_ca:?}"
+        );
         for bad in [
             "127.0.0.1:8080",
-            "https://example.com",
+            "ftp://example.com",
             "http://h/?q=1",
             "not a url",
         ] {

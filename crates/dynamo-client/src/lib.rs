@@ -48,6 +48,9 @@
 //! - **Everything is bounded.** Every request has a timeout, a response body has a size
 //!   cap, retries have a budget, and only transient codes ([`ErrorCode::is_transient`])
 //!   and refused connections are retried.
+//! - **`https://` is checked.** An `https://` endpoint is verified against the CA file
+//!   given to [`ClientBuilder::ca_file`] (a cluster's own CA; read again when it changes),
+//!   else against the system's roots; rustls, never OpenSSL.
 //! - **A retried write is stored once.** Every write sends an `Idempotency-Key` of its
 //!   own, the same on each retry, so the server answers a retry as the first attempt.
 //!

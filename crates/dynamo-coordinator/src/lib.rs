@@ -82,7 +82,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     // One connection pool per process: keep-alive connections to every storage node and
     // the ring service, shared by the member client (the data plane) and the control
     // client (admin calls relayed to the ring service, after the admin token is checked).
-    let http = reqwest::Client::builder()
+    let http = config
+        .serve
+        .tls
+        .http_client()?
         // Shorter than a batch's timeout, so a node that cannot be reached (a cut link
         // drops the SYN) fails as "never sent", which a coordinate may retry elsewhere,
         // rather than as a timeout, which it must not (at most once, `kv`).

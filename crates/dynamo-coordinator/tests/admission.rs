@@ -34,7 +34,7 @@ fn one_node_ring() -> dynamo_core::ring::Ring {
 }
 
 async fn status(url: &str, bearer: &str) -> (u16, Option<String>, serde_json::Value) {
-    let r = reqwest::Client::new()
+    let r = dynamo_testkit::unsigned_http()
         .get(format!("{url}/v1/buckets/b"))
         .bearer_auth(bearer)
         .send()

@@ -19,7 +19,7 @@ async fn request_id_and_trace_reach_the_storage_nodes() {
     let coordinator = Coordinator::start(ring_url, |_| {}).await;
     let url = coordinator.url.clone();
 
-    let http = reqwest::Client::new();
+    let http = dynamo_testkit::unsigned_http();
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let resp = http
         .put(format!("{url}/v1/kv/b/k?w=1"))

@@ -76,7 +76,7 @@ async fn start(behaviour: impl Fn(usize) -> Option<Behaviour>) -> Setup {
 }
 
 async fn put(url: &str) -> reqwest::Response {
-    reqwest::Client::new()
+    dynamo_testkit::unsigned_http()
         .put(format!("{url}/v1/kv/b/k"))
         .bearer_auth(TOKEN)
         .body("v")
@@ -162,7 +162,7 @@ async fn a_fallbacks_not_found_does_not_count_toward_r() {
     )
     .expect("put");
     *s.node(1).object.lock().expect("lock") = Some(o);
-    let r = reqwest::Client::new()
+    let r = dynamo_testkit::unsigned_http()
         .get(format!("{}/v1/kv/b/k", s.url))
         .bearer_auth(TOKEN)
         .send()

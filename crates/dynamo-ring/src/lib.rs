@@ -180,7 +180,10 @@ pub async fn run(
     let control_keys = config.control.keys()?;
     let signer = internal::Signer::new(&member_keys, Role::Member, "ring")
         .map_err(|e| RingServiceError::Setup(e.to_string()))?;
-    let http = reqwest::Client::builder()
+    let http = config
+        .serve
+        .tls
+        .http_client()?
         .connect_timeout(config.handoff_timeout().min(std::time::Duration::from_secs(5)))
         .pool_max_idle_per_host(4)
         .pool_idle_timeout(std::time::Duration::from_millis(

@@ -5,6 +5,10 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dynamo_tls::{ClientTls, ServerTls};
 
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +84,91 @@ pub struct ServeArgs {
     /// request_timeout`).
     #[arg(long, env = "DYNAMO_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
     pub body_read_timeout_ms: u64,
+
+    /// TLS of the listener and of the clients the service calls others with.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS flags every service takes: its listener's certificate and the CA its clients
+/// trust. Without a certificate the listener speaks plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct TlsArgs {
+    /// The listener's certificate chain (PEM, leaf first). With `--tls-key-file`, the
+    /// service speaks only HTTPS.
+    #[arg(long, env = "DYNAMO_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The private key of `--tls-cert-file` (PEM: PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, env = "DYNAMO_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// The CA certificates (PEM) that the service's own clients trust for `https://`
+    /// peers: storage nodes, the ring service. Unset, the system's roots.
+    #[arg(long, env = "DYNAMO_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// How often the certificate, key and CA files are looked at again (on the next
+    /// handshake after the interval); changed files that load replace the old ones
+    /// without a restart.
+    #[arg(long, env = "DYNAMO_TLS_RELOAD_MS", default_value_t = 10_000)]
+    pub tls_reload_ms: u64,
+}
+
+impl Default for TlsArgs {
+    fn default() -> Self {
+        TlsArgs {
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
+            tls_reload_ms: 10_000,
+        }
+    }
+}
+
+impl TlsArgs {
+    fn reload(&self) -> Duration {
+        Duration::from_millis(self.tls_reload_ms)
+    }
+
+    /// Loads the listener's certificate and key; `None` without them (plain HTTP).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the flag of a file that cannot be read or used.
+    pub fn server(&self) -> Result<Option<ServerTls>, ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => ServerTls::load(cert, key, self.reload())
+                .map(Some)
+                .map_err(|e| ConfigError::new("tls-cert-file", e.to_string())),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(ConfigError::new(
+                "tls-key-file",
+                "is required with --tls-cert-file",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                "tls-cert-file",
+                "is required with --tls-key-file",
+            )),
+        }
+    }
+
+    /// Returns what the service's clients trust: `--tls-ca-file`, else the system's roots.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the CA file cannot be read or used.
+    pub fn client(&self) -> Result<ClientTls, ConfigError> {
+        ClientTls::new(self.tls_ca_file.as_deref(), self.reload())
+            .map_err(|e| ConfigError::new("tls-ca-file", e.to_string()))
+    }
+
+    /// Starts the HTTP client builder of a service: `https://` peers are checked against
+    /// [`TlsArgs::client`]; `http://` ones are unaffected.
+    ///
+    /// # Errors
+    /// As [`TlsArgs::client`].
+    pub fn http_client(&self) -> Result<reqwest::ClientBuilder, ConfigError> {
+        Ok(reqwest::Client::builder().tls_backend_preconfigured(self.client()?.config()))
+    }
 }
 
 impl Default for ServeArgs {
@@ -91,6 +180,7 @@ impl Default for ServeArgs {
             max_connections: 4096,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
+            tls: TlsArgs::default(),
         }
     }
 }
@@ -121,6 +211,9 @@ impl ServeArgs {
                 ),
             ));
         }
+        // Loads the files once, so a bad certificate is reported with the other flags.
+        self.tls.server()?;
+        self.tls.client()?;
         if let Some(url) = &self.otlp_endpoint
             && let Err(reason) = crate::telemetry::check_otlp_endpoint(url)
         {
@@ -177,6 +270,8 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::error::Error + Send + Sync + 'static,
 {
+    // Before any HTTP client is built (the OTLP exporter builds its own).
+    dynamo_tls::install_default_provider();
     let config = C::parse();
     let serve = config.serve_args();
     // Kept to the end: dropping it flushes the spans still buffered for export.
@@ -228,6 +323,38 @@ mod tests {
                 "body-read-timeout-ms",
                 ServeArgs {
                     body_read_timeout_ms: 0,
+                    ..ServeArgs::default()
+                },
+            ),
+            // A certificate without its key, and a key without its certificate.
+            (
+                "tls-key-file",
+                ServeArgs {
+                    tls: TlsArgs {
+                        tls_cert_file: Some("/etc/dynamo/tls.crt".into()),
+                        ..TlsArgs::default()
+                    },
+                    ..ServeArgs::default()
+                },
+            ),
+            (
+                "tls-cert-file",
+                ServeArgs {
+                    tls: TlsArgs {
+                        tls_key_file: Some("/etc/dynamo/tls.key".into()),
+                        ..TlsArgs::default()
+                    },
+                    ..ServeArgs::default()
+                },
+            ),
+            // A CA file that is not there.
+            (
+                "tls-ca-file",
+                ServeArgs {
+                    tls: TlsArgs {
+                        tls_ca_file: Some("/nonexistent/ca.pem".into()),
+                        ..TlsArgs::default()
+                    },
                     ..ServeArgs::default()
                 },
             ),

@@ -244,6 +244,14 @@ pub async fn serve(
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .keep_alive_interval(Some(H2_KEEPALIVE))
         .keep_alive_timeout(H2_KEEPALIVE);
+    // Loaded before the first accept: a certificate that cannot be served stops the
+    // service at start, with the file named, rather than failing every handshake.
+    let tls = args
+        .tls
+        .server()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+        .map(|t| t.acceptor());
+    let handshake_timeout = Duration::from_millis(args.header_read_timeout_ms);
     let connections = Arc::new(Semaphore::new(args.max_connections));
     let graceful = GracefulShutdown::new();
     readiness.set(true);
@@ -279,17 +287,20 @@ pub async fn serve(
             app.clone()
                 .map_request(|req: hyper::Request<hyper::body::Incoming>| req.map(axum::body::Body::new)),
         );
-        let conn = graceful.watch(
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                .into_owned(),
-        );
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            // A peer that hung up or broke the protocol: nothing to tell anyone.
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            // The permit is the connection's from accept to close, handshake included.
+            let _permit = permit;
+            let Some(tls) = tls else {
+                return serve_connection(&builder, watcher, tcp, service).await;
+            };
+            // A client that opens a connection and never finishes its hello is held to
+            // the same bound as one that never finishes its headers.
+            match tokio::time::timeout(handshake_timeout, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => serve_connection(&builder, watcher, stream, service).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake not finished in time; connection closed"),
             }
-            drop(permit);
         });
     }
     readiness.set(false);
@@ -302,6 +313,30 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Serves HTTP on one accepted connection (plain or TLS) until it closes or the
+/// graceful shutdown ends it.
+async fn serve_connection<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    service: S,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = Response> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = watcher.watch(
+        builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned(),
+    );
+    // A peer that hung up or broke the protocol: nothing to tell anyone.
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,8 @@ pub fn init_with_otlp(
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(TelemetryError::NoRuntime);
     }
+    // The exporter builds its own reqwest client, which needs a process-wide provider.
+    dynamo_tls::install_default_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)

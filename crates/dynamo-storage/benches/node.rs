@@ -186,7 +186,7 @@ async fn bench_mode(durability: Durability, duration: Duration) -> anyhow::Resul
     let node = tokio::spawn(dynamo_storage::run(config, listener, stop.clone()));
 
     let http = dynamo_server::internal::client(
-        reqwest::Client::builder()
+        dynamo_testkit::http_builder()
             .timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(CLIENTS)
             .build()?,

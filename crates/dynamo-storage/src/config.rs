@@ -72,8 +72,9 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_RING_URL")]
     pub ring_url: Option<String>,
 
-    /// The address other services reach this node at (`http://host:port`), sent in
-    /// heartbeats. Default: `http://` followed by the address the node is bound to.
+    /// The address other services reach this node at (`http://host:port`, or `https://`
+    /// with TLS), sent in heartbeats. Default: the scheme the node serves followed by the
+    /// address it is bound to.
     #[arg(long, env = "DYNAMO_ADVERTISE_ADDRESS")]
     pub advertise_address: Option<String>,
 
@@ -167,12 +168,17 @@ impl Config {
         Ok(())
     }
 
-    /// Returns the address to advertise: the configured one, else `http://` and the
-    /// address the listener is bound to.
+    /// Returns the address to advertise: the configured one, else `http://` (`https://`
+    /// when the node serves TLS) and the address the listener is bound to.
     pub fn advertise_address_for(&self, bound: SocketAddr) -> String {
+        let scheme = if self.serve.tls.tls_cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         self.advertise_address
             .clone()
-            .unwrap_or_else(|| format!("http://{bound}"))
+            .unwrap_or_else(|| format!("{scheme}://{bound}"))
     }
 
     /// Returns the configured node id, else `HOSTNAME` when it is a valid id (a

@@ -110,7 +110,10 @@ pub async fn run(
         format!("storage/{}", engine.identity().node_id),
     )
     .map_err(|e| dynamo_server::config::ConfigError::new("node-id", e.to_string()))?;
-    let http = reqwest::Client::builder()
+    let http = config
+        .serve
+        .tls
+        .http_client()?
         .timeout(Duration::from_millis(config.peer_timeout_ms))
         .connect_timeout(Duration::from_millis(config.peer_timeout_ms))
         .pool_max_idle_per_host(4)

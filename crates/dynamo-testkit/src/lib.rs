@@ -75,8 +75,16 @@ fn rand_nonce() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed) ^ now_ms().rotate_left(20)
 }
 
+/// A reqwest builder as the services start theirs: TLS through the workspace's rustls
+/// configuration (system roots), which `https://` URLs need and `http://` ones ignore.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    dynamo_server::config::TlsArgs::default()
+        .http_client()
+        .unwrap_or_else(|e| panic!("the test HTTP client's TLS: {e}"))
+}
+
 fn plain(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+    http_builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(timeout)
         .build()

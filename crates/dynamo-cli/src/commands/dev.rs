@@ -61,6 +61,64 @@ pub struct DevArgs {
     /// The root token; default: `<data-dir>/root-token`, generated on first start.
     #[arg(long, env = "DYNAMO_ROOT_TOKEN", hide_env_values = true)]
     pub root_token: Option<String>,
+    /// Run every hop over TLS, with a throw-away CA made at start (its certificate in
+    /// `<data-dir>/tls/ca.pem`, for clients). Without it the cluster speaks plain HTTP on
+    /// loopback.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// Where, under the data directory, `dynamo dev --tls` writes its CA, certificate and key.
+pub const TLS_DIR: &str = "tls";
+
+/// How the services of a dev cluster are reached: the scheme of their URLs and, with
+/// TLS, the files every service gets.
+struct Transport {
+    tls: Option<dynamo_tls::throwaway::TlsFiles>,
+}
+
+impl Transport {
+    /// Makes a new throw-away CA and a certificate for loopback when `tls`.
+    fn new(data_dir: &Path, tls: bool) -> anyhow::Result<Transport> {
+        if !tls {
+            return Ok(Transport { tls: None });
+        }
+        let dir = data_dir.join(TLS_DIR);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ca = dynamo_tls::throwaway::Ca::new("dynamo dev throw-away CA")?;
+        Ok(Transport {
+            tls: Some(ca.write_files(&dir)?),
+        })
+    }
+
+    fn url(&self, port: u16) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{port}")
+    }
+
+    /// The TLS flags of every service: its certificate, and the CA its clients trust.
+    fn args(&self) -> Vec<String> {
+        let Some(files) = &self.tls else {
+            return Vec::new();
+        };
+        [
+            ("--tls-cert-file", &files.cert),
+            ("--tls-key-file", &files.key),
+            ("--tls-ca-file", &files.ca),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_owned(), path.display().to_string()])
+        .collect()
+    }
+
+    /// A reqwest builder trusting the dev CA.
+    fn http(&self) -> anyhow::Result<reqwest::ClientBuilder> {
+        let tls = dynamo_tls::ClientTls::new(
+            self.tls.as_ref().map(|f| f.ca.as_path()),
+            dynamo_tls::DEFAULT_RELOAD,
+        )?;
+        Ok(reqwest::Client::builder().tls_backend_preconfigured(tls.config()))
+    }
 }
 
 struct Service {
@@ -303,19 +361,16 @@ async fn run_cluster(data_dir: &Path, args: &DevArgs) -> anyhow::Result<()> {
     let control_keys = dynamo_core::keys::KeyRing::parse(&std::fs::read_to_string(&secrets.control_key)?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", secrets.control_key.display()))?;
     let signer = dynamo_server::internal::Signer::new(&control_keys, Role::Control, "dev")?;
-    let http = dynamo_server::internal::client(
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?,
-        signer,
-    );
+    let transport = Transport::new(data_dir, args.tls)?;
+    let http =
+        dynamo_server::internal::client(transport.http()?.timeout(Duration::from_secs(5)).build()?, signer);
     let mut services = Vec::new();
-    let result = start(args, data_dir, &logs, &secrets, &http, &mut services).await;
+    let result = start(args, data_dir, &logs, &secrets, &transport, &http, &mut services).await;
     if let Err(e) = result {
         stop(&mut services).await;
         return Err(e);
     }
-    let endpoint = format!("http://127.0.0.1:{}", args.port);
+    let endpoint = transport.url(args.port);
     println!(
         "dynamo dev: {} storage nodes, ring service and coordinator are up",
         args.nodes
@@ -327,12 +382,28 @@ async fn run_cluster(data_dir: &Path, args: &DevArgs) -> anyhow::Result<()> {
     println!("endpoint:   {endpoint}");
     println!("root token: {token}   (also in {})", token_path.display());
     println!("data:       {}   logs: {}", data_dir.display(), logs.display());
+    let curl = match &transport.tls {
+        Some(files) => {
+            println!(
+                "TLS:        on, every hop; throw-away CA in {} (made at this start)",
+                files.ca.display()
+            );
+            format!("curl --cacert {}", files.ca.display())
+        }
+        None => {
+            println!("TLS:        off: plain HTTP on loopback (`dynamo dev --tls` runs every hop over TLS)");
+            "curl".to_owned()
+        }
+    };
     println!();
     println!("try:");
     println!(
-        "  curl -X PUT -H \"Authorization: Bearer {token}\" -H 'Content-Type: text/plain' --data 'hello' {endpoint}/v1/kv/demo/greeting"
+        "  {curl} -X PUT -H \"Authorization: Bearer {token}\" -H 'Content-Type: text/plain' --data 'hello' {endpoint}/v1/kv/demo/greeting"
     );
-    println!("  curl -H \"Authorization: Bearer {token}\" {endpoint}/v1/kv/demo/greeting");
+    println!("  {curl} -H \"Authorization: Bearer {token}\" {endpoint}/v1/kv/demo/greeting");
+    if transport.tls.is_some() {
+        println!("  dynamo --endpoint {endpoint} get demo greeting");
+    }
     println!();
     println!("ready; Ctrl-C stops the cluster");
 
@@ -351,10 +422,11 @@ async fn start(
     data_dir: &Path,
     logs: &Path,
     secrets: &Secrets,
+    transport: &Transport,
     http: &InternalClient,
     services: &mut Vec<Service>,
 ) -> anyhow::Result<()> {
-    let ring_url = format!("http://127.0.0.1:{}", args.ring_port);
+    let ring_url = transport.url(args.ring_port);
     let mut ring = spawn(
         "ring",
         "dynamo-ring",
@@ -370,6 +442,7 @@ async fn start(
         ]
         .into_iter()
         .chain(secrets.key_args(true))
+        .chain(transport.args())
         .collect::<Vec<_>>(),
         logs,
     )?;
@@ -381,7 +454,7 @@ async fn start(
     for i in 0..args.nodes {
         let port = args.storage_port + i;
         let id = format!("node-{i}");
-        let url = format!("http://127.0.0.1:{port}");
+        let url = transport.url(port);
         let mut node = spawn(
             &id,
             "dynamo-storage",
@@ -401,6 +474,7 @@ async fn start(
             ]
             .into_iter()
             .chain(secrets.key_args(false))
+            .chain(transport.args())
             .collect::<Vec<_>>(),
             logs,
         )?;
@@ -411,7 +485,7 @@ async fn start(
     }
     join_all(http, &ring_url, &members).await?;
 
-    let coord_url = format!("http://127.0.0.1:{}", args.port);
+    let coord_url = transport.url(args.port);
     let mut coord = spawn(
         "coordinator",
         "dynamo-coordinator",
@@ -433,6 +507,7 @@ async fn start(
         ]
         .into_iter()
         .chain(secrets.key_args(true))
+        .chain(transport.args())
         .collect::<Vec<_>>(),
         logs,
     )?;

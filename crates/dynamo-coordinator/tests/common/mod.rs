@@ -223,7 +223,7 @@ impl Coordinator {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let stop = CancellationToken::new();
         let task = tokio::spawn(dynamo_coordinator::run(config, listener, stop.clone()));
-        let http = reqwest::Client::new();
+        let http = dynamo_testkit::unsigned_http();
         eventually("the coordinator serves the ring", || async {
             http.get(format!("{url}/v1/ring"))
                 .bearer_auth(TOKEN)
