@@ -351,6 +351,40 @@ impl Cluster {
         (!obj.is_null()).then_some(obj)
     }
 
+    /// Reads many keys' versions directly from one storage node, in replica batches of
+    /// [`dynamo_core::wire::internal::MAX_BATCH_OPS`]; `None` where the node has nothing.
+    pub async fn node_get_many(
+        &self,
+        node: usize,
+        bucket: &str,
+        keys: &[String],
+    ) -> Vec<Option<dynamo_core::version::VersionedObject>> {
+        use dynamo_core::wire::internal::{MAX_BATCH_OPS, ReplicaBatchResult, ReplicaResult};
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_BATCH_OPS) {
+            let ops: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|k| serde_json::json!({"op": "get", "bucket": bucket, "key": k}))
+                .collect();
+            let r: ReplicaBatchResult = self
+                .http
+                .post(format!("{}/internal/v1/replicas", self.nodes[node].url()))
+                .json(&serde_json::json!({ "ops": ops }))
+                .send()
+                .await
+                .expect("node get")
+                .json()
+                .await
+                .expect("json");
+            assert_eq!(r.results.len(), chunk.len(), "one result per key");
+            out.extend(r.results.into_iter().map(|r| match r {
+                ReplicaResult::Got { object } => object,
+                other => panic!("a node read answered {other:?}"),
+            }));
+        }
+        out
+    }
+
     /// Waits until every storage node holds `bucket`/`key` with exactly one live value,
     /// `value` (a write acknowledged at W may reach the last replica a moment later).
     ///

@@ -7,6 +7,7 @@
 //! | `GET /internal/v1/cluster-state` | the node's cached view of the cluster (ring epoch and state), read-only |
 //! | `GET /internal/v1/merkle/{partition}` | the partition's Merkle summary (root) |
 //! | `POST /internal/v1/merkle/{partition}/children` | children of the given tree nodes |
+//! | `GET /internal/v1/partitions/{partition}/digests` | a page of the partition's key digests in a hash range, resumable (anti-entropy compares these before moving values) |
 //! | `GET /internal/v1/partitions/{partition}/objects` | a page of the partition's objects in a hash range, resumable from a cursor (leaf reads and handoff streaming) |
 //! | `POST /internal/v1/partitions/{partition}/pull` | pull the partition from another node and merge it here (handoff, receiving side) |
 //!
@@ -52,6 +53,8 @@ pub const MAX_CONTENT_TYPE_BYTES: usize = 255;
 pub const MAX_REPLICATED_SIBLINGS: usize = 4 * MAX_SIBLINGS_LIMIT as usize;
 /// Largest page of a partition scan.
 pub const MAX_SCAN_PAGE: usize = 1000;
+/// Largest page of a digest scan (about 100 bytes per key).
+pub const MAX_DIGEST_PAGE: usize = 4096;
 /// Most tree nodes asked for in one children request.
 pub const MAX_MERKLE_NODES: usize = 4096;
 
@@ -81,6 +84,7 @@ pub fn routes(state: AppState) -> Router {
         .route(storage::MERKLE, get(merkle_summary))
         .route(storage::MERKLE_CHILDREN, post(merkle_children))
         .route(storage::PARTITION_OBJECTS, get(partition_objects))
+        .route(storage::PARTITION_DIGESTS, get(partition_digests))
         .route(storage::PARTITION_PULL, post(partition_pull))
         .with_state(state)
 }
@@ -409,16 +413,18 @@ async fn merkle_summary(
 }
 
 /// Body of a children request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChildrenRequest {
-    nodes: Vec<TreeNode>,
+pub struct ChildrenRequest {
+    /// The tree nodes whose children are asked, at most [`MAX_MERKLE_NODES`].
+    pub nodes: Vec<TreeNode>,
 }
 
-#[derive(Debug, Serialize)]
-struct ChildrenResponse {
+/// Answer to a [`ChildrenRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChildrenResponse {
     /// Child values of each asked node, in the order asked.
-    children: Vec<Vec<u128>>,
+    pub children: Vec<Vec<u128>>,
 }
 
 async fn merkle_children(
@@ -481,13 +487,18 @@ pub struct ScanPage {
     pub next: Option<String>,
 }
 
-async fn partition_objects(
-    State(state): State<AppState>,
-    Path(p): Path<u32>,
-    Query(q): Query<ScanQuery>,
-) -> Result<Json<ScanPage>, ApiError> {
-    let p = partition(&state.engine, p)?;
-    let parts = state.engine.partitioning();
+/// A scan's range, checked: the partition, its hash bounds, the cursor and the page size.
+struct ScanRange {
+    p: PartitionId,
+    start: u64,
+    end: u64,
+    after: Option<Vec<u8>>,
+    limit: usize,
+}
+
+fn scan_range(engine: &Engine, p: u32, q: ScanQuery, max_page: usize) -> Result<ScanRange, ApiError> {
+    let p = partition(engine, p)?;
+    let parts = engine.partitioning();
     let (lo, hi) = (parts.start_of(p), parts.end_of(p));
     let start = q.start.unwrap_or(lo);
     let end = q.end.unwrap_or(hi);
@@ -497,11 +508,11 @@ async fn partition_objects(
             "the hash range must lie inside the partition",
         ));
     }
-    let limit = q.limit.unwrap_or(MAX_SCAN_PAGE);
-    if limit == 0 || limit > MAX_SCAN_PAGE {
+    let limit = q.limit.unwrap_or(max_page);
+    if limit == 0 || limit > max_page {
         return Err(invalid(
             ErrorCode::InvalidParameter,
-            format!("limit must be 1..={MAX_SCAN_PAGE}"),
+            format!("limit must be 1..={max_page}"),
         ));
     }
     let after = match q.after {
@@ -512,26 +523,93 @@ async fn partition_objects(
         ),
         None => None,
     };
+    Ok(ScanRange {
+        p,
+        start,
+        end,
+        after,
+        limit,
+    })
+}
+
+fn bucket_of(k: &crate::codec::ObjectKey) -> Result<BucketName, ApiError> {
+    BucketName::new(k.bucket.clone()).map_err(ApiError::from)
+}
+
+async fn partition_objects(
+    State(state): State<AppState>,
+    Path(p): Path<u32>,
+    Query(q): Query<ScanQuery>,
+) -> Result<Json<ScanPage>, ApiError> {
+    let r = scan_range(&state.engine, p, q, MAX_SCAN_PAGE)?;
     let engine = state.engine.clone();
     let (objects, next) =
-        tokio::task::spawn_blocking(move || engine.scan(p, start, end, after.as_deref(), limit))
+        tokio::task::spawn_blocking(move || engine.scan(r.p, r.start, r.end, r.after.as_deref(), r.limit))
             .await
             .map_err(|e| ApiError::from(StorageError::from(e)))?
             .map_err(ApiError::from)?;
     let objects = objects
         .into_iter()
         .map(|(k, object)| {
-            BucketName::new(k.bucket)
-                .map(|bucket| ScannedObject {
-                    bucket,
-                    key: k.key,
-                    object,
-                })
-                .map_err(ApiError::from)
+            Ok(ScannedObject {
+                bucket: bucket_of(&k)?,
+                key: k.key,
+                object,
+            })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, ApiError>>()?;
     Ok(Json(ScanPage {
         objects,
+        next: next.map(|n| URL_SAFE_NO_PAD.encode(n)),
+    }))
+}
+
+/// One key of a digest page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScannedDigest {
+    /// The bucket.
+    pub bucket: BucketName,
+    /// The key.
+    pub key: String,
+    /// The digest of its whole version set.
+    pub digest: u128,
+}
+
+/// A page of a digest scan.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DigestPage {
+    /// The keys, in storage order.
+    pub keys: Vec<ScannedDigest>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+async fn partition_digests(
+    State(state): State<AppState>,
+    Path(p): Path<u32>,
+    Query(q): Query<ScanQuery>,
+) -> Result<Json<DigestPage>, ApiError> {
+    let r = scan_range(&state.engine, p, q, MAX_DIGEST_PAGE)?;
+    let engine = state.engine.clone();
+    let (keys, next) = tokio::task::spawn_blocking(move || {
+        engine.scan_digests(r.p, r.start, r.end, r.after.as_deref(), r.limit)
+    })
+    .await
+    .map_err(|e| ApiError::from(StorageError::from(e)))?
+    .map_err(ApiError::from)?;
+    let keys = keys
+        .into_iter()
+        .map(|(k, digest)| {
+            Ok(ScannedDigest {
+                bucket: bucket_of(&k)?,
+                key: k.key,
+                digest,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Json(DigestPage {
+        keys,
         next: next.map(|n| URL_SAFE_NO_PAD.encode(n)),
     }))
 }

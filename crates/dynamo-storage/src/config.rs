@@ -102,6 +102,21 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_GC_INTERVAL_MS", default_value_t = 600_000)]
     pub gc_interval_ms: u64,
 
+    /// Pause between anti-entropy passes (a pass compares every partition this node
+    /// replicates with its peers' copies); 0 turns anti-entropy off.
+    #[arg(long, env = "DYNAMO_ANTI_ENTROPY_INTERVAL_MS", default_value_t = 60_000)]
+    pub anti_entropy_interval_ms: u64,
+
+    /// After each partition's exchanges, anti-entropy pauses this many times as long as
+    /// they took, so repair yields to client traffic (2: busy at most a third of the
+    /// time; 0: no pause).
+    #[arg(long, env = "DYNAMO_ANTI_ENTROPY_TRANQUILITY", default_value_t = 2)]
+    pub anti_entropy_tranquility: u32,
+
+    /// Most stored bytes per second anti-entropy moves (pulled and pushed together).
+    #[arg(long, env = "DYNAMO_ANTI_ENTROPY_MAX_BYTES_PER_SEC", default_value_t = 16 << 20)]
+    pub anti_entropy_max_bytes_per_sec: u64,
+
     /// Serving and telemetry flags every service shares.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -148,6 +163,10 @@ impl Config {
             ("tombstone-grace-ms", self.tombstone_grace_ms),
             ("gc-interval-ms", self.gc_interval_ms),
             ("idempotency-window-ms", self.idempotency_window_ms),
+            (
+                "anti-entropy-max-bytes-per-sec",
+                self.anti_entropy_max_bytes_per_sec,
+            ),
         ] {
             if v == 0 {
                 return bad(field, "must be greater than 0".into());

@@ -297,7 +297,7 @@ pub async fn round(
 
 /// Every node's internal address: the live view first (heartbeats keep it current),
 /// then the address the ring registered.
-fn addresses(state: &ClusterState) -> BTreeMap<NodeId, String> {
+pub(crate) fn addresses(state: &ClusterState) -> BTreeMap<NodeId, String> {
     let mut out: BTreeMap<NodeId, String> = BTreeMap::new();
     if let Some(ring) = &state.ring {
         for (id, m) in ring.members() {

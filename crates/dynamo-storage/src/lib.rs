@@ -6,21 +6,23 @@
 //! copies, keeps hints for unreachable owners and delivers them ([`hints`]), keeps a
 //! Merkle tree per partition current on every write, and serves partition scans for
 //! anti-entropy and handoff. With `--ring-url` it follows the ring service (heartbeats,
-//! the cached cluster state, [`cluster`]), and it collects tombstones once every replica
-//! holds them ([`gc`]).
+//! the cached cluster state, [`cluster`]), it compares its partitions with their other
+//! replicas and exchanges what differs ([`antientropy`]), and it collects tombstones once
+//! every replica holds them ([`gc`]).
 //!
 //! # Layout
 //! - [`config`]: flags and validation; [`engine`]: fjall, the on-disk layout ([`codec`]),
 //!   replica operations, Merkle maintenance; [`syncer`]: group commit;
 //!   [`api`]: the routes; [`hints`]: delivery; [`handoff`]: pulling a partition from
 //!   another node; [`cluster`]: the cached ring and the `heartbeat` and `cluster-state`
-//!   workers; [`gc`]: the `tombstone-gc` worker; [`metrics`]: `dynamo_storage_*`.
+//!   workers; [`antientropy`]: the `anti-entropy` worker; [`gc`]: the `tombstone-gc`
+//!   worker; [`metrics`]: `dynamo_storage_*`.
 //! - Start at [`run`].
 //!
 //! # It is not
 //! A router or a quorum: it never talks to clients and never decides who else should
 //! hold a key. Coordinators do that, using the ring. The node reads the ring only for
-//! its own background work (tombstone GC).
+//! its own background work (anti-entropy, tombstone GC).
 //!
 //! **Invariant:** an acknowledged write is on disk as [`engine::Durability`] promises
 //! before the answer leaves: `sync` waits for the group fsync, `buffered` for the OS.
@@ -29,6 +31,7 @@
 //! included ([`cluster`]); a tombstone is collected only where every other replica of
 //! its preference list holds or collected exactly the same set ([`gc`]).
 
+pub mod antientropy;
 pub mod api;
 pub mod cluster;
 pub mod codec;
@@ -159,6 +162,18 @@ pub async fn run(
             cache: cluster.clone(),
         };
         workers.spawn(Follower::new(client.clone(), ring.url, ring.timeout, sink));
+    }
+    if config.anti_entropy_interval_ms > 0 {
+        workers.spawn(antientropy::AntiEntropy {
+            engine: engine.clone(),
+            cluster: cluster.clone(),
+            client: client.clone(),
+            settings: antientropy::AeSettings {
+                interval: Duration::from_millis(config.anti_entropy_interval_ms),
+                tranquility: config.anti_entropy_tranquility,
+                max_bytes_per_sec: config.anti_entropy_max_bytes_per_sec,
+            },
+        });
     }
     workers.spawn(gc::TombstoneGc {
         engine: engine.clone(),

@@ -55,6 +55,24 @@ pub struct StorageMetrics {
     pub ring_epoch: IntGauge,
     /// Heartbeats sent to the ring service, by result (`ok`, `not_member`, `error`).
     pub heartbeats: IntCounterVec,
+    /// Anti-entropy exchanges (one partition with one peer), by result: `in_sync` (the
+    /// roots matched), `repaired` (keys moved), `differed` (leaves differed but no key
+    /// needed moving: keys of buckets the pair does not both replicate), `failed`.
+    pub ae_exchanges: IntCounterVec,
+    /// Keys anti-entropy moved, by direction (`pulled` into this node, `pushed` to a
+    /// peer).
+    pub ae_keys: IntCounterVec,
+    /// Stored bytes anti-entropy moved, by direction.
+    pub ae_bytes: IntCounterVec,
+    /// Requests anti-entropy sent to peers (tree nodes, digests, reads and pushes).
+    pub ae_round_trips: IntCounter,
+    /// Full anti-entropy passes (every partition this node replicates, with every peer
+    /// it initiates with) completed.
+    pub ae_passes: IntCounter,
+    /// When the last full pass ended (Unix seconds); 0 before the first.
+    pub ae_last_pass: IntGauge,
+    /// How long the last full pass took, pauses included.
+    pub ae_pass_seconds: prometheus::Gauge,
     /// Runtime checks of core invariants that failed, by invariant
     /// (`ring_epoch_monotonic`: the ring service offered an older ring, or another ring
     /// under the same epoch, and the node refused it).
@@ -159,8 +177,53 @@ impl StorageMetrics {
                 ),
                 &["result"],
             )?,
+            ae_exchanges: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_storage_anti_entropy_exchanges_total",
+                    "Anti-entropy exchanges (a partition with a peer), by result",
+                ),
+                &["result"],
+            )?,
+            ae_keys: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_storage_anti_entropy_keys_total",
+                    "Keys moved by anti-entropy, by direction (pulled, pushed)",
+                ),
+                &["direction"],
+            )?,
+            ae_bytes: IntCounterVec::new(
+                Opts::new(
+                    "dynamo_storage_anti_entropy_bytes_total",
+                    "Stored bytes moved by anti-entropy, by direction (pulled, pushed)",
+                ),
+                &["direction"],
+            )?,
+            ae_round_trips: IntCounter::new(
+                "dynamo_storage_anti_entropy_round_trips_total",
+                "Requests sent to peers by anti-entropy",
+            )?,
+            ae_passes: IntCounter::new(
+                "dynamo_storage_anti_entropy_passes_total",
+                "Full anti-entropy passes completed",
+            )?,
+            ae_last_pass: IntGauge::new(
+                "dynamo_storage_anti_entropy_last_pass_timestamp_seconds",
+                "When the last full anti-entropy pass ended (Unix seconds; 0 before the first)",
+            )?,
+            ae_pass_seconds: prometheus::Gauge::new(
+                "dynamo_storage_anti_entropy_pass_seconds",
+                "Duration of the last full anti-entropy pass, pauses included",
+            )?,
             invariant_violations: InvariantViolations::new(registry, &[invariant::RING_EPOCH_MONOTONIC])?,
         };
+        // Every series exists from the start, so a dashboard shows 0 rather than nothing.
+        for result in ["in_sync", "repaired", "differed", "failed"] {
+            m.ae_exchanges.with_label_values(&[result]);
+        }
+        for direction in ["pulled", "pushed"] {
+            m.ae_keys.with_label_values(&[direction]);
+            m.ae_bytes.with_label_values(&[direction]);
+        }
         registry.register(Box::new(m.ops.clone()))?;
         registry.register(Box::new(m.op_duration.clone()))?;
         registry.register(Box::new(m.batch_ops.clone()))?;
@@ -182,6 +245,13 @@ impl StorageMetrics {
         registry.register(Box::new(m.gc_rounds.clone()))?;
         registry.register(Box::new(m.ring_epoch.clone()))?;
         registry.register(Box::new(m.heartbeats.clone()))?;
+        registry.register(Box::new(m.ae_exchanges.clone()))?;
+        registry.register(Box::new(m.ae_keys.clone()))?;
+        registry.register(Box::new(m.ae_bytes.clone()))?;
+        registry.register(Box::new(m.ae_round_trips.clone()))?;
+        registry.register(Box::new(m.ae_passes.clone()))?;
+        registry.register(Box::new(m.ae_last_pass.clone()))?;
+        registry.register(Box::new(m.ae_pass_seconds.clone()))?;
         Ok(m)
     }
 }

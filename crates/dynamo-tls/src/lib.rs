@@ -399,18 +399,28 @@ impl ClientTls {
     /// issued certificates.
     ///
     /// # Errors
-    /// [`TlsError::Rustls`] when the platform's verifier cannot be set up.
+    /// [`TlsError::Verifier`] when the platform's verifier cannot be set up.
     pub fn platform() -> Result<ClientTls, TlsError> {
-        use rustls_platform_verifier::BuilderVerifierExt as _;
-        let mut config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_platform_verifier()?
-            .with_no_client_auth();
-        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        Ok(ClientTls {
-            config,
-            ca_file: None,
-        })
+        // Made once per process: the platform's verifier reads the system's CA store,
+        // milliseconds that every short-lived client would otherwise pay again.
+        static PLATFORM: OnceLock<Result<ClientConfig, String>> = OnceLock::new();
+        let config = PLATFORM.get_or_init(|| {
+            use rustls_platform_verifier::BuilderVerifierExt as _;
+            let mut config = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .and_then(|b| b.with_platform_verifier())
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth();
+            config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+            Ok(config)
+        });
+        match config {
+            Ok(config) => Ok(ClientTls {
+                config: config.clone(),
+                ca_file: None,
+            }),
+            Err(e) => Err(TlsError::Verifier(e.clone())),
+        }
     }
 
     /// Trusts `ca_file` when given, else the platform's roots.

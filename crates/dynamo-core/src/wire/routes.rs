@@ -20,6 +20,9 @@ pub mod storage {
     pub const MERKLE_CHILDREN: &str = "/internal/v1/merkle/{partition}/children";
     /// A page of a partition's objects (`GET`).
     pub const PARTITION_OBJECTS: &str = "/internal/v1/partitions/{partition}/objects";
+    /// A page of a partition's key digests in a hash range (`GET`): what anti-entropy
+    /// compares before it moves values.
+    pub const PARTITION_DIGESTS: &str = "/internal/v1/partitions/{partition}/digests";
     /// Copy a partition from another node (`POST`, [`crate::wire::internal::PullRequest`]).
     pub const PARTITION_PULL: &str = "/internal/v1/partitions/{partition}/pull";
 
@@ -31,6 +34,11 @@ pub mod storage {
     /// The path of [`MERKLE_CHILDREN`] for `p`.
     pub fn merkle_children(p: PartitionId) -> String {
         format!("/internal/v1/merkle/{}/children", p.0)
+    }
+
+    /// The path of [`PARTITION_DIGESTS`] for `p`.
+    pub fn partition_digests(p: PartitionId) -> String {
+        format!("/internal/v1/partitions/{}/digests", p.0)
     }
 
     /// The path of [`PARTITION_OBJECTS`] for `p`.
@@ -123,6 +131,10 @@ mod tests {
         assert_eq!(
             storage::merkle_children(p),
             fill(storage::MERKLE_CHILDREN, "partition", "7")
+        );
+        assert_eq!(
+            storage::partition_digests(p),
+            fill(storage::PARTITION_DIGESTS, "partition", "7")
         );
         assert_eq!(
             storage::partition_objects(p),

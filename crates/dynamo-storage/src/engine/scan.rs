@@ -82,6 +82,36 @@ impl Engine {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<(ObjectKey, VersionedObject)>, Option<Vec<u8>>), StorageError> {
+        self.scan_with(p, start, end, after, limit, |v| Ok(codec::decode_object(v)?))
+    }
+
+    /// As [`Engine::scan`], but reads only each object's digest (anti-entropy compares
+    /// these before it moves any value).
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_digests(
+        &self,
+        p: PartitionId,
+        start: u64,
+        end: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<(ObjectKey, u128)>, Option<Vec<u8>>), StorageError> {
+        self.scan_with(p, start, end, after, limit, |v| Ok(codec::stored_digest(v)?))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn scan_with<T>(
+        &self,
+        p: PartitionId,
+        start: u64,
+        end: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+        read: impl Fn(&[u8]) -> Result<T, StorageError>,
+    ) -> Result<(Vec<(ObjectKey, T)>, Option<Vec<u8>>), StorageError> {
         let lo = codec::range_start(p, start);
         let hi = codec::range_end(p, end);
         let iter = match after {
@@ -98,7 +128,7 @@ impl Engine {
                 return Ok((out, last));
             }
             let (k, v) = kv.into_inner()?;
-            out.push((codec::parse_object_key(&k)?, codec::decode_object(&v)?));
+            out.push((codec::parse_object_key(&k)?, read(&v)?));
             last = Some(k.to_vec());
         }
         Ok((out, None))
