@@ -325,7 +325,9 @@ mod tests {
         // least a second of the 2 s step.
         tokio::time::sleep(Duration::from_millis(499)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1, "no retry before the backoff");
-        tokio::time::sleep(Duration::from_millis(501)).await;
+        // Past the step's whole second: a retry drawn at exactly 1 s shares its deadline
+        // with this sleep, and timers due at the same instant fire in no set order.
+        tokio::time::sleep(Duration::from_millis(502)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         tokio::time::sleep(Duration::from_millis(2000)).await;
         // Retry succeeded, then three busy calls back to back, then one that idles.
