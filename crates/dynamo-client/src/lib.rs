@@ -77,7 +77,7 @@ pub use dynamo_core::ErrorCode;
 pub use dynamo_core::crdt::CrdtType;
 pub use dynamo_core::ids::{BucketName, NodeId, PartitionId, RingEpoch};
 pub use dynamo_core::wire::cluster::{
-    AllBuckets, BucketScope, ClusterView, Handoff, KeyPlacement, NodeRegistration, NodeState, NodeStatus,
-    Permission,
+    AllBuckets, AntiEntropyStatus, BucketScope, ClusterView, Handoff, KeyPlacement, NodeRegistration,
+    NodeState, NodeStatus, Permission,
 };
 pub use dynamo_core::wire::{BucketProps, BucketPropsPatch, ConflictMode};

@@ -158,6 +158,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let gate = cache.clone();
     let readiness = Readiness::new().with_gate(move || gate.current().map(|_| ()));
     let app_state = api::AppState {
+        member_client: client.clone(),
         coord: coord.clone(),
         cache,
         config: config.clone(),

@@ -976,6 +976,7 @@ mod tests {
                     zone: None,
                     state: *st,
                     last_heartbeat_ms_ago: None,
+                    anti_entropy: None,
                 })
                 .collect(),
             buckets: Default::default(),

@@ -37,12 +37,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dynamo_core::merkle::{DiffWalk, DifferingLeaf, HashRange, MerkleError, MerkleSummary};
 use dynamo_core::version::{ConflictRule, VersionedObject};
 use dynamo_core::wire::BucketProps;
-use dynamo_core::wire::cluster::ClusterState;
+use dynamo_core::wire::cluster::{AntiEntropyStatus, ClusterState};
 use dynamo_core::wire::internal::{
     MAX_BATCH_OPS, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
@@ -605,6 +606,73 @@ pub struct PassStats {
     pub totals: ExchangeStats,
 }
 
+/// What anti-entropy has done since the node started, for `GET /internal/v1/node` (and so
+/// a coordinator's `GET /v1/cluster`).
+#[derive(Debug)]
+pub struct AeProgress {
+    enabled: bool,
+    passes: AtomicU64,
+    last_pass_ms: AtomicU64,
+    /// Per partition: when this node last compared it with every peer it initiates with,
+    /// all successfully (ms since the Unix epoch; 0 never). `u64::MAX`: the node
+    /// initiates no exchange for it (not a replica, or its id sorts last).
+    partitions: Vec<AtomicU64>,
+    keys_pulled: AtomicU64,
+    keys_pushed: AtomicU64,
+    bytes_moved: AtomicU64,
+}
+
+impl AeProgress {
+    /// Progress of a node with `partitions` partitions; `enabled` false when anti-entropy
+    /// does not run.
+    pub fn new(partitions: u32, enabled: bool) -> AeProgress {
+        AeProgress {
+            enabled,
+            passes: AtomicU64::new(0),
+            last_pass_ms: AtomicU64::new(0),
+            partitions: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            keys_pulled: AtomicU64::new(0),
+            keys_pushed: AtomicU64::new(0),
+            bytes_moved: AtomicU64::new(0),
+        }
+    }
+
+    fn partition(&self, p: PartitionId, value: u64) {
+        if let Some(slot) = self.partitions.get(p.0 as usize) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    fn exchanged(&self, s: &ExchangeStats) {
+        self.keys_pulled.fetch_add(s.pulled, Ordering::Relaxed);
+        self.keys_pushed.fetch_add(s.pushed, Ordering::Relaxed);
+        self.bytes_moved
+            .fetch_add(s.bytes_pulled + s.bytes_pushed, Ordering::Relaxed);
+    }
+
+    /// The progress as the wire shows it.
+    pub fn status(&self) -> AntiEntropyStatus {
+        let ms = |v: u64| (v > 0).then_some(v);
+        let compared: Vec<u64> = self
+            .partitions
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .filter(|&v| v != u64::MAX)
+            .collect();
+        // Absent while some partition was never confirmed (0), or none is compared here.
+        let oldest = compared.iter().copied().min().and_then(ms);
+        AntiEntropyStatus {
+            enabled: self.enabled,
+            passes: self.passes.load(Ordering::Relaxed),
+            last_pass_ms: ms(self.last_pass_ms.load(Ordering::Relaxed)),
+            oldest_partition_ms: oldest,
+            keys_pulled: self.keys_pulled.load(Ordering::Relaxed),
+            keys_pushed: self.keys_pushed.load(Ordering::Relaxed),
+            bytes_moved: self.bytes_moved.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The `anti-entropy` worker: one [`pass`] per interval.
 pub struct AntiEntropy {
     /// The node's engine.
@@ -615,6 +683,8 @@ pub struct AntiEntropy {
     pub client: InternalClient,
     /// Interval, tranquility and rate.
     pub settings: AeSettings,
+    /// Where passes report what they did.
+    pub progress: Arc<AeProgress>,
 }
 
 impl Worker for AntiEntropy {
@@ -626,10 +696,23 @@ impl Worker for AntiEntropy {
 
     async fn work(&mut self, stop: &CancellationToken) -> Result<Next, StorageError> {
         let started = Instant::now();
-        if let Some(s) = pass(&self.engine, &self.cluster, &self.client, self.settings, stop).await {
+        let progress = &self.progress;
+        if let Some(s) = pass(
+            &self.engine,
+            &self.cluster,
+            &self.client,
+            self.settings,
+            progress,
+            stop,
+        )
+        .await
+        {
             let m = self.engine.metrics();
+            let now = now_ms();
             m.ae_passes.inc();
-            m.ae_last_pass.set((now_ms() / 1000) as i64);
+            m.ae_last_pass.set((now / 1000) as i64);
+            progress.passes.fetch_add(1, Ordering::Relaxed);
+            progress.last_pass_ms.store(now, Ordering::Relaxed);
             m.ae_pass_seconds.set(started.elapsed().as_secs_f64());
             let t = s.totals;
             if t.pulled + t.pushed > 0 || s.failed > 0 {
@@ -667,6 +750,7 @@ pub async fn pass(
     cluster: &ClusterCache,
     client: &InternalClient,
     settings: AeSettings,
+    progress: &AeProgress,
     stop: &CancellationToken,
 ) -> Option<PassStats> {
     let state = cluster.current()?;
@@ -685,14 +769,21 @@ pub async fn pass(
         let p = PartitionId(p);
         let list = ring.preference_list(p, n).preference_list;
         let Some(mine) = list.iter().position(|id| *id == me) else {
+            progress.partition(p, u64::MAX);
             continue;
         };
+        if !list.iter().any(|id| *id > me) {
+            progress.partition(p, u64::MAX);
+            continue;
+        }
         let pace = Tranquilizer::start(settings.tranquility);
+        let mut all_ok = true;
         for (theirs, peer) in list.iter().enumerate().filter(|(_, id)| **id > me) {
             if stop.is_cancelled() {
                 return None;
             }
             let Some(address) = addresses.get(peer) else {
+                all_ok = false;
                 continue;
             };
             let result = exchange(
@@ -731,13 +822,18 @@ pub async fn pass(
                         .with_label_values(&["pushed"])
                         .inc_by(s.bytes_pushed);
                     metrics.ae_round_trips.inc_by(s.round_trips);
+                    progress.exchanged(&s);
                     stats.totals.add(&s);
                 }
                 Err(e) => {
+                    all_ok = false;
                     stats.failed += 1;
                     tracing::debug!(partition = p.0, peer = %peer, error = %e, "anti-entropy exchange failed");
                 }
             }
+        }
+        if all_ok {
+            progress.partition(p, now_ms());
         }
         if !pace.rest(stop).await {
             return None;

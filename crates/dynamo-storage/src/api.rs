@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /internal/v1/replicas` | a batch of replica operations (coordinate-put, replicate, get, tombstone-status) |
-//! | `GET /internal/v1/node` | identity, durability, partition count |
+//! | `GET /internal/v1/node` | identity, durability, partition count, anti-entropy progress |
 //! | `GET /internal/v1/cluster-state` | the node's cached view of the cluster (ring epoch and state), read-only |
 //! | `GET /internal/v1/merkle/{partition}` | the partition's Merkle summary (root) |
 //! | `POST /internal/v1/merkle/{partition}/children` | children of the given tree nodes |
@@ -73,6 +73,8 @@ pub struct AppState {
     pub cluster: Arc<ClusterCache>,
     /// How long idempotency records answer repeats (`--idempotency-window-ms`).
     pub idempotency_window_ms: u64,
+    /// What anti-entropy has done, for `GET /internal/v1/node`.
+    pub anti_entropy: Arc<crate::antientropy::AeProgress>,
 }
 
 /// Builds the internal API routes.
@@ -371,6 +373,7 @@ struct NodeInfo {
     incarnation: String,
     durability: crate::engine::Durability,
     partitions: u32,
+    anti_entropy: dynamo_core::wire::cluster::AntiEntropyStatus,
 }
 
 async fn node(State(state): State<AppState>) -> Json<NodeInfo> {
@@ -380,6 +383,7 @@ async fn node(State(state): State<AppState>) -> Json<NodeInfo> {
         incarnation: e.identity().incarnation.to_string(),
         durability: e.durability(),
         partitions: e.partitioning().count(),
+        anti_entropy: state.anti_entropy.status(),
     })
 }
 

@@ -163,6 +163,10 @@ pub async fn run(
         };
         workers.spawn(Follower::new(client.clone(), ring.url, ring.timeout, sink));
     }
+    let ae_progress = Arc::new(antientropy::AeProgress::new(
+        engine.partitioning().count(),
+        config.anti_entropy_interval_ms > 0,
+    ));
     if config.anti_entropy_interval_ms > 0 {
         workers.spawn(antientropy::AntiEntropy {
             engine: engine.clone(),
@@ -173,6 +177,7 @@ pub async fn run(
                 tranquility: config.anti_entropy_tranquility,
                 max_bytes_per_sec: config.anti_entropy_max_bytes_per_sec,
             },
+            progress: ae_progress.clone(),
         });
     }
     workers.spawn(gc::TombstoneGc {
@@ -196,6 +201,7 @@ pub async fn run(
                 shutdown: shutdown.clone(),
                 cluster,
                 idempotency_window_ms: config.idempotency_window_ms,
+                anti_entropy: ae_progress,
             }),
             door,
         ),

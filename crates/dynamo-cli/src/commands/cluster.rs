@@ -1,7 +1,7 @@
 //! `dynamo cluster [join|decommission]`: the cluster view and membership changes.
 
 use clap::{Args, Subcommand};
-use dynamo_client::{ClusterView, NodeId, NodeRegistration, NodeState};
+use dynamo_client::{AntiEntropyStatus, ClusterView, NodeId, NodeRegistration, NodeState};
 
 use crate::cli::GlobalArgs;
 use crate::error::CliError;
@@ -62,7 +62,28 @@ pub async fn run(global: &GlobalArgs, args: &ClusterArgs) -> Result<(), CliError
     if global.json {
         return output::json(&view);
     }
-    output::stdout(view_text(&view).as_bytes())
+    output::stdout(view_text(&view, dynamo_server::clock::now_ms()).as_bytes())
+}
+
+/// A node's anti-entropy progress as a table cell: `off`, `-` (it did not say), or the
+/// passes and how long ago its least recently confirmed partition was compared.
+fn anti_entropy_text(ae: Option<&AntiEntropyStatus>, now_ms: u64) -> String {
+    match ae {
+        None => "-".into(),
+        Some(ae) if !ae.enabled => "off".into(),
+        Some(ae) => {
+            let oldest = ae.oldest_partition_ms.map_or_else(
+                || "not all partitions compared yet".to_owned(),
+                |ms| {
+                    format!(
+                        "all partitions in sync {} s ago",
+                        now_ms.saturating_sub(ms) / 1000
+                    )
+                },
+            );
+            format!("{} passes; {oldest}", ae.passes)
+        }
+    }
 }
 
 fn node_id(node: &str) -> Result<NodeId, CliError> {
@@ -78,7 +99,7 @@ fn state_name(state: NodeState) -> &'static str {
     }
 }
 
-fn view_text(view: &ClusterView) -> String {
+fn view_text(view: &ClusterView, now_ms: u64) -> String {
     let mut out = format!("ring epoch: {}\n\n", view.epoch);
     let nodes: Vec<Vec<String>> = view
         .nodes
@@ -91,11 +112,19 @@ fn view_text(view: &ClusterView) -> String {
                 n.address.clone(),
                 n.last_heartbeat_ms_ago
                     .map_or_else(|| "-".into(), |ms| format!("{ms} ms ago")),
+                anti_entropy_text(n.anti_entropy.as_ref(), now_ms),
             ]
         })
         .collect();
     out.push_str(&output::table(
-        &["NODE", "STATE", "ZONE", "ADDRESS", "LAST HEARTBEAT"],
+        &[
+            "NODE",
+            "STATE",
+            "ZONE",
+            "ADDRESS",
+            "LAST HEARTBEAT",
+            "ANTI-ENTROPY",
+        ],
         &nodes,
     ));
     if view.handoffs.is_empty() {
@@ -132,13 +161,30 @@ mod tests {
     fn the_view_reads_as_tables() {
         let view = ClusterView {
             epoch: RingEpoch(3),
-            nodes: vec![NodeStatus {
-                node_id: NodeId::new("node-a").expect("id"),
-                address: "http://a:7070".into(),
-                zone: None,
-                state: NodeState::Up,
-                last_heartbeat_ms_ago: Some(40),
-            }],
+            nodes: vec![
+                NodeStatus {
+                    node_id: NodeId::new("node-a").expect("id"),
+                    address: "http://a:7070".into(),
+                    zone: None,
+                    state: NodeState::Up,
+                    last_heartbeat_ms_ago: Some(40),
+                    anti_entropy: Some(AntiEntropyStatus {
+                        enabled: true,
+                        passes: 7,
+                        last_pass_ms: Some(95_000),
+                        oldest_partition_ms: Some(90_000),
+                        ..AntiEntropyStatus::default()
+                    }),
+                },
+                NodeStatus {
+                    node_id: NodeId::new("node-b").expect("id"),
+                    address: "http://b:7070".into(),
+                    zone: None,
+                    state: NodeState::Down,
+                    last_heartbeat_ms_ago: None,
+                    anti_entropy: None,
+                },
+            ],
             handoffs: vec![Handoff {
                 partition: PartitionId(9),
                 from: NodeId::new("node-a").expect("id"),
@@ -147,10 +193,14 @@ mod tests {
                 done: false,
             }],
         };
-        let text = view_text(&view);
+        let text = view_text(&view, 100_000);
         assert!(text.starts_with("ring epoch: 3\n"));
         assert!(
-            text.contains("node-a  up     -     http://a:7070  40 ms ago"),
+            text.contains("node-a  up     -     http://a:7070  40 ms ago       7 passes; all partitions in sync 10 s ago"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node-b  down   -     http://b:7070  -               -"),
             "{text}"
         );
         assert!(

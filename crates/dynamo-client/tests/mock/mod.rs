@@ -411,6 +411,7 @@ fn node(id: &str, zone: &str, state: NodeState) -> NodeStatus {
         zone: Some(zone.into()),
         state,
         last_heartbeat_ms_ago: Some(120),
+        anti_entropy: None,
     }
 }
 
@@ -443,6 +444,7 @@ async fn join_node(AxState(state): AxState<Arc<State>>, body: Bytes) -> Response
         zone: reg.zone,
         state: NodeState::Joining,
         last_heartbeat_ms_ago: None,
+        anti_entropy: None,
     });
     StatusCode::ACCEPTED.into_response()
 }

@@ -2,6 +2,7 @@
 //! decommissions.
 
 use super::*;
+use dynamo_core::wire::cluster::AntiEntropyStatus;
 
 fn view(s: &ClusterState) -> ClusterView {
     ClusterView {
@@ -11,8 +12,41 @@ fn view(s: &ClusterState) -> ClusterView {
     }
 }
 
+/// How long the cluster view waits for a node's progress; a node that does not answer in
+/// time is shown without it.
+const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the cluster view reads of a storage node's `GET /internal/v1/node`.
+#[derive(Deserialize)]
+struct NodeProgress {
+    #[serde(default)]
+    anti_entropy: Option<AntiEntropyStatus>,
+}
+
+/// Asks every node, at once, for its anti-entropy progress (bounded by
+/// [`NODE_STATUS_TIMEOUT`]); fills what answered.
+async fn with_progress(
+    client: &dynamo_server::internal::InternalClient,
+    mut view: ClusterView,
+) -> ClusterView {
+    let asks = view.nodes.iter().map(|n| {
+        let url = routes::url(&n.address, routes::storage::NODE);
+        async move {
+            let r = client.get(url).timeout(NODE_STATUS_TIMEOUT).send().await.ok()?;
+            let p: NodeProgress = r.error_for_status().ok()?.json().await.ok()?;
+            p.anti_entropy
+        }
+    });
+    let answers = futures::future::join_all(asks).await;
+    for (n, a) in view.nodes.iter_mut().zip(answers) {
+        n.anti_entropy = a;
+    }
+    view
+}
+
 /// `GET /v1/cluster` (cluster-wide admin: it shows internal addresses): served from the
-/// cached state, so it answers while the ring service is away.
+/// cached state, so it answers while the ring service is away; each node's anti-entropy
+/// progress is asked of the node itself.
 #[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
     responses((status = 200, description = "Nodes, their state, the ring epoch, handoffs in progress"),
         (status = 403, description = "The token lacks cluster-wide admin", body = ErrorBody)))]
@@ -22,7 +56,7 @@ pub async fn get_cluster(
 ) -> Result<Json<ClusterView>, ApiError> {
     principal.require(Permission::Admin, None)?;
     let s = state.cache.current()?;
-    Ok(Json(view(&s)))
+    Ok(Json(with_progress(&state.member_client, view(&s)).await))
 }
 
 /// Query of `GET /v1/ring`.

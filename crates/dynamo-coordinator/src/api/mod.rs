@@ -72,6 +72,9 @@ pub struct AppState {
     /// Client for the ring service, signing as control: it relays admin calls, made only
     /// after the caller's admin token was checked.
     pub client: dynamo_server::internal::InternalClient,
+    /// Client for storage nodes, signing as a member (the cluster view asks each node for
+    /// its anti-entropy progress).
+    pub member_client: dynamo_server::internal::InternalClient,
     /// Metrics.
     pub metrics: CoordinatorMetrics,
     /// The keys context tokens are sealed with.

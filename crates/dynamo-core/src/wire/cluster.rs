@@ -78,6 +78,33 @@ pub struct NodeStatus {
     /// Milliseconds since its last heartbeat, if it ever sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_ms_ago: Option<u64>,
+    /// Its anti-entropy progress, as the node reported it when the view was made (a
+    /// coordinator asks each node; absent when the node did not answer). Never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_entropy: Option<AntiEntropyStatus>,
+}
+
+/// A storage node's anti-entropy progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AntiEntropyStatus {
+    /// False when the node runs without anti-entropy (`--anti-entropy-interval-ms 0`).
+    pub enabled: bool,
+    /// Full passes completed since the node started.
+    pub passes: u64,
+    /// When the last full pass ended (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pass_ms: Option<u64>,
+    /// Of the partitions this node compares with a peer, the oldest last comparison in
+    /// which every exchange succeeded (ms since the Unix epoch): how stale the least
+    /// recently confirmed partition is. Absent until every such partition has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_partition_ms: Option<u64>,
+    /// Keys merged here from peers, and pushed to peers, since the node started.
+    pub keys_pulled: u64,
+    /// See `keys_pulled`.
+    pub keys_pushed: u64,
+    /// Stored bytes moved both ways since the node started.
+    pub bytes_moved: u64,
 }
 
 /// A partition being copied to a node that will hold it.

@@ -73,6 +73,7 @@ impl Cluster {
                 zone: r.zone.clone(),
                 state: NodeState::Joining,
                 last_heartbeat_ms_ago: None,
+                anti_entropy: None,
             });
             self.state.nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         }

@@ -147,6 +147,7 @@ pub fn state_of(version: u64, ring: &Ring) -> ClusterState {
                 zone: None,
                 state: NodeState::Up,
                 last_heartbeat_ms_ago: Some(0),
+                anti_entropy: None,
             })
             .collect(),
         buckets: BTreeMap::new(),
