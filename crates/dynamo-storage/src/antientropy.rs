@@ -614,8 +614,8 @@ pub struct AeProgress {
     passes: AtomicU64,
     last_pass_ms: AtomicU64,
     /// Per partition: when this node last compared it with every peer it initiates with,
-    /// all successfully (ms since the Unix epoch; 0 never). `u64::MAX`: the node
-    /// initiates no exchange for it (not a replica, or its id sorts last).
+    /// all successfully (ms since the Unix epoch; 0: compared, never all successfully).
+    /// `u64::MAX`: not compared here (not a replica, its id sorts last, or no pass yet).
     partitions: Vec<AtomicU64>,
     keys_pulled: AtomicU64,
     keys_pushed: AtomicU64,
@@ -630,7 +630,7 @@ impl AeProgress {
             enabled,
             passes: AtomicU64::new(0),
             last_pass_ms: AtomicU64::new(0),
-            partitions: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            partitions: (0..partitions).map(|_| AtomicU64::new(u64::MAX)).collect(),
             keys_pulled: AtomicU64::new(0),
             keys_pushed: AtomicU64::new(0),
             bytes_moved: AtomicU64::new(0),
@@ -640,6 +640,13 @@ impl AeProgress {
     fn partition(&self, p: PartitionId, value: u64) {
         if let Some(slot) = self.partitions.get(p.0 as usize) {
             slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks a partition compared here without success, keeping an earlier success.
+    fn partition_failed(&self, p: PartitionId) {
+        if let Some(slot) = self.partitions.get(p.0 as usize) {
+            let _ = slot.compare_exchange(u64::MAX, 0, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
@@ -664,6 +671,7 @@ impl AeProgress {
         AntiEntropyStatus {
             enabled: self.enabled,
             passes: self.passes.load(Ordering::Relaxed),
+            compared_partitions: u32::try_from(compared.len()).unwrap_or(u32::MAX),
             last_pass_ms: ms(self.last_pass_ms.load(Ordering::Relaxed)),
             oldest_partition_ms: oldest,
             keys_pulled: self.keys_pulled.load(Ordering::Relaxed),
@@ -834,10 +842,45 @@ pub async fn pass(
         }
         if all_ok {
             progress.partition(p, now_ms());
+        } else {
+            progress.partition_failed(p);
         }
         if !pace.rest(stop).await {
             return None;
         }
     }
     Some(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: the status says how many partitions the node compares itself, and its oldest
+    // clean comparison only once every one of them has had one; a failure after a success
+    // keeps the success.
+    #[test]
+    fn progress_reports_the_oldest_clean_comparison_of_the_partitions_compared_here() {
+        let p = AeProgress::new(4, true);
+        let s = p.status();
+        assert_eq!((s.compared_partitions, s.oldest_partition_ms), (0, None));
+        p.partition(PartitionId(0), 5_000);
+        p.partition_failed(PartitionId(1));
+        p.partition(PartitionId(2), u64::MAX);
+        let s = p.status();
+        assert_eq!((s.compared_partitions, s.oldest_partition_ms), (2, None));
+        p.partition(PartitionId(1), 7_000);
+        p.partition_failed(PartitionId(0));
+        let s = p.status();
+        assert_eq!((s.compared_partitions, s.oldest_partition_ms), (2, Some(5_000)));
+        p.exchanged(&ExchangeStats {
+            pulled: 2,
+            pushed: 3,
+            bytes_pulled: 10,
+            bytes_pushed: 20,
+            ..ExchangeStats::default()
+        });
+        let s = p.status();
+        assert_eq!((s.keys_pulled, s.keys_pushed, s.bytes_moved), (2, 3, 30));
+    }
 }

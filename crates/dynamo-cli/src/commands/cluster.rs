@@ -71,6 +71,12 @@ fn anti_entropy_text(ae: Option<&AntiEntropyStatus>, now_ms: u64) -> String {
     match ae {
         None => "-".into(),
         Some(ae) if !ae.enabled => "off".into(),
+        Some(ae) if ae.passes > 0 && ae.compared_partitions == 0 => {
+            format!(
+                "{} passes; compares no partition itself (its peers do)",
+                ae.passes
+            )
+        }
         Some(ae) => {
             let oldest = ae.oldest_partition_ms.map_or_else(
                 || "not all partitions compared yet".to_owned(),
@@ -171,6 +177,7 @@ mod tests {
                     anti_entropy: Some(AntiEntropyStatus {
                         enabled: true,
                         passes: 7,
+                        compared_partitions: 64,
                         last_pass_ms: Some(95_000),
                         oldest_partition_ms: Some(90_000),
                         ..AntiEntropyStatus::default()
@@ -203,6 +210,17 @@ mod tests {
             text.contains("node-b  down   -     http://b:7070  -               -"),
             "{text}"
         );
+        let last = AntiEntropyStatus {
+            enabled: true,
+            passes: 3,
+            ..AntiEntropyStatus::default()
+        };
+        assert_eq!(
+            anti_entropy_text(Some(&last), 0),
+            "3 passes; compares no partition itself (its peers do)"
+        );
+        let off = AntiEntropyStatus::default();
+        assert_eq!(anti_entropy_text(Some(&off), 0), "off");
         assert!(
             text.contains("9          node-a  node-b  12       copying"),
             "{text}"

@@ -91,6 +91,10 @@ pub struct AntiEntropyStatus {
     pub enabled: bool,
     /// Full passes completed since the node started.
     pub passes: u64,
+    /// Partitions this node compares with a peer itself (the others' pairs are compared
+    /// by the peer whose id sorts first); 0 before the first pass.
+    #[serde(default)]
+    pub compared_partitions: u32,
     /// When the last full pass ended (ms since the Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_pass_ms: Option<u64>,
