@@ -44,11 +44,9 @@ use dynamo_core::merkle::{DiffWalk, DifferingLeaf, HashRange, MerkleError, Merkl
 use dynamo_core::version::{ConflictRule, VersionedObject};
 use dynamo_core::wire::BucketProps;
 use dynamo_core::wire::cluster::{AntiEntropyStatus, ClusterState};
-use dynamo_core::wire::internal::{
-    MAX_BATCH_OPS, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
-};
+use dynamo_core::wire::internal::{MAX_BATCH_OPS, ReplicaOp, ReplicaResult};
 use dynamo_core::wire::routes;
-use dynamo_core::{BucketName, NodeId, PartitionId};
+use dynamo_core::{BucketName, PartitionId};
 use dynamo_server::clock::now_ms;
 use dynamo_server::internal::{InternalClient, SendError};
 use dynamo_server::worker::{Next, Tranquilizer, Worker};
@@ -58,6 +56,7 @@ use crate::api::{ChildrenRequest, ChildrenResponse, DigestPage, MAX_DIGEST_PAGE,
 use crate::cluster::ClusterCache;
 use crate::engine::{Engine, KeyRef};
 use crate::error::StorageError;
+use crate::peer::BatchError;
 
 /// Differing leaves whose indexes lie within this many of each other are compared in one
 /// digest scan (which then also reads the digests of the equal leaves between them):
@@ -98,6 +97,15 @@ pub enum AeError {
 impl From<reqwest::Error> for AeError {
     fn from(e: reqwest::Error) -> Self {
         AeError::Peer(e.into())
+    }
+}
+
+impl From<BatchError> for AeError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Send(e) => AeError::Peer(e),
+            mismatch @ BatchError::Mismatch { .. } => AeError::BadAnswer(mismatch.to_string()),
+        }
     }
 }
 
@@ -453,29 +461,16 @@ fn object_bytes(o: &VersionedObject) -> u64 {
     o.siblings().iter().map(|s| s.value.len() as u64).sum()
 }
 
+/// Sends one replica batch to the peer, counting the round trip.
 async fn send_batch(
     client: &InternalClient,
     peer: &str,
     ops: Vec<ReplicaOp>,
     stats: &mut ExchangeStats,
 ) -> Result<Vec<ReplicaResult>, AeError> {
-    let n = ops.len();
-    let answer: ReplicaBatchResult = client
-        .post(routes::url(peer, routes::storage::REPLICAS))
-        .json(&ReplicaBatch { ops })
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let results = crate::peer::replica_batch(client, peer, ops).await?;
     stats.round_trips += 1;
-    if answer.results.len() != n {
-        return Err(AeError::BadAnswer(format!(
-            "{} results for {n} operations",
-            answer.results.len()
-        )));
-    }
-    Ok(answer.results)
+    Ok(results)
 }
 
 /// Reads `keys` from the peer and merges them here; returns the bytes moved.
@@ -746,11 +741,6 @@ impl Worker for AntiEntropy {
     }
 }
 
-/// Every node's internal address, as GC reads it.
-fn addresses(state: &ClusterState) -> BTreeMap<NodeId, String> {
-    crate::gc::addresses(state)
-}
-
 /// Runs one pass. Returns `None` when it was skipped or cut short (no usable ring yet,
 /// shutdown).
 pub async fn pass(
@@ -768,7 +758,7 @@ pub async fn pass(
     }
     let buckets = Buckets::new(&state);
     let n = usize::from(buckets.max_n());
-    let addresses = addresses(&state);
+    let addresses = crate::peer::addresses(&state);
     let me = engine.identity().node_id.clone();
     let metrics = engine.metrics().clone();
     let mut pacer = Pacer::new(settings.max_bytes_per_sec);

@@ -31,7 +31,7 @@
 //! [`TRANQUILITY`] times what the page took, so GC yields to foreground traffic (Garage's
 //! tranquilizer, Dynamo's admission control).
 
-use dynamo_server::internal::{InternalClient, SendError};
+use dynamo_server::internal::InternalClient;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,11 +41,7 @@ use dynamo_server::clock::now_ms;
 use dynamo_core::backoff::Backoff;
 use dynamo_core::version::VersionedObject;
 use dynamo_core::wire::BucketProps;
-use dynamo_core::wire::cluster::ClusterState;
-use dynamo_core::wire::internal::{
-    MAX_BATCH_OPS, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
-};
-use dynamo_core::wire::routes;
+use dynamo_core::wire::internal::{MAX_BATCH_OPS, ReplicaOp, ReplicaResult};
 use dynamo_core::{BucketName, NodeId};
 use dynamo_server::worker::{Next, Tranquilizer, Worker};
 use tokio::task::JoinSet;
@@ -55,6 +51,7 @@ use crate::cluster::ClusterCache;
 use crate::codec::ObjectKey;
 use crate::engine::{Engine, KeyRef};
 use crate::error::StorageError;
+use crate::peer::BatchError;
 
 /// Objects read per page; at most this many questions go to one peer in one batch.
 pub const GC_PAGE: usize = MAX_BATCH_OPS;
@@ -212,7 +209,7 @@ pub async fn round(
         tracing::debug!("tombstone gc: membership change in progress; paused");
         return Ok(None);
     }
-    let addresses = addresses(&state);
+    let addresses = crate::peer::addresses(&state);
     let me = engine.identity().node_id.clone();
     let default_n = BucketProps::default().n;
     let grace_ms = settings.grace.as_millis() as u64;
@@ -295,23 +292,6 @@ pub async fn round(
     Ok(Some(stats))
 }
 
-/// Every node's internal address: the live view first (heartbeats keep it current),
-/// then the address the ring registered.
-pub(crate) fn addresses(state: &ClusterState) -> BTreeMap<NodeId, String> {
-    let mut out: BTreeMap<NodeId, String> = BTreeMap::new();
-    if let Some(ring) = &state.ring {
-        for (id, m) in ring.members() {
-            if let Some(a) = &m.address {
-                out.insert(id.clone(), a.clone());
-            }
-        }
-    }
-    for n in &state.nodes {
-        out.insert(n.node_id.clone(), n.address.clone());
-    }
-    out
-}
-
 /// Asks every peer about the candidates it must approve: one replica batch per peer, all
 /// peers at once. A candidate's `approvals` counts the peers that hold or collected
 /// exactly its set. A peer without a known address, that fails, or that answers anything
@@ -345,22 +325,11 @@ async fn ask_peers(
                 digest: candidates[i].digest,
             })
             .collect::<Vec<_>>();
-        let url = routes::url(address, routes::storage::REPLICAS);
         let client = client.clone();
+        let address = address.clone();
         let peer = peer.clone();
         asks.spawn(async move {
-            let reply = async {
-                client
-                    .post(url)
-                    .json(&ReplicaBatch { ops })
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json::<ReplicaBatchResult>()
-                    .await
-                    .map_err(SendError::from)
-            }
-            .await;
+            let reply = crate::peer::replica_batch(&client, &address, ops).await;
             (peer, idxs, reply)
         });
     }
@@ -374,8 +343,8 @@ async fn ask_peers(
             continue;
         };
         match reply {
-            Ok(r) if r.results.len() == idxs.len() => {
-                for (i, res) in idxs.into_iter().zip(r.results) {
+            Ok(results) => {
+                for (i, res) in idxs.into_iter().zip(results) {
                     if let ReplicaResult::TombstoneStatus { holds, collected } = res
                         && (holds || collected)
                     {
@@ -383,10 +352,10 @@ async fn ask_peers(
                     }
                 }
             }
-            Ok(r) => tracing::warn!(
+            Err(BatchError::Mismatch { answered, asked }) => tracing::warn!(
                 peer = %peer,
-                answered = r.results.len(),
-                asked = idxs.len(),
+                answered,
+                asked,
                 "tombstone gc: peer answered a wrong number of results"
             ),
             Err(e) => tracing::debug!(peer = %peer, error = %e, "tombstone gc: peer did not answer"),

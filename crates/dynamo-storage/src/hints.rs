@@ -17,15 +17,13 @@ use std::time::Duration;
 use dynamo_core::BucketName;
 use dynamo_core::NodeId;
 use dynamo_core::version::ConflictRule;
-use dynamo_core::wire::internal::{
-    MAX_BATCH_BYTES, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
-};
-use dynamo_core::wire::routes;
+use dynamo_core::wire::internal::{MAX_BATCH_BYTES, ReplicaOp, ReplicaResult};
 use dynamo_server::worker::{Next, Tranquilizer, Worker};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, PendingHint};
 use crate::error::StorageError;
+use crate::peer::BatchError;
 
 /// Hints per delivery request.
 pub const HINT_BATCH: usize = 64;
@@ -49,9 +47,12 @@ pub enum DeliveryError {
     Storage(#[from] StorageError),
 }
 
-impl From<reqwest::Error> for DeliveryError {
-    fn from(e: reqwest::Error) -> Self {
-        DeliveryError::Unreachable(e.into())
+impl From<BatchError> for DeliveryError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Send(e) => DeliveryError::Unreachable(e),
+            BatchError::Mismatch { answered, asked } => DeliveryError::Mismatch(answered, asked),
+        }
     }
 }
 
@@ -156,22 +157,10 @@ pub async fn deliver_to(
             // Only corrupt hints are left at the head of this owner's range.
             break;
         }
-        let sent = ops.len();
-        let url = routes::url(address, routes::storage::REPLICAS);
-        let reply: ReplicaBatchResult = client
-            .post(url)
-            .json(&ReplicaBatch { ops })
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        if reply.results.len() != sent {
-            return Err(DeliveryError::Mismatch(reply.results.len(), sent));
-        }
+        let results = crate::peer::replica_batch(client, address, ops).await?;
         let confirmed: Vec<PendingHint> = hints
             .into_iter()
-            .zip(reply.results)
+            .zip(results)
             .filter(|(_, r)| matches!(r, ReplicaResult::Replicated))
             .map(|(h, _)| h)
             .collect();

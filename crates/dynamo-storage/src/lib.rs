@@ -16,7 +16,7 @@
 //!   [`api`]: the routes; [`hints`]: delivery; [`handoff`]: pulling a partition from
 //!   another node; [`cluster`]: the cached ring and the `heartbeat` and `cluster-state`
 //!   workers; [`antientropy`]: the `anti-entropy` worker; [`gc`]: the `tombstone-gc`
-//!   worker; [`metrics`]: `dynamo_storage_*`.
+//!   worker; [`peer`]: replica batches to other nodes; [`metrics`]: `dynamo_storage_*`.
 //! - Start at [`run`].
 //!
 //! # It is not
@@ -42,6 +42,7 @@ pub mod gc;
 pub mod handoff;
 pub mod hints;
 pub mod metrics;
+pub mod peer;
 pub mod syncer;
 
 use std::sync::Arc;

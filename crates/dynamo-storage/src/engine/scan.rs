@@ -121,17 +121,7 @@ impl Engine {
             )),
             None => self.objects.range::<Vec<u8>, _>(lo..hi),
         };
-        let mut out = Vec::new();
-        let mut last = None;
-        for kv in iter {
-            if out.len() == limit {
-                return Ok((out, last));
-            }
-            let (k, v) = kv.into_inner()?;
-            out.push((codec::parse_object_key(&k)?, read(&v)?));
-            last = Some(k.to_vec());
-        }
-        Ok((out, None))
+        page(iter, limit, usize::MAX, read)
     }
 
     /// Removes a key's object if its stored digest still equals `digest` (tombstone GC:
@@ -174,18 +164,32 @@ impl Engine {
                 .range::<Vec<u8>, _>((std::ops::Bound::Excluded(a.to_vec()), std::ops::Bound::Unbounded)),
             None => self.objects.range::<Vec<u8>, _>(..),
         };
-        let mut out = Vec::new();
-        let mut last = None;
-        let mut bytes = 0;
-        for kv in iter {
-            if out.len() == limit || bytes >= max_bytes {
-                return Ok((out, last));
-            }
-            let (k, v) = kv.into_inner()?;
-            bytes += v.len();
-            out.push((codec::parse_object_key(&k)?, codec::decode_object(&v)?));
-            last = Some(k.to_vec());
-        }
-        Ok((out, None))
+        page(iter, limit, max_bytes, |v| Ok(codec::decode_object(v)?))
     }
+}
+
+/// Reads a page of objects from `iter` (in storage order), each value through `read`: at
+/// most `limit` of them, and no more once `max_bytes` of stored values were read (a page
+/// holds at least one). Returns them with the storage key to resume after when more
+/// remain.
+#[allow(clippy::type_complexity)]
+fn page<T>(
+    iter: fjall::Iter,
+    limit: usize,
+    max_bytes: usize,
+    read: impl Fn(&[u8]) -> Result<T, StorageError>,
+) -> Result<(Vec<(ObjectKey, T)>, Option<Vec<u8>>), StorageError> {
+    let mut out = Vec::new();
+    let mut last = None;
+    let mut bytes = 0usize;
+    for kv in iter {
+        if out.len() == limit || bytes >= max_bytes {
+            return Ok((out, last));
+        }
+        let (k, v) = kv.into_inner()?;
+        bytes = bytes.saturating_add(v.len());
+        out.push((codec::parse_object_key(&k)?, read(&v)?));
+        last = Some(k.to_vec());
+    }
+    Ok((out, None))
 }
