@@ -2,12 +2,14 @@
 //! must send its headers and its body in time, and connections past the cap wait for a
 //! free slot instead of being served.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::post;
+use common::{Server, until_closed};
 use dynamo_server::config::ServeArgs;
 use dynamo_server::extract::Body;
 use dynamo_server::metrics::HttpMetrics;
@@ -16,53 +18,25 @@ use dynamo_testkit::WAIT;
 use prometheus::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
-struct Server {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+/// A service with one route, `POST /echo`, answering its body.
+fn echo() -> Router {
+    let registry = Arc::new(Registry::new());
+    let routes = Router::new().route("/echo", post(|Body(b): Body| async move { b }));
+    serve::with_common_layers(
+        routes,
+        serve::health_routes(Readiness::new(), registry.clone()),
+        Limits {
+            max_body_bytes: 1 << 20,
+            max_concurrent_requests: 64,
+        },
+        HttpMetrics::new(&registry, "test").expect("metrics"),
+    )
 }
 
-impl Server {
-    async fn start(args: ServeArgs) -> Server {
-        let registry = Arc::new(Registry::new());
-        let routes = Router::new().route("/echo", post(|Body(b): Body| async move { b }));
-        let app = serve::with_common_layers(
-            routes,
-            serve::health_routes(Readiness::new(), registry.clone()),
-            Limits {
-                max_body_bytes: 1 << 20,
-                max_concurrent_requests: 64,
-            },
-            HttpMetrics::new(&registry, "test").expect("metrics"),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(serve::serve(listener, app, stop.clone(), Readiness::new(), args));
-        Server { addr, stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("serve returns")
-            .expect("join")
-            .expect("io");
-    }
-}
-
-/// Reads until the server closes the connection; what it sent. Bounded well below
-/// hyper's own 30 s default, so only the configured timeout can pass it.
-async fn until_closed(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("the server closed the connection")
-        .ok();
-    String::from_utf8_lossy(&out).into_owned()
+/// What the server sent before it closed the connection, as text.
+async fn text_until_closed(s: &mut TcpStream) -> String {
+    String::from_utf8_lossy(&until_closed(s).await).into_owned()
 }
 
 /// Reads one response head and its body of `Content-Length` bytes.
@@ -109,12 +83,12 @@ fn args(f: impl FnOnce(&mut ServeArgs)) -> ServeArgs {
 // the header read timeout, instead of holding a connection for ever.
 #[tokio::test]
 async fn a_client_that_stalls_its_headers_is_disconnected() {
-    let server = Server::start(args(|a| a.header_read_timeout_ms = 200)).await;
+    let server = Server::start(echo(), args(|a| a.header_read_timeout_ms = 200)).await;
     let mut s = TcpStream::connect(server.addr).await.expect("connect");
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Le")
         .await
         .expect("write");
-    let answered = until_closed(&mut s).await;
+    let answered = text_until_closed(&mut s).await;
     assert!(!answered.contains(" 200 "), "{answered}");
     server.stop().await;
 }
@@ -123,7 +97,7 @@ async fn a_client_that_stalls_its_headers_is_disconnected() {
 // timeout, and the handler never sees a partial body.
 #[tokio::test]
 async fn a_body_that_does_not_arrive_in_time_is_refused() {
-    let server = Server::start(args(|a| a.body_read_timeout_ms = 200)).await;
+    let server = Server::start(echo(), args(|a| a.body_read_timeout_ms = 200)).await;
     let mut s = TcpStream::connect(server.addr).await.expect("connect");
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b")
         .await
@@ -138,7 +112,7 @@ async fn a_body_that_does_not_arrive_in_time_is_refused() {
 // served while two connections are open, and is served as soon as one closes.
 #[tokio::test]
 async fn connections_past_the_cap_wait_for_a_free_slot() {
-    let server = Server::start(args(|a| a.max_connections = 2)).await;
+    let server = Server::start(echo(), args(|a| a.max_connections = 2)).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(server.addr).await.expect("connect");
@@ -173,12 +147,12 @@ async fn connections_past_the_cap_wait_for_a_free_slot() {
 // same header timeout (its clock runs while the server waits for the next request).
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed() {
-    let server = Server::start(args(|a| a.header_read_timeout_ms = 200)).await;
+    let server = Server::start(echo(), args(|a| a.header_read_timeout_ms = 200)).await;
     let mut s = TcpStream::connect(server.addr).await.expect("connect");
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
         .await
         .expect("write");
     assert!(response(&mut s).await.starts_with("HTTP/1.1 200"));
-    assert_eq!(until_closed(&mut s).await, "", "closed without another word");
+    assert_eq!(text_until_closed(&mut s).await, "", "closed without another word");
     server.stop().await;
 }

@@ -2,19 +2,20 @@
 //! a throw-away CA: https answered, plain HTTP not, a stalled hello bounded like stalled
 //! headers, a renewed certificate served without a restart, a bad one refused at start.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use common::{Server, until_closed};
 use dynamo_server::config::{ServeArgs, TlsArgs};
 use dynamo_server::metrics::HttpMetrics;
 use dynamo_server::serve::{self, Limits, Readiness};
-use dynamo_testkit::WAIT;
 use dynamo_tls::throwaway::{Ca, TlsFiles};
 use prometheus::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -43,39 +44,20 @@ fn tls_args(files: &TlsFiles) -> TlsArgs {
     }
 }
 
-struct Server {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+/// Serves [`app`] with `args` on a free loopback port; its `/healthz` URL by name (the
+/// certificates are for `localhost`).
+async fn start(args: ServeArgs) -> (Server, String) {
+    let server = Server::start(app(), args).await;
+    let url = format!("https://localhost:{}/healthz", server.addr.port());
+    (server, url)
 }
 
-impl Server {
-    async fn start(args: ServeArgs) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(serve::serve(
-            listener,
-            app(),
-            stop.clone(),
-            Readiness::new(),
-            args,
-        ));
-        Server { addr, stop, task }
-    }
-
-    fn url(&self) -> String {
-        format!("https://localhost:{}/healthz", self.addr.port())
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("serve returns")
-            .expect("join")
-            .expect("io");
-    }
+/// A throw-away CA named `name` and a certificate it signed, written into a new
+/// directory (kept while the returned guard lives).
+fn ca_files(name: &str) -> (tempfile::TempDir, TlsFiles) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = Ca::new(name).expect("ca").write_files(dir.path()).expect("files");
+    (dir, files)
 }
 
 /// A fresh client (no pooled connection, no session to resume) trusting `ca`.
@@ -96,35 +78,17 @@ async fn healthz(client: &reqwest::Client, url: &str) -> Result<String, reqwest:
     r.text().await
 }
 
-/// Reads until the server closes the connection, bounded well below anything but the
-/// configured timeout; what it sent.
-async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("the server closed the connection")
-        .ok();
-    out
-}
-
 // Goal: with a certificate the listener answers https to a client trusting its CA, and
 // a plain-HTTP request on the same port gets no HTTP answer.
 #[tokio::test]
 async fn https_is_served_and_plain_http_is_not() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let files = Ca::new("test")
-        .expect("ca")
-        .write_files(dir.path())
-        .expect("files");
-    let server = Server::start(ServeArgs {
+    let (_dir, files) = ca_files("test");
+    let (server, url) = start(ServeArgs {
         tls: tls_args(&files),
         ..ServeArgs::default()
     })
     .await;
-    assert_eq!(
-        healthz(&client(&files.ca), &server.url()).await.expect("https"),
-        "ok"
-    );
+    assert_eq!(healthz(&client(&files.ca), &url).await.expect("https"), "ok");
 
     let mut plain = TcpStream::connect(server.addr).await.expect("connect");
     plain
@@ -143,12 +107,8 @@ async fn https_is_served_and_plain_http_is_not() {
 // after the header read timeout, and its connection slot is free again afterwards.
 #[tokio::test]
 async fn a_stalled_tls_hello_is_disconnected_and_frees_its_slot() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let files = Ca::new("test")
-        .expect("ca")
-        .write_files(dir.path())
-        .expect("files");
-    let server = Server::start(ServeArgs {
+    let (_dir, files) = ca_files("test");
+    let (server, url) = start(ServeArgs {
         tls: tls_args(&files),
         header_read_timeout_ms: 200,
         max_connections: 1,
@@ -161,10 +121,7 @@ async fn a_stalled_tls_hello_is_disconnected_and_frees_its_slot() {
     let answer = until_closed(&mut stalled).await;
     assert!(answer.is_empty(), "the stalled client got {answer:?}");
     // The only slot was the stalled connection's; a real client is served now.
-    assert_eq!(
-        healthz(&client(&files.ca), &server.url()).await.expect("https"),
-        "ok"
-    );
+    assert_eq!(healthz(&client(&files.ca), &url).await.expect("https"), "ok");
     server.stop().await;
 }
 
@@ -173,38 +130,27 @@ async fn a_stalled_tls_hello_is_disconnected_and_frees_its_slot() {
 // the new CA is refused before and served after), and a broken replacement is not taken.
 #[tokio::test]
 async fn a_replaced_certificate_is_served_without_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let files = Ca::new("old")
-        .expect("ca")
-        .write_files(dir.path())
-        .expect("files");
-    let server = Server::start(ServeArgs {
+    let (_dir, files) = ca_files("old");
+    let (server, url) = start(ServeArgs {
         tls: tls_args(&files),
         ..ServeArgs::default()
     })
     .await;
-    let new_dir = tempfile::tempdir().expect("tempdir");
-    let new = Ca::new("new")
-        .expect("ca")
-        .write_files(new_dir.path())
-        .expect("files");
-    healthz(&client(&new.ca), &server.url())
+    let (_new_dir, new) = ca_files("new");
+    healthz(&client(&new.ca), &url)
         .await
         .expect_err("the new CA's clients do not trust the old certificate");
 
     std::fs::copy(&new.cert, &files.cert).expect("copy");
     std::fs::copy(&new.key, &files.key).expect("copy");
-    assert_eq!(
-        healthz(&client(&new.ca), &server.url()).await.expect("renewed"),
-        "ok"
-    );
-    healthz(&client(&files.ca), &server.url())
+    assert_eq!(healthz(&client(&new.ca), &url).await.expect("renewed"), "ok");
+    healthz(&client(&files.ca), &url)
         .await
         .expect_err("the old CA's clients no longer match");
 
     std::fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\ngarbage\n").expect("write");
     assert_eq!(
-        healthz(&client(&new.ca), &server.url())
+        healthz(&client(&new.ca), &url)
             .await
             .expect("the pair in force stays"),
         "ok"
@@ -216,16 +162,8 @@ async fn a_replaced_certificate_is_served_without_a_restart() {
 // file is wrong.
 #[tokio::test]
 async fn a_key_of_another_certificate_stops_the_listener_at_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let files = Ca::new("test")
-        .expect("ca")
-        .write_files(dir.path())
-        .expect("files");
-    let other_dir = tempfile::tempdir().expect("tempdir");
-    let other = Ca::new("test")
-        .expect("ca")
-        .write_files(other_dir.path())
-        .expect("files");
+    let (_dir, files) = ca_files("test");
+    let (_other_dir, other) = ca_files("test");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let args = ServeArgs {
         tls: TlsArgs {

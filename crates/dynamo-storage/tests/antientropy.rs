@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::fake_ring::{FakeRing, ring_of, state_of};
+use common::fake_ring::{ring_of, state_of};
 use common::*;
 use dynamo_core::DotSet;
 use dynamo_core::version::VersionedObject;
@@ -20,77 +20,38 @@ const PUSHED: &str = "dynamo_storage_anti_entropy_keys_total{direction=\"pushed\
 const IN_SYNC: &str = "dynamo_storage_anti_entropy_exchanges_total{result=\"in_sync\"}";
 
 /// Two nodes, `node-a` and `node-b`, with anti-entropy every 100 ms but no ring until
-/// [`Two::publish`]: passes find nothing to do until then, so the test sets up the
-/// divergence first.
-struct Two {
-    ring: FakeRing,
-    nodes: Vec<InProcess>,
-    _dirs: Vec<tempfile::TempDir>,
+/// [`publish`]: passes find nothing to do until then, so the test sets up the divergence
+/// first.
+async fn two() -> Followers {
+    Followers::start(&["node-a", "node-b"], |config| {
+        config.durability = dynamo_storage::engine::Durability::Buffered;
+        config.anti_entropy_interval_ms = 100;
+        config.anti_entropy_tranquility = 0;
+        // No GC in this test: tombstones must stay to be compared.
+        config.gc_interval_ms = 3_600_000;
+    })
+    .await
 }
 
-impl Two {
-    async fn start() -> Two {
-        let ring = FakeRing::start().await;
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        for name in ["node-a", "node-b"] {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let mut config = dynamo_storage::Config::for_dir(dir.path());
-            config.node_id = Some(name.into());
-            config.ring_url = Some(ring.url.clone());
-            config.durability = dynamo_storage::engine::Durability::Buffered;
-            config.anti_entropy_interval_ms = 100;
-            config.anti_entropy_tranquility = 0;
-            // No GC in this test: tombstones must stay to be compared.
-            config.gc_interval_ms = 3_600_000;
-            nodes.push(start_with(config).await);
-            dirs.push(dir);
-        }
-        Two {
-            ring,
-            nodes,
-            _dirs: dirs,
-        }
-    }
-
-    fn url(&self, i: usize) -> String {
-        self.nodes[i].url()
-    }
-
-    /// Publishes the ring (both nodes in every preference list) with `buckets`.
-    async fn publish(&self, buckets: &[(&str, u8)]) {
-        let members = [("node-a", self.url(0)), ("node-b", self.url(1))];
-        let mut state = state_of(1, &ring_of(&members));
-        for (name, n) in buckets {
-            state.buckets.insert(
-                bucket(name),
-                BucketRecord {
-                    props: BucketProps {
-                        n: *n,
-                        r: 1,
-                        w: 1,
-                        ..BucketProps::default()
-                    },
-                    has_data: true,
+/// Publishes the ring of `two` (both nodes in every preference list) with `buckets`.
+async fn publish(two: &Followers, buckets: &[(&str, u8)]) {
+    let members = [("node-a", two.url(0)), ("node-b", two.url(1))];
+    let mut state = state_of(1, &ring_of(&members));
+    for (name, n) in buckets {
+        state.buckets.insert(
+            bucket(name),
+            BucketRecord {
+                props: BucketProps {
+                    n: *n,
+                    r: 1,
+                    w: 1,
+                    ..BucketProps::default()
                 },
-            );
-        }
-        self.ring.publish(state);
-        for i in 0..2 {
-            let url = self.url(i);
-            eventually("ring learned", || async {
-                metric(&url, "dynamo_storage_ring_epoch").await == 1.0
-            })
-            .await;
-        }
+                has_data: true,
+            },
+        );
     }
-
-    async fn shutdown(self) {
-        for n in self.nodes {
-            n.shutdown().await;
-        }
-        self.ring.stop();
-    }
+    two.publish(state).await;
 }
 
 async fn write(url: &str, b: &str, key: &str, value: Option<&[u8]>, context: DotSet) -> VersionedObject {
@@ -138,7 +99,7 @@ async fn snapshot(url: &str, b: &str, keys: &[String]) -> BTreeMap<String, Optio
 // 10 pushed by node-a, which initiates), and the next pass finds the trees equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diverged_replicas_converge_moving_only_the_differing_keys() {
-    let two = Two::start().await;
+    let two = two().await;
     let (a, b) = (two.url(0), two.url(1));
     let mut keys = Vec::new();
     // 300 keys both hold alike.
@@ -173,7 +134,7 @@ async fn diverged_replicas_converge_moving_only_the_differing_keys() {
     keys.push(k);
 
     let passes = metric(&a, PASSES).await;
-    two.publish(&[("ae", 3)]).await;
+    publish(&two, &[("ae", 3)]).await;
     // Two passes after the ring is known: the first repairs, the second finds nothing.
     eventually("two anti-entropy passes", || async {
         metric(&a, PASSES).await >= passes + 2.0
@@ -216,12 +177,12 @@ async fn diverged_replicas_converge_moving_only_the_differing_keys() {
 // anti-entropy between the two leaves the key where it was written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_of_a_bucket_the_pair_does_not_share_stay_put() {
-    let two = Two::start().await;
+    let two = two().await;
     let (a, b) = (two.url(0), two.url(1));
     write(&a, "solo", "k", Some(b"one copy"), DotSet::new()).await;
     write(&a, "ae", "shared", Some(b"two copies"), DotSet::new()).await;
     let passes = metric(&a, PASSES).await;
-    two.publish(&[("solo", 1), ("ae", 2)]).await;
+    publish(&two, &[("solo", 1), ("ae", 2)]).await;
     eventually("the shared key is copied", || async {
         get(&b, "ae", "shared").await.is_some()
     })

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::fake_ring::{FakeRing, ring_of, state_of};
+use common::fake_ring::{ring_of, state_of};
 use common::*;
 use dynamo_core::DotSet;
 use dynamo_core::version::VersionedObject;
@@ -20,64 +20,25 @@ const BLOCKED: &str = "dynamo_storage_tombstones_blocked_total";
 /// Three nodes `node-a/b/c` whose ring (every key's preference list is all three, n = 3)
 /// comes from a fake ring service. `dead_c`: node-c is in the ring at an address where
 /// nothing answers, and is not started.
-struct Three {
-    ring: FakeRing,
-    nodes: Vec<InProcess>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Three {
-    async fn start(dead_c: bool) -> Three {
-        let ring = FakeRing::start().await;
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        let names = ["node-a", "node-b", "node-c"];
-        let started = if dead_c { 2 } else { 3 };
-        for name in &names[..started] {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let mut config = dynamo_storage::Config::for_dir(dir.path());
-            config.node_id = Some((*name).into());
-            config.ring_url = Some(ring.url.clone());
-            config.tombstone_grace_ms = GRACE_MS;
-            config.gc_interval_ms = GC_INTERVAL_MS;
-            config.hint_interval_ms = 100;
-            nodes.push(start_with(config).await);
-            dirs.push(dir);
-        }
-        let mut members: Vec<(&str, String)> = names[..started]
-            .iter()
-            .copied()
-            .zip(nodes.iter().map(InProcess::url))
-            .collect();
-        if dead_c {
-            members.push(("node-c", format!("http://127.0.0.1:{}", free_port())));
-        }
-        let r = ring_of(&members);
-        ring.publish(state_of(1, &r));
-        for n in &nodes {
-            let url = n.url();
-            eventually("ring learned", || async {
-                metric(&url, "dynamo_storage_ring_epoch").await == 1.0
-            })
-            .await;
-        }
-        Three {
-            ring,
-            nodes,
-            _dirs: dirs,
-        }
+async fn three(dead_c: bool) -> Followers {
+    let names = ["node-a", "node-b", "node-c"];
+    let started = if dead_c { 2 } else { 3 };
+    let c = Followers::start(&names[..started], |config| {
+        config.tombstone_grace_ms = GRACE_MS;
+        config.gc_interval_ms = GC_INTERVAL_MS;
+        config.hint_interval_ms = 100;
+    })
+    .await;
+    let mut members: Vec<(&str, String)> = names[..started]
+        .iter()
+        .copied()
+        .zip(c.nodes.iter().map(InProcess::url))
+        .collect();
+    if dead_c {
+        members.push(("node-c", format!("http://127.0.0.1:{}", free_port())));
     }
-
-    fn url(&self, i: usize) -> String {
-        self.nodes[i].url()
-    }
-
-    async fn shutdown(self) {
-        for n in self.nodes {
-            n.shutdown().await;
-        }
-        self.ring.stop();
-    }
+    c.publish(state_of(1, &ring_of(&members))).await;
+    c
 }
 
 /// Coordinates a write (or a delete, with `value = None`) at `url`; returns the object.
@@ -145,7 +106,7 @@ async fn wait_rounds(urls: &[String], rounds: f64) {
 // (answers `collected`), and the partition's Merkle tree is back to empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tombstone_held_by_all_three_is_collected_on_all_three() {
-    let c = Three::start(false).await;
+    let c = three(false).await;
     let v = write(&c.url(0), "k", Some(b"value"), DotSet::new()).await;
     for i in 1..3 {
         replicate(&c.url(i), "k", &v).await;
@@ -189,7 +150,7 @@ async fn a_tombstone_held_by_all_three_is_collected_on_all_three() {
 // descends from the delete, so the old copy stays superseded after it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_older_than_a_collected_tombstone_stays_deleted() {
-    let c = Three::start(false).await;
+    let c = three(false).await;
     let v = write(&c.url(0), "k", Some(b"old"), DotSet::new()).await;
     let t = write(&c.url(0), "k", None, v.context().clone()).await;
     for i in 1..3 {
@@ -229,7 +190,7 @@ async fn a_copy_older_than_a_collected_tombstone_stays_deleted() {
 // test fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tombstone_one_replica_lacks_is_not_collected_anywhere() {
-    let c = Three::start(false).await;
+    let c = three(false).await;
     let v = write(&c.url(0), "k1", Some(b"old value"), DotSet::new()).await;
     for i in 1..3 {
         replicate(&c.url(i), "k1", &v).await;
@@ -286,7 +247,7 @@ async fn a_tombstone_one_replica_lacks_is_not_collected_anywhere() {
 // collected: the key is not deleted, so GC leaves it on every replica, round after round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tombstone_with_a_newer_live_sibling_is_not_collected() {
-    let c = Three::start(false).await;
+    let c = three(false).await;
     let v = write(&c.url(0), "k", Some(b"v0"), DotSet::new()).await;
     for i in 1..3 {
         replicate(&c.url(i), "k", &v).await;
@@ -319,7 +280,7 @@ async fn a_tombstone_with_a_newer_live_sibling_is_not_collected() {
 // nothing listens at its address, so the tombstone held by node-a and node-b stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tombstone_is_not_collected_while_a_replica_does_not_answer() {
-    let c = Three::start(true).await;
+    let c = three(true).await;
     let t = write(&c.url(0), "k", None, DotSet::new()).await;
     replicate(&c.url(1), "k", &t).await;
     let ab = [c.url(0), c.url(1)];

@@ -489,6 +489,18 @@ mod tests {
         addr
     }
 
+    /// An echo server with a new leaf of `ca` (its files in `files`); its address.
+    async fn serving_a_leaf_of(ca: &Ca, files: &Files) -> std::net::SocketAddr {
+        let (cert, key) = ca.leaf().expect("leaf");
+        let tls = ServerTls::load(
+            &files.write("cert.pem", &cert),
+            &files.write("key.pem", &key),
+            DEFAULT_RELOAD,
+        )
+        .expect("load");
+        echo_server(tls).await
+    }
+
     /// Connects and echoes; returns the leaf certificate the server showed.
     async fn exchange(
         client: &ClientTls,
@@ -519,14 +531,7 @@ mod tests {
     async fn a_client_trusting_the_ca_talks_and_one_trusting_another_ca_refuses() {
         let files = Files::new();
         let ca = Ca::new("test-ca").expect("ca");
-        let (cert, key) = ca.leaf().expect("leaf");
-        let tls = ServerTls::load(
-            &files.write("cert.pem", &cert),
-            &files.write("key.pem", &key),
-            DEFAULT_RELOAD,
-        )
-        .expect("load");
-        let addr = echo_server(tls).await;
+        let addr = serving_a_leaf_of(&ca, &files).await;
         let trusting =
             ClientTls::from_ca_file(&files.write("ca.pem", &ca.pem()), DEFAULT_RELOAD).expect("ca");
         exchange(&trusting, addr).await.expect("trusted");
@@ -574,14 +579,7 @@ mod tests {
         let files = Files::new();
         let old = Ca::new("old-ca").expect("ca");
         let new = Ca::new("new-ca").expect("ca");
-        let (cert, key) = new.leaf().expect("leaf");
-        let tls = ServerTls::load(
-            &files.write("cert.pem", &cert),
-            &files.write("key.pem", &key),
-            DEFAULT_RELOAD,
-        )
-        .expect("load");
-        let addr = echo_server(tls).await;
+        let addr = serving_a_leaf_of(&new, &files).await;
         let ca_path = files.write("ca.pem", &old.pem());
         let client = ClientTls::from_ca_file(&ca_path, Duration::ZERO).expect("ca");
         exchange(&client, addr).await.expect_err("not yet trusted");

@@ -63,6 +63,62 @@ pub async fn start_with(config: dynamo_storage::Config) -> InProcess {
     InProcess { addr, stop, task }
 }
 
+/// In-process nodes that follow a fake ring service: they learn their ring only when the
+/// test [`Followers::publish`]es one.
+pub struct Followers {
+    pub ring: fake_ring::FakeRing,
+    pub nodes: Vec<InProcess>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Followers {
+    /// Starts a fake ring service and nodes named `names`, each in a new directory, with
+    /// `configure` applied to each configuration.
+    pub async fn start(names: &[&str], configure: impl Fn(&mut dynamo_storage::Config)) -> Followers {
+        let ring = fake_ring::FakeRing::start().await;
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for name in names {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut config = dynamo_storage::Config::for_dir(dir.path());
+            config.node_id = Some((*name).into());
+            config.ring_url = Some(ring.url.clone());
+            configure(&mut config);
+            nodes.push(start_with(config).await);
+            dirs.push(dir);
+        }
+        Followers {
+            ring,
+            nodes,
+            _dirs: dirs,
+        }
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i].url()
+    }
+
+    /// Publishes `state` and waits until every node holds its ring's epoch.
+    pub async fn publish(&self, state: dynamo_core::wire::cluster::ClusterState) {
+        let epoch = state.ring.as_ref().map_or(0, |r| r.epoch().0) as f64;
+        self.ring.publish(state);
+        for n in &self.nodes {
+            let url = n.url();
+            eventually("ring learned", || async {
+                metric(&url, "dynamo_storage_ring_epoch").await == epoch
+            })
+            .await;
+        }
+    }
+
+    pub async fn shutdown(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+        self.ring.stop();
+    }
+}
+
 pub use dynamo_testkit::wait_ready;
 
 #[allow(unused_imports)] // Not every test binary starts processes.
