@@ -10,8 +10,14 @@
 #    cell); every cell repeated, Dynamo and etcd cells interleaved;
 # 5. the cost of durability: workload W, c=32, against the sync cluster and a second
 #    `dynamo dev --durability buffered`, runs alternating;
-# 6. one storage node killed (kill -9 during the first run): workload A, c=32;
-# 7. stops everything it started (also on failure or Ctrl-C), then writes the medians,
+# 6. reads: a second `dynamo dev` whose coordinator asks R replicas first
+#    (`--read-fanout first`), runs alternating with the sync cluster: workloads C and A, c=32;
+# 7. one storage node killed (kill -9 during the first run): workload A, c=32;
+# 8. anti-entropy: workload A, c=32, against a cluster with anti-entropy off, then one with
+#    a pass starting every second;
+# 9. the cost of one anti-entropy exchange by partition size and difference
+#    (`cargo bench -p dynamo-storage --bench antientropy`);
+# 10. stops everything it started (also on failure or Ctrl-C), then writes the medians,
 #    ratios and targets between the make-bench markers of docs/benchmarks.md.
 #
 # The raw JSON lines and the services' logs stay in a directory under /tmp (printed at the
@@ -35,6 +41,8 @@ PARTITIONS=256
 CONCURRENCIES=(32 128)
 WORKLOADS=("a plain" "c plain" "w plain" "a rmw")
 KILLED_NODE=node-2
+HEDGE_MS=20          # --read-hedge-ms of the R-first cluster
+AE_INTERVAL_MS=1000  # --anti-entropy-interval-ms of the anti-entropy-on cluster
 REPORT=${BENCH_REPORT:-$ROOT/docs/benchmarks.md}
 RESULTS_DIR=${BENCH_RESULTS_DIR:-/tmp/dynamo-bench-$(date +%Y%m%d-%H%M%S)}
 CARGO=${CARGO:-cargo}
@@ -66,14 +74,18 @@ command -v python3 >/dev/null || die "python3 is needed for the report (standard
 
 # ------------------------------------------------------------------------------ the plan
 MATRIX_CELLS=$((REPEATS * ${#WORKLOADS[@]} * ${#CONCURRENCIES[@]} * 2))
-EXTRA_CELLS=$((REPEATS * 3)) # durability: sync + buffered; one node killed
+# durability: sync + buffered; one node killed; read fan-out: 2 workloads x 2 clusters;
+# anti-entropy: off + on.
+EXTRA_CELLS=$((REPEATS * 9))
 CELLS=$((MATRIX_CELLS + EXTRA_CELLS))
 LOAD_S=$(((RECORDS + 3999) / 4000)) # measured: 4 000-6 000 inserts/s on 2 cores
 # Each cell: warm-up + window + ~0.3 s to start and stop the generator; start-up and stops.
-ESTIMATE=$((CELLS * (WARMUP + DURATION) + CELLS / 3 + 3 * LOAD_S + 30))
+ESTIMATE=$((CELLS * (WARMUP + DURATION) + CELLS / 3 + 6 * LOAD_S + 90))
 log "make bench: Dynamo (dynamo dev, 3 storage nodes, N=3 R=2 W=2) beside a 3-member etcd"
 log "  matrix: workloads A, C, W, A-rmw x c=${CONCURRENCIES[*]} x {dynamo, etcd} x $REPEATS runs = $MATRIX_CELLS cells"
-log "  extra: durability sync/buffered (W, c=32) and one node killed (A, c=32): $EXTRA_CELLS cells"
+log "  extra: durability sync/buffered (W, c=32), read fan-out all/first (C and A, c=32),"
+log "    one node killed (A, c=32), anti-entropy off/on (A, c=32): $EXTRA_CELLS cells"
+log "  and one anti-entropy exchange per partition size and difference (cargo bench)"
 log "  each cell ${WARMUP} s warm-up + ${DURATION} s measured; $RECORDS records of $VALUE_SIZE B loaded 3 times (~${LOAD_S} s each)"
 log "  estimate: about $((ESTIMATE / 60)) min $((ESTIMATE % 60)) s after the build"
 
@@ -187,7 +199,7 @@ cleanup() {
     for d in "$TMP"/*/logs; do
         [[ -d $d ]] && cp -r "$d" "$RESULTS_DIR/logs-$(basename "$(dirname "$d")")"
     done
-    cp "$TMP"/etcd-*.log "$TMP"/main.out "$TMP"/buffered.out "$RESULTS_DIR"/ 2>/dev/null
+    cp "$TMP"/etcd-*.log "$TMP"/*.out "$RESULTS_DIR"/ 2>/dev/null
     rm -rf "$TMP"
     if ((rc != 0)); then
         log "bench failed (exit $rc); logs and raw results: $RESULTS_DIR"
@@ -252,12 +264,13 @@ start_etcd() {
     log "etcd: healthy"
 }
 
-# start_dev NAME PORT DURABILITY: sets DEV_PID; the data dir is $TMP/NAME. Fails (after
-# saying why) when the cluster does not come up; cleanup stops what it started.
+# start_dev NAME PORT DURABILITY [VAR=VALUE...]: sets DEV_PID; the data dir is $TMP/NAME;
+# the variables (DYNAMO_* settings every service reads) go to the cluster's services. Fails
+# (after saying why) when the cluster does not come up; cleanup stops what it started.
 start_dev() {
     local name=$1 port=$2 durability=$3 out=$TMP/$1.out
     : >"$out"
-    "$DYNAMO" --data-dir "$TMP/$name" dev --nodes 3 --partitions "$PARTITIONS" \
+    env "${@:4}" "$DYNAMO" --data-dir "$TMP/$name" dev --nodes 3 --partitions "$PARTITIONS" \
         --port "$port" --ring-port $((port + 1)) --storage-port $((port + 2)) \
         --n 3 --r 2 --w 2 --durability "$durability" >"$out" 2>&1 &
     DEV_PID=$!
@@ -306,8 +319,9 @@ run_cell() {
     CELL_NO=$((CELL_NO + 1))
     case $cluster in
         main) global=(--endpoint "http://127.0.0.1:$MAIN_PORT" --data-dir "$TMP/main") ;;
-        buffered) global=(--endpoint "http://127.0.0.1:$BUF_PORT" --data-dir "$TMP/buffered") ;;
         etcd) target=etcd ;;
+        # The second cluster of an experiment (buffered, rfirst, aeoff, aeon).
+        *) global=(--endpoint "http://127.0.0.1:$BUF_PORT" --data-dir "$TMP/$cluster") ;;
     esac
     args=(bench --target "$target" --workload "$workload" --mode "$mode"
         --distribution "$DISTRIBUTION" --records "$RECORDS" --value-size "$VALUE_SIZE"
@@ -386,6 +400,21 @@ fi
 stop_dev "$DEV_PID"
 DEV_PIDS=("$MAIN_DEV_PID")
 
+log "reads: every replica (the sync cluster) or R first with a ${HEDGE_MS} ms hedge, c=32"
+if start_dev rfirst "$BUF_PORT" sync DYNAMO_READ_FANOUT=first DYNAMO_READ_HEDGE_MS="$HEDGE_MS"; then
+    for rep in $(seq 1 "$REPEATS"); do
+        for workload in c a; do
+            run_cell fanout "$rep" rfirst "$workload" plain 32
+            run_cell fanout "$rep" main "$workload" plain 32
+        done
+    done
+    stop_dev "$DEV_PID"
+else
+    log "skipping the read fan-out comparison"
+    FAILED=$((FAILED + 1))
+fi
+DEV_PIDS=("$MAIN_DEV_PID")
+
 log "one storage node killed: workload A, c=32"
 VICTIM=$(service_pid main "$KILLED_NODE")
 if [[ -n $VICTIM ]]; then
@@ -400,13 +429,38 @@ fi
 stop_dev "$MAIN_DEV_PID"
 DEV_PIDS=()
 
+# One cluster at a time: a cluster whose anti-entropy runs would take CPU from the other's
+# runs and hide its own cost.
+log "anti-entropy against workload A, c=32: off, then a pass every ${AE_INTERVAL_MS} ms"
+for cfg in "aeoff 0" "aeon $AE_INTERVAL_MS"; do
+    read -r cluster interval <<<"$cfg"
+    if start_dev "$cluster" "$BUF_PORT" sync DYNAMO_ANTI_ENTROPY_INTERVAL_MS="$interval"; then
+        for rep in $(seq 1 "$REPEATS"); do
+            run_cell anti_entropy "$rep" "$cluster" a plain 32
+        done
+        stop_dev "$DEV_PID"
+    else
+        log "skipping anti-entropy $cluster"
+        FAILED=$((FAILED + 1))
+    fi
+    DEV_PIDS=()
+done
+
+log "the cost of one anti-entropy exchange (cargo bench -p dynamo-storage --bench antientropy)"
+AE_RESULTS=$RESULTS_DIR/ae_cost.jsonl
+if ! "$CARGO" bench -p dynamo-storage --bench antientropy --locked >"$AE_RESULTS" 2>"$RESULTS_DIR/ae_cost.log"; then
+    log "the anti-entropy exchange benchmark failed: $(tail -n 5 "$RESULTS_DIR/ae_cost.log")"
+    FAILED=$((FAILED + 1))
+fi
+
 ELAPSED=$SECONDS
 log "all services stopped; writing the report to ${REPORT#"$ROOT"/}"
 python3 "$HELPER" report "$RESULTS" "$REPORT" \
     repo="$ROOT" etcd_bin="$ETCD_BIN" results="$RESULTS" tmp="${TMPDIR:-/tmp}" fs="$FS" \
     loadavg="$LOADAVG" date="$STARTED" elapsed_s="$ELAPSED" build_s="$BUILD_S" repeats="$REPEATS" duration="$DURATION" \
     warmup="$WARMUP" records="$RECORDS" value_size="$VALUE_SIZE" \
-    distribution="$DISTRIBUTION" partitions="$PARTITIONS" killed_node="$KILLED_NODE"
+    distribution="$DISTRIBUTION" partitions="$PARTITIONS" killed_node="$KILLED_NODE" \
+    hedge_ms="$HEDGE_MS" ae_interval_ms="$AE_INTERVAL_MS" ae_results="$AE_RESULTS"
 
 log "done in $((ELAPSED / 60)) min $((ELAPSED % 60)) s; raw JSON lines: $RESULTS"
 if ((FAILED)); then

@@ -503,6 +503,9 @@ def report(results: str, doc: str, kv: list[str]) -> int:
     out.extend(load_section(rows))
     out.extend(killed_section(rows, matrix, meta))
     out.extend(durability_section(rows))
+    out.extend(fanout_section(rows, meta))
+    out.extend(anti_entropy_section(rows, meta))
+    out.extend(ae_cost_section(meta.get("ae_results")))
     out.append(para(
         f"Raw JSON lines of this run: `{meta.get('results', results)}` on the machine that ran "
         "it (not committed)."
@@ -688,6 +691,115 @@ def durability_section(rows: list[dict]) -> list[str]:
         out.append(
             f"| {name} | {fmt_int(cell.throughput)} | {ratio} | {cell.lat_txt('update')} | "
             f"{cell.errors_txt()} | {' / '.join(fmt_int(x) for x in cell.throughputs()) or '–'} |"
+        )
+    out.append("")
+    return out
+
+
+# Anti-entropy may cost workload A at most this fraction of its throughput (issue 13).
+AE_MAX_COST = 0.10
+
+
+def fanout_section(rows: list[dict], meta: dict) -> list[str]:
+    out = ["### Reads: every replica, or R first with a hedge (c=32)", ""]
+    out.append(para(
+        "The `sync` cluster above (`--read-fanout all`: every read asks all N = 3 replicas "
+        "and answers with the first R = 2) beside a second `dynamo dev` whose coordinator "
+        f"runs `--read-fanout first --read-hedge-ms {meta.get('hedge_ms', 20)}` (it asks R "
+        "replicas, and the third only when one fails or the hedge delay passes without R "
+        "replies); same records, runs alternating. Both answer the merge of R replies: the "
+        "same guarantee."
+    ))
+    out.append("")
+    out.append(
+        "| workload | fan-out | ops/s (median) | vs `all` | read p50 / p99 / p99.9 (ms) | errors "
+        "| ops/s of each run |"
+    )
+    out.append("|---|---|---:|---:|---|---|---|")
+    for workload in ("c", "a"):
+        base = select(rows, experiment="fanout", cluster="main", workload=workload)
+        for name, cluster in (("`all` (default)", "main"), ("`first`", "rfirst")):
+            cell = select(rows, experiment="fanout", cluster=cluster, workload=workload)
+            ratio = (
+                fmt_ratio(cell.throughput / base.throughput)
+                if cell and base and base.throughput
+                else "–"
+            )
+            out.append(
+                f"| {workload.upper()} | {name} | {fmt_int(cell.throughput)} | {ratio} | "
+                f"{cell.lat_txt('read')} | {cell.errors_txt()} | "
+                f"{' / '.join(fmt_int(x) for x in cell.throughputs()) or '–'} |"
+            )
+    out.append("")
+    return out
+
+
+def anti_entropy_section(rows: list[dict], meta: dict) -> list[str]:
+    off = select(rows, experiment="anti_entropy", cluster="aeoff")
+    on = select(rows, experiment="anti_entropy", cluster="aeon")
+    out = ["### Anti-entropy running against workload A (c=32)", ""]
+    out.append(para(
+        "Two more `dynamo dev` clusters, one after the other (each loaded with the same "
+        "records): one with anti-entropy off (`--anti-entropy-interval-ms 0`), one with a pass "
+        f"starting every {meta.get('ae_interval_ms', 1000)} ms, so exchanges run through the "
+        "whole window (the default is one pass a minute), at the default tranquility and rate. "
+        f"The target: anti-entropy costs workload A less than {AE_MAX_COST * 100:.0f} % of its "
+        "throughput."
+    ))
+    out.append("")
+    out.append(
+        "| anti-entropy | ops/s (median) | vs off | read p50 / p99 (ms) | update p50 / p99 (ms) "
+        "| errors | ops/s of each run |"
+    )
+    out.append("|---|---:|---:|---|---|---|---|")
+    def lat(cell: Cell, op: str) -> str:
+        return " / ".join(fmt_ms(cell.latency(op, p)) for p in ("p50", "p99"))
+
+    for name, cell in (("off", off), ("a pass every second", on)):
+        ratio = fmt_ratio(cell.throughput / off.throughput) if cell and off and off.throughput else "–"
+        out.append(
+            f"| {name} | {fmt_int(cell.throughput)} | {ratio} | {lat(cell, 'read')} | {lat(cell, 'update')} | "
+            f"{cell.errors_txt()} | {' / '.join(fmt_int(x) for x in cell.throughputs()) or '–'} |"
+        )
+    out.append("")
+    if on and off and off.throughput:
+        cost = 1 - on.throughput / off.throughput
+        ok = cost < AE_MAX_COST
+        out.append(para(
+            f"Cost of anti-entropy in this run: {cost * 100:.1f} % of workload A's throughput; "
+            f"the target (under {AE_MAX_COST * 100:.0f} %) is {ok_word(ok)}."
+        ))
+        out.append("")
+    return out
+
+
+def ae_cost_section(path) -> list[str]:
+    out = ["### The cost of one anti-entropy exchange", ""]
+    cells = []
+    if path and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            cells = [json.loads(line) for line in f if line.strip().startswith("{")]
+    if not cells:
+        out.append(para("Not measured in this run (`cargo bench -p dynamo-storage --bench antientropy` failed)."))
+        out.append("")
+        return out
+    value = cells[0].get("value_bytes", "?")
+    out.append(para(
+        "`cargo bench -p dynamo-storage --bench antientropy`: two storage nodes hold the same "
+        f"partition of N keys ({value} B values); k of them get a newer version on one node, "
+        "which then runs one exchange of the partition with the other (over HTTP on loopback, "
+        "unpaced): Merkle roots, the differing branches, the digests of the differing leaves, "
+        "then the differing keys both ways (the digests do not say which side is newer, so each "
+        "is read from the peer and pushed to it). One run per cell."
+    ))
+    out.append("")
+    out.append("| keys in the partition | differing keys | time (ms) | round trips | keys compared | bytes moved |")
+    out.append("|---:|---:|---:|---:|---:|---:|")
+    for c in cells:
+        out.append(
+            f"| {fmt_int(c.get('keys'))} | {fmt_int(c.get('differing'))} | "
+            f"{c.get('seconds', 0) * 1000:.1f} | {fmt_int(c.get('round_trips'))} | "
+            f"{fmt_int(c.get('keys_compared'))} | {fmt_int(c.get('bytes'))} |"
         )
     out.append("")
     return out

@@ -71,7 +71,9 @@ pub enum Command {
     /// Show or change a bucket's properties.
     #[command(subcommand)]
     Bucket(bucket::BucketCommand),
-    /// Show the cluster's nodes, or join and decommission nodes.
+    /// Show the cluster's nodes and the change in progress; join, decommission and
+    /// replace nodes; retry or abort a failed change (`--wait` follows a change to its
+    /// end).
     Cluster(cluster::ClusterArgs),
     /// Show the ring, or where a key lives.
     Ring(ring::RingArgs),

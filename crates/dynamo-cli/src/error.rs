@@ -22,6 +22,10 @@ pub enum CliError {
         /// What failed.
         message: String,
     },
+    /// A membership change waited for (`--wait`) failed, was aborted or outlasted the
+    /// wait (exit code 1).
+    #[error(transparent)]
+    Change(#[from] crate::commands::cluster::WaitError),
     /// A local operation failed, e.g. `dynamo dev` could not start a service (exit code 1).
     #[error("{0}")]
     Local(String),

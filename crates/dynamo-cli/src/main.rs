@@ -1,8 +1,9 @@
 //! `dynamo`: the command line of a Dynamo cluster.
 //!
 //! Talks to a coordinator through `dynamo-client` (the SDK): read, write and delete keys,
-//! show and change bucket properties, show the cluster and the ring, join and
-//! decommission nodes, and manage scoped tokens.
+//! show and change bucket properties, show the cluster and the ring, join, decommission
+//! and replace nodes and retry or abort a failed change (following the change with
+//! `--wait`), and manage scoped tokens.
 //!
 //! # Layout
 //! - [`cli`]: the clap definitions: the global flags ([`cli::GlobalArgs`]: endpoint,

@@ -8,7 +8,8 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use dynamo_core::ErrorCode;
+use dynamo_core::wire::cluster::{ChangeKindName, ChangeProgress, ChangeSummary};
+use dynamo_core::{ErrorCode, NodeId, RingEpoch};
 use mock::{Mock, TOKEN};
 
 /// Every run of the binary finishes within this.
@@ -395,4 +396,420 @@ async fn admin_commands_print_readable_results() {
         "{}",
         again.stderr
     );
+}
+
+/// A membership change in progress, as `GET /v1/cluster` shows it.
+fn change(
+    kind: ChangeKindName,
+    node: &str,
+    replacement: Option<&str>,
+    phase: &str,
+    done: u64,
+    bytes: u64,
+) -> Option<ChangeProgress> {
+    let id = |s: &str| NodeId::new(s).expect("node id");
+    Some(ChangeProgress {
+        change: ChangeSummary {
+            kind,
+            node: id(node),
+            replacement: replacement.map(id),
+            phase: phase.into(),
+            epoch: RingEpoch(8),
+            failed: None,
+        },
+        partitions_total: 4,
+        partitions_done: done,
+        objects: done * 10,
+        bytes,
+        stuck: None,
+    })
+}
+
+/// How many `GET /v1/cluster` reached the mock.
+fn cluster_polls(mock: &Mock) -> usize {
+    mock.state
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.uri == "/v1/cluster")
+        .count()
+}
+
+// Goal: `cluster replace --wait` sends the replace, follows the change poll by poll
+// through both phases until the view shows it gone with its ring published, then prints
+// the one-line result and the view, and exits 0. Method: the mock reports the change for
+// three polls (copy, copy, catch-up at the new epoch), then none; stderr is a pipe, so
+// progress comes as plain lines.
+#[tokio::test]
+async fn replace_wait_follows_the_change_until_it_is_done() {
+    let mock = Mock::start().await;
+    let replace = |phase, done, bytes| {
+        change(
+            ChangeKindName::Replace,
+            "node-b",
+            Some("node-d"),
+            phase,
+            done,
+            bytes,
+        )
+    };
+    mock.state.script_cluster([
+        (RingEpoch(7), replace("copy", 0, 0)),
+        (RingEpoch(7), replace("copy", 2, 1 << 20)),
+        (RingEpoch(8), replace("catch_up", 3, 2 << 20)),
+        (RingEpoch(8), None),
+    ]);
+    let run = dynamo(
+        args(
+            &mock,
+            &[
+                "cluster",
+                "replace",
+                "node-b",
+                "--node-id",
+                "node-d",
+                "--address",
+                "http://10.0.0.4:7100",
+                "--wait",
+            ],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("node-d is replacing node-b\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("replace of node-b by node-d (ring epoch 8): copy, 0/4 partitions, 0 B copied\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .ends_with("node-d took over from node-b (ring epoch 8)\n"),
+        "{}",
+        run.stderr
+    );
+    // Each scripted view was asked for, and the last (no change) shown at the end.
+    assert!(cluster_polls(&mock) >= 4, "{}", cluster_polls(&mock));
+    let out = run.stdout_text();
+    assert!(out.starts_with("ring epoch: 8\n"), "{out}");
+    assert!(out.contains("\nchange: none\n"), "{out}");
+    assert!(out.contains("node-d  joining"), "{out}");
+}
+
+// Goal: `cluster join --wait` exits 1 when the change fails, with the ring service's
+// reason and the commands that retry or abort it, and prints no view. Method: the mock
+// reports the join running, then failed in its copy phase (and failed for good).
+#[tokio::test]
+async fn join_wait_exits_1_when_the_change_fails() {
+    let mock = Mock::start().await;
+    let running = change(ChangeKindName::Join, "node-c", None, "copy", 1, 512);
+    let mut failed = running.clone();
+    if let Some(p) = failed.as_mut() {
+        p.change.failed = Some("copies into node-c failed 5 times".into());
+        p.stuck = p.change.failed.clone();
+    }
+    mock.state
+        .script_cluster([(RingEpoch(7), running), (RingEpoch(7), failed)]);
+    let run = dynamo(
+        args(
+            &mock,
+            &["cluster", "join", "node-c", "http://10.0.0.9:7100", "--wait"],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("error: the join of node-c failed: copies into node-c failed 5 times."),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("`dynamo cluster retry --wait`") && run.stderr.contains("`dynamo cluster abort`"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("/internal/"), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout_text());
+}
+
+/// `change` failed with `reason`, as the ring service shows a change whose copy
+/// exhausted its attempts.
+fn failed(change: Option<ChangeProgress>, reason: &str) -> Option<ChangeProgress> {
+    change.map(|mut p| {
+        p.change.failed = Some(reason.into());
+        p.stuck = Some(reason.into());
+        p
+    })
+}
+
+/// The replace of node-b by node-d in `phase`, `done` of 4 partitions copied.
+fn replace_of_b(phase: &str, done: u64) -> Option<ChangeProgress> {
+    change(
+        ChangeKindName::Replace,
+        "node-b",
+        Some("node-d"),
+        phase,
+        done,
+        done << 20,
+    )
+}
+
+// Goal: `cluster retry --wait` posts the retry, names the change it runs again, follows
+// it through both phases until its ring is published, then prints the one-line result
+// and the view, and exits 0. Method: the mock shows the replace failed; the retry moves
+// its script on to the change running (copy, catch-up at the new epoch), then none.
+#[tokio::test]
+async fn retry_wait_follows_the_retried_change_until_it_is_done() {
+    let mock = Mock::start().await;
+    mock.state.script_cluster([
+        (RingEpoch(7), failed(replace_of_b("copy", 1), "5 attempts failed")),
+        (RingEpoch(7), replace_of_b("copy", 1)),
+        (RingEpoch(8), replace_of_b("catch_up", 3)),
+        (RingEpoch(8), None),
+    ]);
+    let run = dynamo(args(&mock, &["cluster", "retry", "--wait"]), None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let retries: Vec<_> = mock
+        .state
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.uri == "/v1/cluster/change/retry")
+        .collect();
+    assert_eq!(retries.len(), 1, "one retry was sent");
+    assert!(
+        run.stderr
+            .starts_with("the replace of node-b by node-d runs again\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("replace of node-b by node-d (ring epoch 8): copy, 1/4 partitions, 1.00 MiB copied\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .ends_with("node-d took over from node-b (ring epoch 8)\n"),
+        "{}",
+        run.stderr
+    );
+    let out = run.stdout_text();
+    assert!(out.starts_with("ring epoch: 8\n"), "{out}");
+    assert!(out.contains("\nchange: none\n"), "{out}");
+}
+
+// Goal: `cluster retry --wait` exits 1 when the retried change fails again in its
+// catch-up phase, saying that its ring is published and only a retry is left (no abort).
+#[tokio::test]
+async fn retry_wait_exits_1_when_the_change_fails_again_after_the_publish() {
+    let mock = Mock::start().await;
+    mock.state.script_cluster([
+        (
+            RingEpoch(8),
+            failed(replace_of_b("catch_up", 1), "node-a did not answer"),
+        ),
+        (RingEpoch(8), replace_of_b("catch_up", 2)),
+        (
+            RingEpoch(8),
+            failed(replace_of_b("catch_up", 2), "node-a did not answer"),
+        ),
+    ]);
+    let run = dynamo(args(&mock, &["cluster", "retry", "--wait"]), None).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "error: the replace of node-b by node-d failed: node-a did not answer. Its new ring is already \
+             published, so it can only go forward: `dynamo cluster retry --wait`"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("dynamo cluster abort"), "{}", run.stderr);
+}
+
+// Goal: `cluster abort` posts the abort and exits 0, saying the ring stays at its epoch,
+// and prints the view without the change (the replacing node gone, the replaced one up).
+#[tokio::test]
+async fn abort_undoes_the_change_and_shows_the_view() {
+    let mock = Mock::start().await;
+    mock.state
+        .script_cluster([(RingEpoch(7), failed(replace_of_b("copy", 1), "5 attempts failed"))]);
+    let replace = dynamo(
+        args(
+            &mock,
+            &[
+                "cluster",
+                "replace",
+                "node-b",
+                "--node-id",
+                "node-d",
+                "--address",
+                "http://10.0.0.4:7100",
+            ],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(replace.code, 0, "{}", replace.stderr);
+
+    let run = dynamo(args(&mock, &["cluster", "abort"]), None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let seen = mock.state.requests();
+    assert!(
+        seen.iter()
+            .any(|r| r.method == "POST" && r.uri == "/v1/cluster/change/abort"),
+        "the abort was sent"
+    );
+    assert_eq!(
+        run.stderr,
+        "the membership change is aborted; the ring stays at epoch 7\n"
+    );
+    let out = run.stdout_text();
+    assert!(out.starts_with("ring epoch: 7\n"), "{out}");
+    assert!(out.contains("\nchange: none\n"), "{out}");
+    assert!(!out.contains("node-d"), "{out}");
+    assert!(out.contains("node-b  up"), "{out}");
+}
+
+// Goal: the controls' refusals exit 1 with the server's code and reason: an abort once
+// the new ring is published, a retry of a change that has not failed, either with no
+// change in progress.
+#[tokio::test]
+async fn refused_retries_and_aborts_exit_1_with_the_reason() {
+    let mock = Mock::start().await;
+    mock.state
+        .script_cluster([(RingEpoch(8), replace_of_b("catch_up", 2))]);
+    let run = dynamo(args(&mock, &["cluster", "abort"]), None).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with(
+            "error: membership_conflict: the new ring is already published; the change can only be retried"
+        ),
+        "{}",
+        run.stderr
+    );
+    let run = dynamo(args(&mock, &["cluster", "retry"]), None).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("error: membership_conflict: the membership change is running; nothing to retry"),
+        "{}",
+        run.stderr
+    );
+    mock.state.script_cluster([(RingEpoch(8), None)]);
+    for control in ["retry", "abort"] {
+        let run = dynamo(args(&mock, &["cluster", control]), None).await;
+        assert_eq!(run.code, 1, "{control}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .starts_with("error: membership_conflict: no membership change is in progress"),
+            "{control}: {}",
+            run.stderr
+        );
+    }
+}
+
+// Goal: `cluster decommission --wait` exits 1 when the change disappears without its
+// ring being published (it was aborted). Method: the mock reports the change once, then
+// no change at the old epoch.
+#[tokio::test]
+async fn decommission_wait_exits_1_when_the_change_is_aborted() {
+    let mock = Mock::start().await;
+    mock.state.script_cluster([
+        (
+            RingEpoch(7),
+            change(ChangeKindName::Decommission, "node-a", None, "copy", 0, 0),
+        ),
+        (RingEpoch(7), None),
+    ]);
+    let run = dynamo(
+        args(&mock, &["cluster", "decommission", "node-a", "--wait"]),
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "error: the decommission of node-a ended without publishing ring epoch 8: it was aborted"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+// Goal: `--wait` gives up after `--wait-timeout` with exit 1, saying where the change
+// stood, while the change itself goes on. Method: the mock reports the change running
+// for ever; the timeout is one second.
+#[tokio::test]
+async fn wait_gives_up_after_its_timeout() {
+    let mock = Mock::start().await;
+    mock.state.script_cluster([(
+        RingEpoch(7),
+        change(ChangeKindName::Join, "node-c", None, "copy", 2, 0),
+    )]);
+    let run = dynamo(
+        args(
+            &mock,
+            &[
+                "cluster",
+                "join",
+                "node-c",
+                "http://10.0.0.9:7100",
+                "--wait",
+                "--wait-timeout",
+                "1",
+            ],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "error: the join of node-c is still running after 1 s (join of node-c (ring epoch 8): copy, 2/4 partitions"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+// Goal: a poll that fails with a transient error (after the client's own retries) does
+// not end `--wait`: it asks again and still sees the change through. Method: the mock
+// answers the first eight cluster polls `503 overloaded` (two failed polls after the
+// client's three retries each), then reports the change done.
+#[tokio::test]
+async fn wait_asks_again_after_a_transient_failure() {
+    let mock = Mock::start().await;
+    mock.state.script_cluster([
+        (
+            RingEpoch(7),
+            change(ChangeKindName::Join, "node-c", None, "copy", 0, 0),
+        ),
+        (RingEpoch(8), None),
+    ]);
+    mock.state.fail_cluster_polls(ErrorCode::Overloaded, 8);
+    let run = dynamo(
+        args(
+            &mock,
+            &["cluster", "join", "node-c", "http://10.0.0.9:7100", "--wait"],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("node-c is a member (ring epoch 8)\n"),
+        "{}",
+        run.stderr
+    );
+    // The eight refused, then at least the one that showed the change done.
+    assert!(cluster_polls(&mock) >= 9, "{}", cluster_polls(&mock));
 }

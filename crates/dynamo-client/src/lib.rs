@@ -35,8 +35,9 @@
 //!   the opaque [`Context`], and the sibling-resolution helpers
 //!   ([`Object::resolve_with`], [`Client::update`]).
 //! - [`bucket`]: bucket properties.
-//! - [`cluster`]: the cluster view, the ring ([`RingView`]), key placement, joins and
-//!   decommissions.
+//! - [`cluster`]: the cluster view (with the membership change in progress,
+//!   [`ChangeProgress`]), the ring ([`RingView`]), key placement, joins, decommissions,
+//!   replacements, and the retry or abort of a failed change.
 //! - [`token`]: the admin API for scoped tokens.
 //! - [`error`]: [`ClientError`], with the server's [`ErrorCode`] when it answered one.
 //!
@@ -77,7 +78,7 @@ pub use dynamo_core::ErrorCode;
 pub use dynamo_core::crdt::CrdtType;
 pub use dynamo_core::ids::{BucketName, NodeId, PartitionId, RingEpoch};
 pub use dynamo_core::wire::cluster::{
-    AllBuckets, AntiEntropyStatus, BucketScope, ClusterView, Handoff, KeyPlacement, NodeRegistration,
-    NodeState, NodeStatus, Permission,
+    AllBuckets, AntiEntropyStatus, BucketScope, ChangeKindName, ChangeProgress, ChangeSummary, ClusterView,
+    Handoff, KeyPlacement, NodeRegistration, NodeState, NodeStatus, Permission,
 };
 pub use dynamo_core::wire::{BucketProps, BucketPropsPatch, ConflictMode};

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dynamo_client::{
-    BucketPropsPatch, Client, ClientError, ConflictMode, ErrorCode, Lookup, NodeId, NodeRegistration,
-    NodeState, Permission, RequestOptions, RetryPolicy, Sibling, TokenRequest, Value,
+    BucketPropsPatch, ChangeKindName, ChangeProgress, ChangeSummary, Client, ClientError, ConflictMode,
+    ErrorCode, Lookup, NodeId, NodeRegistration, NodeState, Permission, RequestOptions, RetryPolicy,
+    RingEpoch, Sibling, TokenRequest, Value,
 };
 use mock::{Mock, TOKEN};
 
@@ -567,6 +568,194 @@ async fn join_and_decommission_nodes() {
             .await
             .expect_err("unknown");
         assert_eq!(e.code(), Some(ErrorCode::NodeNotFound));
+    })
+    .await;
+}
+
+// Goal: a replace posts the new node's registration to the old node's replace route and
+// answers the view with the change it began (the SDK's re-exported change types decode
+// it); the new node then shows as joining and the old one as leaving; membership errors
+// surface by code.
+#[tokio::test]
+async fn replace_a_node() {
+    within(async {
+        let mock = Mock::start().await;
+        let change = ChangeProgress {
+            change: ChangeSummary {
+                kind: ChangeKindName::Replace,
+                node: NodeId::new("node-b").expect("id"),
+                replacement: Some(NodeId::new("node-d").expect("id")),
+                phase: "copy".into(),
+                epoch: RingEpoch(8),
+                failed: None,
+            },
+            partitions_total: 4,
+            partitions_done: 0,
+            objects: 0,
+            bytes: 0,
+            stuck: None,
+        };
+        mock.state.script_cluster([(RingEpoch(7), Some(change.clone()))]);
+        let c = client(&mock);
+        let new = NodeRegistration {
+            node_id: NodeId::new("node-d").expect("id"),
+            address: "http://10.0.0.4:7070".into(),
+            zone: Some("z2".into()),
+        };
+        let began = c
+            .replace_node(&NodeId::new("node-b").expect("id"), &new)
+            .await
+            .expect("replace");
+        let seen = mock.state.last();
+        assert_eq!(
+            (seen.method.as_str(), seen.uri.as_str()),
+            ("POST", "/v1/cluster/nodes/node-b/replace")
+        );
+        assert_eq!(header(&seen, "content-type"), Some("application/json"));
+        assert_eq!(began.change, Some(change));
+
+        let view = c.cluster().await.expect("cluster");
+        let state_of = |id: &str| {
+            view.nodes
+                .iter()
+                .find(|n| n.node_id.as_str() == id)
+                .map(|n| n.state)
+        };
+        assert_eq!(state_of("node-b"), Some(NodeState::Leaving));
+        assert_eq!(state_of("node-d"), Some(NodeState::Joining));
+        let joined = view
+            .nodes
+            .iter()
+            .find(|n| n.node_id == new.node_id)
+            .expect("node-d");
+        assert_eq!(
+            (joined.address.as_str(), joined.zone.as_deref()),
+            ("http://10.0.0.4:7070", Some("z2"))
+        );
+
+        let e = c
+            .replace_node(&NodeId::new("node-a").expect("id"), &new)
+            .await
+            .expect_err("already a member");
+        assert_eq!(e.code(), Some(ErrorCode::MembershipConflict));
+        let other = NodeRegistration {
+            node_id: NodeId::new("node-e").expect("id"),
+            ..new
+        };
+        let e = c
+            .replace_node(&NodeId::new("node-z").expect("id"), &other)
+            .await
+            .expect_err("unknown");
+        assert_eq!(e.code(), Some(ErrorCode::NodeNotFound));
+    })
+    .await;
+}
+
+/// A replace of node-b by node-d in `phase`, publishing ring epoch 8; failed with
+/// `failed` when given.
+fn replace_change(phase: &str, failed: Option<&str>) -> ChangeProgress {
+    ChangeProgress {
+        change: ChangeSummary {
+            kind: ChangeKindName::Replace,
+            node: NodeId::new("node-b").expect("id"),
+            replacement: Some(NodeId::new("node-d").expect("id")),
+            phase: phase.into(),
+            epoch: RingEpoch(8),
+            failed: failed.map(Into::into),
+        },
+        partitions_total: 4,
+        partitions_done: 1,
+        objects: 10,
+        bytes: 1000,
+        stuck: failed.map(Into::into),
+    }
+}
+
+// Goal: `retry_change` posts to the retry route (no body) and answers the view of the
+// change running again, no longer failed; a retry with the change running, or with no
+// change at all, is a `membership_conflict` error.
+#[tokio::test]
+async fn retry_runs_a_failed_change_again_and_answers_the_view() {
+    within(async {
+        let mock = Mock::start().await;
+        let running = replace_change("copy", None);
+        mock.state.script_cluster([
+            (
+                RingEpoch(7),
+                Some(replace_change("copy", Some("5 attempts failed"))),
+            ),
+            (RingEpoch(7), Some(running.clone())),
+        ]);
+        let c = client(&mock);
+        let view = c.retry_change().await.expect("retry");
+        let seen = mock.state.last();
+        assert_eq!(
+            (seen.method.as_str(), seen.uri.as_str()),
+            ("POST", "/v1/cluster/change/retry")
+        );
+        assert_eq!(header(&seen, "content-type"), None, "no body");
+        assert_eq!(view.change, Some(running));
+
+        let e = c.retry_change().await.expect_err("the change runs");
+        assert_eq!(e.code(), Some(ErrorCode::MembershipConflict));
+        mock.state.script_cluster([(RingEpoch(8), None)]);
+        let e = c.retry_change().await.expect_err("no change");
+        assert_eq!(e.code(), Some(ErrorCode::MembershipConflict));
+    })
+    .await;
+}
+
+// Goal: `abort_change` posts to the abort route and answers the view without the change:
+// the replacing node forgotten, the replaced node up again, the ring epoch unchanged; an
+// abort once the new ring is published (catch-up phase), or with no change, is a
+// `membership_conflict` error and changes nothing.
+#[tokio::test]
+async fn abort_undoes_a_change_before_its_ring_is_published() {
+    within(async {
+        let mock = Mock::start().await;
+        mock.state.script_cluster([(
+            RingEpoch(7),
+            Some(replace_change("copy", Some("5 attempts failed"))),
+        )]);
+        let c = client(&mock);
+        let new = NodeRegistration {
+            node_id: NodeId::new("node-d").expect("id"),
+            address: "http://10.0.0.4:7070".into(),
+            zone: None,
+        };
+        c.replace_node(&NodeId::new("node-b").expect("id"), &new)
+            .await
+            .expect("replace");
+
+        let view = c.abort_change().await.expect("abort");
+        let seen = mock.state.last();
+        assert_eq!(
+            (seen.method.as_str(), seen.uri.as_str()),
+            ("POST", "/v1/cluster/change/abort")
+        );
+        assert_eq!((view.epoch, view.change), (RingEpoch(7), None));
+        let state_of = |id: &str| {
+            view.nodes
+                .iter()
+                .find(|n| n.node_id.as_str() == id)
+                .map(|n| n.state)
+        };
+        assert_eq!(state_of("node-d"), None, "the replacing node is forgotten");
+        assert_eq!(state_of("node-b"), Some(NodeState::Up));
+        let e = c.abort_change().await.expect_err("no change");
+        assert_eq!(e.code(), Some(ErrorCode::MembershipConflict));
+
+        let published = replace_change("catch_up", Some("5 attempts failed"));
+        mock.state
+            .script_cluster([(RingEpoch(8), Some(published.clone()))]);
+        let e = c.abort_change().await.expect_err("the ring is published");
+        assert_eq!(e.code(), Some(ErrorCode::MembershipConflict));
+        assert!(
+            e.to_string().contains("already published"),
+            "the server's reason: {e}"
+        );
+        let view = c.cluster().await.expect("cluster");
+        assert_eq!(view.change, Some(published), "the refused abort changed nothing");
     })
     .await;
 }

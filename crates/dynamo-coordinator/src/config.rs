@@ -110,6 +110,18 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_REPLICA_TIMEOUT_MS", default_value_t = 1_000)]
     pub replica_timeout_ms: u64,
 
+    /// How many replicas a read asks at first: `all` (every replica; the first R
+    /// replies answer, the rest repair) or `first` (R replicas, the others only when one
+    /// fails or `--read-hedge-ms` passes without R replies). docs/architecture.md says
+    /// which is the default and why.
+    #[arg(long, env = "DYNAMO_READ_FANOUT", value_enum, default_value_t = ReadFanoutArg::All)]
+    pub read_fanout: ReadFanoutArg,
+
+    /// With `--read-fanout first`: how long a read waits for its first R replies before
+    /// it asks the other replicas too.
+    #[arg(long, env = "DYNAMO_READ_HEDGE_MS", default_value_t = 20)]
+    pub read_hedge_ms: u64,
+
     /// How often a background probe asks a node marked down whether it answers again
     /// (so a node that is back is used again within about this long).
     #[arg(long, env = "DYNAMO_NODE_BACKOFF_MS", default_value_t = 500)]
@@ -205,6 +217,12 @@ impl Config {
             if v == 0 {
                 return bad(field, "must be greater than 0".into());
             }
+        }
+        if self.read_hedge_ms >= self.request_timeout_ms {
+            return bad(
+                "read-hedge-ms",
+                "must be below --request-timeout-ms (a hedge after the deadline never helps)".into(),
+            );
         }
         if self.max_ring_silence_ms < self.ring_poll_wait_ms.saturating_mul(2) {
             return bad(
@@ -329,6 +347,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_read_hedge_must_come_before_the_request_deadline() {
+        let mut c = Config::for_ring("http://127.0.0.1:7000", "root-token-for-tests-0123");
+        c.read_fanout = ReadFanoutArg::First;
+        c.read_hedge_ms = c.request_timeout_ms;
+        let e = c.validate().expect_err("hedge past the deadline").to_string();
+        assert!(e.contains("--read-hedge-ms"), "{e}");
+        c.read_hedge_ms = 20;
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.read_fanout(),
+            dynamo_core::round::ReadFanout::First { hedge_ms: 20 }
+        );
+    }
+
+    #[test]
     fn the_otlp_endpoint_must_be_an_http_url() {
         let mut c = Config::for_ring("http://127.0.0.1:7000", "root-token-for-tests-0123");
         c.serve.otlp_endpoint = Some("http://otel-collector:4318".into());
@@ -396,5 +429,26 @@ mod tests {
         c.context_key_file = Some(dir.path().join("missing"));
         let e = c.load_context_keys().expect_err("missing file").to_string();
         assert!(e.contains("--context-key-file"), "{e}");
+    }
+}
+
+/// `--read-fanout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadFanoutArg {
+    /// Ask every replica.
+    All,
+    /// Ask R replicas, hedge after `--read-hedge-ms`.
+    First,
+}
+
+impl Config {
+    /// The read fan-out the rounds use.
+    pub fn read_fanout(&self) -> dynamo_core::round::ReadFanout {
+        match self.read_fanout {
+            ReadFanoutArg::All => dynamo_core::round::ReadFanout::All,
+            ReadFanoutArg::First => dynamo_core::round::ReadFanout::First {
+                hedge_ms: self.read_hedge_ms,
+            },
+        }
     }
 }

@@ -16,13 +16,13 @@ use std::time::Duration;
 use dynamo_core::quorum::Slot;
 use dynamo_core::ring::Ring;
 use dynamo_core::round::{
-    CoordinateReply, ReadAction, ReadAnswer, ReadReply, ReadRound, ReplicateReply, Shortfall, WriteAction,
-    WriteAnswer, WriteRound,
+    CoordinateReply, ReadAction, ReadAnswer, ReadFanout, ReadReply, ReadRound, ReplicateReply, Shortfall,
+    WriteAction, WriteAnswer, WriteRound,
 };
 use dynamo_core::version::{ConflictRule, VersionedObject};
 use dynamo_core::wire::BucketProps;
 use dynamo_core::wire::internal::{HintFor, IdempotencyClaim, IdempotencyRecord, ReplicaOp, ReplicaResult};
-use dynamo_core::{BucketName, DotSet, ErrorCode, NodeId, key_hash};
+use dynamo_core::{BucketName, DotSet, ErrorCode, NodeId, RingEpoch, key_hash};
 use dynamo_server::ApiError;
 use dynamo_server::worker::{Next, Worker};
 use futures::StreamExt;
@@ -72,6 +72,8 @@ pub struct Repair {
     target: NodeId,
     address: String,
     op: ReplicaOp,
+    /// The ring epoch the read was planned with.
+    epoch: RingEpoch,
 }
 
 /// The request coordinator.
@@ -81,6 +83,8 @@ pub struct Coordinator {
     pub(crate) metrics: CoordinatorMetrics,
     pub(crate) repairs: mpsc::Sender<Repair>,
     pub(crate) tracker: TaskTracker,
+    /// How many replicas a read asks at first (`--read-fanout`).
+    pub(crate) read_fanout: ReadFanout,
 }
 
 /// What a write round's call was.
@@ -129,9 +133,10 @@ impl Coordinator {
         op: ReplicaOp,
     ) -> impl Future<Output = Result<ReplicaResult, PeerError>> + use<> {
         let handle = Self::address(ring, id).map(|address| self.peers.handle(id, &address));
+        let epoch = ring.epoch();
         async move {
             match handle {
-                Some(h) => h.call(op).await,
+                Some(h) => h.call(op, epoch).await,
                 None => Err(PeerError::NotSent("no address".into())),
             }
         }
@@ -145,6 +150,19 @@ impl Coordinator {
             node: slot.owner.clone(),
             address,
         })
+    }
+
+    /// Counts a `stale_ring` answer: the round moves on to the next replica (a fallback
+    /// with a hint for a write) as for any node that did not take the operation, and the
+    /// ring service's long-poll brings this coordinator the new ring.
+    fn note_stale(&self, result: &Result<ReplicaResult, PeerError>) {
+        if let Ok(ReplicaResult::Error {
+            code: ErrorCode::StaleRing,
+            ..
+        }) = result
+        {
+            self.metrics.stale_ring_answers.inc();
+        }
     }
 
     fn count_fallback(&self, slot: &Slot, op: &str) {
@@ -268,7 +286,9 @@ impl Coordinator {
             }
             let deadline = round.next_timeout_ms();
             tokio::select! {
-                Some((kind, slot, result)) = inflight.next() => match kind {
+                Some((kind, slot, result)) = inflight.next() => {
+                self.note_stale(&result);
+                match kind {
                     HopKind::Coordinate => {
                         let reply = coordinate_reply(&result);
                         tracing::debug!(peer = %slot.target, ?reply, "coordinate answered");
@@ -296,7 +316,7 @@ impl Coordinator {
                         };
                         round.on_replicate(slot, reply, is_up);
                     }
-                },
+                }},
                 now = wall_deadline(deadline), if deadline.is_some() => round.on_tick(now),
                 else => break stalled(&round),
             }
@@ -371,7 +391,15 @@ impl Coordinator {
     ) {
         let pl = ring.preference_list_for(key_hash(bucket.as_str(), &key), n);
         let is_up = |id: &NodeId| self.is_up(&ring, id);
-        let mut round = ReadRound::new(&pl, r, conflict, deadline_ms, is_up);
+        let mut round = ReadRound::with_fanout(
+            &pl,
+            r,
+            conflict,
+            wall_clock_ms(),
+            deadline_ms,
+            self.read_fanout,
+            is_up,
+        );
         let mut answer = Some(answer);
         let mut inflight = FuturesUnordered::new();
         loop {
@@ -410,6 +438,7 @@ impl Coordinator {
             let deadline = round.next_timeout_ms();
             tokio::select! {
                 Some((slot, result)) = inflight.next() => {
+                    self.note_stale(&result);
                     let reply = match result {
                         Ok(ReplicaResult::Got { object }) => ReadReply::Found(object),
                         other => {
@@ -442,6 +471,7 @@ impl Coordinator {
         let repair = Repair {
             target,
             address,
+            epoch: ring.epoch(),
             op: ReplicaOp::Replicate {
                 bucket: bucket.clone(),
                 key: key.to_owned(),
@@ -536,7 +566,7 @@ impl Worker for RepairSender {
             Err(mpsc::error::TryRecvError::Empty) => return Ok(Next::Idle),
             Err(mpsc::error::TryRecvError::Disconnected) => return Ok(Next::Done),
         };
-        match self.peers.handle(&r.target, &r.address).call(r.op).await {
+        match self.peers.handle(&r.target, &r.address).call(r.op, r.epoch).await {
             Ok(ReplicaResult::Replicated) => self.metrics.read_repairs.inc(),
             other => tracing::debug!(peer = %r.target, result = ?other.err(), "read repair failed"),
         }

@@ -133,6 +133,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         metrics: metrics.clone(),
         repairs: repair_tx,
         tracker: request_tasks.clone(),
+        read_fanout: config.read_fanout(),
     });
     workers.spawn(kv::RepairSender::new(repair_rx, peers.clone(), metrics.clone()));
 

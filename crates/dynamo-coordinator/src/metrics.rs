@@ -25,6 +25,9 @@ pub struct CoordinatorMetrics {
     pub read_repairs: IntCounter,
     /// Read repairs dropped because the queue was full.
     pub read_repairs_dropped: IntCounter,
+    /// Replica operations a storage node refused as planned with an older ring
+    /// (`stale_ring`): the ring changed and this coordinator had not yet heard.
+    pub stale_ring_answers: IntCounter,
     /// Replica batches sent, and probes, by peer and result.
     pub replica_batches: IntCounterVec,
     /// Operations per replica batch sent.
@@ -93,6 +96,10 @@ impl CoordinatorMetrics {
                 "dynamo_coordinator_read_repairs_dropped_total",
                 "Read repairs dropped because the repair queue was full",
             )?,
+            stale_ring_answers: IntCounter::new(
+                "dynamo_coordinator_stale_ring_answers_total",
+                "Replica operations refused by a storage node as planned with an older ring",
+            )?,
             replica_batches: IntCounterVec::new(
                 Opts::new(
                     "dynamo_coordinator_replica_batches_total",
@@ -138,6 +145,7 @@ impl CoordinatorMetrics {
         registry.register(Box::new(m.fallbacks.clone()))?;
         registry.register(Box::new(m.read_repairs.clone()))?;
         registry.register(Box::new(m.read_repairs_dropped.clone()))?;
+        registry.register(Box::new(m.stale_ring_answers.clone()))?;
         registry.register(Box::new(m.replica_batches.clone()))?;
         registry.register(Box::new(m.batch_ops.clone()))?;
         registry.register(Box::new(m.hop_duration.clone()))?;

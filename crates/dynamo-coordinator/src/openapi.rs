@@ -20,7 +20,8 @@ use crate::api;
     paths(
         api::get_object, api::put_object, api::delete_object,
         api::get_bucket, api::put_bucket,
-        api::get_cluster, api::get_ring, api::join_node, api::decommission_node,
+        api::get_cluster, api::get_ring, api::join_node, api::decommission_node, api::replace_node,
+        api::retry_change, api::abort_change,
         api::create_token, api::list_tokens, api::delete_token,
     ),
     components(schemas(
@@ -97,5 +98,39 @@ mod tests {
         assert!(required.iter().any(|f| f == "n"));
         // A sibling's value is base64 text.
         assert_eq!(schemas["SiblingView"]["properties"]["value"]["type"], "string");
+    }
+
+    // Goal: the replace route is in the document: its path parameter, the new node's
+    // registration as its body, and every status it answers.
+    #[test]
+    fn the_document_describes_replace() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+        let replace = &doc["paths"]["/v1/cluster/nodes/{node}/replace"]["post"];
+        assert!(replace.is_object(), "the replace route is described");
+        assert_eq!(replace["parameters"][0]["name"], "node");
+        let body = &replace["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(body, "#/components/schemas/NodeRegistration");
+        for status in ["202", "400", "403", "404", "409", "503"] {
+            assert!(replace["responses"][status].is_object(), "{status} missing");
+        }
+    }
+
+    // Goal: the retry and abort routes are in the document, each with no body and the
+    // statuses it answers: the ring service's success (202 for a retry, which runs on,
+    // 200 for an abort, which is done), its relayed 409, 403 and 503.
+    #[test]
+    fn the_document_describes_retry_and_abort() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+        for (path, success) in [
+            ("/v1/cluster/change/retry", "202"),
+            ("/v1/cluster/change/abort", "200"),
+        ] {
+            let op = &doc["paths"][path]["post"];
+            assert!(op.is_object(), "{path} is described");
+            assert!(op["requestBody"].is_null(), "{path} takes no body");
+            for status in [success, "403", "409", "503"] {
+                assert!(op["responses"][status].is_object(), "{path}: {status} missing");
+            }
+        }
     }
 }

@@ -32,13 +32,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dynamo_core::NodeId;
 use dynamo_core::liveness::{PeerHealth, Transition};
 use dynamo_core::wire::cluster::{ClusterState, NodeState};
 use dynamo_core::wire::internal::{
     MAX_BATCH_BYTES, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
 use dynamo_core::wire::routes;
+use dynamo_core::{NodeId, RingEpoch};
 use dynamo_server::internal::InternalClient;
 use dynamo_server::worker::{Next, Worker, Workers};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -115,6 +115,8 @@ impl Lane {
 
 struct Pending {
     op: ReplicaOp,
+    /// The ring epoch the operation was planned with.
+    epoch: RingEpoch,
     reply: oneshot::Sender<Result<ReplicaResult, PeerError>>,
     trace: Option<dynamo_server::trace::TraceContext>,
 }
@@ -203,13 +205,21 @@ impl NodeHandle {
     /// Cancel-safe in the sense that matters: once queued, the operation is sent and
     /// applied even if the caller stops waiting.
     ///
+    /// `epoch` is the ring epoch the operation was planned with: a node with a newer
+    /// ring answers `stale_ring` where it no longer holds the key's partition.
+    ///
     /// # Errors
     /// A [`PeerError`] when the node is unreachable, times out, or the coordinator stops.
-    pub async fn call(&self, op: ReplicaOp) -> Result<ReplicaResult, PeerError> {
+    pub async fn call(&self, op: ReplicaOp, epoch: RingEpoch) -> Result<ReplicaResult, PeerError> {
         let (reply, rx) = oneshot::channel();
         let trace = dynamo_server::trace::current();
         self.lanes[Lane::of(&op) as usize]
-            .send(Pending { op, reply, trace })
+            .send(Pending {
+                op,
+                epoch,
+                reply,
+                trace,
+            })
             .await
             .map_err(|_| PeerError::Stopped)?;
         rx.await.unwrap_or(Err(PeerError::Stopped))
@@ -534,6 +544,9 @@ async fn send_batch(node: &Arc<NodeHandle>, batch: Vec<Pending>, peers: &Peers) 
     // A batch may carry operations of several client requests; it names the first one's
     // request id and trace, which is what a trace viewer follows.
     let trace = batch.first().and_then(|p| p.trace.clone());
+    // The oldest plan in the batch: a node fences by it, and an operation of a newer plan
+    // is never refused for it (the node holds its partition, or it carries a hint).
+    let ring_epoch = batch.iter().map(|p| p.epoch).min();
     let (ops, replies): (Vec<ReplicaOp>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
     let n = ops.len();
     peers.metrics.batch_ops.observe(n as f64);
@@ -544,7 +557,7 @@ async fn send_batch(node: &Arc<NodeHandle>, batch: Vec<Pending>, peers: &Peers) 
         .client
         .post(url)
         .timeout(node.settings.timeout)
-        .json(&ReplicaBatch { ops });
+        .json(&ReplicaBatch { ops, ring_epoch });
     if let Some(t) = &trace {
         req = req
             .header(dynamo_server::serve::TRACEPARENT_HEADER, t.child_traceparent())
@@ -626,7 +639,10 @@ mod tests {
     use axum::extract::State;
     use axum::routing::post;
     use dynamo_core::wire::internal::{ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult};
-    use dynamo_core::{BucketName, NodeId};
+    use dynamo_core::{BucketName, NodeId, RingEpoch};
+
+    /// The ring epoch the tests' operations are planned with.
+    const EPOCH: RingEpoch = RingEpoch(1);
     use dynamo_server::worker::Workers;
     use tokio::sync::Semaphore;
     use tokio_util::sync::CancellationToken;
@@ -757,7 +773,7 @@ mod tests {
 
         let first = tokio::spawn({
             let node = node.clone();
-            async move { node.call(get("k0")).await }
+            async move { node.call(get("k0"), EPOCH).await }
         });
         until("the first batch reached the node", || {
             seen.load(std::sync::atomic::Ordering::SeqCst) == 1
@@ -766,7 +782,7 @@ mod tests {
         let queued: Vec<_> = (1..=3)
             .map(|i| {
                 let node = node.clone();
-                tokio::spawn(async move { node.call(get(&format!("k{i}"))).await })
+                tokio::spawn(async move { node.call(get(&format!("k{i}")), EPOCH).await })
             })
             .collect();
         until("three reads queued", || {
@@ -803,7 +819,7 @@ mod tests {
             1,
             "no client operation was used as the probe"
         );
-        let r = node.call(get("k4")).await.expect("answered once up");
+        let r = node.call(get("k4"), EPOCH).await.expect("answered once up");
         assert!(matches!(r, ReplicaResult::Got { object: None }));
         stop_peers(stop, tracker).await;
     }
@@ -849,7 +865,7 @@ mod tests {
         let node = peers.handle(&NodeId::new("node-0").expect("id"), &addr);
         let first = tokio::spawn({
             let node = node.clone();
-            async move { node.call(replicate("w0")).await }
+            async move { node.call(replicate("w0"), EPOCH).await }
         });
         until("the first batch reached the node", || {
             f.batches.lock().expect("lock").len() == 1
@@ -859,7 +875,10 @@ mod tests {
         let mut queued: Vec<_> = (1..=3)
             .map(|i| {
                 let node = node.clone();
-                tokio::spawn(async move { node.call(large_replicate(&format!("big{i}"), 3 << 19)).await })
+                tokio::spawn(async move {
+                    node.call(large_replicate(&format!("big{i}"), 3 << 19), EPOCH)
+                        .await
+                })
             })
             .collect();
         until("three writes queued", || {
@@ -869,7 +888,7 @@ mod tests {
         for i in 0..2 {
             let node = node.clone();
             queued.push(tokio::spawn(async move {
-                node.call(replicate(&format!("s{i}"))).await
+                node.call(replicate(&format!("s{i}")), EPOCH).await
             }));
         }
         until("five writes queued", || {
@@ -914,7 +933,7 @@ mod tests {
         // One write goes out and is held by the node.
         let first = tokio::spawn({
             let node = node.clone();
-            async move { node.call(replicate("w0")).await }
+            async move { node.call(replicate("w0"), EPOCH).await }
         });
         until("the first batch reached the node", || {
             f.batches.lock().expect("lock").len() == 1
@@ -924,7 +943,7 @@ mod tests {
         let queued: Vec<_> = (1..=3)
             .map(|i| {
                 let node = node.clone();
-                tokio::spawn(async move { node.call(replicate(&format!("w{i}"))).await })
+                tokio::spawn(async move { node.call(replicate(&format!("w{i}")), EPOCH).await })
             })
             .collect();
         until("three writes queued", || {
@@ -934,7 +953,7 @@ mod tests {
 
         // Reads are answered while the write batch is still held.
         for k in ["r1", "r2", "r3"] {
-            let r = node.call(get(k)).await.expect("read answered");
+            let r = node.call(get(k), EPOCH).await.expect("read answered");
             assert!(matches!(r, ReplicaResult::Got { object: None }));
         }
         assert!(!first.is_finished(), "the write batch is still held by the node");
@@ -979,9 +998,7 @@ mod tests {
                     anti_entropy: None,
                 })
                 .collect(),
-            buckets: Default::default(),
-            tokens: Vec::new(),
-            handoffs: Vec::new(),
+            ..super::ClusterState::default()
         }
     }
 
@@ -1033,7 +1050,10 @@ mod tests {
         peers.mark_down(&id, &addr);
         let node = peers.handle(&id, &addr);
         assert!(!node.is_up(), "skipped on the ring's word");
-        assert!(matches!(node.call(get("k")).await, Err(super::PeerError::Down)));
+        assert!(matches!(
+            node.call(get("k"), EPOCH).await,
+            Err(super::PeerError::Down)
+        ));
         assert_eq!(
             batches.load(std::sync::atomic::Ordering::SeqCst),
             0,
@@ -1041,7 +1061,7 @@ mod tests {
         );
         until("the node is up again", || node.is_up()).await;
         assert!(matches!(
-            node.call(get("k")).await,
+            node.call(get("k"), EPOCH).await,
             Ok(ReplicaResult::Got { object: None })
         ));
         assert_eq!(batches.load(std::sync::atomic::Ordering::SeqCst), 1);

@@ -115,6 +115,12 @@ error_codes! {
     DeadlineExceeded = ("deadline_exceeded", 503),
     /// Internal: the node a partition copy was to come from did not answer.
     SourceUnavailable = ("source_unavailable", 503),
+    /// Internal: the operation was planned with an older ring, and under the node's newer
+    /// ring it no longer holds the partition; the caller refreshes its ring and re-plans.
+    StaleRing = ("stale_ring", 503),
+    /// Internal: the node has not yet seen the ring epoch the request needs (a catch-up
+    /// copy waits until its source knows the new ring); retry shortly.
+    RingBehind = ("ring_behind", 503),
     /// Storage failed; the message says what, never internals.
     StorageError = ("storage_error", 500),
     /// An unexpected internal failure.

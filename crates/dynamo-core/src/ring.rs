@@ -199,6 +199,11 @@ impl Ring {
         })
     }
 
+    /// Returns the replication factor placement optimises for.
+    pub fn n(&self) -> u8 {
+        self.n
+    }
+
     /// Returns the epoch.
     pub fn epoch(&self) -> RingEpoch {
         self.epoch

@@ -17,11 +17,14 @@
 //! client is answered [`WriteAnswer::Indeterminate`] instead of a second version of its
 //! write. Replicates are merges of the minted object and are retried freely.
 //!
-//! **Read**: every slot is asked; the answer is the merge of the first R replies. A
+//! **Read**: every slot is asked ([`ReadFanout::All`]), or the first R slots with the
+//! others held back until one of those fails or a hedge delay passes without the quorum
+//! ([`ReadFanout::First`]); the answer is the merge of the first R replies either way. A
 //! fallback's "not found" is no vote: it holds hints, not the key, so an existing key
-//! never reads as missing because fallbacks answered first. Once every slot answered or
-//! failed, each owner whose copy differs from the merge of all replies gets the merge
-//! (read repair); fallbacks are left alone, their hints reach the owners on their own.
+//! never reads as missing because fallbacks answered first. Once every slot asked has
+//! answered or failed, each owner whose copy differs from the merge of all replies gets
+//! the merge (read repair); fallbacks are left alone, their hints reach the owners on
+//! their own.
 //!
 //! Each round answers exactly once: the first of quorum reached, quorum impossible, or
 //! the deadline passed; the replies after it still count for durability (a write keeps
@@ -362,11 +365,31 @@ pub struct ReadRound {
     inflight: usize,
     answered: bool,
     actions: VecDeque<ReadAction>,
+    /// Slots not asked yet ([`ReadFanout::First`]): asked one per failure, or all at
+    /// `hedge_at`.
+    held: VecDeque<Slot>,
+    hedge_at: Option<u64>,
+}
+
+/// How many replicas a read asks at first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFanout {
+    /// Every slot at once (Dynamo's): the first R replies answer, the others repair.
+    All,
+    /// The first R slots; another one for each that fails, and all the rest once
+    /// `hedge_ms` passed without the quorum (a slow replica costs at most the hedge).
+    /// Half the read traffic of `All` at N = 3, R = 1 and a third fewer at R = 2; read
+    /// repair sees only the replies it got, so replicas the read did not ask are left to
+    /// anti-entropy.
+    First {
+        /// How long to wait for the first R before asking the rest.
+        hedge_ms: u64,
+    },
 }
 
 impl ReadRound {
-    /// Starts a read of quorum `r` over `pl`, to be answered by `deadline_ms`; replies
-    /// merge with the bucket's `conflict` rule.
+    /// Starts a read of quorum `r` over `pl` that asks every slot, to be answered by
+    /// `deadline_ms`; replies merge with the bucket's `conflict` rule.
     pub fn new(
         pl: &PreferenceList,
         r: usize,
@@ -374,17 +397,44 @@ impl ReadRound {
         deadline_ms: u64,
         is_up: impl Fn(&NodeId) -> bool,
     ) -> ReadRound {
+        ReadRound::with_fanout(pl, r, conflict, 0, deadline_ms, ReadFanout::All, is_up)
+    }
+
+    /// As [`ReadRound::new`], asking the slots as `fanout` says; `now_ms` starts the
+    /// hedge delay.
+    pub fn with_fanout(
+        pl: &PreferenceList,
+        r: usize,
+        conflict: ConflictRule,
+        now_ms: u64,
+        deadline_ms: u64,
+        fanout: ReadFanout,
+        is_up: impl Fn(&NodeId) -> bool,
+    ) -> ReadRound {
         let plan = SlotPlan::new(pl, is_up);
+        let first = match fanout {
+            ReadFanout::All => plan.slots.len(),
+            ReadFanout::First { .. } => r.min(plan.slots.len()),
+        };
+        let held: VecDeque<Slot> = plan.slots[first..].iter().cloned().collect();
+        let hedge_at = match fanout {
+            ReadFanout::First { hedge_ms } if !held.is_empty() => Some(now_ms.saturating_add(hedge_ms)),
+            _ => None,
+        };
         let mut round = ReadRound {
+            // Held slots count as expected replies: each is asked before the quorum
+            // could be missed for want of it.
             quorum: QuorumCount::new(r, plan.slots.len()),
-            inflight: plan.slots.len(),
-            actions: plan.slots.iter().cloned().map(ReadAction::Get).collect(),
+            inflight: first,
+            actions: plan.slots[..first].iter().cloned().map(ReadAction::Get).collect(),
             plan,
             r,
             conflict,
             deadline_ms,
             replies: Vec::new(),
             answered: false,
+            held,
+            hedge_at,
         };
         if round.quorum.state() == QuorumState::Failed {
             round.answer_unavailable(Shortfall::NotEnoughReplicas);
@@ -403,9 +453,24 @@ impl ReadRound {
     }
 
     /// Returns the time the round wants [`ReadRound::on_tick`] called at, if it has not
-    /// answered yet.
+    /// answered yet: the hedge, else the deadline.
     pub fn next_timeout_ms(&self) -> Option<u64> {
-        (!self.answered).then_some(self.deadline_ms)
+        (!self.answered).then(|| {
+            self.hedge_at
+                .map_or(self.deadline_ms, |h| h.min(self.deadline_ms))
+        })
+    }
+
+    /// Asks a held slot, if one is left.
+    fn ask_held(&mut self) -> bool {
+        match self.held.pop_front() {
+            Some(slot) => {
+                self.inflight += 1;
+                self.actions.push_back(ReadAction::Get(slot));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Records the reply of the get sent to `slot`.
@@ -414,13 +479,18 @@ impl ReadRound {
         self.inflight = self.inflight.saturating_sub(1);
         let state = match reply {
             // No vote, and no other fallback is asked in its place: see the module doc.
-            ReadReply::Found(None) if slot.is_hinted() => self.quorum.failure(),
+            ReadReply::Found(None) if slot.is_hinted() => {
+                self.ask_held();
+                self.quorum.failure()
+            }
             ReadReply::Found(object) => {
                 self.replies.push((slot, object));
                 self.quorum.success()
             }
             ReadReply::Failed => {
-                if let Some(f) = self.plan.take_fallback(is_up) {
+                if self.ask_held() {
+                    // A held slot takes its place (it was already counted as expected).
+                } else if let Some(f) = self.plan.take_fallback(is_up) {
                     self.quorum.expect_one_more();
                     self.inflight += 1;
                     self.actions.push_back(ReadAction::Get(Slot {
@@ -455,6 +525,10 @@ impl ReadRound {
     /// Tells the round the time: past its deadline, an unanswered round answers
     /// [`ReadAnswer::Unavailable`] (the gets still out continue, for repair).
     pub fn on_tick(&mut self, now_ms: u64) {
+        if !self.answered && self.hedge_at.is_some_and(|h| now_ms >= h) {
+            self.hedge_at = None;
+            while self.ask_held() {}
+        }
         if now_ms >= self.deadline_ms {
             self.answer_unavailable(Shortfall::DeadlinePassed);
         }

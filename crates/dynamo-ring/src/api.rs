@@ -14,8 +14,8 @@ use axum::routing::{delete, get, post};
 use dynamo_core::signature::Role;
 use dynamo_core::wire::BucketPropsPatch;
 use dynamo_core::wire::cluster::{
-    BucketRecord, ClusterView, Handoff, Heartbeat, KeyPlacement, NodeRegistration, NodeState, ReplaceRequest,
-    TokenRecord,
+    BucketRecord, ClusterView, Handoff, Heartbeat, KeyPlacement, NodeRegistration, NodeState, ReleaseDone,
+    ReplaceRequest, TokenRecord,
 };
 use dynamo_core::wire::routes::ring;
 use dynamo_core::{BucketName, ErrorCode, NodeId, key_hash};
@@ -67,6 +67,7 @@ pub(crate) fn routes(svc: Arc<Service>) -> Router {
         .route(ring::CHANGE, get(get_change))
         .route(ring::CHANGE_RETRY, post(retry_change))
         .route(ring::CHANGE_ABORT, post(abort_change))
+        .route(ring::RELEASES, post(release_done))
         .with_state(svc)
 }
 
@@ -299,4 +300,14 @@ async fn abort_change(State(svc): State<AppState>) -> Result<Json<ClusterView>, 
     let liveness = svc.liveness.clone();
     svc.mutate(move |c| c.abort(&|n| liveness.is_live_now(n))).await?;
     Ok(Json(svc.view()))
+}
+
+/// `POST /internal/v1/releases` (member): a storage node deleted the partitions its
+/// release named.
+async fn release_done(
+    State(svc): State<AppState>,
+    Json(done): Json<ReleaseDone>,
+) -> Result<StatusCode, ApiError> {
+    svc.mutate(move |c| c.release_done(&done)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -64,6 +64,18 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_HANDOFF_CONCURRENCY", default_value_t = 4)]
     pub handoff_concurrency: usize,
 
+    /// For the fault checker only: old holders delete a partition as soon as the new
+    /// ring is published, before the catch-up copy confirmed the new holders have it.
+    /// This is unsafe by design (it can lose acknowledged writes); the checker runs with
+    /// it to show that it notices.
+    #[arg(
+        long,
+        env = "DYNAMO_UNSAFE_EARLY_RELEASE",
+        hide = true,
+        default_value_t = false
+    )]
+    pub unsafe_early_release: bool,
+
     /// Serving and telemetry flags every service shares.
     #[command(flatten)]
     pub serve: ServeArgs,

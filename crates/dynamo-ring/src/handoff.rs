@@ -1,16 +1,24 @@
 //! The handoff worker: drives one membership change through its plan.
 //!
-//! 1. **Copy:** every handoff of the plan is a pull request to the receiving storage node
-//!    (`POST {to}/internal/v1/partitions/{p}/pull` with `{"source": from}`), at most
-//!    `--handoff-concurrency` at once, each with `--handoff-timeout-ms` and up to
-//!    `--handoff-max-attempts` attempts with exponential backoff. When the receiver says
-//!    the *source* did not answer (`quorum_unavailable`), the next holder of the partition
-//!    becomes the source. Progress is committed to the state at most every
-//!    [`PROGRESS_FLUSH`].
-//! 2. **Publish:** the new ring (epoch + 1) is committed; long-pollers see it.
-//! 3. **Catch-up:** the same pulls once more, for writes that reached the old replicas
-//!    while the copy ran (the pulls merge idempotently, so repeating is harmless).
-//! 4. **Finish:** the leaver leaves, the newcomer is `up`/`down` by liveness.
+//! 1. **Copy:** every handoff of the plan (a partition into a new holder, from one of its
+//!    current holders: each receiver copies from every holder, the leaver included) is a
+//!    pull request to the receiving storage node (`POST {to}/internal/v1/partitions/{p}/pull`
+//!    with `{"source": from}`), at most `--handoff-concurrency` at once, each with
+//!    `--handoff-timeout-ms` and up to `--handoff-max-attempts` attempts with exponential
+//!    backoff. A source that the receiver cannot reach and that liveness calls down is
+//!    skipped, as long as another source of the same partition copied into the same
+//!    receiver: a write acknowledged by W ≥ 2 replicas reaches it through that one.
+//!    Progress (and, while a pull retries, its last error) is committed to the state at
+//!    most every [`PROGRESS_FLUSH`].
+//! 2. **Publish:** the new ring (epoch + 1) is committed; long-pollers see it. From then
+//!    on, storage nodes refuse operations planned with the old ring on partitions they
+//!    no longer hold (fencing).
+//! 3. **Catch-up:** the same pulls once more, each only once its source knows the new
+//!    ring and has finished what it admitted under the old one (`min_epoch`), so no
+//!    write can reach an old holder behind the copy.
+//! 4. **Finish:** the leaver leaves, the newcomer is `up`/`down` by liveness, and the old
+//!    holders are told to let their partitions go (the state's releases; each node
+//!    deletes its copy and acknowledges).
 //!
 //! A pull that exhausts its attempts marks the change failed; it then waits for
 //! `POST /internal/v1/change/retry` (done handoffs are not repeated) or, before the
@@ -24,7 +32,7 @@ use dynamo_core::backoff::Backoff;
 use dynamo_core::wire::cluster::{Handoff, NodeState};
 use dynamo_core::wire::internal::{PullProgress, PullRequest};
 use dynamo_core::wire::routes;
-use dynamo_core::{ErrorBody, ErrorCode, NodeId};
+use dynamo_core::{ErrorBody, ErrorCode, NodeId, RingEpoch};
 use dynamo_server::metrics::invariant;
 use dynamo_server::worker::{Next, Worker};
 use tokio::sync::Semaphore;
@@ -32,7 +40,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
-use crate::plan::{ChangePhase, ChangeStatus, sources};
+use crate::plan::{ChangePhase, ChangeStatus};
 use crate::service::Service;
 
 /// How often pull progress is committed to the state (each commit is an fsync and wakes
@@ -60,7 +68,6 @@ enum RoundEnd {
 }
 
 struct PullOutcome {
-    handoff: Handoff,
     failed_attempts: u64,
     error: Option<String>,
 }
@@ -180,25 +187,28 @@ async fn round(
     stop: &CancellationToken,
 ) -> RoundEnd {
     let permits = Arc::new(Semaphore::new(svc.config.handoff_concurrency));
+    // Pulls report here as they go (a retry's error included), so the state shows why a
+    // change is stuck while it is.
+    let reports: Reports = Arc::default();
     // The set owns the pull tasks: dropping it (on stop) aborts them.
     let mut pulls = JoinSet::new();
     for h in todo {
-        let (svc, permits, stop) = (svc.clone(), permits.clone(), stop.clone());
+        let (svc, permits, stop, reports) = (svc.clone(), permits.clone(), stop.clone(), reports.clone());
         pulls.spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return None;
             };
-            Some(pull(&svc, phase, h, &stop).await)
+            Some(pull(&svc, phase, h, &reports, &stop).await)
         });
     }
-    let mut updates: Vec<Handoff> = Vec::new();
     let mut failure: Option<String> = None;
     let mut flush = tokio::time::interval(PROGRESS_FLUSH);
     loop {
         tokio::select! {
             () = stop.cancelled() => return RoundEnd::Stopped,
-            _ = flush.tick(), if !updates.is_empty() => {
-                if flush_progress(svc, id, phase, std::mem::take(&mut updates), *failed_attempts).await.is_err() {
+            _ = flush.tick() => {
+                let updates = take_reports(&reports);
+                if flush_progress(svc, id, phase, updates, *failed_attempts).await.is_err() {
                     return RoundEnd::Stopped;
                 }
             }
@@ -209,7 +219,6 @@ async fn round(
                     if let Some(e) = o.error {
                         failure.get_or_insert(e);
                     }
-                    updates.push(o.handoff);
                 }
                 Some(Ok(None)) => return RoundEnd::Stopped,
                 Some(Err(e)) => {
@@ -221,16 +230,59 @@ async fn round(
     if stop.is_cancelled() {
         return RoundEnd::Stopped;
     }
-    if flush_progress(svc, id, phase, updates, *failed_attempts)
+    if flush_progress(svc, id, phase, take_reports(&reports), *failed_attempts)
         .await
         .is_err()
     {
         return RoundEnd::Stopped;
     }
+    if failure.is_none() {
+        failure = uncovered(svc, id, phase, *failed_attempts).await;
+    }
     match failure {
         Some(reason) => RoundEnd::Failed(reason),
         None => RoundEnd::Done,
     }
+}
+
+/// Handoff states reported by running pulls, latest per handoff, not yet committed.
+type Reports = Arc<std::sync::Mutex<Vec<Handoff>>>;
+
+fn report(reports: &Reports, h: &Handoff) {
+    let mut r = reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match r
+        .iter_mut()
+        .find(|x| x.partition == h.partition && x.to == h.to && x.from == h.from)
+    {
+        Some(x) => *x = h.clone(),
+        None => r.push(h.clone()),
+    }
+}
+
+fn take_reports(reports: &Reports) -> Vec<Handoff> {
+    std::mem::take(&mut *reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// After a round in which every pull ended: a partition copied into a receiver only
+/// from skipped sources has no copy at all. Those handoffs go back to pending (a retry
+/// pulls them again) and the change fails with the reason.
+async fn uncovered(svc: &Arc<Service>, id: u64, phase: ChangePhase, failed_attempts: u64) -> Option<String> {
+    let snap = svc.snapshot();
+    let mut covered: std::collections::BTreeMap<(u32, &NodeId), bool> = std::collections::BTreeMap::new();
+    for h in &snap.state.handoffs {
+        *covered.entry((h.partition.0, &h.to)).or_default() |= h.done && !h.skipped;
+    }
+    let (p, to) = covered.iter().find(|(_, ok)| !**ok).map(|(k, _)| *k)?;
+    let reason = format!("no holder of partition {p} could be reached to copy it into {to}");
+    let reset: Vec<Handoff> = snap
+        .state
+        .handoffs
+        .iter()
+        .filter(|h| h.skipped)
+        .map(|h| Handoff::new(h.partition, h.from.clone(), h.to.clone()))
+        .collect();
+    let _ = flush_progress(svc, id, phase, reset, failed_attempts).await;
+    Some(reason)
 }
 
 async fn flush_progress(
@@ -252,60 +304,80 @@ fn address_of(c: &Cluster, node: &NodeId) -> Option<String> {
     c.node(node).map(|n| n.address.clone())
 }
 
-/// Pulls one handoff to completion or until its attempts run out.
+/// Pulls one handoff to completion, until its attempts run out, or (a source that is
+/// down) until it is skipped; reports its state on every step.
 async fn pull(
     svc: &Arc<Service>,
     phase: ChangePhase,
     mut h: Handoff,
+    reports: &Reports,
     stop: &CancellationToken,
 ) -> PullOutcome {
     let max_attempts = svc.config.handoff_max_attempts;
+    // The catch-up copies only once the source fences the old ring (module docs).
+    let min_epoch = match phase {
+        ChangePhase::Copy => None,
+        ChangePhase::CatchUp => svc.snapshot().change.as_ref().map(|c| c.planned_epoch),
+    };
     let mut attempts = 0u32;
     let mut continuations = 0u32;
     let mut cursor: Option<String> = None;
     loop {
         let snap = svc.snapshot();
         let result = match (address_of(&snap, &h.to), address_of(&snap, &h.from)) {
-            (Some(to), Some(from)) => pull_once(svc, &to, &h, &from, cursor.clone()).await,
-            _ => Err(PullError::Other(format!(
-                "{} or {} is no longer known",
-                h.to, h.from
+            (Some(to), Some(from)) => pull_once(svc, &to, &h, &from, cursor.clone(), min_epoch).await,
+            (Some(_), None) => Err(PullError::SourceUnavailable(format!(
+                "source {} is no longer known",
+                h.from
             ))),
+            (None, _) => Err(PullError::Other(format!("receiver {} is no longer known", h.to))),
         };
-        let error = match result {
+        let (error, source_down) = match result {
             Ok(reply) => {
                 h.objects += reply.objects;
+                h.bytes += reply.bytes;
+                h.error = None;
                 if reply.done {
                     h.done = true;
+                    report(reports, &h);
                     svc.metrics.pulls.with_label_values(&["ok"]).inc();
                     return PullOutcome {
-                        handoff: h,
                         failed_attempts: u64::from(attempts),
                         error: None,
                     };
                 }
+                report(reports, &h);
                 continuations += 1;
                 if reply.cursor.is_some() && reply.cursor != cursor && continuations < MAX_CONTINUATIONS {
                     cursor = reply.cursor;
                     continue;
                 }
-                "the receiver stopped without progress".to_owned()
+                ("the receiver stopped without progress".to_owned(), false)
             }
             Err(PullError::SourceUnavailable(msg)) => {
-                // Only the copy phase still has the old ring, whose holders are the
-                // alternatives; in catch-up the source stays.
-                if phase == ChangePhase::Copy
-                    && let Some(next) = next_source(&snap, &h, usize::from(svc.settings.n))
-                {
-                    tracing::info!(partition = h.partition.0, from = %h.from, to = %next, "switching handoff source");
-                    h.from = next;
-                    cursor = None;
-                }
-                msg
+                let down = !svc.liveness.is_live_now(&h.from)
+                    || snap.node(&h.from).is_none_or(|n| n.state == NodeState::Down);
+                (msg, down)
             }
-            Err(PullError::Other(msg)) => msg,
+            Err(PullError::Other(msg)) => (msg, false),
         };
         attempts += 1;
+        if source_down {
+            // Every other holder is a source of the same copy; whether one of them covered
+            // it is checked when the round ends.
+            tracing::info!(partition = h.partition.0, from = %h.from, to = %h.to, "source is down; skipping it");
+            h.done = true;
+            h.skipped = true;
+            h.error = Some(format!("skipped: {error}"));
+            report(reports, &h);
+            svc.metrics.pulls.with_label_values(&["skipped"]).inc();
+            return PullOutcome {
+                failed_attempts: u64::from(attempts),
+                error: None,
+            };
+        }
+        h.error = Some(error.clone());
+        report(reports, &h);
         if attempts >= max_attempts {
             svc.metrics.pulls.with_label_values(&["failed"]).inc();
             return PullOutcome {
@@ -313,7 +385,6 @@ async fn pull(
                     "pull of partition {} into {} from {} failed {attempts} times: {error}",
                     h.partition.0, h.to, h.from
                 )),
-                handoff: h,
                 failed_attempts: u64::from(attempts),
             };
         }
@@ -322,31 +393,11 @@ async fn pull(
         let delay = BACKOFF.delay(attempts, rand::random());
         tokio::select! {
             () = stop.cancelled() => {
-                return PullOutcome { handoff: h, failed_attempts: u64::from(attempts), error: None };
+                return PullOutcome { failed_attempts: u64::from(attempts), error: None };
             }
             () = tokio::time::sleep(delay) => {}
         }
     }
-}
-
-/// Returns the holder after the current source in the order a receiver should try them
-/// (available holders of the current ring first), wrapping around.
-fn next_source(c: &Cluster, h: &Handoff, n: usize) -> Option<NodeId> {
-    let ring = c.state.ring.as_ref()?;
-    let holders = ring.preference_list(h.partition, n).preference_list;
-    let unavailable = c
-        .state
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.state, NodeState::Down | NodeState::Leaving))
-        .map(|n| n.node_id.clone())
-        .collect();
-    let order = sources(&holders, &h.to, &unavailable);
-    let at = order.iter().position(|n| *n == h.from)?;
-    order
-        .get((at + 1) % order.len())
-        .filter(|n| **n != h.from)
-        .cloned()
 }
 
 /// The backoff of failed pulls: so pulls failing together do not retry in lockstep.
@@ -358,12 +409,14 @@ async fn pull_once(
     h: &Handoff,
     from: &str,
     cursor: Option<String>,
+    min_epoch: Option<RingEpoch>,
 ) -> Result<PullProgress, PullError> {
     let url = routes::url(to, &routes::storage::partition_pull(h.partition));
     let body = PullRequest {
         source: from.trim_end_matches('/').to_owned(),
         cursor,
         budget_ms: None,
+        min_epoch,
     };
     let resp = svc
         .client
@@ -407,6 +460,7 @@ mod tests {
             source: "http://127.0.0.1:7100".into(),
             cursor: None,
             budget_ms: None,
+            min_epoch: None,
         };
         assert_eq!(
             serde_json::to_string(&body).expect("serialize"),

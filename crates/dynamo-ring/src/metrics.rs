@@ -17,7 +17,8 @@ pub struct RingMetrics {
     pub state_version: IntGauge,
     /// Handoffs of the change in progress not yet done in its current round.
     pub handoffs_pending: IntGauge,
-    /// Partition pull requests sent, by result (`ok`, `retry`, `failed`).
+    /// Partition pull requests sent, by result (`ok`, `retry`, `failed`, `skipped`: the
+    /// source was down and other holders covered the copy).
     pub pulls: IntCounterVec,
     /// Runtime checks of a core invariant that failed, by invariant.
     pub invariant_violations: InvariantViolations,

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use dynamo_core::ring::{Member, Ring, RingError};
-use dynamo_core::wire::cluster::{Handoff, NodeRegistration};
+use dynamo_core::wire::cluster::{ChangeKindName, ChangeSummary, Handoff, NodeRegistration, Release};
 use dynamo_core::{NodeId, PartitionId, Partitioning, RingEpoch};
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +111,38 @@ pub struct PendingChange {
     /// Pull attempts that failed so far (all handoffs, this change).
     #[serde(default)]
     pub failed_attempts: u64,
+    /// What the old holders let go once the change is confirmed (set when the new ring
+    /// is published, moved to the state's releases when the change finishes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<Release>,
+}
+
+impl PendingChange {
+    /// The change as followers see it.
+    pub fn summary(&self) -> ChangeSummary {
+        let (kind, node, replacement) = match &self.kind {
+            ChangeKind::Join { node } => (ChangeKindName::Join, node.node_id.clone(), None),
+            ChangeKind::Decommission { node } => (ChangeKindName::Decommission, node.clone(), None),
+            ChangeKind::Replace { old, new } => {
+                (ChangeKindName::Replace, old.clone(), Some(new.node_id.clone()))
+            }
+        };
+        ChangeSummary {
+            kind,
+            node,
+            replacement,
+            phase: match self.phase {
+                ChangePhase::Copy => "copy",
+                ChangePhase::CatchUp => "catch_up",
+            }
+            .to_owned(),
+            epoch: self.planned_epoch,
+            failed: match &self.status {
+                ChangeStatus::Running => None,
+                ChangeStatus::Failed { reason } => Some(reason.clone()),
+            },
+        }
+    }
 }
 
 /// Computes the ring a change leads to, from the current ring (`None` before the first
@@ -142,12 +174,14 @@ pub fn candidate_ring(
 }
 
 /// Returns the handoffs that must complete before `new` may replace `old`: for every
-/// partition p, each node in `new`'s preference list of p (the ring's `n`) that is not in
-/// `old`'s must receive p's data. Its source is the first node of `old`'s list for p that
-/// is not in `unavailable` (leaving or down), else the first of that list (any holder).
+/// partition p, each node among the first `n` of `new`'s preference list of p that is not
+/// among `old`'s must receive p's data from *every* node of `old`'s list (the leaver
+/// included): any of them may hold writes the others lack (a sloppy quorum acknowledges
+/// W of N), so copying from one could drop an acknowledged write. Sources not in
+/// `unavailable` come first, so the copies most likely to succeed run first.
 ///
-/// Deterministic, ordered by partition then receiver. Empty when there is no old ring
-/// (nothing can be stored yet).
+/// Deterministic, ordered by partition, then receiver, then source. Empty when there is
+/// no old ring (nothing can be stored yet).
 pub fn plan(old: Option<&Ring>, new: &Ring, n: usize, unavailable: &BTreeSet<NodeId>) -> Vec<Handoff> {
     let Some(old) = old else {
         return Vec::new();
@@ -161,19 +195,36 @@ pub fn plan(old: Option<&Ring>, new: &Ring, n: usize, unavailable: &BTreeSet<Nod
         let mut receivers: Vec<&NodeId> = after.iter().filter(|n| !before.contains(n)).collect();
         receivers.sort();
         for to in receivers {
-            let Some(from) = sources(&before, to, unavailable).into_iter().next() else {
-                continue;
-            };
-            out.push(Handoff {
-                partition: p,
-                from,
-                to: to.clone(),
-                objects: 0,
-                done: false,
-            });
+            for from in sources(&before, to, unavailable) {
+                out.push(Handoff::new(p, from, to.clone()));
+            }
         }
     }
     out
+}
+
+/// Returns the releases a change from `old` to `new` leads to: every node among the
+/// first `n` of `old`'s preference list of a partition that is not among `new`'s lets the
+/// partition go, once the change is confirmed.
+pub fn releases(old: &Ring, new: &Ring, n: usize) -> Vec<Release> {
+    let mut by_node: BTreeMap<NodeId, Vec<PartitionId>> = BTreeMap::new();
+    for p in 0..new.partitioning().count() {
+        let p = PartitionId(p);
+        let after = new.preference_list(p, n).preference_list;
+        for holder in old.preference_list(p, n).preference_list {
+            if !after.contains(&holder) {
+                by_node.entry(holder).or_default().push(p);
+            }
+        }
+    }
+    by_node
+        .into_iter()
+        .map(|(node, partitions)| Release {
+            node,
+            epoch: new.epoch(),
+            partitions,
+        })
+        .collect()
 }
 
 /// Returns the holders of a partition in the order a receiver should try them as its
@@ -244,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn a_decommission_avoids_the_leaver_and_down_nodes_as_sources() {
+    fn a_decommission_copies_from_every_holder_with_the_leaver_and_down_nodes_last() {
         let r = ring(32, 5);
         let next = r.with_member_removed(&id(2)).expect("remove");
         let unavailable = BTreeSet::from([id(2), id(3)]);
@@ -253,16 +304,35 @@ mod tests {
         for h in &p {
             assert_ne!(h.to, id(2), "the leaver receives nothing");
             let holders = r.preference_list(h.partition, 3).preference_list;
-            assert!(holders.contains(&h.from));
-            // With 3 holders and 2 unavailable nodes, an available holder always exists.
-            if holders.iter().any(|n| !unavailable.contains(n)) {
-                assert!(!unavailable.contains(&h.from), "{h:?}");
-            }
+            let sources: Vec<&NodeId> = p
+                .iter()
+                .filter(|x| x.partition == h.partition && x.to == h.to)
+                .map(|x| &x.from)
+                .collect();
+            // Every holder is a source (the leaver included: it may hold writes the
+            // others lack), each once, the available ones first.
+            let expected = sources_of(&holders, &h.to, &unavailable);
+            assert_eq!(sources, expected.iter().collect::<Vec<_>>(), "{h:?}");
         }
     }
 
+    fn sources_of(holders: &[NodeId], to: &NodeId, unavailable: &BTreeSet<NodeId>) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = holders
+            .iter()
+            .filter(|n| *n != to && !unavailable.contains(n))
+            .cloned()
+            .collect();
+        v.extend(
+            holders
+                .iter()
+                .filter(|n| *n != to && unavailable.contains(n))
+                .cloned(),
+        );
+        v
+    }
+
     #[test]
-    fn a_replacement_of_a_down_node_copies_from_the_other_replicas() {
+    fn a_replacement_copies_each_partition_of_the_old_node_from_all_its_holders() {
         let r = ring(32, 4);
         let next = r
             .with_member_replaced(&id(1), id(9), Member::default())
@@ -273,7 +343,40 @@ mod tests {
             .filter(|&q| r.preference_list(q, 3).preference_list.contains(&id(1)))
             .collect();
         assert_eq!(p.iter().map(|h| h.partition).collect::<BTreeSet<_>>(), expected);
-        assert!(p.iter().all(|h| h.to == id(9) && h.from != id(1)));
+        for q in &expected {
+            let from: Vec<&NodeId> = p.iter().filter(|h| h.partition == *q).map(|h| &h.from).collect();
+            assert_eq!(from.len(), 3, "three holders of partition {q}");
+            assert_eq!(
+                from.last(),
+                Some(&&id(1)),
+                "the replaced (down) node is tried last"
+            );
+        }
+        assert!(p.iter().all(|h| h.to == id(9)));
+    }
+
+    #[test]
+    fn releases_name_exactly_the_holders_that_lose_a_partition() {
+        let r = ring(32, 4);
+        let next = r.with_member_added(id(7), Member::default()).expect("join");
+        let rel = releases(&r, &next, 3);
+        let mut expected: BTreeMap<NodeId, Vec<PartitionId>> = BTreeMap::new();
+        for q in (0..32).map(PartitionId) {
+            let after = next.preference_list(q, 3).preference_list;
+            for h in r.preference_list(q, 3).preference_list {
+                if !after.contains(&h) {
+                    expected.entry(h).or_default().push(q);
+                }
+            }
+        }
+        assert!(!expected.is_empty(), "a join takes partitions from someone");
+        let got: BTreeMap<NodeId, Vec<PartitionId>> = rel
+            .iter()
+            .map(|x| (x.node.clone(), x.partitions.clone()))
+            .collect();
+        assert_eq!(got, expected);
+        assert!(rel.iter().all(|x| x.epoch == next.epoch()));
+        assert!(!got.contains_key(&id(7)), "the newcomer releases nothing");
     }
 
     #[test]
@@ -295,7 +398,7 @@ mod tests {
 
     proptest! {
         // The plan against a naive oracle: exactly the (partition, new replica) pairs of
-        // the set difference, each once, each from a holder of the old ring.
+        // the set difference, each copied from every old holder once.
         #[test]
         fn the_plan_covers_exactly_the_new_replicas(
             bits in 3u8..8, s in 1usize..8, op in 0u8..3, pick in 0usize..8, n in 1usize..5
@@ -311,16 +414,18 @@ mod tests {
             let mut expected = BTreeSet::new();
             for (q, (b, a)) in before.iter().zip(&after).enumerate() {
                 for to in a.difference(b) {
-                    expected.insert((q as u32, to.clone()));
+                    for from in b {
+                        expected.insert((q as u32, to.clone(), from.clone()));
+                    }
                 }
             }
-            let got: Vec<(u32, NodeId)> = p.iter().map(|h| (h.partition.0, h.to.clone())).collect();
-            let got_set: BTreeSet<(u32, NodeId)> = got.iter().cloned().collect();
-            prop_assert_eq!(got.len(), got_set.len(), "each receiver once per partition");
+            let got: Vec<(u32, NodeId, NodeId)> =
+                p.iter().map(|h| (h.partition.0, h.to.clone(), h.from.clone())).collect();
+            let got_set: BTreeSet<(u32, NodeId, NodeId)> = got.iter().cloned().collect();
+            prop_assert_eq!(got.len(), got_set.len(), "each source once per receiver and partition");
             prop_assert_eq!(got_set, expected);
             for h in &p {
-                prop_assert!(before[h.partition.0 as usize].contains(&h.from));
-                prop_assert!(!h.done && h.objects == 0);
+                prop_assert!(!h.done && h.objects == 0 && !h.skipped);
             }
         }
     }

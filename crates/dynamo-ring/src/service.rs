@@ -25,7 +25,7 @@ use crate::cluster::{Cluster, ClusterError, Settings};
 use crate::config::Config;
 use crate::liveness::SharedLiveness;
 use crate::metrics::RingMetrics;
-use crate::plan::ChangeStatus;
+use crate::plan::{ChangeStatus, PendingChange};
 use crate::store::{self, StateFile};
 
 /// Everything the handlers and workers share.
@@ -69,6 +69,7 @@ impl Service {
         let settings = Settings {
             partitioning: config.partitioning(),
             n: config.n,
+            early_release: config.unsafe_early_release,
         };
         let (published, _) = watch::channel(Arc::new(cluster.clone()));
         Arc::new(Service {
@@ -124,6 +125,9 @@ impl Service {
             let mut current = me.core.lock().await;
             let mut draft = current.clone();
             let out = f(&mut draft)?;
+            // Followers see the change as the state carries it; it is derived here, once
+            // per commit, so no method can forget it.
+            draft.state.change = draft.change.as_ref().map(PendingChange::summary);
             if draft != *current {
                 me.commit(&mut current, draft).await?;
                 me.steer_worker(&current);

@@ -158,6 +158,7 @@ mod tests {
         let settings = Settings {
             partitioning: dynamo_core::Partitioning::with_count(8).expect("q"),
             n: 3,
+            early_release: false,
         };
         let mut c = Cluster::empty();
         let reg = NodeRegistration {

@@ -166,8 +166,9 @@ async fn a_join_pulls_exactly_the_planned_partitions_before_publishing() {
 }
 
 // Goal: a decommission copies the leaver's replicas to the nodes that take them over,
-// from holders other than the leaver, publishes the ring without it only after, and
-// then forgets the leaver entirely.
+// from every holder (the leaver included: it may hold writes the others lack),
+// publishes the ring without it only after, forgets the leaver, and then releases
+// exactly the leaver's partitions from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decommission_hands_off_then_removes_the_leaver() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -201,14 +202,30 @@ async fn a_decommission_hands_off_then_removes_the_leaver() {
 
     let new = old.with_member_removed(&id("node-b")).expect("core removal");
     assert_eq!(done.ring.as_ref().expect("ring"), &new);
-    let expected = expected_pulls(&old, &new, 3, &[id("node-b")]);
+    let expected = expected_pulls(&old, &new, 3, &[]);
+    assert!(expected.iter().all(|(to, _, _)| *to != id("node-b")));
     assert!(
-        expected
-            .iter()
-            .all(|(to, _, from)| *to != id("node-b") && *from != id("node-b"))
+        expected.iter().any(|(_, _, from)| *from == id("node-b")),
+        "the leaver is a source"
     );
     let recorded = recorded_pulls(&nodes.iter().collect::<Vec<_>>());
     assert_pulls_match(&recorded, &expected, 4);
+    wait_state(&ring.url, "the release acknowledged", |s| s.releases.is_empty()).await;
+    let released = expected_releases(&old, &new, 3);
+    assert_eq!(
+        released.keys().collect::<Vec<_>>(),
+        vec![&id("node-b")],
+        "only the leaver lets go"
+    );
+    assert_eq!(nodes[1].released(), released[&id("node-b")]);
+    let held: Vec<u32> = (0..32)
+        .filter(|&p| {
+            old.preference_list(PartitionId(p), 3)
+                .preference_list
+                .contains(&id("node-b"))
+        })
+        .collect();
+    assert_eq!(nodes[1].released(), held, "everything the leaver held");
 
     assert!(
         done.nodes.iter().all(|n| n.node_id != id("node-b")),
@@ -229,7 +246,8 @@ async fn a_decommission_hands_off_then_removes_the_leaver() {
 }
 
 // Goal: replacing a node that is down gives the new node exactly the old one's
-// partitions, copied from the other replicas (never from the down node).
+// partitions, copied from the other replicas: the down node, which the receiver cannot
+// reach, is skipped, and the change completes; the old node is then released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_of_a_down_node_copies_from_the_other_replicas() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -257,6 +275,7 @@ async fn a_replacement_of_a_down_node_copies_from_the_other_replicas() {
     .await;
     let old = ring_of(&ring.url).await;
     nodes.iter().for_each(FakeNode::clear);
+    nodes[3].cannot_reach(Some(&nodes[2].url));
 
     let (s, v) = call(
         "POST",
@@ -291,6 +310,12 @@ async fn a_replacement_of_a_down_node_copies_from_the_other_replicas() {
     let recorded = recorded_pulls(&nodes.iter().collect::<Vec<_>>());
     assert_pulls_match(&recorded, &expected, 3);
     assert!(done.nodes.iter().all(|n| n.node_id != id("node-c")));
+    assert!(metric(&ring.url, "dynamo_ring_handoff_pulls_total{result=\"skipped\"}").await >= 1.0);
+    wait_state(&ring.url, "the release acknowledged", |s| s.releases.is_empty()).await;
+    assert_eq!(
+        nodes[2].released(),
+        expected_releases(&old, &new, 3)[&id("node-c")]
+    );
     beats.cancel();
     ring.shutdown().await;
 }
@@ -407,41 +432,59 @@ async fn a_change_that_runs_out_of_attempts_fails_and_can_be_retried_or_aborted(
     ring.shutdown().await;
 }
 
-// Goal: when the receiver reports that its source is unreachable, the pull switches to
-// another holder of the partition and the change still completes.
+// Goal: a source the receiver cannot reach is skipped once liveness calls it down, the
+// copy comes from the other holders, the change completes, and the holders that lost a
+// partition to the newcomer (the down one included) are released from exactly those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pull_switches_source_when_the_source_is_unreachable() {
+async fn a_down_source_is_skipped_and_the_losers_are_released() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ring = start(config(dir.path())).await;
+    let mut cfg = config(dir.path());
+    cfg.heartbeat_timeout_ms = 1_000;
+    let ring = start(cfg).await;
     let nodes = [
         FakeNode::start("node-a", &ring.url).await,
         FakeNode::start("node-b", &ring.url).await,
         FakeNode::start("node-c", &ring.url).await,
         FakeNode::start("node-d", &ring.url).await,
     ];
+    let beats = heartbeat_loop(
+        &ring.url,
+        nodes[1..].iter().map(|n| (n.id.clone(), n.url.clone())).collect(),
+    );
     for (i, n) in nodes[..3].iter().enumerate() {
         join_and_wait(&ring.url, n, i as u64 + 1).await;
     }
+    wait_state(&ring.url, "node-a down", |s| {
+        s.nodes
+            .iter()
+            .any(|n| n.node_id == id("node-a") && n.state == NodeState::Down)
+    })
+    .await;
     let old = ring_of(&ring.url).await;
+    nodes.iter().for_each(FakeNode::clear);
     nodes[3].cannot_reach(Some(&nodes[0].url));
     join_and_wait(&ring.url, &nodes[3], 4).await;
     let new = ring_of(&ring.url).await;
-    let pulls = nodes[3].pulls();
-    let partitions: BTreeSet<u32> = expected_pulls(&old, &new, 3, &[])
-        .iter()
-        .map(|(_, p, _)| *p)
-        .collect();
-    assert_eq!(
-        pulls.iter().map(|p| p.partition).collect::<BTreeSet<_>>(),
-        partitions
-    );
+    let expected = expected_pulls(&old, &new, 3, &[id("node-a")]);
+    let recorded = recorded_pulls(&nodes.iter().collect::<Vec<_>>());
+    assert_pulls_match(&recorded, &expected, 3);
     assert!(
-        pulls.iter().all(|p| p.source != nodes[0].url),
+        nodes[3].pulls().iter().all(|p| p.source != nodes[0].url),
         "never from the unreachable source"
     );
-    assert!(
-        nodes[3].requests() as usize > pulls.len(),
-        "some pulls were redirected"
-    );
+    assert!(metric(&ring.url, "dynamo_ring_handoff_pulls_total{result=\"skipped\"}").await >= 1.0);
+
+    wait_state(&ring.url, "the releases acknowledged", |s| s.releases.is_empty()).await;
+    let released = expected_releases(&old, &new, 3);
+    assert!(!released.is_empty(), "a join takes partitions from someone");
+    for n in &nodes {
+        assert_eq!(
+            n.released(),
+            released.get(&id(&n.id)).cloned().unwrap_or_default(),
+            "{}",
+            n.id
+        );
+    }
+    beats.cancel();
     ring.shutdown().await;
 }

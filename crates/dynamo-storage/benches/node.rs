@@ -128,7 +128,15 @@ async fn run_cell(
                     }
                 };
                 let sent = Instant::now();
-                let ok = match http.post(&endpoint).json(&ReplicaBatch { ops }).send().await {
+                let ok = match http
+                    .post(&endpoint)
+                    .json(&ReplicaBatch {
+                        ops,
+                        ring_epoch: None,
+                    })
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().is_success() => match r.json::<ReplicaBatchResult>().await {
                         Ok(b) => b
                             .results

@@ -46,7 +46,7 @@ use dynamo_core::wire::BucketProps;
 use dynamo_core::wire::cluster::{AntiEntropyStatus, ClusterState};
 use dynamo_core::wire::internal::{MAX_BATCH_OPS, ReplicaOp, ReplicaResult};
 use dynamo_core::wire::routes;
-use dynamo_core::{BucketName, PartitionId};
+use dynamo_core::{BucketName, PartitionId, RingEpoch};
 use dynamo_server::clock::now_ms;
 use dynamo_server::internal::{InternalClient, SendError};
 use dynamo_server::worker::{Next, Tranquilizer, Worker};
@@ -210,6 +210,11 @@ impl<'a> Buckets<'a> {
             .unwrap_or(1)
     }
 
+    /// The ring epoch exchanges with these buckets are planned with.
+    fn epoch(&self) -> RingEpoch {
+        self.state.ring_epoch()
+    }
+
     fn conflict(&self, bucket: &BucketName) -> ConflictRule {
         self.props(bucket).conflict_rule()
     }
@@ -240,6 +245,7 @@ pub async fn exchange(
     let mut stats = ExchangeStats::default();
     let remote: MerkleSummary = client
         .get(routes::url(peer, &routes::storage::merkle(p)))
+        .query(&[("epoch", buckets.epoch().0)])
         .send()
         .await?
         .error_for_status()?
@@ -465,10 +471,11 @@ fn object_bytes(o: &VersionedObject) -> u64 {
 async fn send_batch(
     client: &InternalClient,
     peer: &str,
+    epoch: RingEpoch,
     ops: Vec<ReplicaOp>,
     stats: &mut ExchangeStats,
 ) -> Result<Vec<ReplicaResult>, AeError> {
-    let results = crate::peer::replica_batch(client, peer, ops).await?;
+    let results = crate::peer::replica_batch(client, peer, epoch, ops).await?;
     stats.round_trips += 1;
     Ok(results)
 }
@@ -489,7 +496,7 @@ async fn pull(
             key: key.clone(),
         })
         .collect();
-    let results = send_batch(client, peer, ops, stats).await?;
+    let results = send_batch(client, peer, buckets.epoch(), ops, stats).await?;
     let mut merges = Vec::new();
     for ((bucket, key), r) in keys.iter().zip(results) {
         match r {
@@ -576,7 +583,7 @@ async fn push(
             idempotency: None,
         })
         .collect();
-    for r in send_batch(client, peer, ops, stats).await? {
+    for r in send_batch(client, peer, buckets.epoch(), ops, stats).await? {
         if let ReplicaResult::Error { code, message } = r {
             tracing::debug!(%code, %message, "anti-entropy: the peer refused a pushed key");
         }

@@ -340,6 +340,105 @@ fn apply_batch(
     (results, wrote, fatal)
 }
 
+/// Fences a batch planned with ring `planned` (module docs of `cluster`): where the node
+/// knows a newer ring, an operation without a hint on a partition the node no longer
+/// holds is answered `stale_ring` and not applied. And while the node knows of a
+/// membership change in progress, it approves no tombstone collection (a
+/// `tombstone_status` answers neither `holds` nor `collected`): a new holder may have
+/// copied the value the tombstone deletes, and would keep it if the tombstone went before
+/// the catch-up. Returns the operations to apply, and per operation of the batch its
+/// answer when it is not applied (`None`: applied, in order).
+fn fence(
+    engine: &Engine,
+    admission: &crate::cluster::Admission<'_>,
+    planned: Option<dynamo_core::RingEpoch>,
+    ops: Vec<ReplicaOp>,
+) -> (Vec<ReplicaOp>, Vec<Option<ReplicaResult>>) {
+    let changing = admission.state.as_ref().is_some_and(|s| s.change_in_progress());
+    let (ops, early): (Vec<ReplicaOp>, Vec<Option<ReplicaResult>>) = if changing {
+        let mut keep = Vec::with_capacity(ops.len());
+        let mut early = Vec::with_capacity(ops.len());
+        for op in ops {
+            if matches!(op, ReplicaOp::TombstoneStatus { .. }) {
+                early.push(Some(ReplicaResult::TombstoneStatus {
+                    holds: false,
+                    collected: false,
+                }));
+            } else {
+                keep.push(op);
+                early.push(None);
+            }
+        }
+        (keep, early)
+    } else {
+        let n = ops.len();
+        (ops, vec![None; n])
+    };
+    let (keep, fenced) = fence_epoch(engine, admission, planned, ops);
+    let mut fenced = fenced.into_iter();
+    let answers = early
+        .into_iter()
+        .map(|e| e.or_else(|| fenced.next().flatten()))
+        .collect();
+    (keep, answers)
+}
+
+/// The epoch part of [`fence`].
+fn fence_epoch(
+    engine: &Engine,
+    admission: &crate::cluster::Admission<'_>,
+    planned: Option<dynamo_core::RingEpoch>,
+    ops: Vec<ReplicaOp>,
+) -> (Vec<ReplicaOp>, Vec<Option<ReplicaResult>>) {
+    let ring_state = match (&admission.state, planned) {
+        (Some(s), Some(planned)) if planned < admission.epoch() => s.ring.as_ref().map(|r| (s, r)),
+        _ => None,
+    };
+    let Some((cluster, ring)) = ring_state else {
+        let n = ops.len();
+        return (ops, vec![None; n]);
+    };
+    let me = &engine.identity().node_id;
+    let mut keep = Vec::with_capacity(ops.len());
+    let mut answers = Vec::with_capacity(ops.len());
+    for op in ops {
+        let (bucket, key, hinted) = match &op {
+            ReplicaOp::CoordinatePut {
+                bucket, key, hint, ..
+            }
+            | ReplicaOp::Replicate {
+                bucket, key, hint, ..
+            } => (bucket, key, hint.is_some()),
+            ReplicaOp::Get { bucket, key } | ReplicaOp::TombstoneStatus { bucket, key, .. } => {
+                (bucket, key, false)
+            }
+        };
+        let p = ring
+            .partitioning()
+            .partition_of(dynamo_core::key_hash(bucket.as_str(), key));
+        if hinted || cluster.holds(me, p) {
+            keep.push(op);
+            answers.push(None);
+        } else {
+            engine
+                .metrics()
+                .ops
+                .with_label_values(&[op_name(&op), ErrorCode::StaleRing.as_str()])
+                .inc();
+            answers.push(Some(ReplicaResult::Error {
+                code: ErrorCode::StaleRing,
+                message: format!(
+                    "planned with ring epoch {} but this node is at {} and no longer holds partition {}",
+                    planned.map_or(0, |e| e.0),
+                    admission.epoch(),
+                    p.0
+                ),
+            }));
+        }
+    }
+    (keep, answers)
+}
+
 async fn replicas(
     State(state): State<AppState>,
     Json(batch): Json<ReplicaBatch>,
@@ -347,6 +446,8 @@ async fn replicas(
     validate(&batch)?;
     let engine = &state.engine;
     engine.metrics().batch_ops.observe(batch.ops.len() as f64);
+    let admission = state.cluster.admit();
+    let (ops, mut fenced) = fence(engine, &admission, batch.ring_epoch, batch.ops);
     let now = now_ms();
     // The batch is applied inline, on the async worker, with no await inside: it cannot be
     // cancelled half-way (a dot once minted is stored, STYLE §6), and it skips the
@@ -354,7 +455,14 @@ async fn replicas(
     // than the fjall calls themselves (docs/benchmarks.md, profile). Each operation is a
     // point read or a one-key batch to the journal (no fsync: that is the syncer's), and
     // a batch is at most `MAX_BATCH_OPS` of them, so the worker is held only briefly.
-    let (results, wrote, fatal) = apply_batch(engine, batch.ops, now, state.idempotency_window_ms);
+    let (applied, wrote, fatal) = apply_batch(engine, ops, now, state.idempotency_window_ms);
+    drop(admission);
+    let mut applied = applied.into_iter();
+    let results = fenced
+        .iter_mut()
+        .map(|r| r.take().or_else(|| applied.next()))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "a replica result went missing"))?;
     if fatal {
         // fjall poisons itself after a failed journal write: nothing more can be trusted
         // to disk. Stop, and let the restart recover from the journal (STYLE §4).
@@ -404,11 +512,32 @@ fn partition(engine: &Engine, p: u32) -> Result<PartitionId, ApiError> {
     Ok(PartitionId(p))
 }
 
+/// Query of `GET /internal/v1/merkle/{partition}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MerkleQuery {
+    /// The ring epoch the asker compares under. A node with a newer ring refuses
+    /// (`stale_ring`): an exchange planned with an old ring could push this partition's
+    /// keys from a node that has let them go (or is about to), and bring back deletes
+    /// collected since.
+    epoch: Option<u64>,
+}
+
 async fn merkle_summary(
     State(state): State<AppState>,
     Path(p): Path<u32>,
+    Query(q): Query<MerkleQuery>,
 ) -> Result<Json<MerkleSummary>, ApiError> {
     let p = partition(&state.engine, p)?;
+    let have = state.cluster.ring_epoch();
+    if let Some(asked) = q.epoch
+        && asked < have.0
+    {
+        return Err(invalid(
+            ErrorCode::StaleRing,
+            format!("compared under ring epoch {asked}; this node is at {have}"),
+        ));
+    }
     state
         .engine
         .with_merkle(p, |t| t.summary())
@@ -468,7 +597,16 @@ struct ScanQuery {
     after: Option<String>,
     /// Page size (default and maximum [`MAX_SCAN_PAGE`]).
     limit: Option<usize>,
+    /// Answer only once this node fences ring epochs older than this (a catch-up copy:
+    /// see `ClusterCache::drained`); `503 ring_behind` if it does not within
+    /// [`DRAIN_TIMEOUT`]. Objects and digest scans alike.
+    min_epoch: Option<u64>,
 }
+
+/// How long an object scan with `min_epoch` waits for the node to know that ring and
+/// finish what it admitted under older ones (the ring service's long-poll brings a new
+/// ring in milliseconds; the handoff retries after this).
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One object of a scan page.
 #[derive(Debug, Serialize, Deserialize)]
@@ -545,6 +683,13 @@ async fn partition_objects(
     Path(p): Path<u32>,
     Query(q): Query<ScanQuery>,
 ) -> Result<Json<ScanPage>, ApiError> {
+    if let Some(min) = q.min_epoch {
+        state
+            .cluster
+            .drained(dynamo_core::RingEpoch(min), DRAIN_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::RingBehind, e.to_string()))?;
+    }
     let r = scan_range(&state.engine, p, q, MAX_SCAN_PAGE)?;
     let engine = state.engine.clone();
     let (objects, next) =
@@ -594,6 +739,13 @@ async fn partition_digests(
     Path(p): Path<u32>,
     Query(q): Query<ScanQuery>,
 ) -> Result<Json<DigestPage>, ApiError> {
+    if let Some(min) = q.min_epoch {
+        state
+            .cluster
+            .drained(dynamo_core::RingEpoch(min), DRAIN_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::RingBehind, e.to_string()))?;
+    }
     let r = scan_range(&state.engine, p, q, MAX_DIGEST_PAGE)?;
     let engine = state.engine.clone();
     let (keys, next) = tokio::task::spawn_blocking(move || {
@@ -644,16 +796,7 @@ async fn partition_pull(
     // The pull runs in its own task: a caller that hangs up does not leave a page half
     // merged, and the progress so far stays on disk either way.
     let task = tokio::spawn(async move {
-        crate::handoff::pull_partition(
-            &state.engine,
-            &state.client,
-            &req.source,
-            p,
-            req.cursor,
-            budget,
-            &state.shutdown,
-        )
-        .await
+        crate::handoff::pull_partition(&state.engine, &state.client, p, req, budget, &state.shutdown).await
     });
     match task.await {
         Ok(Ok(progress)) => Ok(Json(progress)),

@@ -23,6 +23,7 @@
 //!   into a [`StateSink`] that fsyncs what it adopts.
 
 use dynamo_server::internal::{InternalClient, SendError};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -65,7 +66,57 @@ pub struct ClusterCache {
 struct Cached {
     floor: RingEpoch,
     state: Option<Arc<ClusterState>>,
+    /// Replica batches being applied, by the ring epoch the node knew when it admitted
+    /// them (see [`ClusterCache::admit`]).
+    admitted: BTreeMap<RingEpoch, usize>,
 }
+
+/// A replica batch admitted under the node's ring: the state to fence it by, held until
+/// the batch is applied, so a catch-up copy can wait for every batch admitted under an
+/// older ring ([`ClusterCache::drained`]).
+pub struct Admission<'a> {
+    cache: &'a ClusterCache,
+    epoch: RingEpoch,
+    /// The node's state when the batch was admitted.
+    pub state: Option<Arc<ClusterState>>,
+}
+
+impl Admission<'_> {
+    /// The ring epoch the node knew when it admitted the batch.
+    pub fn epoch(&self) -> RingEpoch {
+        self.epoch
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        let mut c = lock(&self.cache.current);
+        if let Some(n) = c.admitted.get_mut(&self.epoch) {
+            *n -= 1;
+            if *n == 0 {
+                c.admitted.remove(&self.epoch);
+            }
+        }
+    }
+}
+
+/// The node has not yet seen the ring a request needs, or still applies operations
+/// admitted under an older one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this node is at ring epoch {have}, {busy} replica batches admitted under an older ring than {want} still run"
+)]
+pub struct RingBehind {
+    /// The epoch asked for.
+    pub want: RingEpoch,
+    /// The node's epoch.
+    pub have: RingEpoch,
+    /// Batches admitted under an older epoch still running.
+    pub busy: usize,
+}
+
+/// How often [`ClusterCache::drained`] looks again.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded values are replaced whole after the store succeeded: a panic elsewhere
@@ -117,7 +168,11 @@ impl ClusterCache {
             tracing::info!(ring_epoch = %floor, version = s.version, "cached cluster state loaded");
         }
         Ok(ClusterCache {
-            current: Mutex::new(Cached { floor, state }),
+            current: Mutex::new(Cached {
+                floor,
+                state,
+                admitted: BTreeMap::new(),
+            }),
             offers: Mutex::new(()),
             metrics,
         })
@@ -136,6 +191,48 @@ impl ClusterCache {
     /// Returns the version of the current state (0 without one).
     pub fn version(&self) -> u64 {
         lock(&self.current).state.as_ref().map_or(0, |s| s.version)
+    }
+
+    /// Admits a replica batch: returns the state to fence it by, and counts the batch
+    /// under the current epoch until the admission is dropped.
+    pub fn admit(&self) -> Admission<'_> {
+        let mut c = lock(&self.current);
+        let epoch = c.floor;
+        *c.admitted.entry(epoch).or_default() += 1;
+        Admission {
+            cache: self,
+            epoch,
+            state: c.state.clone(),
+        }
+    }
+
+    /// Waits, at most `timeout`, until the node knows ring epoch `min` and every replica
+    /// batch admitted under an older epoch has been applied. From then on, nothing
+    /// planned for an older ring can land on a partition this node no longer holds, so a
+    /// copy of it taken now misses nothing.
+    ///
+    /// # Errors
+    /// [`RingBehind`] when that did not happen in time.
+    pub async fn drained(&self, min: RingEpoch, timeout: Duration) -> Result<(), RingBehind> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (have, busy) = {
+                let c = lock(&self.current);
+                let busy: usize = c.admitted.range(..min).map(|(_, n)| *n).sum();
+                (c.floor, busy)
+            };
+            if have >= min && busy == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RingBehind {
+                    want: min,
+                    have,
+                    busy,
+                });
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
     }
 
     /// Returns the read-only view served at `/internal/v1/cluster-state`.
@@ -190,10 +287,9 @@ impl ClusterCache {
                     tracing::debug!(version = incoming.version, "cluster state adopted");
                 }
                 self.metrics.ring_epoch.set(epoch.0 as i64);
-                *lock(&self.current) = Cached {
-                    floor: epoch,
-                    state: Some(Arc::new(incoming)),
-                };
+                let mut c = lock(&self.current);
+                c.floor = epoch;
+                c.state = Some(Arc::new(incoming));
             }
         }
         Ok(decision)

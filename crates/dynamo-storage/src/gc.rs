@@ -9,8 +9,11 @@
 //! 2. every *other* node of the key's preference list (from the cached ring, with the
 //!    bucket's `n`) answers, for this key, "I hold exactly this version set" (same
 //!    digest, and no hint for the key) or "I already collected exactly this set";
-//! 3. no membership change is in progress (unfinished handoffs in the cluster state): a
-//!    former owner could still stream an older copy to a new one;
+//! 3. no membership change is in progress, as this node knows the cluster state (checked
+//!    at the start of the round and again before each page's removals) nor as each peer
+//!    knows it (a peer that knows of one approves nothing): a new holder may have copied
+//!    the value a tombstone deletes, and would keep it if the tombstone went before the
+//!    catch-up copy;
 //! 4. at the moment of removal the stored digest is still the one checked, and this node
 //!    holds no hint for the key.
 //!
@@ -42,7 +45,7 @@ use dynamo_core::backoff::Backoff;
 use dynamo_core::version::VersionedObject;
 use dynamo_core::wire::BucketProps;
 use dynamo_core::wire::internal::{MAX_BATCH_OPS, ReplicaOp, ReplicaResult};
-use dynamo_core::{BucketName, NodeId};
+use dynamo_core::{BucketName, NodeId, RingEpoch};
 use dynamo_server::worker::{Next, Tranquilizer, Worker};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -205,7 +208,7 @@ pub async fn round(
     if ring.partitioning() != engine.partitioning() {
         return Ok(None);
     }
-    if state.handoffs.iter().any(|h| !h.done) {
+    if state.change_in_progress() {
         tracing::debug!("tombstone gc: membership change in progress; paused");
         return Ok(None);
     }
@@ -252,8 +255,17 @@ pub async fn round(
             .collect();
         stats.checked += candidates.len() as u64;
 
-        ask_peers(&mut candidates, &addresses, client, stop).await;
+        ask_peers(&mut candidates, &addresses, state.ring_epoch(), client, stop).await;
         if stop.is_cancelled() {
+            return Ok(None);
+        }
+        // The peers were asked under `state`; a change that began meanwhile stops the
+        // round before anything goes.
+        if cluster
+            .current()
+            .is_none_or(|now| now.change_in_progress() || now.ring_epoch() != state.ring_epoch())
+        {
+            tracing::debug!("tombstone gc: the cluster changed during the round; paused");
             return Ok(None);
         }
         let (approved, blocked): (Vec<Candidate>, Vec<Candidate>) =
@@ -299,6 +311,7 @@ pub async fn round(
 async fn ask_peers(
     candidates: &mut [Candidate],
     addresses: &BTreeMap<NodeId, String>,
+    epoch: RingEpoch,
     client: &InternalClient,
     stop: &CancellationToken,
 ) {
@@ -329,7 +342,7 @@ async fn ask_peers(
         let address = address.clone();
         let peer = peer.clone();
         asks.spawn(async move {
-            let reply = crate::peer::replica_batch(&client, &address, ops).await;
+            let reply = crate::peer::replica_batch(&client, &address, epoch, ops).await;
             (peer, idxs, reply)
         });
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use dynamo_core::PartitionId;
 use dynamo_core::version::ConflictRule;
-use dynamo_core::wire::internal::PullProgress;
+use dynamo_core::wire::internal::{PullProgress, PullRequest};
 use dynamo_core::wire::routes;
 use tokio_util::sync::CancellationToken;
 
@@ -40,10 +40,12 @@ impl From<reqwest::Error> for PullError {
     }
 }
 
-/// Pulls partition `p` from `source` (an internal API address) into `engine`, starting
-/// after `cursor` (None = from the start), until the source has no more, `budget` has
-/// passed (then `done` is false and `cursor` resumes), or `stop` is cancelled. Returns the
-/// progress, whose cursor resumes an interrupted pull.
+/// Pulls partition `p` from `req.source` (an internal API address) into `engine`,
+/// starting after `req.cursor` (None = from the start), until the source has no more,
+/// `budget` has passed (then `done` is false and `cursor` resumes), or `stop` is
+/// cancelled. Returns the progress, whose cursor resumes an interrupted pull. With
+/// `req.min_epoch`, the source serves pages only once it fences ring epochs older than
+/// that (a catch-up copy).
 ///
 /// # Errors
 /// [`PullError`]; the progress made before the error is kept on disk, and the caller can
@@ -51,25 +53,39 @@ impl From<reqwest::Error> for PullError {
 pub async fn pull_partition(
     engine: &Arc<Engine>,
     client: &InternalClient,
-    source: &str,
     p: PartitionId,
-    cursor: Option<String>,
+    req: PullRequest,
     budget: std::time::Duration,
     stop: &CancellationToken,
 ) -> Result<PullProgress, PullError> {
+    let PullRequest {
+        source,
+        cursor,
+        min_epoch,
+        ..
+    } = req;
     let started = std::time::Instant::now();
     let mut progress = PullProgress {
         cursor,
         ..PullProgress::default()
     };
-    let base = routes::url(source, &routes::storage::partition_objects(p));
+    let base = routes::url(&source, &routes::storage::partition_objects(p));
     while !stop.is_cancelled() {
         let mut req = client.get(&base).query(&[("limit", PAGE.to_string())]);
         if let Some(c) = &progress.cursor {
             req = req.query(&[("after", c)]);
         }
+        if let Some(e) = min_epoch {
+            req = req.query(&[("min_epoch", e.0)]);
+        }
         let page: ScanPage = req.send().await?.error_for_status()?.json().await?;
         let n = page.objects.len() as u64;
+        let bytes: u64 = page
+            .objects
+            .iter()
+            .flat_map(|o| o.object.siblings())
+            .map(|s| s.value.len() as u64)
+            .sum();
         let e = engine.clone();
         let objects = page.objects;
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
@@ -94,6 +110,7 @@ pub async fn pull_partition(
         .await
         .map_err(StorageError::from)??;
         progress.objects += n;
+        progress.bytes += bytes;
         progress.pages += 1;
         match page.next {
             Some(next) => progress.cursor = Some(next),

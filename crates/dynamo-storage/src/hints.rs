@@ -1,5 +1,7 @@
 //! Hinted handoff delivery: writes held for an unreachable owner (sloppy quorum) go back
-//! to it once it answers again.
+//! to it once it answers again; or, when a membership change took the partition from it
+//! (it left, was replaced, or a newcomer took the partition), to the partition's holders
+//! under the node's current ring.
 //!
 //! One worker (`hint-delivery`) wakes every interval, and for each owner with hints
 //! pending sends them in batches bounded in count ([`HINT_BATCH`]) and bytes
@@ -14,13 +16,16 @@ use dynamo_server::internal::{InternalClient, SendError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynamo_core::BucketName;
-use dynamo_core::NodeId;
+use std::collections::BTreeMap;
+
 use dynamo_core::version::ConflictRule;
+use dynamo_core::wire::cluster::ClusterState;
 use dynamo_core::wire::internal::{MAX_BATCH_BYTES, ReplicaOp, ReplicaResult};
+use dynamo_core::{BucketName, NodeId, RingEpoch};
 use dynamo_server::worker::{Next, Tranquilizer, Worker};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterCache;
 use crate::engine::{Engine, PendingHint};
 use crate::error::StorageError;
 use crate::peer::BatchError;
@@ -61,6 +66,8 @@ impl From<BatchError> for DeliveryError {
 pub struct HintDelivery {
     /// The node's engine (where the hints are).
     pub engine: Arc<Engine>,
+    /// The node's view of the cluster: where each hint goes now.
+    pub cluster: Arc<ClusterCache>,
     /// The client for the owners.
     pub client: InternalClient,
     /// Pause between rounds.
@@ -75,12 +82,22 @@ impl Worker for HintDelivery {
     }
 
     async fn work(&mut self, stop: &CancellationToken) -> Result<Next, Self::Error> {
+        let state = self.cluster.current();
         // One owner's failure is its own: it waits for the next round, the rest go on.
         for (target, address) in self.engine.hint_targets() {
             if stop.is_cancelled() {
                 break;
             }
-            match deliver_to(&self.engine, &self.client, &target, &address, stop).await {
+            match deliver_to(
+                &self.engine,
+                &self.client,
+                &target,
+                &address,
+                state.as_deref(),
+                stop,
+            )
+            .await
+            {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(target_node = %target, delivered = n, "hints delivered"),
                 Err(e) => {
@@ -97,19 +114,61 @@ impl Worker for HintDelivery {
     }
 }
 
-/// Delivers up to [`MAX_BATCHES_PER_ROUND`] batches of hints to `target`; returns how
-/// many were delivered and deleted.
+/// Where the hints of one batch go: each destination with the indexes of the hints it
+/// gets, and per hint how many destinations must confirm it.
+struct Routes {
+    sends: BTreeMap<(NodeId, String), Vec<usize>>,
+    needed: Vec<usize>,
+}
+
+/// Routes hints held for `target` (at `address`): to the target while it still holds
+/// the hint's partition (or nothing says otherwise), else to every node that holds the
+/// partition now, so hints for a node that left, was replaced or gave the partition
+/// away reach its new owners.
+fn route(hints: &[PendingHint], target: &NodeId, address: &str, state: Option<&ClusterState>) -> Routes {
+    let addresses = state.map(crate::peer::addresses).unwrap_or_default();
+    let mut sends: BTreeMap<(NodeId, String), Vec<usize>> = BTreeMap::new();
+    let mut needed = vec![0; hints.len()];
+    for (i, h) in hints.iter().enumerate() {
+        let p = h.key.partition;
+        let holders: Vec<NodeId> = match state.and_then(|s| s.ring.as_ref().map(|r| (s, r))) {
+            Some((s, ring)) if !s.holds(target, p) => ring.preference_list(p, s.max_n()).preference_list,
+            _ => vec![target.clone()],
+        };
+        for holder in holders {
+            let at = if holder == *target {
+                address.to_owned()
+            } else if let Some(a) = addresses.get(&holder) {
+                a.clone()
+            } else {
+                // An owner without an address cannot confirm: the hint waits.
+                needed[i] = usize::MAX;
+                continue;
+            };
+            sends.entry((holder, at)).or_default().push(i);
+            needed[i] = needed[i].saturating_add(1);
+        }
+    }
+    Routes { sends, needed }
+}
+
+/// Delivers up to [`MAX_BATCHES_PER_ROUND`] batches of hints held for `target`; returns
+/// how many were delivered and deleted. A hint goes to `target` while `state` (the
+/// node's view of the cluster, if any) says it holds the hint's partition, else to the
+/// partition's holders; it is deleted once every destination confirmed it.
 ///
 /// # Errors
-/// [`DeliveryError`] when the owner is unreachable or the local engine fails; hints not
-/// confirmed stay.
+/// [`DeliveryError`] when no hint of a batch could be confirmed (the last destination
+/// error) or the local engine fails; hints not confirmed stay.
 pub async fn deliver_to(
     engine: &Arc<Engine>,
     client: &InternalClient,
     target: &NodeId,
     address: &str,
+    state: Option<&ClusterState>,
     shutdown: &CancellationToken,
 ) -> Result<usize, DeliveryError> {
+    let epoch = state.map_or(RingEpoch(0), ClusterState::ring_epoch);
     let mut delivered = 0;
     for _ in 0..MAX_BATCHES_PER_ROUND {
         let pace = Tranquilizer::start(TRANQUILITY);
@@ -127,18 +186,29 @@ pub async fn deliver_to(
                 .map_err(StorageError::from)??;
             break;
         }
-        // Each op is paired with its hint before anything is filtered, so a result is
-        // always matched with the hint it answers.
-        let (hints, ops): (Vec<PendingHint>, Vec<ReplicaOp>) = hints
+        // Keys were validated when stored; a bucket that no longer parses is corrupt and
+        // stays for an operator to look at.
+        let (hints, buckets): (Vec<PendingHint>, Vec<BucketName>) = hints
             .into_iter()
             .filter_map(|h| {
-                // Keys were validated when stored; a bucket that no longer parses is corrupt
-                // and stays for an operator to look at.
-                let bucket = BucketName::new(h.key.bucket.clone()).ok()?;
-                let op = ReplicaOp::Replicate {
-                    bucket,
-                    key: h.key.key.clone(),
-                    object: h.object.clone(),
+                let b = BucketName::new(h.key.bucket.clone()).ok()?;
+                Some((h, b))
+            })
+            .unzip();
+        if hints.is_empty() {
+            // Only corrupt hints are left at the head of this owner's range.
+            break;
+        }
+        let routes = route(&hints, target, address, state);
+        let mut confirmed = vec![0usize; hints.len()];
+        let mut last_error: Option<DeliveryError> = None;
+        for ((node, at), idxs) in &routes.sends {
+            let ops = idxs
+                .iter()
+                .map(|&i| ReplicaOp::Replicate {
+                    bucket: buckets[i].clone(),
+                    key: hints[i].key.key.clone(),
+                    object: hints[i].object.clone(),
                     // A pure merge: never drops a version the owner lacks. LWW buckets are
                     // narrowed again by the owner's next write or a read.
                     conflict: ConflictRule::Siblings {
@@ -149,26 +219,39 @@ pub async fn deliver_to(
                     // own repeats are answered from them); the owner gets none
                     // (docs/api.md says what that leaves).
                     idempotency: None,
-                };
-                Some((h, op))
-            })
-            .unzip();
-        if ops.is_empty() {
-            // Only corrupt hints are left at the head of this owner's range.
-            break;
+                })
+                .collect();
+            match crate::peer::replica_batch(client, at, epoch, ops).await {
+                Ok(results) => {
+                    for (&i, r) in idxs.iter().zip(results) {
+                        if matches!(r, ReplicaResult::Replicated) {
+                            confirmed[i] += 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(node = %node, error = %e, "hint destination unreachable");
+                    last_error = Some(e.into());
+                }
+            }
         }
-        let results = crate::peer::replica_batch(client, address, ops).await?;
-        let confirmed: Vec<PendingHint> = hints
+        let done: Vec<PendingHint> = hints
             .into_iter()
-            .zip(results)
-            .filter(|(_, r)| matches!(r, ReplicaResult::Replicated))
-            .map(|(h, _)| h)
+            .enumerate()
+            .filter(|(i, _)| confirmed[*i] == routes.needed[*i])
+            .map(|(_, h)| h)
             .collect();
+        if done.is_empty() {
+            return match last_error {
+                Some(e) if delivered == 0 => Err(e),
+                _ => Ok(delivered),
+            };
+        }
         let e = engine.clone();
         let t = target.clone();
         delivered += tokio::task::spawn_blocking(move || -> Result<usize, StorageError> {
             let mut n = 0;
-            for h in &confirmed {
+            for h in &done {
                 n += usize::from(e.remove_delivered_hint(&t, h)?);
             }
             Ok(n)

@@ -7,8 +7,9 @@
 //! Merkle tree per partition current on every write, and serves partition scans for
 //! anti-entropy and handoff. With `--ring-url` it follows the ring service (heartbeats,
 //! the cached cluster state, [`cluster`]), it compares its partitions with their other
-//! replicas and exchanges what differs ([`antientropy`]), and it collects tombstones once
-//! every replica holds them ([`gc`]).
+//! replicas and exchanges what differs ([`antientropy`]), it collects tombstones once
+//! every replica holds them ([`gc`]), and it deletes partitions a membership change moved
+//! away once their new holders confirmed ([`release`]).
 //!
 //! # Layout
 //! - [`config`]: flags and validation; [`engine`]: fjall, the on-disk layout ([`codec`]),
@@ -16,13 +17,16 @@
 //!   [`api`]: the routes; [`hints`]: delivery; [`handoff`]: pulling a partition from
 //!   another node; [`cluster`]: the cached ring and the `heartbeat` and `cluster-state`
 //!   workers; [`antientropy`]: the `anti-entropy` worker; [`gc`]: the `tombstone-gc`
-//!   worker; [`peer`]: replica batches to other nodes; [`metrics`]: `dynamo_storage_*`.
+//!   worker; [`release`]: the `release` worker; [`peer`]: replica batches to other nodes;
+//!   [`metrics`]: `dynamo_storage_*`.
 //! - Start at [`run`].
 //!
 //! # It is not
 //! A router or a quorum: it never talks to clients and never decides who else should
-//! hold a key. Coordinators do that, using the ring. The node reads the ring only for
-//! its own background work (anti-entropy, tombstone GC).
+//! hold a key. Coordinators do that, using the ring. The node reads the ring for its own
+//! background work (anti-entropy, tombstone GC, hint delivery, releases) and to fence
+//! replica operations planned with an older ring on partitions it no longer holds
+//! ([`api`]).
 //!
 //! **Invariant:** an acknowledged write is on disk as [`engine::Durability`] promises
 //! before the answer leaves: `sync` waits for the group fsync, `buffered` for the OS.
@@ -30,6 +34,11 @@
 //! **Invariant:** the ring epoch the node holds never goes backwards, across restarts
 //! included ([`cluster`]); a tombstone is collected only where every other replica of
 //! its preference list holds or collected exactly the same set ([`gc`]).
+//!
+//! **Invariant:** once the node knows ring epoch e, no operation planned with an older
+//! ring and without a hint is applied to a partition it does not hold under e; a
+//! catch-up copy with `min_epoch` e starts only after every batch admitted under an
+//! older epoch was applied ([`cluster::ClusterCache::drained`]).
 
 pub mod antientropy;
 pub mod api;
@@ -43,6 +52,7 @@ pub mod handoff;
 pub mod hints;
 pub mod metrics;
 pub mod peer;
+pub mod release;
 pub mod syncer;
 
 use std::sync::Arc;
@@ -135,6 +145,7 @@ pub async fn run(
     );
     workers.spawn(hints::HintDelivery {
         engine: engine.clone(),
+        cluster: cluster.clone(),
         client: client.clone(),
         interval: Duration::from_millis(config.hint_interval_ms),
     });
@@ -162,6 +173,12 @@ pub async fn run(
             engine: engine.clone(),
             cache: cluster.clone(),
         };
+        workers.spawn(release::Releaser {
+            engine: engine.clone(),
+            cluster: cluster.clone(),
+            client: client.clone(),
+            ring_url: ring.url.clone(),
+        });
         workers.spawn(Follower::new(client.clone(), ring.url, ring.timeout, sink));
     }
     let ae_progress = Arc::new(antientropy::AeProgress::new(

@@ -73,6 +73,8 @@ pub struct StorageMetrics {
     pub ae_last_pass: IntGauge,
     /// How long the last full pass took, pauses included.
     pub ae_pass_seconds: prometheus::Gauge,
+    /// Objects deleted because a membership change moved their partition away.
+    pub released_objects: IntCounter,
     /// Runtime checks of core invariants that failed, by invariant
     /// (`ring_epoch_monotonic`: the ring service offered an older ring, or another ring
     /// under the same epoch, and the node refused it).
@@ -214,6 +216,10 @@ impl StorageMetrics {
                 "dynamo_storage_anti_entropy_pass_seconds",
                 "Duration of the last full anti-entropy pass, pauses included",
             )?,
+            released_objects: IntCounter::new(
+                "dynamo_storage_released_objects_total",
+                "Objects deleted because a membership change moved their partition away",
+            )?,
             invariant_violations: InvariantViolations::new(registry, &[invariant::RING_EPOCH_MONOTONIC])?,
         };
         // Every series exists from the start, so a dashboard shows 0 rather than nothing.
@@ -252,6 +258,7 @@ impl StorageMetrics {
         registry.register(Box::new(m.ae_passes.clone()))?;
         registry.register(Box::new(m.ae_last_pass.clone()))?;
         registry.register(Box::new(m.ae_pass_seconds.clone()))?;
+        registry.register(Box::new(m.released_objects.clone()))?;
         Ok(m)
     }
 }

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use dynamo_core::NodeId;
 use dynamo_core::wire::cluster::ClusterState;
 use dynamo_core::wire::internal::{ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult};
 use dynamo_core::wire::routes;
+use dynamo_core::{NodeId, RingEpoch};
 use dynamo_server::internal::{InternalClient, SendError};
 
 /// Why a replica batch to a peer got no usable answer.
@@ -32,20 +32,24 @@ impl From<reqwest::Error> for BatchError {
     }
 }
 
-/// Sends `ops` as one replica batch to the node at `address`; returns its results, one
-/// per operation in the same order.
+/// Sends `ops`, planned with ring `epoch`, as one replica batch to the node at
+/// `address`; returns its results, one per operation in the same order.
 ///
 /// # Errors
 /// [`BatchError`].
 pub async fn replica_batch(
     client: &InternalClient,
     address: &str,
+    epoch: RingEpoch,
     ops: Vec<ReplicaOp>,
 ) -> Result<Vec<ReplicaResult>, BatchError> {
     let asked = ops.len();
     let answer: ReplicaBatchResult = client
         .post(routes::url(address, routes::storage::REPLICAS))
-        .json(&ReplicaBatch { ops })
+        .json(&ReplicaBatch {
+            ops,
+            ring_epoch: Some(epoch),
+        })
         .send()
         .await?
         .error_for_status()?

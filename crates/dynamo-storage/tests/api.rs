@@ -538,6 +538,7 @@ async fn internal_routes_admit_only_fresh_requests_signed_with_the_member_key() 
     let path = "/internal/v1/replicas";
     let evil = serde_json::to_vec(&dynamo_core::wire::internal::ReplicaBatch {
         ops: vec![put_op("b", "k", b"evil", DotSet::new())],
+        ring_epoch: None,
     })
     .expect("json");
     let harmless = serde_json::to_vec(&dynamo_core::wire::internal::ReplicaBatch {
@@ -545,6 +546,7 @@ async fn internal_routes_admit_only_fresh_requests_signed_with_the_member_key() 
             bucket: bucket("b"),
             key: "k".into(),
         }],
+        ring_epoch: None,
     })
     .expect("json");
     let foreign = "1:Zm9yZWlnbi1jbHVzdGVyLW1lbWJlci1rZXktb2YtMzItYnl0ZXM";

@@ -23,6 +23,7 @@ async fn write_until_dead(url: String, writers: usize, acked: Arc<Mutex<BTreeSet
                 let key = format!("w{w}-{i}");
                 let body = ReplicaBatch {
                     ops: vec![put_op("dur", &key, key.as_bytes(), DotSet::new())],
+                    ring_epoch: None,
                 };
                 let Ok(resp) = c
                     .post(format!("{url}/internal/v1/replicas"))
@@ -86,7 +87,10 @@ async fn acknowledged_writes_survive_kill9(durability: &str) {
             .collect();
         let r: dynamo_core::wire::internal::ReplicaBatchResult = c
             .post(format!("{}/internal/v1/replicas", node.url()))
-            .json(&ReplicaBatch { ops })
+            .json(&ReplicaBatch {
+                ops,
+                ring_epoch: None,
+            })
             .send()
             .await
             .expect("send")

@@ -70,9 +70,10 @@ async fn hints_of_large_values_are_delivered_in_byte_bounded_batches() {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut delivered = 0;
     for _ in 0..4 {
-        delivered += dynamo_storage::hints::deliver_to(&e, &client(), &owner.node, &owner.address, &stop)
-            .await
-            .expect("delivery succeeds");
+        delivered +=
+            dynamo_storage::hints::deliver_to(&e, &client(), &owner.node, &owner.address, None, &stop)
+                .await
+                .expect("delivery succeeds");
         if delivered == 12 {
             break;
         }
@@ -118,7 +119,7 @@ async fn a_skipped_hint_never_takes_another_hints_result() {
     hinted_put(&e, "NOT A BUCKET", &bad, b"unsendable".to_vec(), &owner);
     hinted_put(&e, "ok", good, b"sent".to_vec(), &owner);
     let stop = tokio_util::sync::CancellationToken::new();
-    let n = dynamo_storage::hints::deliver_to(&e, &client(), &owner.node, &owner.address, &stop)
+    let n = dynamo_storage::hints::deliver_to(&e, &client(), &owner.node, &owner.address, None, &stop)
         .await
         .expect("delivery");
     assert_eq!(n, 1);

@@ -1,11 +1,19 @@
-//! `dynamo cluster [join|decommission]`: the cluster view and membership changes.
+//! `dynamo cluster [join|decommission|replace|retry|abort]`: the cluster view, membership
+//! changes and the controls of one that failed, optionally followed to their end
+//! (`--wait`, in `wait`).
+
+mod wait;
 
 use clap::{Args, Subcommand};
-use dynamo_client::{AntiEntropyStatus, ClusterView, NodeId, NodeRegistration, NodeState};
+use dynamo_client::{
+    AntiEntropyStatus, ChangeKindName, ClusterView, Handoff, NodeId, NodeRegistration, NodeState,
+};
+use indicatif::HumanBytes;
 
 use crate::cli::GlobalArgs;
 use crate::error::CliError;
 use crate::output;
+pub use wait::{WaitArgs, WaitError};
 
 /// Arguments of `dynamo cluster`: without a subcommand, show the view.
 #[derive(Debug, Args)]
@@ -15,7 +23,7 @@ pub struct ClusterArgs {
     pub action: Option<ClusterAction>,
 }
 
-/// Membership changes (need `admin`).
+/// Membership changes, and the controls of a failed one (all need `admin`).
 #[derive(Debug, Subcommand)]
 pub enum ClusterAction {
     /// Join a storage node; it takes its partitions through handoffs.
@@ -27,36 +35,135 @@ pub enum ClusterAction {
         /// Its failure domain.
         #[arg(long)]
         zone: Option<String>,
+        /// Waiting for the change to finish.
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Decommission a node: its data is handed off before it leaves the ring.
     Decommission {
         /// The node's id.
         node: String,
+        /// Waiting for the change to finish.
+        #[command(flatten)]
+        wait: WaitArgs,
     },
+    /// Replace a member by a new node, which takes over exactly its partitions, filled
+    /// from the surviving replicas (for a node that is lost for good).
+    Replace {
+        /// The member to replace.
+        old: String,
+        /// The new node's id.
+        #[arg(long)]
+        node_id: String,
+        /// The new node's internal API address, `http://host:port`.
+        #[arg(long)]
+        address: String,
+        /// The new node's failure domain.
+        #[arg(long)]
+        zone: Option<String>,
+        /// Waiting for the change to finish.
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Run the failed membership change again: the copies already done are kept.
+    Retry {
+        /// Waiting for the change to finish.
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Undo the membership change in progress, before its new ring is published: a new
+    /// node is forgotten, a leaving one stays a member, the ring is untouched.
+    Abort,
 }
 
-/// Shows the cluster, or applies a membership change and then shows the cluster.
+/// Shows the cluster, or applies a membership change, a retry or an abort (with `--wait`,
+/// follows the change until it is done) and then shows the cluster.
 ///
 /// # Errors
-/// A usage error for an invalid node id; the API's errors (`membership_conflict`,
-/// `node_not_found`, `forbidden`).
+/// A usage error for an invalid node id; the API's errors (`membership_conflict`, also
+/// for a retry of a change that has not failed and an abort after the new ring is
+/// published; `node_not_found`, `forbidden`); with `--wait`, [`WaitError`] when the
+/// change failed, was aborted or outlasted `--wait-timeout`.
 pub async fn run(global: &GlobalArgs, args: &ClusterArgs) -> Result<(), CliError> {
     let client = global.client()?;
-    match &args.action {
-        None => {}
-        Some(ClusterAction::Join { node, address, zone }) => {
+    let started = match &args.action {
+        None => None,
+        Some(ClusterAction::Join {
+            node,
+            address,
+            zone,
+            wait,
+        }) => {
             let registration = NodeRegistration {
                 node_id: node_id(node)?,
                 address: address.clone(),
                 zone: zone.clone(),
             };
-            client.join_node(&registration).await?;
+            let began = client.join_node(&registration).await?;
             eprintln!("{node} is joining");
+            let started = wait::Started::new(ChangeKindName::Join, registration.node_id, None, &began);
+            Some((started, began, wait))
         }
-        Some(ClusterAction::Decommission { node }) => {
-            client.decommission(&node_id(node)?).await?;
+        Some(ClusterAction::Decommission { node, wait }) => {
+            let id = node_id(node)?;
+            let began = client.decommission(&id).await?;
             eprintln!("{node} is being decommissioned");
+            let started = wait::Started::new(ChangeKindName::Decommission, id, None, &began);
+            Some((started, began, wait))
         }
+        Some(ClusterAction::Replace {
+            old,
+            node_id: new,
+            address,
+            zone,
+            wait,
+        }) => {
+            let old_id = node_id(old)?;
+            let registration = NodeRegistration {
+                node_id: node_id(new)?,
+                address: address.clone(),
+                zone: zone.clone(),
+            };
+            let began = client.replace_node(&old_id, &registration).await?;
+            eprintln!("{new} is replacing {old}");
+            let started = wait::Started::new(
+                ChangeKindName::Replace,
+                old_id,
+                Some(registration.node_id),
+                &began,
+            );
+            Some((started, began, wait))
+        }
+        Some(ClusterAction::Retry { wait }) => {
+            let began = client.retry_change().await?;
+            match wait::Started::running(&began) {
+                Some(started) => {
+                    eprintln!("the {} runs again", started.describe());
+                    Some((started, began, wait))
+                }
+                None => {
+                    // The ring service answers with the change it retried; none means
+                    // it ended before the answer was made, and without its name
+                    // `--wait` has nothing to follow: the view below shows the ring.
+                    eprintln!("the retried change no longer shows (ring epoch {})", began.epoch);
+                    None
+                }
+            }
+        }
+        Some(ClusterAction::Abort) => {
+            let view = client.abort_change().await?;
+            eprintln!(
+                "the membership change is aborted; the ring stays at epoch {}",
+                view.epoch
+            );
+            None
+        }
+    };
+    if let Some((started, began, args)) = started
+        && args.wait
+    {
+        let epoch = wait::wait(&client, &started, &began, args).await?;
+        eprintln!("{}", started.done_line(epoch));
     }
     let view = client.cluster().await?;
     if global.json {
@@ -133,8 +240,12 @@ fn view_text(view: &ClusterView, now_ms: u64) -> String {
         ],
         &nodes,
     ));
+    match &view.change {
+        Some(p) => out.push_str(&format!("\nchange: {}\n", wait::change_line(p))),
+        None => out.push_str("\nchange: none\n"),
+    }
     if view.handoffs.is_empty() {
-        out.push_str("\nhandoffs: none\n");
+        out.push_str("handoffs: none\n");
     } else {
         let handoffs: Vec<Vec<String>> = view
             .handoffs
@@ -145,23 +256,40 @@ fn view_text(view: &ClusterView, now_ms: u64) -> String {
                     h.from.to_string(),
                     h.to.to_string(),
                     h.objects.to_string(),
-                    if h.done { "done" } else { "copying" }.into(),
+                    HumanBytes(h.bytes).to_string(),
+                    handoff_state(h),
                 ]
             })
             .collect();
-        out.push_str("\nhandoffs:\n");
+        out.push_str("handoffs:\n");
         out.push_str(&output::table(
-            &["PARTITION", "FROM", "TO", "OBJECTS", "STATE"],
+            &["PARTITION", "FROM", "TO", "OBJECTS", "BYTES", "STATE"],
             &handoffs,
         ));
     }
     out
 }
 
+/// A copy's state as a table cell: done, skipped (its source was down; the other
+/// holders fill the receiver), retrying with its last error, or copying.
+fn handoff_state(h: &Handoff) -> String {
+    // A skipped copy is also marked done, with the error that made it skipped.
+    match (h.skipped, h.done, &h.error) {
+        (true, _, _) => "skipped (source down)".into(),
+        (_, true, _) => "done".into(),
+        (_, _, Some(e)) => format!("retrying: {e}"),
+        (_, _, None) => "copying".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dynamo_client::{Handoff, NodeStatus, PartitionId, RingEpoch};
+    use dynamo_client::{ChangeProgress, ChangeSummary, NodeStatus, PartitionId, RingEpoch};
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).expect("id")
+    }
 
     #[test]
     fn the_view_reads_as_tables() {
@@ -169,7 +297,7 @@ mod tests {
             epoch: RingEpoch(3),
             nodes: vec![
                 NodeStatus {
-                    node_id: NodeId::new("node-a").expect("id"),
+                    node_id: id("node-a"),
                     address: "http://a:7070".into(),
                     zone: None,
                     state: NodeState::Up,
@@ -184,7 +312,7 @@ mod tests {
                     }),
                 },
                 NodeStatus {
-                    node_id: NodeId::new("node-b").expect("id"),
+                    node_id: id("node-b"),
                     address: "http://b:7070".into(),
                     zone: None,
                     state: NodeState::Down,
@@ -193,12 +321,11 @@ mod tests {
                 },
             ],
             handoffs: vec![Handoff {
-                partition: PartitionId(9),
-                from: NodeId::new("node-a").expect("id"),
-                to: NodeId::new("node-b").expect("id"),
                 objects: 12,
-                done: false,
+                bytes: 2048,
+                ..Handoff::new(PartitionId(9), id("node-a"), id("node-b"))
             }],
+            change: None,
         };
         let text = view_text(&view, 100_000);
         assert!(text.starts_with("ring epoch: 3\n"));
@@ -221,9 +348,171 @@ mod tests {
         );
         let off = AntiEntropyStatus::default();
         assert_eq!(anti_entropy_text(Some(&off), 0), "off");
+        assert!(text.contains("\nchange: none\n"), "{text}");
         assert!(
-            text.contains("9          node-a  node-b  12       copying"),
+            text.contains("9          node-a  node-b  12       2.00 KiB  copying"),
             "{text}"
         );
+    }
+
+    // Goal: a change in progress shows as one `change:` line (kind, node and replacement,
+    // the epoch it publishes, phase, partitions done of total, bytes, why it is stuck),
+    // and each copy's state says done, skipped or retrying with its error.
+    #[test]
+    fn the_view_shows_the_change_and_each_copy_state() {
+        let to = id("node-d");
+        let handoffs = vec![
+            Handoff {
+                done: true,
+                bytes: 3 << 20,
+                ..Handoff::new(PartitionId(1), id("node-a"), to.clone())
+            },
+            Handoff {
+                done: true,
+                skipped: true,
+                error: Some("skipped: connection refused".into()),
+                ..Handoff::new(PartitionId(1), id("node-c"), to.clone())
+            },
+            Handoff {
+                error: Some("source_unavailable: timed out".into()),
+                ..Handoff::new(PartitionId(2), id("node-a"), to.clone())
+            },
+        ];
+        let change = ChangeSummary {
+            kind: ChangeKindName::Replace,
+            node: id("node-b"),
+            replacement: Some(to),
+            phase: "copy".into(),
+            epoch: RingEpoch(4),
+            failed: None,
+        };
+        let progress = ChangeProgress {
+            change,
+            partitions_total: 2,
+            partitions_done: 1,
+            objects: 0,
+            bytes: 3 << 20,
+            stuck: Some("partition 2 from node-a into node-d: source_unavailable: timed out".into()),
+        };
+        let view = ClusterView {
+            epoch: RingEpoch(3),
+            nodes: vec![],
+            handoffs,
+            change: Some(progress),
+        };
+        let text = view_text(&view, 0);
+        assert!(
+            text.contains(
+                "\nchange: replace of node-b by node-d (ring epoch 4): copy, 1/2 partitions, 3.00 MiB copied; \
+                 stuck: partition 2 from node-a into node-d: source_unavailable: timed out\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("1          node-a  node-d  0        3.00 MiB  done\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1          node-c  node-d  0        0 B       skipped (source down)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "2          node-a  node-d  0        0 B       retrying: source_unavailable: timed out\n"
+            ),
+            "{text}"
+        );
+    }
+
+    // Goal: --wait and --wait-timeout parse on every change and on a retry, and
+    // --wait-timeout alone is a usage error (it would silently do nothing).
+    #[test]
+    fn wait_flags_parse_on_every_change() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser as _;
+
+        let parse = |args: &[&str]| Cli::try_parse_from(["dynamo", "cluster"].iter().chain(args));
+        let cli = parse(&[
+            "replace",
+            "node-b",
+            "--node-id",
+            "node-d",
+            "--address",
+            "http://d:7100",
+            "--zone",
+            "z2",
+            "--wait",
+            "--wait-timeout",
+            "60",
+        ])
+        .expect("parses");
+        let Command::Cluster(ClusterArgs {
+            action:
+                Some(ClusterAction::Replace {
+                    old,
+                    node_id,
+                    address,
+                    zone,
+                    wait,
+                }),
+        }) = cli.command
+        else {
+            panic!("a replace");
+        };
+        assert_eq!(
+            (old.as_str(), node_id.as_str(), address.as_str()),
+            ("node-b", "node-d", "http://d:7100")
+        );
+        assert_eq!(zone.as_deref(), Some("z2"));
+        assert!(wait.wait);
+        assert_eq!(wait.wait_timeout, 60);
+
+        let cli = parse(&["join", "node-c", "http://c:7100", "--wait"]).expect("parses");
+        let Command::Cluster(ClusterArgs {
+            action: Some(ClusterAction::Join { wait, .. }),
+        }) = cli.command
+        else {
+            panic!("a join");
+        };
+        assert!(wait.wait);
+        assert_eq!(wait.wait_timeout, 1800, "the default is half an hour");
+        assert!(parse(&["decommission", "node-c", "--wait"]).is_ok());
+        assert!(parse(&["decommission", "node-c", "--wait-timeout", "5"]).is_err());
+        assert!(parse(&["decommission", "node-c", "--wait", "--wait-timeout", "0"]).is_err());
+        assert!(
+            parse(&["replace", "node-b", "--address", "http://d:7100"]).is_err(),
+            "--node-id is required"
+        );
+
+        let cli = parse(&["retry", "--wait", "--wait-timeout", "90"]).expect("parses");
+        let Command::Cluster(ClusterArgs {
+            action: Some(ClusterAction::Retry { wait }),
+        }) = cli.command
+        else {
+            panic!("a retry");
+        };
+        assert!(wait.wait);
+        assert_eq!(wait.wait_timeout, 90);
+        assert!(parse(&["retry"]).is_ok());
+        assert!(parse(&["retry", "--wait-timeout", "5"]).is_err());
+    }
+
+    // Goal: `abort` parses without arguments and takes no `--wait` (it is done when it
+    // answers) and no node (it undoes whichever change is in progress).
+    #[test]
+    fn abort_takes_no_arguments() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser as _;
+
+        let parse = |args: &[&str]| Cli::try_parse_from(["dynamo", "cluster"].iter().chain(args));
+        let cli = parse(&["abort"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterArgs {
+                action: Some(ClusterAction::Abort)
+            })
+        ));
+        assert!(parse(&["abort", "--wait"]).is_err());
+        assert!(parse(&["abort", "node-b"]).is_err());
     }
 }

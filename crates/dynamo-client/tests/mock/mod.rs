@@ -6,7 +6,9 @@
 //! tombstones behave as the coordinator's will: blind writes become siblings, a write
 //! with a context replaces what it saw, a delete leaves a tombstone whose 404 carries a
 //! context. Tests steer it through [`State`]: scripted error answers, a concurrent write
-//! slipped in before the next `PUT`, and a log of every request as it arrived.
+//! slipped in before the next `PUT`, a scripted membership change that `GET /v1/cluster`
+//! reports poll by poll (which a retry moves past its failure, and an abort ends), and a
+//! log of every request as it arrived.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -24,7 +26,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use dynamo_core::context;
 use dynamo_core::version::{ConflictRule, NewWrite, VersionedObject};
-use dynamo_core::wire::cluster::{ClusterView, KeyPlacement, NodeRegistration, NodeState, NodeStatus};
+use dynamo_core::wire::cluster::{
+    ChangeProgress, ClusterView, KeyPlacement, NodeRegistration, NodeState, NodeStatus,
+};
 use dynamo_core::wire::{BucketProps, BucketPropsPatch, SiblingView, SiblingsEnvelope, rfc3339_from_ms};
 use dynamo_core::{ActorId, DotSet, ErrorBody, ErrorCode, NodeId, PartitionId, RingEpoch};
 use serde::Deserialize;
@@ -82,7 +86,13 @@ pub struct Seen {
 pub struct State {
     objects: Mutex<HashMap<(String, String), VersionedObject>>,
     buckets: Mutex<HashMap<String, BucketProps>>,
+    /// The cluster's nodes; see [`State::nodes`].
     nodes: Mutex<Vec<NodeStatus>>,
+    /// What `GET /v1/cluster` answers, one entry per request, the last one repeated: the
+    /// ring epoch and the membership change in progress. Empty: epoch 7, no change.
+    cluster_script: Mutex<VecDeque<(RingEpoch, Option<ChangeProgress>)>>,
+    /// Error codes `GET /v1/cluster` answers, one per request, before its script.
+    cluster_failures: Mutex<VecDeque<ErrorCode>>,
     /// `(secret, listing entry)` of tokens created through the admin API.
     tokens: Mutex<Vec<(String, serde_json::Value)>>,
     /// Error codes answered, one per request, before anything else.
@@ -135,6 +145,54 @@ impl State {
         v
     }
 
+    /// Scripts what `GET /v1/cluster` reports: one `(ring epoch, change)` per request, in
+    /// order, the last one repeated (a change that failed stays failed until someone
+    /// retries or aborts it). Membership calls answer with the view of the current entry.
+    /// A retry of a failed current entry moves the script past it (the next entry is the
+    /// change running again; when there is none, the entry stays, no longer failed); an
+    /// abort ends the script with the current epoch and no change.
+    pub fn script_cluster(&self, views: impl IntoIterator<Item = (RingEpoch, Option<ChangeProgress>)>) {
+        *lock(&self.cluster_script) = views.into_iter().collect();
+    }
+
+    /// Answers the next `times` requests of `GET /v1/cluster` (only) with `code`, without
+    /// moving its script on.
+    pub fn fail_cluster_polls(&self, code: ErrorCode, times: usize) {
+        lock(&self.cluster_failures).extend(std::iter::repeat_n(code, times));
+    }
+
+    /// The current view; `advance` moves the script on to its next entry.
+    fn view(&self, advance: bool) -> ClusterView {
+        let (epoch, change) = {
+            let mut script = lock(&self.cluster_script);
+            let current = script.front().cloned().unwrap_or((RingEpoch(7), None));
+            if advance && script.len() > 1 {
+                script.pop_front();
+            }
+            current
+        };
+        ClusterView {
+            epoch,
+            nodes: self.nodes().clone(),
+            handoffs: vec![],
+            change,
+        }
+    }
+
+    /// The cluster's nodes. The mock's cluster starts with `node-a` (up, zone z1) and
+    /// `node-b` (down, zone z2); nodes are never removed, so an empty list means "not
+    /// yet seeded".
+    fn nodes(&self) -> MutexGuard<'_, Vec<NodeStatus>> {
+        let mut nodes = lock(&self.nodes);
+        if nodes.is_empty() {
+            nodes.extend([
+                node("node-a", "z1", NodeState::Up),
+                node("node-b", "z2", NodeState::Down),
+            ]);
+        }
+        nodes
+    }
+
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<Seen> {
         lock(&self.requests).clone()
@@ -165,6 +223,9 @@ fn router(state: Arc<State>) -> Router {
         .route("/v1/cluster", get(get_cluster))
         .route("/v1/cluster/nodes", post(join_node))
         .route("/v1/cluster/nodes/{node}", delete(decommission))
+        .route("/v1/cluster/nodes/{node}/replace", post(replace_node))
+        .route("/v1/cluster/change/retry", post(retry_change))
+        .route("/v1/cluster/change/abort", post(abort_change))
         .route("/v1/ring", get(get_ring))
         .route("/v1/admin/tokens", post(create_token).get(list_tokens))
         .route("/v1/admin/tokens/{id}", delete(delete_token))
@@ -416,17 +477,27 @@ fn node(id: &str, zone: &str, state: NodeState) -> NodeStatus {
 }
 
 async fn get_cluster(AxState(state): AxState<Arc<State>>) -> Response {
-    let mut nodes = vec![
-        node("node-a", "z1", NodeState::Up),
-        node("node-b", "z2", NodeState::Down),
-    ];
-    nodes.extend(lock(&state.nodes).iter().cloned());
-    Json(ClusterView {
-        epoch: RingEpoch(7),
-        nodes,
-        handoffs: vec![],
-    })
-    .into_response()
+    if let Some(code) = lock(&state.cluster_failures).pop_front() {
+        return error(code, "scripted failure");
+    }
+    Json(state.view(true)).into_response()
+}
+
+/// A membership change accepted: `202` with the view as it began, as the coordinator
+/// answers.
+fn accepted(state: &State) -> Response {
+    (StatusCode::ACCEPTED, Json(state.view(false))).into_response()
+}
+
+fn joining(reg: NodeRegistration) -> NodeStatus {
+    NodeStatus {
+        node_id: reg.node_id,
+        address: reg.address,
+        zone: reg.zone,
+        state: NodeState::Joining,
+        last_heartbeat_ms_ago: None,
+        anti_entropy: None,
+    }
 }
 
 async fn join_node(AxState(state): AxState<Arc<State>>, body: Bytes) -> Response {
@@ -434,30 +505,106 @@ async fn join_node(AxState(state): AxState<Arc<State>>, body: Bytes) -> Response
         Ok(r) => r,
         Err(e) => return error(ErrorCode::InvalidJson, &e.to_string()),
     };
-    let mut nodes = lock(&state.nodes);
-    if nodes.iter().any(|n| n.node_id == reg.node_id) {
-        return error(ErrorCode::MembershipConflict, "already a member");
+    {
+        let mut nodes = state.nodes();
+        if nodes.iter().any(|n| n.node_id == reg.node_id) {
+            return error(ErrorCode::MembershipConflict, "already a member");
+        }
+        nodes.push(joining(reg));
     }
-    nodes.push(NodeStatus {
-        node_id: reg.node_id,
-        address: reg.address,
-        zone: reg.zone,
-        state: NodeState::Joining,
-        last_heartbeat_ms_ago: None,
-        anti_entropy: None,
-    });
-    StatusCode::ACCEPTED.into_response()
+    accepted(&state)
 }
 
 async fn decommission(AxState(state): AxState<Arc<State>>, Path(node): Path<String>) -> Response {
-    let mut nodes = lock(&state.nodes);
-    match nodes.iter_mut().find(|n| n.node_id.as_str() == node) {
-        Some(n) => {
-            n.state = NodeState::Leaving;
-            StatusCode::ACCEPTED.into_response()
+    {
+        let mut nodes = state.nodes();
+        match nodes.iter_mut().find(|n| n.node_id.as_str() == node) {
+            Some(n) => n.state = NodeState::Leaving,
+            None => return error(ErrorCode::NodeNotFound, "not a member"),
         }
-        None => error(ErrorCode::NodeNotFound, "not a member"),
     }
+    accepted(&state)
+}
+
+async fn replace_node(AxState(state): AxState<Arc<State>>, Path(old): Path<String>, body: Bytes) -> Response {
+    let reg: NodeRegistration = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(ErrorCode::InvalidJson, &e.to_string()),
+    };
+    {
+        let mut nodes = state.nodes();
+        if nodes.iter().any(|n| n.node_id == reg.node_id) {
+            return error(ErrorCode::MembershipConflict, "already a member");
+        }
+        match nodes.iter_mut().find(|n| n.node_id.as_str() == old) {
+            Some(n) => n.state = NodeState::Leaving,
+            None => return error(ErrorCode::NodeNotFound, "not a member"),
+        }
+        nodes.push(joining(reg));
+    }
+    accepted(&state)
+}
+
+/// `POST /v1/cluster/change/retry`, as the ring service judges it: only a failed change
+/// runs again (`202` with the view of it running); none, or one running, is `409
+/// membership_conflict`.
+async fn retry_change(AxState(state): AxState<Arc<State>>) -> Response {
+    {
+        let mut script = lock(&state.cluster_script);
+        let failed = match script.front().and_then(|(_, change)| change.as_ref()) {
+            None => {
+                return error(
+                    ErrorCode::MembershipConflict,
+                    "no membership change is in progress",
+                );
+            }
+            Some(p) => p.change.failed.is_some(),
+        };
+        if !failed {
+            return error(
+                ErrorCode::MembershipConflict,
+                "the membership change is running; nothing to retry",
+            );
+        }
+        if script.len() > 1 {
+            script.pop_front();
+        } else if let Some(p) = script.front_mut().and_then(|(_, change)| change.as_mut()) {
+            p.change.failed = None;
+            p.stuck = None;
+        }
+    }
+    accepted(&state)
+}
+
+/// `POST /v1/cluster/change/abort`, as the ring service judges it: a change still copying
+/// is undone (`200` with the view: a joining node forgotten, a leaving one up again, no
+/// change); none, or one whose ring is published, is `409 membership_conflict`.
+async fn abort_change(AxState(state): AxState<Arc<State>>) -> Response {
+    {
+        let mut script = lock(&state.cluster_script);
+        let (epoch, change) = script.front().cloned().unwrap_or((RingEpoch(7), None));
+        let Some(p) = change else {
+            return error(
+                ErrorCode::MembershipConflict,
+                "no membership change is in progress",
+            );
+        };
+        if p.change.phase != "copy" {
+            return error(
+                ErrorCode::MembershipConflict,
+                "the new ring is already published; the change can only be retried",
+            );
+        }
+        *script = VecDeque::from([(epoch, None)]);
+    }
+    {
+        let mut nodes = state.nodes();
+        nodes.retain(|n| n.state != NodeState::Joining);
+        for n in nodes.iter_mut().filter(|n| n.state == NodeState::Leaving) {
+            n.state = NodeState::Up;
+        }
+    }
+    Json(state.view(false)).into_response()
 }
 
 #[derive(Deserialize)]

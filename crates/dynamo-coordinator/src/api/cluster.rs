@@ -1,14 +1,15 @@
-//! `/v1/cluster` and `/v1/ring`: the cluster view, the ring and key placement, joins and
-//! decommissions.
+//! `/v1/cluster` and `/v1/ring`: the cluster view, the ring and key placement, joins,
+//! decommissions and replacements, and the retry or abort of a failed change.
 
 use super::*;
-use dynamo_core::wire::cluster::AntiEntropyStatus;
+use dynamo_core::wire::cluster::{AntiEntropyStatus, ChangeKindName, ChangeProgress, ReplaceRequest};
 
 fn view(s: &ClusterState) -> ClusterView {
     ClusterView {
         epoch: s.ring.as_ref().map_or(RingEpoch(0), |r| r.epoch()),
         nodes: s.nodes.clone(),
         handoffs: s.handoffs.clone(),
+        change: s.change.as_ref().map(|c| ChangeProgress::of(c, &s.handoffs)),
     }
 }
 
@@ -151,5 +152,105 @@ pub async fn decommission_node(
     }
     .await;
     audit_relayed(&principal, "node.decommission", &node, &outcome);
+    outcome
+}
+
+/// `POST /v1/cluster/nodes/{node}/replace` (admin): a new node takes over exactly the
+/// partitions of `{node}`, filled from the surviving replicas; the ring changes once its
+/// data is in. The body is the new node's registration, as for a join; the ring service
+/// validates its address and zone, and refuses a new node that is already a member.
+#[utoipa::path(post, path = "/v1/cluster/nodes/{node}/replace", tag = "cluster",
+    params(("node" = String, Path, description = "The member to replace")),
+    request_body(content = NodeRegistration, description = "The new node"),
+    responses((status = 202, description = "Accepted: handoff to the new node runs, then the ring changes"),
+        (status = 400, description = "Bad node id (`invalid_node_id`, `invalid_json`), address or zone (`invalid_request`)", body = ErrorBody),
+        (status = 403, description = "The token lacks cluster-wide admin", body = ErrorBody),
+        (status = 404, description = "`{node}` is not a member", body = ErrorBody),
+        (status = 409, description = "The new node is already a member or its address is taken, or another change is in progress", body = ErrorBody),
+        (status = 503, description = "The ring service did not answer", body = ErrorBody)))]
+pub async fn replace_node(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(node): Path<String>,
+    Json(new_node): Json<NodeRegistration>,
+) -> Result<Response, ApiError> {
+    let object = format!("{node}->{}", new_node.node_id);
+    let outcome = async {
+        principal.require(Permission::Admin, None)?;
+        let old = NodeId::new(node.clone()).map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+        let url = routes::url(state.cache.ring_url(), &routes::ring::node_replace(&old));
+        relay(&state, state.client.post(url).json(&ReplaceRequest { new_node })).await
+    }
+    .await;
+    audit_relayed(&principal, "node.replace", &object, &outcome);
+    outcome
+}
+
+/// Names the change in progress for the audit line, as this coordinator last saw it
+/// (`replace node-1->node-3`), or `none`. The ring service acts on its own state, which
+/// may be newer; the line records what the operator was looking at.
+fn change_object(state: &AppState) -> String {
+    let Ok(s) = state.cache.current() else {
+        return "none".into();
+    };
+    match &s.change {
+        Some(c) => {
+            let kind = match c.kind {
+                ChangeKindName::Join => "join",
+                ChangeKindName::Decommission => "decommission",
+                ChangeKindName::Replace => "replace",
+            };
+            match &c.replacement {
+                Some(new) => format!("{kind} {}->{new}", c.node),
+                None => format!("{kind} {}", c.node),
+            }
+        }
+        None => "none".into(),
+    }
+}
+
+/// `POST /v1/cluster/change/retry` (admin): runs a failed membership change again; the
+/// copies already done are kept. The ring service decides whether there is one to retry.
+#[utoipa::path(post, path = "/v1/cluster/change/retry", tag = "cluster",
+    responses((status = 202, description = "Accepted: the change runs again; the body is the cluster view"),
+        (status = 403, description = "The token lacks cluster-wide admin", body = ErrorBody),
+        (status = 409, description = "`membership_conflict`: no change is in progress, or it has not failed", body = ErrorBody),
+        (status = 503, description = "The ring service did not answer", body = ErrorBody)))]
+pub async fn retry_change(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let object = change_object(&state);
+    let outcome = async {
+        principal.require(Permission::Admin, None)?;
+        let url = routes::url(state.cache.ring_url(), routes::ring::CHANGE_RETRY);
+        relay(&state, state.client.post(url)).await
+    }
+    .await;
+    audit_relayed(&principal, "change.retry", &object, &outcome);
+    outcome
+}
+
+/// `POST /v1/cluster/change/abort` (admin): undoes the membership change in progress
+/// while its new ring is not yet published: the newcomer is forgotten, the leaver is a
+/// member again, the ring is untouched. After the publish the ring service refuses (the
+/// change can then only go forward, by a retry).
+#[utoipa::path(post, path = "/v1/cluster/change/abort", tag = "cluster",
+    responses((status = 200, description = "Aborted: the body is the cluster view, without the change"),
+        (status = 403, description = "The token lacks cluster-wide admin", body = ErrorBody),
+        (status = 409, description = "`membership_conflict`: no change is in progress, or its new ring is already published", body = ErrorBody),
+        (status = 503, description = "The ring service did not answer", body = ErrorBody)))]
+pub async fn abort_change(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let object = change_object(&state);
+    let outcome = async {
+        principal.require(Permission::Admin, None)?;
+        let url = routes::url(state.cache.ring_url(), routes::ring::CHANGE_ABORT);
+        relay(&state, state.client.post(url)).await
+    }
+    .await;
+    audit_relayed(&principal, "change.abort", &object, &outcome);
     outcome
 }

@@ -2,9 +2,10 @@
 //! endpoints documented in `docs/api.md`.
 //!
 //! By concept: `objects` (the key-value calls and their idempotency), `buckets`,
-//! `cluster` (the cluster view, the ring, joins and decommissions) and `tokens`; this
-//! file holds the router, the shared state and the helpers every handler uses, and the
-//! relay of admin calls to the ring service.
+//! `cluster` (the cluster view, the ring, joins, decommissions, replacements, and the
+//! retry or abort of a failed change) and `tokens`; this file holds the router, the
+//! shared state and the helpers every handler uses, and the relay of admin calls to the
+//! ring service.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,6 +96,9 @@ pub fn routes(state: AppState, auth: Arc<AuthState>) -> Router {
         .route("/v1/cluster", get(get_cluster))
         .route("/v1/cluster/nodes", post(join_node))
         .route("/v1/cluster/nodes/{node}", delete(decommission_node))
+        .route("/v1/cluster/nodes/{node}/replace", post(replace_node))
+        .route("/v1/cluster/change/retry", post(retry_change))
+        .route("/v1/cluster/change/abort", post(abort_change))
         .route("/v1/ring", get(get_ring))
         .route("/v1/admin/tokens", post(create_token).get(list_tokens))
         .route("/v1/admin/tokens/{id}", delete(delete_token))

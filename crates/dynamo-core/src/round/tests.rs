@@ -288,6 +288,75 @@ fn a_failed_get_is_asked_of_a_fallback() {
     assert!(!round.is_finished(), "the gets still out are awaited, for repair");
 }
 
+const FIRST: ReadFanout = ReadFanout::First { hedge_ms: 50 };
+
+// Goal: an R-first read asks only R slots, answers from them without asking the rest,
+// and repairs among the replies it got.
+#[test]
+fn an_r_first_read_answers_from_r_replies_without_asking_the_rest() {
+    let old = object(&[("old", 1)]);
+    let new = object(&[("new", 2)]);
+    let mut round = ReadRound::with_fanout(&pl(), 2, SIB, 0, 1_000, FIRST, up);
+    assert_eq!(
+        drain_read(&mut round),
+        vec![ReadAction::Get(slot("a", "a")), ReadAction::Get(slot("b", "b"))]
+    );
+    assert_eq!(
+        round.next_timeout_ms(),
+        Some(50),
+        "the hedge comes before the deadline"
+    );
+    round.on_reply(slot("a", "a"), ReadReply::Found(Some(old.clone())), up);
+    round.on_reply(slot("b", "b"), ReadReply::Found(Some(new.clone())), up);
+    let merged = merge([Some(old), Some(new)].iter(), SIB).expect("merged");
+    let actions = drain_read(&mut round);
+    assert_eq!(
+        actions[0],
+        ReadAction::Answer(ReadAnswer::Found(Some(merged.clone())))
+    );
+    let repaired: BTreeSet<NodeId> = actions[1..]
+        .iter()
+        .map(|a| match a {
+            ReadAction::Repair { target, object } => {
+                assert_eq!(object, &merged);
+                target.clone()
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(repaired, BTreeSet::from([id("a"), id("b")]));
+    assert!(round.is_finished(), "c was never asked");
+    assert_eq!(round.next_timeout_ms(), None);
+}
+
+// Goal: the held slots are asked when the hedge delay passes without the quorum, and
+// one held slot takes the place of a slot that failed (before any fallback).
+#[test]
+fn an_r_first_read_hedges_after_the_delay_and_replaces_a_failed_slot() {
+    let mut round = ReadRound::with_fanout(&pl(), 2, SIB, 0, 1_000, FIRST, up);
+    drain_read(&mut round);
+    round.on_tick(49);
+    assert!(drain_read(&mut round).is_empty(), "not before the hedge");
+    round.on_tick(50);
+    assert_eq!(drain_read(&mut round), vec![ReadAction::Get(slot("c", "c"))]);
+    assert_eq!(round.next_timeout_ms(), Some(1_000));
+
+    let mut round = ReadRound::with_fanout(&pl(), 2, SIB, 0, 1_000, FIRST, up);
+    drain_read(&mut round);
+    round.on_reply(slot("a", "a"), ReadReply::Failed, up);
+    assert_eq!(
+        drain_read(&mut round),
+        vec![ReadAction::Get(slot("c", "c"))],
+        "the held owner, not a fallback"
+    );
+    round.on_reply(slot("c", "c"), ReadReply::Failed, up);
+    assert_eq!(
+        drain_read(&mut round),
+        vec![ReadAction::Get(slot("c", "d"))],
+        "then a fallback, for the slot that failed"
+    );
+}
+
 #[test]
 fn repair_plan_skips_matching_copies_fallbacks_and_unknown_keys() {
     let v = object(&[("v", 1)]);
@@ -480,14 +549,17 @@ proptest! {
         r in 1usize..=3,
         initially_up in prop::collection::vec(any::<bool>(), 5),
         steps in arb_steps(),
+        r_first in any::<bool>(),
     ) {
         let copies = [None, Some(object(&[("x", 1)])), Some(object(&[("y", 2)]))];
         let live = initially_up;
         let is_up = |n: &NodeId| NODES.iter().position(|x| *x == n.as_str()).is_some_and(|i| live[i]);
-        let mut round = ReadRound::new(&pl(), r, SIB, 1_000, is_up);
+        let fanout = if r_first { ReadFanout::First { hedge_ms: 500 } } else { ReadFanout::All };
+        let mut round = ReadRound::with_fanout(&pl(), r, SIB, 0, 1_000, fanout, is_up);
         let mut out: Vec<Slot> = Vec::new();
         let mut votes: Vec<Option<VersionedObject>> = Vec::new();
         let mut answers = Vec::new();
+        let mut hedged = !r_first;
         let mut deadline_passed = false;
         let mut steps = steps.into_iter();
         for _ in 0..200 {
@@ -522,6 +594,11 @@ proptest! {
                 break;
             }
             let step = steps.next().unwrap_or(Step { pick: 0, outcome: 0, tick: true, flip_up: None });
+            if step.tick && !hedged {
+                hedged = true;
+                round.on_tick(500);
+                continue;
+            }
             if step.tick && !deadline_passed {
                 deadline_passed = true;
                 round.on_tick(1_000);

@@ -124,6 +124,135 @@ pub struct Handoff {
     pub objects: u64,
     /// True once copied.
     pub done: bool,
+    /// Stored bytes copied so far.
+    #[serde(default)]
+    pub bytes: u64,
+    /// True when this source was down and left out: every receiver still copies from
+    /// each other holder of the partition, so a write acknowledged by W ≥ 2 replicas
+    /// arrives through another, and anti-entropy repairs the rest after the change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+    /// The last failure of this copy while it retries: why a change is stuck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Handoff {
+    /// A copy of `partition` into `to` from `from`, not started.
+    pub fn new(partition: PartitionId, from: NodeId, to: NodeId) -> Handoff {
+        Handoff {
+            partition,
+            from,
+            to,
+            objects: 0,
+            done: false,
+            bytes: 0,
+            skipped: false,
+            error: None,
+        }
+    }
+}
+
+/// What kind of membership change runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKindName {
+    /// A node joins.
+    Join,
+    /// A member leaves after its data is handed off.
+    Decommission,
+    /// A new node takes a member's place.
+    Replace,
+}
+
+/// Where a membership change stands, as every follower of the ring service sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSummary {
+    /// The kind.
+    pub kind: ChangeKindName,
+    /// The node that joins, leaves or is replaced.
+    pub node: NodeId,
+    /// The replacement, for a replace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<NodeId>,
+    /// `copy` (before the new ring is published) or `catch_up` (after).
+    pub phase: String,
+    /// The ring epoch the change publishes.
+    pub epoch: RingEpoch,
+    /// Set when the change failed and waits for a retry or an abort: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// Partitions a node no longer holds after a change, to be deleted there: written when
+/// the change finished (every new owner confirmed its copy), removed when the node says
+/// it deleted them. A node that was down then deletes them when it returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// The node that lets go.
+    pub node: NodeId,
+    /// The ring epoch under which it no longer holds them: the node deletes only once
+    /// its own ring is at least this new.
+    pub epoch: RingEpoch,
+    /// The partitions.
+    pub partitions: Vec<PartitionId>,
+}
+
+/// `POST /internal/v1/releases`: a node deleted the partitions of a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseDone {
+    /// The node.
+    pub node: NodeId,
+    /// The epoch of the release it carried out.
+    pub epoch: RingEpoch,
+}
+
+/// Progress of the membership change in progress, for `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeProgress {
+    /// The change.
+    pub change: ChangeSummary,
+    /// Partition copies (a partition into one new holder) in this phase.
+    pub partitions_total: u64,
+    /// Of those, the ones copied from every source.
+    pub partitions_done: u64,
+    /// Objects copied in this phase.
+    pub objects: u64,
+    /// Stored bytes copied in this phase.
+    pub bytes: u64,
+    /// Why the change is stuck, when it is: its failure, else the first copy retrying
+    /// after an error (which partition, which source, what error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck: Option<String>,
+}
+
+impl ChangeProgress {
+    /// Sums a change's handoffs.
+    pub fn of(change: &ChangeSummary, handoffs: &[Handoff]) -> ChangeProgress {
+        let mut copies: BTreeMap<(PartitionId, &NodeId), bool> = BTreeMap::new();
+        for h in handoffs {
+            let done = copies.entry((h.partition, &h.to)).or_insert(true);
+            *done &= h.done;
+        }
+        // A skipped source keeps its error for the record, but the copy moved on.
+        let stuck = change.failed.clone().or_else(|| {
+            handoffs.iter().filter(|h| !h.done).find_map(|h| {
+                h.error
+                    .as_ref()
+                    .map(|e| format!("partition {} from {} into {}: {e}", h.partition.0, h.from, h.to))
+            })
+        });
+        ChangeProgress {
+            change: change.clone(),
+            partitions_total: copies.len() as u64,
+            partitions_done: copies.values().filter(|d| **d).count() as u64,
+            objects: handoffs.iter().map(|h| h.objects).sum(),
+            bytes: handoffs.iter().map(|h| h.bytes).sum(),
+            stuck,
+        }
+    }
 }
 
 /// `GET /v1/cluster`: nodes, their state, the ring epoch, handoffs in progress.
@@ -135,6 +264,9 @@ pub struct ClusterView {
     pub nodes: Vec<NodeStatus>,
     /// Handoffs of the membership change in progress, if any.
     pub handoffs: Vec<Handoff>,
+    /// The membership change in progress and how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeProgress>,
 }
 
 /// A bucket's stored record.
@@ -240,8 +372,14 @@ pub struct ClusterState {
     pub buckets: BTreeMap<BucketName, BucketRecord>,
     /// Hashed tokens.
     pub tokens: Vec<TokenRecord>,
-    /// The membership change in progress, if any.
+    /// The copies of the membership change in progress, if any.
     pub handoffs: Vec<Handoff>,
+    /// The membership change in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeSummary>,
+    /// Partitions nodes must still delete after finished changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<Release>,
 }
 
 impl ClusterState {
@@ -249,6 +387,39 @@ impl ClusterState {
     /// one.
     pub fn ring_epoch(&self) -> RingEpoch {
         self.ring.as_ref().map_or(RingEpoch(0), Ring::epoch)
+    }
+
+    /// The most replicas any key keeps: the ring's `n`, the default bucket's and every
+    /// bucket's. Membership changes hand off, and nodes hold, this many nodes of each
+    /// preference list, so a bucket with an `n` above the ring's is fully handed off.
+    pub fn max_n(&self) -> usize {
+        let ring_n = self.ring.as_ref().map_or(1, Ring::n);
+        let buckets = self.buckets.values().map(|b| b.props.n);
+        usize::from(
+            buckets
+                .chain([ring_n, BucketProps::default().n])
+                .max()
+                .unwrap_or(1),
+        )
+    }
+
+    /// True when `node` holds partition `p` under this state's ring: it is one of the
+    /// first [`ClusterState::max_n`] nodes of the partition's preference list.
+    pub fn holds(&self, node: &NodeId, p: PartitionId) -> bool {
+        self.ring
+            .as_ref()
+            .is_some_and(|r| r.preference_list(p, self.max_n()).preference_list.contains(node))
+    }
+
+    /// True while a membership change runs (or its copies are listed): partitions are
+    /// being copied to new holders, so no tombstone may be collected.
+    pub fn change_in_progress(&self) -> bool {
+        self.change.is_some() || self.handoffs.iter().any(|h| !h.done)
+    }
+
+    /// Returns the release pending for `node`, if any.
+    pub fn release_for(&self, node: &NodeId) -> Option<&Release> {
+        self.releases.iter().find(|r| r.node == *node)
     }
 }
 
@@ -324,6 +495,56 @@ mod tests {
             .map(|i| (NodeId::new(format!("n{i}")).expect("id"), Member::default()))
             .collect();
         Ring::new(Partitioning::with_count(16).expect("q"), 3, members).expect("ring")
+    }
+
+    fn nid(s: &str) -> NodeId {
+        NodeId::new(s).expect("id")
+    }
+
+    // Goal: progress counts a partition copy done only when every source is done (or
+    // skipped), sums objects and bytes, and is stuck only on a copy still retrying, not
+    // on a skipped source's recorded error; a failed change says its reason.
+    #[test]
+    fn change_progress_counts_copies_and_names_what_is_stuck() {
+        let summary = ChangeSummary {
+            kind: ChangeKindName::Replace,
+            node: nid("n1"),
+            replacement: Some(nid("n9")),
+            phase: "copy".into(),
+            epoch: RingEpoch(4),
+            failed: None,
+        };
+        let p = PartitionId(3);
+        let mut skipped = Handoff::new(p, nid("n1"), nid("n9"));
+        skipped.done = true;
+        skipped.skipped = true;
+        skipped.error = Some("skipped: n1 is down".into());
+        let mut done = Handoff::new(p, nid("n2"), nid("n9"));
+        done.done = true;
+        done.objects = 5;
+        done.bytes = 500;
+        let mut retrying = Handoff::new(PartitionId(4), nid("n2"), nid("n9"));
+        retrying.objects = 1;
+        retrying.bytes = 100;
+        let progress = ChangeProgress::of(&summary, &[skipped.clone(), done.clone()]);
+        assert_eq!((progress.partitions_done, progress.partitions_total), (1, 1));
+        assert_eq!(progress.stuck, None, "a skipped source is not a stuck copy");
+        retrying.error = Some("receiver n9 did not answer".into());
+        let progress = ChangeProgress::of(&summary, &[skipped, done, retrying]);
+        assert_eq!((progress.partitions_done, progress.partitions_total), (1, 2));
+        assert_eq!((progress.objects, progress.bytes), (6, 600));
+        assert_eq!(
+            progress.stuck.as_deref(),
+            Some("partition 4 from n2 into n9: receiver n9 did not answer")
+        );
+        let failed = ChangeSummary {
+            failed: Some("no holder of partition 4 could be reached".into()),
+            ..summary
+        };
+        assert_eq!(
+            ChangeProgress::of(&failed, &[]).stuck.as_deref(),
+            Some("no holder of partition 4 could be reached")
+        );
     }
 
     fn state(version: u64, ring: Option<Ring>) -> ClusterState {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ErrorCode;
 use crate::dots::{Dot, DotSet};
-use crate::ids::{BucketName, NodeId};
+use crate::ids::{BucketName, NodeId, RingEpoch};
 use crate::version::{ConflictRule, VersionedObject};
 
 /// Most operations in one replica batch.
@@ -103,6 +103,12 @@ impl ReplicaOp {
 pub struct ReplicaBatch {
     /// The operations, answered in the same order.
     pub ops: Vec<ReplicaOp>,
+    /// The oldest ring epoch any operation was planned with. A node whose ring is newer
+    /// answers `stale_ring` to each operation (without a hint) on a partition it no
+    /// longer holds, so no write lands on a node that has let the partition go or is
+    /// about to. Absent: not fenced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_epoch: Option<RingEpoch>,
 }
 
 /// Where a write held for another node (sloppy quorum) should be delivered.
@@ -518,6 +524,12 @@ pub struct PullRequest {
     /// node's default when absent; it caps what it is asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_ms: Option<u64>,
+    /// Copy only once the source knows at least this ring epoch and has finished every
+    /// operation it admitted under an older one (the catch-up after a new ring is
+    /// published: from then on the source refuses operations planned for the old ring
+    /// on partitions it no longer holds, so nothing can reach it behind the copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_epoch: Option<RingEpoch>,
 }
 
 /// A storage node's answer to a pull: the progress of this call.
@@ -533,6 +545,9 @@ pub struct PullProgress {
     pub cursor: Option<String>,
     /// True when the source had nothing more.
     pub done: bool,
+    /// Stored bytes merged by this call.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 #[cfg(test)]
@@ -682,7 +697,10 @@ mod tests {
                 r
             );
         }
-        let batch = ReplicaBatch { ops: every_op() };
+        let batch = ReplicaBatch {
+            ops: every_op(),
+            ring_epoch: Some(RingEpoch(3)),
+        };
         let json = serde_json::to_vec(&batch).expect("batch");
         assert_eq!(
             serde_json::from_slice::<ReplicaBatch>(&json).expect("batch"),

@@ -84,6 +84,8 @@ pub mod ring {
     pub const CHANGE_RETRY: &str = "/internal/v1/change/retry";
     /// Abort the change (`POST`).
     pub const CHANGE_ABORT: &str = "/internal/v1/change/abort";
+    /// `POST`: a node deleted the partitions a finished change released (member).
+    pub const RELEASES: &str = "/internal/v1/releases";
 
     /// The path of [`NODE`] for `node`.
     pub fn node(node: &NodeId) -> String {

@@ -57,6 +57,7 @@ impl Cluster {
         });
         let current = self.state.ring.as_ref();
         let next = candidate_ring(current, &kind, member, settings.partitioning, settings.n)?;
+        let n = self.state.max_n();
         let mut unavailable: BTreeSet<NodeId> = self
             .state
             .nodes
@@ -65,7 +66,20 @@ impl Cluster {
             .map(|n| n.node_id.clone())
             .collect();
         unavailable.extend(kind.leaver().cloned());
-        self.state.handoffs = plan(current, &next, usize::from(settings.n), &unavailable);
+        let handoffs = plan(current, &next, n, &unavailable);
+        // A node that has not yet deleted a partition it let go would merge a fresh copy
+        // into its stale one, and bring back deletes collected meanwhile.
+        if let Some(h) = handoffs.iter().find(|h| {
+            self.state
+                .release_for(&h.to)
+                .is_some_and(|r| r.partitions.contains(&h.partition))
+        }) {
+            return Err(conflict(format!(
+                "node {} has not yet released partition {} from an earlier change; start it (or wait until it has deleted its old copy) first",
+                h.to, h.partition.0
+            )));
+        }
+        self.state.handoffs = handoffs;
         if let Some(r) = kind.joiner() {
             self.state.nodes.push(NodeStatus {
                 node_id: r.node_id.clone(),
@@ -91,6 +105,7 @@ impl Cluster {
             planned_epoch: next.epoch(),
             planned_owners: next.owners().to_vec(),
             failed_attempts: 0,
+            releases: Vec::new(),
         });
         Ok(())
     }
@@ -105,8 +120,8 @@ impl Cluster {
     }
 
     /// Records pull progress of the running change: each update names its handoff by
-    /// partition and receiver and carries the source used, the objects copied and
-    /// whether it is done.
+    /// partition, receiver and source, and carries the objects and bytes copied, whether
+    /// it is done (or skipped) and its last error.
     ///
     /// # Errors
     /// `membership_conflict` when the change is no longer the one running in `phase`.
@@ -123,11 +138,13 @@ impl Cluster {
                 .state
                 .handoffs
                 .iter_mut()
-                .find(|h| h.partition == u.partition && h.to == u.to)
+                .find(|h| h.partition == u.partition && h.to == u.to && h.from == u.from)
             {
-                h.from = u.from.clone();
                 h.objects = u.objects;
+                h.bytes = u.bytes;
                 h.done = u.done;
+                h.skipped = u.skipped;
+                h.error = u.error.clone();
             }
         }
         if let Some(c) = &mut self.change {
@@ -172,12 +189,20 @@ impl Cluster {
             ));
         }
         let epoch = next.epoch();
+        let mut releases = match &self.state.ring {
+            Some(old) => releases(old, &next, self.state.max_n()),
+            None => Vec::new(),
+        };
         self.state.ring = Some(next);
         for h in &mut self.state.handoffs {
-            h.done = false;
+            *h = Handoff::new(h.partition, h.from.clone(), h.to.clone());
+        }
+        if settings.early_release {
+            self.add_releases(std::mem::take(&mut releases));
         }
         if let Some(c) = &mut self.change {
             c.phase = ChangePhase::CatchUp;
+            c.releases = releases;
         }
         Ok(epoch)
     }
@@ -202,8 +227,39 @@ impl Cluster {
         if let Some(r) = change.kind.joiner() {
             self.set_state_by_liveness(&r.node_id, live);
         }
+        // Every new holder confirmed its copy: the old ones may let go now.
+        self.add_releases(change.releases);
         self.state.handoffs.clear();
         self.change = None;
+        Ok(())
+    }
+
+    /// Adds releases to the state's, one entry per node (a node with one pending gets
+    /// the union, under the newer epoch).
+    fn add_releases(&mut self, releases: Vec<Release>) {
+        for r in releases {
+            match self.state.releases.iter_mut().find(|e| e.node == r.node) {
+                Some(e) => {
+                    e.epoch = e.epoch.max(r.epoch);
+                    e.partitions.extend(r.partitions);
+                    e.partitions.sort();
+                    e.partitions.dedup();
+                }
+                None => self.state.releases.push(r),
+            }
+        }
+    }
+
+    /// Records that `done.node` deleted what its release asked, under `done.epoch`: the
+    /// release goes unless it grew since (a newer epoch), which the node then carries out
+    /// on its next look.
+    ///
+    /// # Errors
+    /// None today; a release unknown or newer than the acknowledgement is left as is.
+    pub fn release_done(&mut self, done: &ReleaseDone) -> Result<(), ClusterError> {
+        self.state
+            .releases
+            .retain(|r| !(r.node == done.node && r.epoch <= done.epoch));
         Ok(())
     }
 

@@ -17,14 +17,14 @@ use dynamo_core::ring::Member;
 use dynamo_core::ring::RingError;
 use dynamo_core::wire::InvalidProps;
 use dynamo_core::wire::cluster::{
-    BucketRecord, BucketScope, ClusterState, ClusterView, Handoff, Heartbeat, MAX_BUCKETS, MAX_TOKEN_TTL_S,
-    MAX_TOKENS, NodeRegistration, NodeState, NodeStatus, TokenRecord,
+    BucketRecord, BucketScope, ChangeProgress, ClusterState, ClusterView, Handoff, Heartbeat, MAX_BUCKETS,
+    MAX_TOKEN_TTL_S, MAX_TOKENS, NodeRegistration, NodeState, NodeStatus, Release, ReleaseDone, TokenRecord,
 };
 use dynamo_core::wire::{BucketProps, BucketPropsPatch};
 use dynamo_core::{BucketName, ErrorCode, NodeId, Partitioning, RingEpoch};
 use dynamo_server::ApiError;
 
-use crate::plan::{ChangeKind, ChangePhase, ChangeStatus, PendingChange, candidate_ring, plan};
+use crate::plan::{ChangeKind, ChangePhase, ChangeStatus, PendingChange, candidate_ring, plan, releases};
 
 mod buckets;
 mod membership;
@@ -43,8 +43,11 @@ pub use validate::{
 pub struct Settings {
     /// Q, fixed at cluster creation.
     pub partitioning: Partitioning,
-    /// The N placement and handoff plan for.
+    /// The N placement optimises for (handoffs cover the largest bucket `n` as well).
     pub n: u8,
+    /// Old holders let go at the publish instead of after the catch-up (unsafe; the
+    /// fault checker's negative control, `--unsafe-early-release`).
+    pub early_release: bool,
 }
 
 /// The whole cluster metadata: the published document and the change in progress.
@@ -153,6 +156,8 @@ impl Cluster {
                 buckets: Default::default(),
                 tokens: Vec::new(),
                 handoffs: Vec::new(),
+                change: None,
+                releases: Vec::new(),
             },
             change: None,
         }
@@ -187,6 +192,10 @@ impl Cluster {
                 })
                 .collect(),
             handoffs: self.state.handoffs.clone(),
+            change: self
+                .change
+                .as_ref()
+                .map(|c| ChangeProgress::of(&c.summary(), &self.state.handoffs)),
         }
     }
 

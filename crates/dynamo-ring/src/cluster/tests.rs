@@ -5,6 +5,7 @@ fn settings() -> Settings {
     Settings {
         partitioning: Partitioning::with_count(16).expect("q"),
         n: 3,
+        early_release: false,
     }
 }
 
@@ -294,4 +295,128 @@ fn addresses_must_be_bare_http_urls() {
         assert!(validate_address(bad).is_err(), "{bad}");
     }
     assert!(validate_address(&format!("http://{}", "a".repeat(300))).is_err());
+}
+
+/// Acknowledges every pending release, as the nodes would after deleting.
+fn release_all(c: &mut Cluster) {
+    for r in c.state.releases.clone() {
+        c.release_done(&ReleaseDone {
+            node: r.node,
+            epoch: r.epoch,
+        })
+        .expect("ack");
+    }
+    assert!(c.state.releases.is_empty());
+}
+
+/// Runs a change's copy round and publishes it.
+fn copy_and_publish(c: &mut Cluster, s: Settings) -> u64 {
+    c.state.version += 1;
+    let change = c.change.clone().expect("a change");
+    let done: Vec<Handoff> = c
+        .state
+        .handoffs
+        .iter()
+        .map(|h| Handoff {
+            done: true,
+            ..h.clone()
+        })
+        .collect();
+    c.record_progress(change.id, ChangePhase::Copy, &done, 0)
+        .expect("progress");
+    c.publish(change.id, s).expect("publish");
+    change.id
+}
+
+// Goal: the old holders are told to let go only when the change finishes (every new
+// holder confirmed its catch-up copy), with exactly the partitions they lost; an
+// acknowledgement for an older epoch leaves a release in place.
+#[test]
+fn old_holders_are_released_only_when_the_change_finishes() {
+    let mut c = joined(&["a", "b", "c", "d"]);
+    release_all(&mut c);
+    let old = c.state.ring.clone().expect("ring");
+    c.begin(ChangeKind::Join { node: reg("e", 7300) }, settings())
+        .expect("join");
+    let id_e = copy_and_publish(&mut c, settings());
+    assert!(c.state.releases.is_empty(), "nothing released at the publish");
+    let new = c.state.ring.clone().expect("ring");
+    let expected = crate::plan::releases(&old, &new, 3);
+    assert!(!expected.is_empty(), "a join takes partitions from someone");
+    let done: Vec<Handoff> = c
+        .state
+        .handoffs
+        .iter()
+        .map(|h| Handoff {
+            done: true,
+            ..h.clone()
+        })
+        .collect();
+    c.record_progress(id_e, ChangePhase::CatchUp, &done, 0)
+        .expect("progress");
+    c.finish(id_e, &|_| true).expect("finish");
+    assert_eq!(c.state.releases, expected);
+
+    let first = expected[0].clone();
+    c.release_done(&ReleaseDone {
+        node: first.node.clone(),
+        epoch: RingEpoch(first.epoch.0 - 1),
+    })
+    .expect("ack");
+    assert_eq!(
+        c.state.releases.len(),
+        expected.len(),
+        "an older ack removes nothing"
+    );
+    c.release_done(&ReleaseDone {
+        node: first.node.clone(),
+        epoch: first.epoch,
+    })
+    .expect("ack");
+    assert!(c.state.release_for(&first.node).is_none());
+    assert_eq!(c.state.releases.len(), expected.len() - 1);
+}
+
+// Goal: the fault checker's negative control: with `early_release`, releases are written
+// at the publish, before the catch-up.
+#[test]
+fn an_early_release_is_written_at_the_publish() {
+    let mut c = joined(&["a", "b", "c", "d"]);
+    release_all(&mut c);
+    let early = Settings {
+        early_release: true,
+        ..settings()
+    };
+    c.begin(ChangeKind::Join { node: reg("e", 7300) }, early)
+        .expect("join");
+    copy_and_publish(&mut c, early);
+    assert!(!c.state.releases.is_empty());
+    assert_eq!(c.change.as_ref().map(|ch| ch.phase), Some(ChangePhase::CatchUp));
+}
+
+// Goal: a node that has not yet deleted a partition it let go cannot be planned to
+// receive that partition again (its stale copy would merge into the fresh one); once
+// it acknowledged, the same change is accepted.
+#[test]
+fn a_node_with_a_pending_release_cannot_receive_that_partition_again() {
+    let mut c = joined(&["a", "b", "c", "d"]);
+    assert!(!c.state.releases.is_empty(), "the join of d released partitions");
+    let released: Vec<Release> = c.state.releases.clone();
+    // Decommissioning d gives its partitions back to the nodes that released them.
+    let before = c.clone();
+    let e = c
+        .begin(ChangeKind::Decommission { node: id("d") }, settings())
+        .expect_err("a receiver still holds a stale copy");
+    assert_eq!(e.code(), ErrorCode::MembershipConflict);
+    assert!(e.to_string().contains("has not yet released"), "{e}");
+    assert_eq!(c, before, "refusals change nothing");
+    release_all(&mut c);
+    c.begin(ChangeKind::Decommission { node: id("d") }, settings())
+        .expect("accepted once released");
+    assert!(
+        c.state.handoffs.iter().any(|h| released
+            .iter()
+            .any(|r| r.node == h.to && r.partitions.contains(&h.partition))),
+        "the change does give a released partition back"
+    );
 }

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use dynamo_core::ring::Ring;
-use dynamo_core::wire::cluster::{ClusterState, ClusterView, NodeState};
+use dynamo_core::wire::cluster::{ClusterState, ClusterView, NodeState, ReleaseDone};
 use dynamo_core::{ErrorBody, ErrorCode, NodeId, PartitionId};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -152,9 +152,11 @@ pub async fn wait_state(ring: &str, what: &str, pred: impl Fn(&ClusterState) -> 
     }
 }
 
-/// True when no membership change is in progress.
+/// True when no membership change is in progress and every release was acknowledged
+/// (a node that still has to let a partition go cannot receive it in the next change).
 pub fn settled(s: &ClusterState) -> bool {
     s.handoffs.is_empty()
+        && s.releases.is_empty()
         && s.nodes
             .iter()
             .all(|n| !matches!(n.state, NodeState::Joining | NodeState::Leaving))
@@ -188,6 +190,8 @@ pub struct Pull {
 struct FakeInner {
     ring_url: String,
     pulls: Mutex<Vec<Pull>>,
+    /// Partitions the ring service released from this node (acknowledged).
+    released: Mutex<Vec<u32>>,
     /// Pull requests still to fail with a 500.
     fail_next: AtomicU32,
     /// A source this node "cannot reach" (answered 503 source_unavailable).
@@ -228,6 +232,7 @@ impl FakeNode {
                 .with_graceful_shutdown(async move { s.cancelled().await })
                 .await;
         });
+        tokio::spawn(release_loop(id.to_owned(), inner.clone(), stop.clone()));
         FakeNode {
             id: id.to_owned(),
             url,
@@ -246,9 +251,17 @@ impl FakeNode {
         v
     }
 
-    /// Forgets the pulls recorded so far (before the change a test looks at).
+    /// Forgets the pulls and releases recorded so far (before the change a test looks at).
     pub fn clear(&self) {
         self.inner.pulls.lock().expect("lock").clear();
+        self.inner.released.lock().expect("lock").clear();
+    }
+
+    /// The partitions released from this node so far, sorted.
+    pub fn released(&self) -> Vec<u32> {
+        let mut v = self.inner.released.lock().expect("lock").clone();
+        v.sort_unstable();
+        v
     }
 
     pub fn requests(&self) -> u32 {
@@ -304,24 +317,74 @@ async fn fake_pull(
     axum::Json(json!({"objects": 1, "pages": 1, "cursor": null, "done": true})).into_response()
 }
 
+/// As a storage node does: follows the state, and acknowledges the release the ring
+/// service lists for this node (recording its partitions), until `stop`.
+async fn release_loop(id: String, inner: Arc<FakeInner>, stop: CancellationToken) {
+    let c = client();
+    let me = NodeId::new(id).expect("node id");
+    loop {
+        if let Ok(r) = c
+            .get(format!("{}/internal/v1/state", inner.ring_url))
+            .send()
+            .await
+            && let Ok(s) = r.json::<ClusterState>().await
+            && let Some(rel) = s.release_for(&me)
+        {
+            let done = ReleaseDone {
+                node: me.clone(),
+                epoch: rel.epoch,
+            };
+            let acked = c
+                .post(format!("{}/internal/v1/releases", inner.ring_url))
+                .json(&done)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if acked {
+                inner
+                    .released
+                    .lock()
+                    .expect("lock")
+                    .extend(rel.partitions.iter().map(|p| p.0));
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
 /// The oracle for a change's handoffs, straight from core's preference lists: for each
-/// partition, every node in the new list but not the old one receives it from the first
-/// old holder not in `avoid`. Returns (receiver, partition, source) triples.
-pub fn expected_pulls(old: &Ring, new: &Ring, n: usize, avoid: &[NodeId]) -> Vec<(NodeId, u32, NodeId)> {
+/// partition, every node in the new list but not the old one receives it from every old
+/// holder not in `skipped`. Returns (receiver, partition, source) triples.
+pub fn expected_pulls(old: &Ring, new: &Ring, n: usize, skipped: &[NodeId]) -> Vec<(NodeId, u32, NodeId)> {
     let mut out = Vec::new();
     for p in 0..new.partitioning().count() {
         let before = old.preference_list(PartitionId(p), n).preference_list;
         let after = new.preference_list(PartitionId(p), n).preference_list;
         for to in after.iter().filter(|x| !before.contains(x)) {
-            let from = before
-                .iter()
-                .find(|h| !avoid.contains(h))
-                .unwrap_or(&before[0])
-                .clone();
-            out.push((to.clone(), p, from));
+            for from in before.iter().filter(|h| !skipped.contains(h)) {
+                out.push((to.clone(), p, from.clone()));
+            }
         }
     }
     out.sort();
+    out
+}
+
+/// The oracle for a change's releases: per node, the partitions it holds under `old`
+/// but not under `new`.
+pub fn expected_releases(old: &Ring, new: &Ring, n: usize) -> BTreeMap<NodeId, Vec<u32>> {
+    let mut out: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
+    for p in 0..new.partitioning().count() {
+        let after = new.preference_list(PartitionId(p), n).preference_list;
+        for h in old.preference_list(PartitionId(p), n).preference_list {
+            if !after.contains(&h) {
+                out.entry(h).or_default().push(p);
+            }
+        }
+    }
     out
 }
 

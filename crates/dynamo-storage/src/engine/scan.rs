@@ -144,6 +144,35 @@ impl Engine {
         Ok(true)
     }
 
+    /// Deletes up to `limit` objects of partition `p` (a release: after a membership
+    /// change the node no longer holds it). Each key goes under its stripe lock with its
+    /// Merkle entry, so the partition's tree stays exact. Returns how many were deleted:
+    /// fewer than `limit` means the partition is now empty.
+    ///
+    /// # Errors
+    /// Engine failures or corrupt data.
+    pub fn drop_partition_page(&self, p: PartitionId, limit: usize) -> Result<usize, StorageError> {
+        let (start, end) = (self.partitioning.start_of(p), self.partitioning.end_of(p));
+        let (keys, _) = self.scan_with(p, start, end, None, limit, |_| Ok(()))?;
+        for (k, ()) in &keys {
+            let ok = codec::object_key(k.partition, k.hash, &k.bucket, &k.key);
+            let _guard = self.stripe(k.hash);
+            let Some(v) = self.objects.get(&ok)? else {
+                continue;
+            };
+            let digest = codec::stored_digest(&v)?;
+            self.objects.remove(ok)?;
+            self.metrics.keys.dec();
+            lock(&self.merkle[p.0 as usize]).update(
+                k.hash,
+                &merkle_key(&k.bucket, &k.key),
+                Some(digest),
+                None,
+            )?;
+        }
+        Ok(keys.len())
+    }
+
     /// Reads a page of the node's own objects in storage order, from `after` (exclusive, a
     /// storage key) on: at most `limit` objects, and no more once `max_bytes` of stored
     /// values were read (a page holds at least one object). Returns them with the key to

@@ -1,6 +1,7 @@
-//! A tiny stand-in for the ring service: it answers the two routes a storage node calls
-//! (`POST /internal/v1/heartbeat`, `GET /internal/v1/state?after=&wait_ms=`) from a
-//! `ClusterState` the test publishes, and records the heartbeats it receives.
+//! A tiny stand-in for the ring service: it answers the routes a storage node calls
+//! (`POST /internal/v1/heartbeat`, `GET /internal/v1/state?after=&wait_ms=`,
+//! `POST /internal/v1/releases`) from a `ClusterState` the test publishes, and records
+//! the heartbeats and release acknowledgements it receives.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dynamo_core::ring::{Member, Ring};
-use dynamo_core::wire::cluster::{ClusterState, Heartbeat, NodeState, NodeStatus};
+use dynamo_core::wire::cluster::{ClusterState, Heartbeat, NodeState, NodeStatus, ReleaseDone};
 use dynamo_core::{NodeId, Partitioning};
 
 /// The longest this fake holds a long poll (shorter than the node's 20 s ask, so tests
@@ -25,6 +26,7 @@ struct Inner {
     members: BTreeSet<NodeId>,
     heartbeats: Vec<Heartbeat>,
     state_polls: usize,
+    releases_done: Vec<ReleaseDone>,
 }
 
 pub struct FakeRing {
@@ -53,6 +55,22 @@ async fn heartbeat(
     }
 }
 
+/// As the ring service does: records the acknowledgement and drops the release it
+/// covers from the served state (a new version).
+async fn release_done(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    axum::Json(done): axum::Json<ReleaseDone>,
+) -> StatusCode {
+    let mut i = inner.lock().expect("lock");
+    if let Some(s) = &mut i.state {
+        s.releases
+            .retain(|r| !(r.node == done.node && r.epoch <= done.epoch));
+        s.version += 1;
+    }
+    i.releases_done.push(done);
+    StatusCode::NO_CONTENT
+}
+
 async fn state(State(inner): State<Arc<Mutex<Inner>>>, Query(q): Query<StateQuery>) -> Response {
     inner.lock().expect("lock").state_polls += 1;
     let hold = Duration::from_millis(q.wait_ms).min(MAX_HOLD);
@@ -78,6 +96,7 @@ impl FakeRing {
         let app = Router::new()
             .route("/internal/v1/heartbeat", post(heartbeat))
             .route("/internal/v1/state", get(state))
+            .route("/internal/v1/releases", post(release_done))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -104,6 +123,10 @@ impl FakeRing {
 
     pub fn heartbeats(&self) -> Vec<Heartbeat> {
         self.inner.lock().expect("lock").heartbeats.clone()
+    }
+
+    pub fn releases_done(&self) -> Vec<ReleaseDone> {
+        self.inner.lock().expect("lock").releases_done.clone()
     }
 
     pub fn state_polls(&self) -> usize {
@@ -151,7 +174,6 @@ pub fn state_of(version: u64, ring: &Ring) -> ClusterState {
             })
             .collect(),
         buckets: BTreeMap::new(),
-        tokens: Vec::new(),
-        handoffs: Vec::new(),
+        ..ClusterState::default()
     }
 }

@@ -185,7 +185,10 @@ pub fn spawn_proc(dir: &Path, node_id: &str, port: u16, durability: &str) -> Pro
 pub async fn batch(url: &str, ops: Vec<ReplicaOp>) -> ReplicaBatchResult {
     let resp = client()
         .post(format!("{url}/internal/v1/replicas"))
-        .json(&ReplicaBatch { ops })
+        .json(&ReplicaBatch {
+            ops,
+            ring_epoch: None,
+        })
         .send()
         .await
         .expect("send");
