@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help run build-release test lint fmt fmt-check clippy deny unit fuzz fuzz-short fuzz-tool doc bench-core bench soak soak-sim
+.PHONY: help run build-release test lint fmt fmt-check clippy deny unit fuzz fuzz-short fuzz-tool doc bench-core bench soak soak-negative soak-sim
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -71,15 +71,27 @@ bench: ## Dynamo beside a 3-member etcd, same generator, one run (~13 min; insta
 	CARGO="$(CARGO)" ./scripts/bench.sh
 
 # `make soak` parameters: seeds as a list or ranges (1,5,9 or 1-30), load seconds per seed,
-# storage nodes (3: every node in every preference list; 4: fallbacks and hinted handoff).
+# storage nodes (3: every node in every preference list; 4: fallbacks and hinted handoff),
+# membership changes (1: a join, a decommission and a replace during the load, each with a
+# fault; 0: the ordinary faults only), and a negative control (NEGATIVE=ae-off or
+# early-release: a cluster broken on purpose, which every seed must fail).
 SEED ?= 1
 DURATION ?= 120
 NODES ?= 3
+MEMBERSHIP ?= 1
+NEGATIVE ?=
 
-soak: ## the seeded fault checker, long: make soak SEED=1-30 DURATION=120 [NODES=4] (docs/testing.md)
+soak: ## the seeded fault checker, long: make soak SEED=1-30 DURATION=120 [NODES=4] [MEMBERSHIP=0] [NEGATIVE=ae-off|early-release] (docs/testing.md)
 	$(CARGO) build --workspace --bins --locked
 	DYNAMO_CHECKER_SEEDS="$(SEED)" DYNAMO_CHECKER_DURATION_S="$(DURATION)" DYNAMO_CHECKER_NODES="$(NODES)" \
+		DYNAMO_CHECKER_MEMBERSHIP="$(MEMBERSHIP)" DYNAMO_CHECKER_NEGATIVE="$(NEGATIVE)" \
 		$(CARGO) test -p dynamo-tests --locked --test fault_checker -- --ignored --exact soak --nocapture
+
+soak-negative: ## the checker's negative controls, each seed must fail: anti-entropy off (3 nodes), early release (4 nodes): make soak-negative SEED=9101-9103 DURATION=60
+	@status=0; \
+	$(MAKE) --no-print-directory soak NEGATIVE=ae-off NODES=3 MEMBERSHIP=1 || status=1; \
+	$(MAKE) --no-print-directory soak NEGATIVE=early-release NODES=4 MEMBERSHIP=1 || status=1; \
+	exit $$status
 
 # `make soak-sim` parameters: seeds as a list or ranges.
 SIM_SEEDS ?= 1-1000000

@@ -5,12 +5,14 @@
 //! The binaries are looked up beside the test executable (`target/<profile>/`); `make
 //! test` builds them first (`cargo build --workspace --bins`).
 //!
-//! [`checker`] is the seeded fault checker built on this harness: concurrent recorded
-//! clients, a fault schedule drawn from a seed, and the safety checks after the heal
-//! (`docs/testing.md`). [`sim`] is the deterministic simulator: the core's rounds over a
-//! simulated network, thousands of seeds a second.
+//! [`membership`] adds nodes to a running cluster and drives joins, decommissions and
+//! replacements through the public API. [`checker`] is the seeded fault checker built on
+//! this harness: concurrent recorded clients, a fault schedule drawn from a seed, and the
+//! safety checks after the heal (`docs/testing.md`). [`sim`] is the deterministic
+//! simulator: the core's rounds over a simulated network, thousands of seeds a second.
 
 pub mod checker;
+pub mod membership;
 pub mod sim;
 
 use std::fs::File;
@@ -183,6 +185,8 @@ pub struct Cluster {
     pub coordinator: Proc,
     /// An HTTP client.
     pub http: dynamo_testkit::Http,
+    /// What it was started with: nodes added later get the same storage flags.
+    opts: Options,
 }
 
 /// Options of a test cluster.
@@ -199,6 +203,8 @@ pub struct Options {
     pub durability: String,
     /// Extra storage-node flags (flags the harness already sets cannot be repeated).
     pub storage_args: Vec<String>,
+    /// Extra ring-service flags.
+    pub ring_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -209,6 +215,7 @@ impl Default for Options {
             coordinator_args: Vec::new(),
             durability: "buffered".into(),
             storage_args: Vec::new(),
+            ring_args: Vec::new(),
         }
     }
 }
@@ -220,45 +227,23 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let logs = dir.path().to_path_buf();
         let ring_port = free_port();
-        let ring = Proc::spawn(
-            "dynamo-ring",
-            "ring",
-            ring_port,
-            vec![
-                "--listen".into(),
-                format!("127.0.0.1:{ring_port}"),
-                "--data-dir".into(),
-                dir.path().join("ring").display().to_string(),
-                "--partitions".into(),
-                opts.partitions.to_string(),
-                "--heartbeat-timeout-ms".into(),
-                "2000".into(),
-            ],
-            &logs,
-        );
+        let mut ring_args: Vec<String> = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{ring_port}"),
+            "--data-dir".into(),
+            dir.path().join("ring").display().to_string(),
+            "--partitions".into(),
+            opts.partitions.to_string(),
+            "--heartbeat-timeout-ms".into(),
+            "2000".into(),
+        ];
+        ring_args.extend(opts.ring_args.iter().cloned());
+        let ring = Proc::spawn("dynamo-ring", "ring", ring_port, ring_args, &logs);
         let http = dynamo_testkit::http();
         wait_ready(&ring.url()).await;
         let mut nodes = Vec::new();
         for i in 0..opts.nodes {
-            let port = free_port();
-            let mut args: Vec<String> = vec![
-                "--node-id".into(),
-                format!("node-{i}"),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--data-dir".into(),
-                dir.path().join(format!("node-{i}")).display().to_string(),
-                "--partitions".into(),
-                opts.partitions.to_string(),
-                "--ring-url".into(),
-                ring.url(),
-                "--durability".into(),
-                opts.durability.clone(),
-                "--hint-interval-ms".into(),
-                "200".into(),
-            ];
-            args.extend(opts.storage_args.iter().cloned());
-            let node = Proc::spawn("dynamo-storage", &format!("node-{i}"), port, args, &logs);
+            let node = spawn_storage(&opts, i, dir.path(), &ring.url());
             wait_ready(&node.url()).await;
             nodes.push(node);
         }
@@ -296,8 +281,9 @@ impl Cluster {
             nodes,
             coordinator,
             http,
+            opts,
         };
-        cluster.wait_routable(opts.nodes).await;
+        cluster.wait_routable(cluster.opts.nodes).await;
         cluster
     }
 
@@ -411,6 +397,30 @@ impl Cluster {
         let text = dynamo_testkit::scrape(&self.http, url).await.expect("metrics");
         dynamo_testkit::sample(&text, name_with_labels).unwrap_or(0.0)
     }
+}
+
+/// Starts storage node `node-<i>` on a fresh port, with its data under `dir/node-<i>`
+/// and the flags of `opts` (not joined: that is a membership change).
+fn spawn_storage(opts: &Options, i: usize, dir: &Path, ring_url: &str) -> Proc {
+    let port = free_port();
+    let mut args: Vec<String> = vec![
+        "--node-id".into(),
+        format!("node-{i}"),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        dir.join(format!("node-{i}")).display().to_string(),
+        "--partitions".into(),
+        opts.partitions.to_string(),
+        "--ring-url".into(),
+        ring_url.to_owned(),
+        "--durability".into(),
+        opts.durability.clone(),
+        "--hint-interval-ms".into(),
+        "200".into(),
+    ];
+    args.extend(opts.storage_args.iter().cloned());
+    Proc::spawn("dynamo-storage", &format!("node-{i}"), port, args, dir)
 }
 
 async fn wait_members(http: &dynamo_testkit::Http, ring_url: &str, n: usize) {

@@ -1,10 +1,11 @@
-//! The seeded fault checker (issue 10): a few fixed seeds in `make test`, long runs with
-//! `make soak`. What the checks mean: `docs/testing.md`.
+//! The seeded fault checker (issue 10, membership faults issue 13): a few fixed seeds in
+//! `make test`, long runs and the negative controls with `make soak`. What the checks
+//! mean: `docs/testing.md`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dynamo_tests::checker::{Config, Report, run};
+use dynamo_tests::checker::{Config, Negative, Report, run};
 
 /// The seeds of `make test`: (seed, storage nodes). Three nodes put every node in every
 /// preference list; four bring fallbacks and hinted handoff into play.
@@ -18,18 +19,42 @@ fn report_dir() -> PathBuf {
 }
 
 /// Runs every config (a failing seed does not stop the others), prints the results
-/// table, and panics naming every failing seed.
+/// table, and panics naming every failing seed; for a negative control (a cluster broken
+/// on purpose), naming every seed that passed instead.
 async fn run_all(configs: Vec<Config>) {
     let mut reports: Vec<Report> = Vec::new();
     for c in configs {
         reports.push(run(&c).await);
     }
-    println!(
-        "| seed | load | nodes | faults | requests | acknowledged | 503 (%) | other errors | LWW latest lost | result |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("{}", Report::table_header());
     for r in &reports {
         println!("{}", r.table_row());
+    }
+    if let Some(negative) = reports.first().and_then(|r| r.config.negative) {
+        let passed: Vec<String> = reports
+            .iter()
+            .filter(|r| r.violations.is_empty())
+            .map(|r| format!("seed {} (replay: {})", r.config.seed, r.config.replay()))
+            .collect();
+        for r in reports.iter().filter(|r| !r.violations.is_empty()) {
+            let mut checks: Vec<&str> = r.violations.iter().map(|v| v.check).collect();
+            checks.sort_unstable();
+            checks.dedup();
+            println!(
+                "negative control {}: seed {} caught by {} violations ({})",
+                negative.name(),
+                r.config.seed,
+                r.violations.len(),
+                checks.join(", ")
+            );
+        }
+        assert!(
+            passed.is_empty(),
+            "the fault checker did not notice the broken cluster ({}) on:\n{}",
+            negative.name(),
+            passed.join("\n")
+        );
+        return;
     }
     let failed: Vec<String> = reports
         .iter()
@@ -95,17 +120,28 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
-// Goal: the long runs of `make soak SEED=… DURATION=… NODES=…`.
+// Goal: the long runs of `make soak SEED=… DURATION=… NODES=… MEMBERSHIP=…`, and the
+// negative controls (`NEGATIVE=ae-off|early-release`): every seed must fail those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "long: run with `make soak SEED=… DURATION=…`"]
 async fn soak() {
     let spec = std::env::var("DYNAMO_CHECKER_SEEDS").unwrap_or_else(|_| "1".into());
     let duration = Duration::from_secs(env_or("DYNAMO_CHECKER_DURATION_S", 120));
     let nodes = env_or("DYNAMO_CHECKER_NODES", 3);
+    let membership = env_or("DYNAMO_CHECKER_MEMBERSHIP", 1u8) != 0;
+    let negative: Option<Negative> = match std::env::var("DYNAMO_CHECKER_NEGATIVE") {
+        Ok(v) if !v.trim().is_empty() => Some(
+            v.parse()
+                .unwrap_or_else(|e| panic!("DYNAMO_CHECKER_NEGATIVE: {e}")),
+        ),
+        _ => None,
+    };
     let configs = seeds(&spec)
         .into_iter()
         .map(|seed| Config {
             nodes,
+            membership,
+            negative,
             report_dir: Some(report_dir()),
             ..Config::new(seed, duration)
         })

@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use super::history::{Kind, Op, show_dot, show_set};
 use super::workload::{BLIND, LWW, REGS, REGS_DEL, SETS, parse_set};
 use crate::Cluster;
+use crate::membership::node_index;
 
 /// Pause between two settle rounds.
 const SETTLE_POLL: Duration = Duration::from_millis(300);
@@ -178,15 +179,38 @@ pub struct Settled {
     pub hints_pending: f64,
 }
 
-/// Reads `keys` through the coordinator and from their preference lists until the
-/// copies agree and stay so, at most `limit`.
-pub async fn settle(cluster: &Cluster, keys: &[(String, String)], limit: Duration) -> Settled {
+/// Where a key lives under the ring the coordinator routes with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Its partition.
+    pub partition: u32,
+    /// The node ids of its preference list.
+    pub preference_list: Vec<String>,
+}
+
+/// Asks the coordinator where each of `keys` lives (retrying until `deadline`).
+///
+/// # Panics
+/// When the coordinator does not answer by `deadline`.
+pub async fn placements(cluster: &Cluster, keys: &[(String, String)], deadline: Instant) -> Vec<Placement> {
+    let mut out = Vec::with_capacity(keys.len());
+    for (bucket, key) in keys {
+        out.push(placement(cluster, bucket, key, deadline).await);
+    }
+    out
+}
+
+/// Reads `keys` through the coordinator and from their preference lists (`placements`,
+/// one per key) until the copies agree and stay so, at most `limit`.
+pub async fn settle(
+    cluster: &Cluster,
+    keys: &[(String, String)],
+    placements: &[Placement],
+    limit: Duration,
+) -> Settled {
     let started = Instant::now();
     let deadline = started + limit;
-    let mut placements = Vec::new();
-    for (bucket, key) in keys {
-        placements.push(preference_list(cluster, bucket, key, deadline).await);
-    }
+    let placements: Vec<Vec<String>> = placements.iter().map(|p| p.preference_list.clone()).collect();
     let mut previous: Option<Vec<FinalKey>> = None;
     // Every key is read through the coordinator once; later rounds read only the keys
     // whose copies still differ (reading converged keys would only slow the nodes, and
@@ -223,7 +247,8 @@ pub async fn settle(cluster: &Cluster, keys: &[(String, String)], limit: Duratio
             })
             .collect();
         let mut hints = 0.0;
-        for node in &cluster.nodes {
+        // Nodes that are gone for good (a lost disk) hold no hints anyone waits for.
+        for node in cluster.nodes.iter().filter(|n| n.id().is_some()) {
             hints += metric(&cluster.http, &node.url(), "dynamo_storage_hints_pending")
                 .await
                 .unwrap_or(1.0);
@@ -256,7 +281,7 @@ pub async fn settle(cluster: &Cluster, keys: &[(String, String)], limit: Duratio
     }
 }
 
-async fn preference_list(cluster: &Cluster, bucket: &str, key: &str, deadline: Instant) -> Vec<String> {
+async fn placement(cluster: &Cluster, bucket: &str, key: &str, deadline: Instant) -> Placement {
     loop {
         let answer = cluster
             .req(
@@ -269,8 +294,12 @@ async fn preference_list(cluster: &Cluster, bucket: &str, key: &str, deadline: I
         if let Ok(r) = answer
             && let Ok(v) = r.json::<Value>().await
             && let Some(pl) = v["preference_list"].as_array()
+            && let Some(partition) = v["partition"].as_u64()
         {
-            return pl.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect();
+            return Placement {
+                partition: partition as u32,
+                preference_list: pl.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect(),
+            };
         }
         assert!(
             Instant::now() < deadline,
@@ -286,20 +315,58 @@ async fn read_nodes(
     keys: &[(String, String)],
     placements: &[Vec<String>],
 ) -> Vec<Vec<Result<Option<NodeObject>, String>>> {
+    let nodes = cluster.nodes.len();
+    let wanted: Vec<Vec<Option<usize>>> = placements
+        .iter()
+        .map(|pl| pl.iter().map(|name| node_index(name, nodes)).collect())
+        .collect();
+    let known: Vec<Vec<usize>> = wanted
+        .iter()
+        .map(|w| w.iter().flatten().copied().collect())
+        .collect();
+    let mut held = read_copies(&cluster.http, &node_urls(cluster), keys, &known).await;
+    wanted
+        .iter()
+        .zip(placements)
+        .zip(held.iter_mut())
+        .map(|((w, pl), got)| {
+            let mut got = std::mem::take(got).into_iter();
+            w.iter()
+                .zip(pl)
+                .map(|(i, name)| match i {
+                    Some(_) => got.next().unwrap_or_else(|| Err("not read".into())),
+                    None => Err(format!("{name} is not a node of this cluster")),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The base URLs of a cluster's storage nodes, by index.
+pub fn node_urls(cluster: &Cluster) -> Vec<String> {
+    cluster.nodes.iter().map(crate::Proc::url).collect()
+}
+
+/// Reads, for each key, its copies on the nodes `wanted` names for it (indexes into
+/// `urls`, the nodes' base URLs), with one replica batch per node and chunk of [`BATCH`]
+/// keys; answers in the order of `wanted`. A copy is `None` when the node holds nothing,
+/// an error when the node did not answer or answered something else.
+pub async fn read_copies(
+    http: &dynamo_testkit::Http,
+    urls: &[String],
+    keys: &[(String, String)],
+    wanted: &[Vec<usize>],
+) -> Vec<Vec<Result<Option<NodeObject>, String>>> {
     let mut held: HashMap<(usize, usize), Result<Option<NodeObject>, String>> = HashMap::new();
-    for (n, node) in cluster.nodes.iter().enumerate() {
-        let name = format!("node-{n}");
-        let mine: Vec<usize> = (0..keys.len())
-            .filter(|&i| placements[i].contains(&name))
-            .collect();
+    for (n, url) in urls.iter().enumerate() {
+        let mine: Vec<usize> = (0..keys.len()).filter(|&i| wanted[i].contains(&n)).collect();
         for chunk in mine.chunks(BATCH) {
             let ops: Vec<Value> = chunk
                 .iter()
                 .map(|&i| json!({"op": "get", "bucket": keys[i].0, "key": keys[i].1}))
                 .collect();
-            let answer = cluster
-                .http
-                .post(format!("{}/internal/v1/replicas", node.url()))
+            let answer = http
+                .post(format!("{url}/internal/v1/replicas"))
                 .timeout(CALL_TIMEOUT)
                 .json(&json!({ "ops": ops }))
                 .send()
@@ -329,21 +396,13 @@ async fn read_nodes(
             }
         }
     }
-    placements
+    wanted
         .iter()
         .enumerate()
-        .map(|(i, pl)| {
-            pl.iter()
-                .map(|node| {
-                    let n = node
-                        .strip_prefix("node-")
-                        .and_then(|s| s.parse::<usize>().ok())
-                        .filter(|&n| n < cluster.nodes.len());
-                    match n {
-                        Some(n) => held.remove(&(i, n)).unwrap_or_else(|| Err("not read".into())),
-                        None => Err(format!("{node} is not a node of this cluster")),
-                    }
-                })
+        .map(|(i, nodes)| {
+            nodes
+                .iter()
+                .map(|&n| held.remove(&(i, n)).unwrap_or_else(|| Err("not read".into())))
                 .collect()
         })
         .collect()

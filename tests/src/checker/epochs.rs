@@ -4,6 +4,7 @@
 //! before (restarts included: a node's adopted epoch is durable, so a restarted node
 //! must not come back older).
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -28,26 +29,29 @@ pub struct EpochReport {
     pub violations: Vec<String>,
 }
 
-/// Samples until `stop` turns true. `nodes` are `(name, base URL)`.
+/// Samples until `stop` turns true. `nodes` are `(name, base URL)`; nodes added to it
+/// during the run (a membership change's newcomers) are sampled from then on.
 pub async fn sample(
     http: dynamo_testkit::Http,
     coordinator: String,
-    nodes: Vec<(String, String)>,
+    nodes: Arc<Mutex<Vec<(String, String)>>>,
     t0: Instant,
     mut stop: watch::Receiver<bool>,
 ) -> EpochReport {
-    let mut sources: Vec<(String, String, bool)> =
-        vec![("coordinator".into(), format!("{coordinator}/v1/ring"), true)];
-    sources.extend(
-        nodes
-            .into_iter()
-            .map(|(name, url)| (name, format!("{url}/internal/v1/cluster-state"), false)),
-    );
-    let mut report = EpochReport {
-        highest: sources.iter().map(|(n, _, _)| (n.clone(), 0)).collect(),
-        ..EpochReport::default()
-    };
+    let mut report = EpochReport::default();
     loop {
+        let mut sources: Vec<(String, String, bool)> =
+            vec![("coordinator".into(), format!("{coordinator}/v1/ring"), true)];
+        sources.extend(
+            nodes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(name, url)| (name.clone(), format!("{url}/internal/v1/cluster-state"), false)),
+        );
+        for (name, _, _) in &sources[report.highest.len()..] {
+            report.highest.push((name.clone(), 0));
+        }
         let round = sources.iter().map(|(_, url, public)| {
             let mut req = http.get(url).timeout(SAMPLE_TIMEOUT);
             if *public {

@@ -4,10 +4,15 @@
 //!
 //! Layout: [`history`] (the recorded ops), [`client`] (a recording REST client),
 //! [`workload`] (set-add, single-writer registers with and without deletes, LWW blind
-//! writes, blind sibling writes), [`faults`] (schedule, kill -9 / SIGSTOP / iptables partitions, the rule
-//! guard), [`epochs`] (check 4, sampled during the run) and [`check`] (settling, checks
-//! 1–3). [`run`] plays one seed and returns a [`Report`]; [`run_and_check`] also prints
-//! the failing keys' histories and panics on a violation.
+//! writes, blind sibling writes), [`faults`] (schedule, kill -9 / SIGSTOP / iptables
+//! partitions, the rule guard, membership steps), [`epochs`] (check 4, sampled during the
+//! run), [`handoff`] (check 7, watched during each membership step: an old holder lets go
+//! only after the new holders hold the partition), [`converge`] (checks 5 and 6:
+//! convergence without reads and released partitions, before anything reads) and
+//! [`check`] (settling, checks 1–3). [`run`] plays one seed and
+//! returns a [`Report`]; [`run_and_check`] also prints the failing keys' histories and
+//! panics on a violation. [`Negative`] names the deliberately broken clusters the checker
+//! must fail.
 //!
 //! A run is deterministic in what it *asks for* (the fault schedule and every client's
 //! choices come from the seed), not in how requests interleave with faults: a replay of
@@ -15,14 +20,17 @@
 
 pub mod check;
 pub mod client;
+pub mod converge;
 pub mod epochs;
 pub mod faults;
+pub mod handoff;
 pub mod history;
 pub mod workload;
 
 use std::fmt;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -30,15 +38,60 @@ use tokio::time::Instant;
 
 use self::check::{LwwReport, Notes, Settled, Violation};
 use self::client::{Api, CLIENT_TIMEOUT};
+use self::converge::ConvergeReport;
 use self::epochs::EpochReport;
-use self::faults::{Applied, FaultKind, Firewall, Schedule};
+use self::faults::{Applied, ChangePlayed, FaultKind, Firewall, Schedule};
 use self::history::{History, Outcome, show_op};
 use self::workload::{LWW, REGS, REGS_DEL, client_rng};
 
 /// The checker cluster's tombstone grace and GC interval: short, so tombstones are
 /// collected within a run and writes after a collected delete are checked too.
 const STORAGE_FLAGS: [&str; 4] = ["--tombstone-grace-ms", "1500", "--gc-interval-ms", "1000"];
+/// The checker cluster's anti-entropy interval: short, so a replica that missed writes
+/// converges within check 5's wait.
+const ANTI_ENTROPY_INTERVAL_MS: u64 = 2_000;
+/// The ring service's timeout of one partition pull: a pull into a paused receiver is
+/// retried after this rather than the default minute.
+const HANDOFF_TIMEOUT_MS: u64 = 10_000;
+/// Longest wait for the coordinator to route with the ring service's final ring.
+const ROUTE_LIMIT: Duration = Duration::from_secs(20);
 use crate::{Cluster, Options};
+
+/// A deliberately broken cluster, which the checker must fail: its negative controls
+/// (`DYNAMO_CHECKER_NEGATIVE`, `docs/testing.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Negative {
+    /// `ae-off`: storage nodes without anti-entropy (`--anti-entropy-interval-ms 0`):
+    /// replicas that missed writes converge only when someone reads them (check 5).
+    AntiEntropyOff,
+    /// `early-release`: the ring service's `--unsafe-early-release`: old holders delete
+    /// a partition as soon as the new ring is published, before the catch-up copy.
+    EarlyRelease,
+}
+
+impl Negative {
+    /// Its name in `DYNAMO_CHECKER_NEGATIVE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Negative::AntiEntropyOff => "ae-off",
+            Negative::EarlyRelease => "early-release",
+        }
+    }
+}
+
+impl std::str::FromStr for Negative {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Negative, String> {
+        match s.trim() {
+            "ae-off" => Ok(Negative::AntiEntropyOff),
+            "early-release" => Ok(Negative::EarlyRelease),
+            other => Err(format!(
+                "unknown negative control {other:?}: ae-off or early-release"
+            )),
+        }
+    }
+}
 
 /// How close to a fault starting or healing a `503` counts as caused by it (the
 /// coordinator's replica timeout is 500 ms; a request may start just before the fault).
@@ -74,6 +127,14 @@ pub struct Config {
     pub blind_clients: usize,
     /// Longest wait for the cluster to come to rest after the heal.
     pub settle_limit: Duration,
+    /// Plays a join, a decommission and a replace during the load, each with a fault
+    /// (`faults` module docs).
+    pub membership: bool,
+    /// Longest wait for checks 5 and 6 (convergence without reads, releases) after the
+    /// heal: a few anti-entropy intervals.
+    pub converge_limit: Duration,
+    /// A deliberately broken cluster to run instead of the real one.
+    pub negative: Option<Negative>,
     /// Where a failing run writes its histories and service logs (nothing is written
     /// when `None`).
     pub report_dir: Option<PathBuf>,
@@ -94,18 +155,46 @@ impl Config {
             lww_keys: 2,
             blind_clients: 2,
             settle_limit: Duration::from_secs(60),
+            membership: false,
+            converge_limit: Duration::from_secs(30),
+            negative: None,
             report_dir: None,
         }
     }
 
     /// The command that replays this run.
     pub fn replay(&self) -> String {
-        format!(
-            "make soak SEED={} DURATION={} NODES={}",
+        let mut s = format!(
+            "make soak SEED={} DURATION={} NODES={} MEMBERSHIP={}",
             self.seed,
             self.duration.as_secs(),
-            self.nodes
-        )
+            self.nodes,
+            u8::from(self.membership)
+        );
+        if let Some(n) = self.negative {
+            let _ = write!(s, " NEGATIVE={}", n.name());
+        }
+        s
+    }
+
+    /// The storage nodes' flags.
+    fn storage_args(&self) -> Vec<String> {
+        let ae = match self.negative {
+            Some(Negative::AntiEntropyOff) => 0,
+            _ => ANTI_ENTROPY_INTERVAL_MS,
+        };
+        let mut args: Vec<String> = STORAGE_FLAGS.iter().map(|s| (*s).to_owned()).collect();
+        args.extend(["--anti-entropy-interval-ms".to_owned(), ae.to_string()]);
+        args
+    }
+
+    /// The ring service's flags.
+    fn ring_args(&self) -> Vec<String> {
+        let mut args = vec!["--handoff-timeout-ms".to_owned(), HANDOFF_TIMEOUT_MS.to_string()];
+        if self.negative == Some(Negative::EarlyRelease) {
+            args.push("--unsafe-early-release".into());
+        }
+        args
     }
 }
 
@@ -116,6 +205,10 @@ pub struct Report {
     pub config: Config,
     /// The faults as played.
     pub faults: Vec<Applied>,
+    /// The membership steps as played.
+    pub changes: Vec<ChangePlayed>,
+    /// How checks 5 and 6 went.
+    pub converge: ConvergeReport,
     /// Why partitions were skipped, if they were.
     pub partitions_skipped: Option<String>,
     /// Requests made.
@@ -126,10 +219,13 @@ pub struct Report {
     pub acked: usize,
     /// Requests answered `503`.
     pub status_503: usize,
-    /// `503`s that began more than [`FAULT_EDGE`] away from any fault's start or heal.
+    /// `503`s that began more than [`FAULT_EDGE`] away from any fault's start or heal
+    /// (and any membership change's start or finish).
     pub status_503_steady: usize,
     /// `503`s by the fault in progress when they were sent (until [`FAULT_EDGE`] after
-    /// its heal): `kill-9`, `pause`, `partition`, or `none`.
+    /// its heal): `kill-9`, `pause`, `partition`, a membership step's fault (`pause
+    /// during join`), a membership change without a fault in progress (`join`), or
+    /// `none`.
     pub status_503_by_fault: Vec<(String, usize)>,
     /// Other failures: 4xx, other 5xx, no answer (404 on a read is not a failure).
     pub other_errors: usize,
@@ -182,14 +278,63 @@ impl Report {
         s
     }
 
+    /// The membership steps as played, as `join 2.1 s (pause), decommission 3.0 s
+    /// (kill-9, 1 retry), replace FAILED (…)`, or `—` without any.
+    pub fn membership_summary(&self) -> String {
+        if self.changes.is_empty() {
+            return "—".into();
+        }
+        let steps: Vec<String> = self
+            .changes
+            .iter()
+            .map(|c| {
+                let kind = c.step.kind.to_string();
+                if c.skipped {
+                    return format!("{kind} skipped");
+                }
+                let fault = match c.fault {
+                    Some(_) if c.overlapped => c.step.fault.to_string(),
+                    Some(_) => format!("{} after it", c.step.fault),
+                    None => "no fault".into(),
+                };
+                let retries = match c.retries {
+                    0 => String::new(),
+                    1 => ", 1 retry".into(),
+                    n => format!(", {n} retries"),
+                };
+                match (c.took, &c.error) {
+                    (Some(t), None) => format!("{kind} {:.1} s ({fault}{retries})", t.as_secs_f64()),
+                    _ => format!("{kind} FAILED ({fault}{retries})"),
+                }
+            })
+            .collect();
+        steps.join(", ")
+    }
+
+    /// The header of [`Report::table_row`]'s table.
+    pub fn table_header() -> &'static str {
+        "| seed | load | nodes | faults | membership changes (took) | no-read convergence | requests | acknowledged | 503 (%) | other errors | LWW latest lost | result |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    }
+
     /// One row of the results table of `docs/testing.md`.
     pub fn table_row(&self) -> String {
+        let seed = match self.config.negative {
+            Some(n) => format!("{} ({})", self.config.seed, n.name()),
+            None => self.config.seed.to_string(),
+        };
+        let converge = if self.converge.converged {
+            format!("{:.1} s", self.converge.took.as_secs_f64())
+        } else {
+            "NO".into()
+        };
         format!(
-            "| {} | {} s | {} | {} | {} | {} | {} ({:.2} %) | {} | {}/{} | {} |",
-            self.config.seed,
+            "| {} | {} s | {} | {} | {} | {} | {} | {} | {} ({:.2} %) | {} | {}/{} | {} |",
+            seed,
             self.config.duration.as_secs(),
             self.config.nodes,
             self.fault_summary(),
+            self.membership_summary(),
+            converge,
             self.ops,
             self.acked,
             self.status_503,
@@ -211,10 +356,18 @@ impl fmt::Display for Report {
         let c = &self.config;
         writeln!(
             f,
-            "checker report: seed {} · {} s · {} nodes · replay: {}",
+            "checker report: seed {} · {} s · {} nodes{}{} · replay: {}",
             c.seed,
             c.duration.as_secs(),
             c.nodes,
+            if c.membership {
+                " · membership changes"
+            } else {
+                ""
+            },
+            c.negative
+                .map(|n| format!(" · NEGATIVE CONTROL {}", n.name()))
+                .unwrap_or_default(),
             c.replay()
         )?;
         writeln!(f, "  faults: {}", self.fault_summary())?;
@@ -224,6 +377,13 @@ impl fmt::Display for Report {
         for a in &self.faults {
             writeln!(f, "    {a}")?;
         }
+        if !self.changes.is_empty() {
+            writeln!(f, "  membership changes: {}", self.membership_summary())?;
+            for c in &self.changes {
+                writeln!(f, "    {c}")?;
+            }
+        }
+        writeln!(f, "  {}", self.converge)?;
         writeln!(
             f,
             "  requests: {} ({} writes, {} acknowledged); 503: {} ({:.2} % of all; {} more than {} ms from a fault's start or heal); other errors: {}",
@@ -299,8 +459,14 @@ impl fmt::Display for Report {
 /// schedule first and the report last; on a violation also the failing keys' histories
 /// (and writes them, with the service logs, under `report_dir`).
 pub async fn run(config: &Config) -> Report {
-    let schedule = Schedule::generate(config.seed, config.nodes, config.duration);
+    let schedule = Schedule::generate(config.seed, config.nodes, config.duration, config.membership);
     println!("checker: seed {} · replay: {}", config.seed, config.replay());
+    if let Some(n) = config.negative {
+        println!(
+            "checker: NEGATIVE CONTROL {}: this cluster is broken on purpose and must fail",
+            n.name()
+        );
+    }
     print!("{schedule}");
     let mut firewall = Firewall::open();
     let partitions_skipped = firewall.as_ref().err().cloned();
@@ -311,7 +477,8 @@ pub async fn run(config: &Config) -> Report {
     let mut cluster = Cluster::start(Options {
         nodes: config.nodes,
         durability: "sync".into(),
-        storage_args: STORAGE_FLAGS.iter().map(|s| (*s).to_owned()).collect(),
+        storage_args: config.storage_args(),
+        ring_args: config.ring_args(),
         ..Options::default()
     })
     .await;
@@ -333,19 +500,21 @@ pub async fn run(config: &Config) -> Report {
     let api = |name: String| Api::new(cluster.http.clone(), cluster.url(), t0, history.clone(), name);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sampler = tokio::spawn(epochs::sample(
-        cluster.http.clone(),
-        cluster.url(),
+    let sampled = Arc::new(Mutex::new(
         cluster
             .nodes
             .iter()
             .enumerate()
             .map(|(i, n)| (format!("node-{i}"), n.url()))
-            .collect(),
+            .collect::<Vec<_>>(),
+    ));
+    let sampler = tokio::spawn(epochs::sample(
+        cluster.http.clone(),
+        cluster.url(),
+        sampled.clone(),
         t0,
         stop_rx,
     ));
-
     let mut clients = Vec::new();
     let mut n = 0u64;
     let mut rng = || {
@@ -397,7 +566,16 @@ pub async fn run(config: &Config) -> Report {
         )));
     }
 
-    let faults = faults::play(&mut cluster, &schedule, &mut firewall, t0, until).await;
+    let played = faults::play(
+        &mut cluster,
+        &schedule,
+        &mut firewall,
+        &sampled,
+        &history,
+        t0,
+        until,
+    )
+    .await;
     // Every client stops at `until` once its request in flight ends; each request is
     // bounded by the client timeout, a register's re-read loop by `until`.
     let stopped = tokio::time::timeout(CLIENT_TIMEOUT * 3, futures::future::join_all(clients))
@@ -412,11 +590,50 @@ pub async fn run(config: &Config) -> Report {
     let mut keys: Vec<(String, String)> = ops.iter().map(|o| (o.bucket.clone(), o.key.clone())).collect();
     keys.sort();
     keys.dedup();
-    let settled = check::settle(&cluster, &keys, config.settle_limit).await;
+    // The checks judge placement under the final ring: the coordinator must route with it.
+    let mut violations = Vec::new();
+    let final_epoch = cluster.ring_state().await.map_or(0, |s| s.ring_epoch().0);
+    if !cluster.wait_coordinator_epoch(final_epoch, ROUTE_LIMIT).await {
+        violations.push(Violation {
+            check: "membership",
+            bucket: String::new(),
+            key: String::new(),
+            detail: format!(
+                "the coordinator did not route with the final ring (epoch {final_epoch}) within {} s",
+                ROUTE_LIMIT.as_secs()
+            ),
+        });
+    }
+    for c in played.changes.iter().filter(|c| !c.skipped) {
+        violations.extend(handoff::judge(&c.handoff.observations, &ops));
+        if let Some(e) = &c.error {
+            violations.push(Violation {
+                check: "membership",
+                bucket: String::new(),
+                key: String::new(),
+                detail: format!("{}: {e}", c.what),
+            });
+        }
+    }
+    let placements = check::placements(&cluster, &keys, Instant::now() + config.settle_limit).await;
+    // Before anything reads a key: reads repair.
+    let (converge, not_converged) = converge::converge_without_reads(
+        &cluster,
+        &ops,
+        &keys,
+        &placements,
+        &played.rings,
+        config.converge_limit,
+    )
+    .await;
+    println!("checker: {converge}");
+    violations.extend(not_converged);
+    let settled = check::settle(&cluster, &keys, &placements, config.settle_limit).await;
     let _ = stop_tx.send(true);
     let epochs = sampler.await.expect("the epoch sampler panicked");
 
-    let (mut violations, lww, notes) = check::check(&ops, &settled, t0_wall_ms);
+    let (checked, lww, notes) = check::check(&ops, &settled, t0_wall_ms);
+    violations.extend(checked);
     let (exercised, broken_invariants) = exercised(&cluster).await;
     violations.extend(broken_invariants);
     violations.extend(epochs.violations.iter().map(|v| Violation {
@@ -428,7 +645,7 @@ pub async fn run(config: &Config) -> Report {
 
     let report = summarize(
         config,
-        faults,
+        played,
         partitions_skipped,
         &ops,
         (lww, notes),
@@ -436,7 +653,11 @@ pub async fn run(config: &Config) -> Report {
         &settled,
         violations,
     );
-    let report = Report { exercised, ..report };
+    let report = Report {
+        exercised,
+        converge,
+        ..report
+    };
     println!("{report}");
     // A passing run keeps its report and logs too (the 503s of a pass are worth a look).
     explain(config, &report, &ops, &settled, &cluster);
@@ -482,6 +703,9 @@ async fn exercised(cluster: &Cluster) -> (Vec<(String, f64)>, Vec<Violation>) {
         ),
         ("unclean_restarts", "dynamo_storage_unclean_restarts_total"),
         ("superseded_after_gc", "dynamo_storage_superseded_after_gc_total"),
+        ("anti_entropy_keys", "dynamo_storage_anti_entropy_keys_total"),
+        ("handoff_pulls", "dynamo_ring_handoff_pulls_total"),
+        ("released_objects", "dynamo_storage_released_objects_total"),
     ];
     let mut sums = vec![0.0; counters.len()];
     let mut broken = Vec::new();
@@ -514,7 +738,7 @@ async fn exercised(cluster: &Cluster) -> (Vec<(String, f64)>, Vec<Violation>) {
 #[allow(clippy::too_many_arguments)]
 fn summarize(
     config: &Config,
-    faults: Vec<Applied>,
+    played: faults::Played,
     partitions_skipped: Option<String>,
     ops: &[history::Op],
     (lww, notes): (LwwReport, Notes),
@@ -525,11 +749,28 @@ fn summarize(
     let writes = ops.iter().filter(|o| o.kind != history::Kind::Read).count();
     let acked = ops.iter().filter(|o| o.is_acked_write()).count();
     let status_503 = ops.iter().filter(|o| o.outcome.is_503()).count();
+    // What was going on, when: the faults (ordinary, and those of membership steps),
+    // then the membership changes themselves, as (what, start, end).
+    let mut windows: Vec<(String, Duration, Duration)> = played
+        .faults
+        .iter()
+        .filter(|a| a.skipped.is_none())
+        .map(|a| (a.fault.kind.to_string(), a.start, a.healed))
+        .collect();
+    for c in played.changes.iter().filter(|c| !c.skipped) {
+        if let Some((a, b)) = c.fault {
+            windows.push((format!("{} during {}", c.step.fault, c.step.kind), a, b));
+        }
+    }
+    for c in played.changes.iter().filter(|c| !c.skipped) {
+        let end = c.start + c.took.unwrap_or_default();
+        windows.push((c.step.kind.to_string(), c.start, end));
+    }
     let near_fault = |o: &history::Op| {
-        faults.iter().filter(|a| a.skipped.is_none()).any(|a| {
-            [a.start, a.healed]
+        windows.iter().any(|(_, start, end)| {
+            [start, end]
                 .iter()
-                .any(|&edge| o.end + FAULT_EDGE >= edge && o.start <= edge + FAULT_EDGE)
+                .any(|&&edge| o.end + FAULT_EDGE >= edge && o.start <= edge + FAULT_EDGE)
         })
     };
     let status_503_steady = ops
@@ -538,11 +779,10 @@ fn summarize(
         .count();
     let mut by_fault: std::collections::BTreeMap<String, usize> = Default::default();
     for o in ops.iter().filter(|o| o.outcome.is_503()) {
-        let during = faults
+        let during = windows
             .iter()
-            .filter(|a| a.skipped.is_none())
-            .find(|a| a.start <= o.start && o.start <= a.healed + FAULT_EDGE)
-            .map_or_else(|| "none".to_owned(), |a| a.fault.kind.to_string());
+            .find(|(_, start, end)| *start <= o.start && o.start <= *end + FAULT_EDGE)
+            .map_or_else(|| "none".to_owned(), |(what, _, _)| what.clone());
         *by_fault.entry(during).or_default() += 1;
     }
     let mut by_code: std::collections::BTreeMap<String, usize> = Default::default();
@@ -568,7 +808,9 @@ fn summarize(
     }
     Report {
         config: config.clone(),
-        faults,
+        faults: played.faults,
+        changes: played.changes,
+        converge: ConvergeReport::default(),
         partitions_skipped,
         ops: ops.len(),
         writes,
