@@ -45,7 +45,7 @@ const SETTLE_POLL: Duration = Duration::from_millis(300);
 /// Timeout of one call while settling.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most operations in one replica batch of the settle reads (the nodes accept 256).
-const BATCH: usize = 200;
+pub const BATCH: usize = 200;
 
 /// One sibling as a storage node holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -39,12 +39,12 @@ use super::workload::REGS_DEL;
 use crate::membership::{node_index, node_name};
 
 /// Pause between two polls of the ring service's state.
-const POLL: Duration = Duration::from_millis(50);
+pub const POLL: Duration = Duration::from_millis(50);
 /// Timeout of one poll.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the watcher goes on after it saw the change finish (a release published
 /// with the finish is in the same state).
-const AFTER_FINISH: Duration = Duration::from_millis(500);
+pub const AFTER_FINISH: Duration = Duration::from_millis(500);
 /// Most missing writes named in one violation.
 const SHOWN: usize = 5;
 
