@@ -220,14 +220,25 @@ pub async fn retry_change(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    let object = change_object(&state);
+    relay_change(&state, &principal, routes::ring::CHANGE_RETRY, "change.retry").await
+}
+
+/// Relays a retry or an abort of the membership change in progress to the ring service
+/// (`route`), audited as `action` with the change as this coordinator last saw it.
+async fn relay_change(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    route: &str,
+    action: &'static str,
+) -> Result<Response, ApiError> {
+    let object = change_object(state);
     let outcome = async {
         principal.require(Permission::Admin, None)?;
-        let url = routes::url(state.cache.ring_url(), routes::ring::CHANGE_RETRY);
-        relay(&state, state.client.post(url)).await
+        let url = routes::url(state.cache.ring_url(), route);
+        relay(state, state.client.post(url)).await
     }
     .await;
-    audit_relayed(&principal, "change.retry", &object, &outcome);
+    audit_relayed(principal, action, &object, &outcome);
     outcome
 }
 
@@ -244,13 +255,5 @@ pub async fn abort_change(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    let object = change_object(&state);
-    let outcome = async {
-        principal.require(Permission::Admin, None)?;
-        let url = routes::url(state.cache.ring_url(), routes::ring::CHANGE_ABORT);
-        relay(&state, state.client.post(url)).await
-    }
-    .await;
-    audit_relayed(&principal, "change.abort", &object, &outcome);
-    outcome
+    relay_change(&state, &principal, routes::ring::CHANGE_ABORT, "change.abort").await
 }

@@ -23,23 +23,28 @@ fn reg(s: &str, port: u16) -> NodeRegistration {
 
 /// Drives a change to completion, as the worker would with all pulls succeeding.
 fn complete(c: &mut Cluster) {
-    c.state.version += 1;
-    let change = c.change.clone().expect("a change");
-    let done: Vec<Handoff> = c
-        .state
+    let id = copy_and_publish(c, settings());
+    catch_up_and_finish(c, id);
+}
+
+/// Every handoff of the change, done.
+fn all_done(c: &Cluster) -> Vec<Handoff> {
+    c.state
         .handoffs
         .iter()
         .map(|h| Handoff {
             done: true,
             ..h.clone()
         })
-        .collect();
-    c.record_progress(change.id, ChangePhase::Copy, &done, 0)
+        .collect()
+}
+
+/// Runs a change's catch-up round and finishes it.
+fn catch_up_and_finish(c: &mut Cluster, id: u64) {
+    let done = all_done(c);
+    c.record_progress(id, ChangePhase::CatchUp, &done, 0)
         .expect("progress");
-    c.publish(change.id, settings()).expect("publish");
-    c.record_progress(change.id, ChangePhase::CatchUp, &done, 0)
-        .expect("progress");
-    c.finish(change.id, &|_| true).expect("finish");
+    c.finish(id, &|_| true).expect("finish");
 }
 
 fn joined(names: &[&str]) -> Cluster {
@@ -313,15 +318,7 @@ fn release_all(c: &mut Cluster) {
 fn copy_and_publish(c: &mut Cluster, s: Settings) -> u64 {
     c.state.version += 1;
     let change = c.change.clone().expect("a change");
-    let done: Vec<Handoff> = c
-        .state
-        .handoffs
-        .iter()
-        .map(|h| Handoff {
-            done: true,
-            ..h.clone()
-        })
-        .collect();
+    let done = all_done(c);
     c.record_progress(change.id, ChangePhase::Copy, &done, 0)
         .expect("progress");
     c.publish(change.id, s).expect("publish");
@@ -343,18 +340,7 @@ fn old_holders_are_released_only_when_the_change_finishes() {
     let new = c.state.ring.clone().expect("ring");
     let expected = crate::plan::releases(&old, &new, 3);
     assert!(!expected.is_empty(), "a join takes partitions from someone");
-    let done: Vec<Handoff> = c
-        .state
-        .handoffs
-        .iter()
-        .map(|h| Handoff {
-            done: true,
-            ..h.clone()
-        })
-        .collect();
-    c.record_progress(id_e, ChangePhase::CatchUp, &done, 0)
-        .expect("progress");
-    c.finish(id_e, &|_| true).expect("finish");
+    catch_up_and_finish(&mut c, id_e);
     assert_eq!(c.state.releases, expected);
 
     let first = expected[0].clone();
