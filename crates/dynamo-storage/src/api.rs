@@ -31,6 +31,7 @@ use dynamo_core::ids::validate_key;
 use dynamo_core::limits::{MAX_SIBLINGS_LIMIT, MAX_VALUE_BYTES};
 use dynamo_core::merkle::{MerkleSummary, TreeNode};
 use dynamo_core::version::{NewWrite, VersionedObject};
+use dynamo_core::wire::cluster::ClusterState;
 use dynamo_core::wire::internal::{
     HintFor, MAX_BATCH_OPS, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
@@ -354,89 +355,76 @@ fn fence(
     planned: Option<dynamo_core::RingEpoch>,
     ops: Vec<ReplicaOp>,
 ) -> (Vec<ReplicaOp>, Vec<Option<ReplicaResult>>) {
-    let changing = admission.state.as_ref().is_some_and(|s| s.change_in_progress());
-    let (ops, early): (Vec<ReplicaOp>, Vec<Option<ReplicaResult>>) = if changing {
-        let mut keep = Vec::with_capacity(ops.len());
-        let mut early = Vec::with_capacity(ops.len());
-        for op in ops {
-            if matches!(op, ReplicaOp::TombstoneStatus { .. }) {
-                early.push(Some(ReplicaResult::TombstoneStatus {
+    let state = admission.state.as_deref();
+    let changing = state.is_some_and(ClusterState::change_in_progress);
+    // The ring to fence by: only a batch planned with an older one is fenced.
+    let fencing = match (state, planned) {
+        (Some(s), Some(planned)) if planned < admission.epoch() => s.ring.as_ref().map(|r| (s, r, planned)),
+        _ => None,
+    };
+    let mut keep = Vec::with_capacity(ops.len());
+    let answers = ops
+        .into_iter()
+        .map(|op| {
+            let answer = if changing && matches!(op, ReplicaOp::TombstoneStatus { .. }) {
+                Some(ReplicaResult::TombstoneStatus {
                     holds: false,
                     collected: false,
-                }));
+                })
             } else {
+                fencing.and_then(|(cluster, ring, planned)| {
+                    stale(engine, cluster, ring, planned, admission.epoch(), &op)
+                })
+            };
+            if answer.is_none() {
                 keep.push(op);
-                early.push(None);
             }
-        }
-        (keep, early)
-    } else {
-        let n = ops.len();
-        (ops, vec![None; n])
-    };
-    let (keep, fenced) = fence_epoch(engine, admission, planned, ops);
-    let mut fenced = fenced.into_iter();
-    let answers = early
-        .into_iter()
-        .map(|e| e.or_else(|| fenced.next().flatten()))
+            answer
+        })
         .collect();
     (keep, answers)
 }
 
-/// The epoch part of [`fence`].
-fn fence_epoch(
+/// The `stale_ring` answer for `op`, planned with ring `planned` on a node at `epoch`
+/// whose state is `cluster`, when the node no longer holds its partition and it carries
+/// no hint; `None` when it is to be applied.
+fn stale(
     engine: &Engine,
-    admission: &crate::cluster::Admission<'_>,
-    planned: Option<dynamo_core::RingEpoch>,
-    ops: Vec<ReplicaOp>,
-) -> (Vec<ReplicaOp>, Vec<Option<ReplicaResult>>) {
-    let ring_state = match (&admission.state, planned) {
-        (Some(s), Some(planned)) if planned < admission.epoch() => s.ring.as_ref().map(|r| (s, r)),
-        _ => None,
-    };
-    let Some((cluster, ring)) = ring_state else {
-        let n = ops.len();
-        return (ops, vec![None; n]);
-    };
-    let me = &engine.identity().node_id;
-    let mut keep = Vec::with_capacity(ops.len());
-    let mut answers = Vec::with_capacity(ops.len());
-    for op in ops {
-        let (bucket, key, hinted) = match &op {
-            ReplicaOp::CoordinatePut {
-                bucket, key, hint, ..
-            }
-            | ReplicaOp::Replicate {
-                bucket, key, hint, ..
-            } => (bucket, key, hint.is_some()),
-            ReplicaOp::Get { bucket, key } | ReplicaOp::TombstoneStatus { bucket, key, .. } => {
-                (bucket, key, false)
-            }
-        };
-        let p = ring
-            .partitioning()
-            .partition_of(dynamo_core::key_hash(bucket.as_str(), key));
-        if hinted || cluster.holds(me, p) {
-            keep.push(op);
-            answers.push(None);
-        } else {
-            engine
-                .metrics()
-                .ops
-                .with_label_values(&[op_name(&op), ErrorCode::StaleRing.as_str()])
-                .inc();
-            answers.push(Some(ReplicaResult::Error {
-                code: ErrorCode::StaleRing,
-                message: format!(
-                    "planned with ring epoch {} but this node is at {} and no longer holds partition {}",
-                    planned.map_or(0, |e| e.0),
-                    admission.epoch(),
-                    p.0
-                ),
-            }));
+    cluster: &ClusterState,
+    ring: &dynamo_core::ring::Ring,
+    planned: dynamo_core::RingEpoch,
+    epoch: dynamo_core::RingEpoch,
+    op: &ReplicaOp,
+) -> Option<ReplicaResult> {
+    let (bucket, key, hinted) = match op {
+        ReplicaOp::CoordinatePut {
+            bucket, key, hint, ..
         }
+        | ReplicaOp::Replicate {
+            bucket, key, hint, ..
+        } => (bucket, key, hint.is_some()),
+        ReplicaOp::Get { bucket, key } | ReplicaOp::TombstoneStatus { bucket, key, .. } => {
+            (bucket, key, false)
+        }
+    };
+    let p = ring
+        .partitioning()
+        .partition_of(dynamo_core::key_hash(bucket.as_str(), key));
+    if hinted || cluster.holds(&engine.identity().node_id, p) {
+        return None;
     }
-    (keep, answers)
+    engine
+        .metrics()
+        .ops
+        .with_label_values(&[op_name(op), ErrorCode::StaleRing.as_str()])
+        .inc();
+    Some(ReplicaResult::Error {
+        code: ErrorCode::StaleRing,
+        message: format!(
+            "planned with ring epoch {} but this node is at {} and no longer holds partition {}",
+            planned.0, epoch, p.0
+        ),
+    })
 }
 
 async fn replicas(
@@ -674,6 +662,24 @@ fn scan_range(engine: &Engine, p: u32, q: ScanQuery, max_page: usize) -> Result<
     })
 }
 
+/// [`scan_range`] of a scan that asked for `min_epoch` (a catch-up copy): answered only
+/// once this node fences older rings (`ClusterCache::drained`), else `ring_behind`.
+async fn fenced_range(
+    state: &AppState,
+    p: u32,
+    q: ScanQuery,
+    max_page: usize,
+) -> Result<ScanRange, ApiError> {
+    if let Some(min) = q.min_epoch {
+        state
+            .cluster
+            .drained(dynamo_core::RingEpoch(min), DRAIN_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::RingBehind, e.to_string()))?;
+    }
+    scan_range(&state.engine, p, q, max_page)
+}
+
 fn bucket_of(k: &crate::codec::ObjectKey) -> Result<BucketName, ApiError> {
     BucketName::new(k.bucket.clone()).map_err(ApiError::from)
 }
@@ -683,14 +689,7 @@ async fn partition_objects(
     Path(p): Path<u32>,
     Query(q): Query<ScanQuery>,
 ) -> Result<Json<ScanPage>, ApiError> {
-    if let Some(min) = q.min_epoch {
-        state
-            .cluster
-            .drained(dynamo_core::RingEpoch(min), DRAIN_TIMEOUT)
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::RingBehind, e.to_string()))?;
-    }
-    let r = scan_range(&state.engine, p, q, MAX_SCAN_PAGE)?;
+    let r = fenced_range(&state, p, q, MAX_SCAN_PAGE).await?;
     let engine = state.engine.clone();
     let (objects, next) =
         tokio::task::spawn_blocking(move || engine.scan(r.p, r.start, r.end, r.after.as_deref(), r.limit))
@@ -739,14 +738,7 @@ async fn partition_digests(
     Path(p): Path<u32>,
     Query(q): Query<ScanQuery>,
 ) -> Result<Json<DigestPage>, ApiError> {
-    if let Some(min) = q.min_epoch {
-        state
-            .cluster
-            .drained(dynamo_core::RingEpoch(min), DRAIN_TIMEOUT)
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::RingBehind, e.to_string()))?;
-    }
-    let r = scan_range(&state.engine, p, q, MAX_DIGEST_PAGE)?;
+    let r = fenced_range(&state, p, q, MAX_DIGEST_PAGE).await?;
     let engine = state.engine.clone();
     let (keys, next) = tokio::task::spawn_blocking(move || {
         engine.scan_digests(r.p, r.start, r.end, r.after.as_deref(), r.limit)

@@ -125,8 +125,13 @@ struct Routes {
 /// the hint's partition (or nothing says otherwise), else to every node that holds the
 /// partition now, so hints for a node that left, was replaced or gave the partition
 /// away reach its new owners.
-fn route(hints: &[PendingHint], target: &NodeId, address: &str, state: Option<&ClusterState>) -> Routes {
-    let addresses = state.map(crate::peer::addresses).unwrap_or_default();
+fn route(
+    hints: &[PendingHint],
+    target: &NodeId,
+    address: &str,
+    state: Option<&ClusterState>,
+    addresses: &BTreeMap<NodeId, String>,
+) -> Routes {
     let mut sends: BTreeMap<(NodeId, String), Vec<usize>> = BTreeMap::new();
     let mut needed = vec![0; hints.len()];
     for (i, h) in hints.iter().enumerate() {
@@ -169,6 +174,7 @@ pub async fn deliver_to(
     shutdown: &CancellationToken,
 ) -> Result<usize, DeliveryError> {
     let epoch = state.map_or(RingEpoch(0), ClusterState::ring_epoch);
+    let addresses = state.map(crate::peer::addresses).unwrap_or_default();
     let mut delivered = 0;
     for _ in 0..MAX_BATCHES_PER_ROUND {
         let pace = Tranquilizer::start(TRANQUILITY);
@@ -199,7 +205,7 @@ pub async fn deliver_to(
             // Only corrupt hints are left at the head of this owner's range.
             break;
         }
-        let routes = route(&hints, target, address, state);
+        let routes = route(&hints, target, address, state, &addresses);
         let mut confirmed = vec![0usize; hints.len()];
         let mut last_error: Option<DeliveryError> = None;
         for ((node, at), idxs) in &routes.sends {

@@ -12,7 +12,6 @@ use dynamo_core::DotSet;
 use dynamo_core::version::VersionedObject;
 use dynamo_core::wire::BucketProps;
 use dynamo_core::wire::cluster::BucketRecord;
-use dynamo_core::wire::internal::{ReplicaOp, ReplicaResult};
 
 const PASSES: &str = "dynamo_storage_anti_entropy_passes_total";
 const PULLED: &str = "dynamo_storage_anti_entropy_keys_total{direction=\"pulled\"}";
@@ -52,35 +51,6 @@ async fn publish(two: &Followers, buckets: &[(&str, u8)]) {
         );
     }
     two.publish(state).await;
-}
-
-async fn write(url: &str, b: &str, key: &str, value: Option<&[u8]>, context: DotSet) -> VersionedObject {
-    let mut op = put_op(b, key, value.unwrap_or_default(), context);
-    if value.is_none()
-        && let ReplicaOp::CoordinatePut { tombstone, .. } = &mut op
-    {
-        *tombstone = true;
-    }
-    match batch(url, vec![op]).await.results.into_iter().next() {
-        Some(ReplicaResult::Put { object, .. }) => object,
-        other => panic!("write failed: {other:?}"),
-    }
-}
-
-async fn replicate(url: &str, b: &str, key: &str, object: &VersionedObject) {
-    let r = batch(
-        url,
-        vec![ReplicaOp::Replicate {
-            bucket: bucket(b),
-            key: key.into(),
-            object: object.clone(),
-            conflict: SIB,
-            hint: None,
-            idempotency: None,
-        }],
-    )
-    .await;
-    assert_eq!(r.results, vec![ReplicaResult::Replicated]);
 }
 
 /// Every key of bucket `b` named in `keys`, as node `url` holds it.

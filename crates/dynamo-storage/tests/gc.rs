@@ -8,7 +8,6 @@ use common::fake_ring::{ring_of, state_of};
 use common::*;
 use dynamo_core::DotSet;
 use dynamo_core::version::VersionedObject;
-use dynamo_core::wire::internal::{ReplicaOp, ReplicaResult};
 
 /// Short enough for a test, long enough that the writes of a scenario all land first.
 const GRACE_MS: u64 = 300;
@@ -43,49 +42,15 @@ async fn three(dead_c: bool) -> Followers {
 
 /// Coordinates a write (or a delete, with `value = None`) at `url`; returns the object.
 async fn write(url: &str, key: &str, value: Option<&[u8]>, context: DotSet) -> VersionedObject {
-    let mut op = put_op("gc", key, value.unwrap_or_default(), context);
-    if value.is_none()
-        && let ReplicaOp::CoordinatePut { tombstone, .. } = &mut op
-    {
-        *tombstone = true;
-    }
-    let r = batch(url, vec![op]).await;
-    match r.results.into_iter().next() {
-        Some(ReplicaResult::Put { object, .. }) => object,
-        other => panic!("write failed: {other:?}"),
-    }
+    common::write(url, "gc", key, value, context).await
 }
 
 async fn replicate(url: &str, key: &str, object: &VersionedObject) {
-    let r = batch(
-        url,
-        vec![ReplicaOp::Replicate {
-            bucket: bucket("gc"),
-            key: key.into(),
-            object: object.clone(),
-            conflict: SIB,
-            hint: None,
-            idempotency: None,
-        }],
-    )
-    .await;
-    assert_eq!(r.results, vec![ReplicaResult::Replicated]);
+    common::replicate(url, "gc", key, object).await;
 }
 
 async fn status(url: &str, key: &str, digest: u128) -> (bool, bool) {
-    let r = batch(
-        url,
-        vec![ReplicaOp::TombstoneStatus {
-            bucket: bucket("gc"),
-            key: key.into(),
-            digest,
-        }],
-    )
-    .await;
-    match r.results.into_iter().next() {
-        Some(ReplicaResult::TombstoneStatus { holds, collected }) => (holds, collected),
-        other => panic!("unexpected {other:?}"),
-    }
+    tombstone_status(url, "gc", key, digest).await
 }
 
 /// Waits until every node in `urls` has finished `rounds` more GC rounds, all of them
@@ -130,15 +95,7 @@ async fn a_tombstone_held_by_all_three_is_collected_on_all_three() {
         let url = c.url(i);
         assert_eq!(metric(&url, COLLECTED).await, 1.0);
         assert_eq!(status(&url, "k", t.digest()).await, (false, true));
-        let summary: serde_json::Value = client()
-            .get(format!("{url}/internal/v1/merkle/{}", p.0))
-            .send()
-            .await
-            .expect("send")
-            .json()
-            .await
-            .expect("json");
-        assert_eq!(summary["root"], serde_json::json!(0), "node {i}");
+        assert_eq!(summary(&url, p.0).await.root, 0, "node {i}");
     }
     c.shutdown().await;
 }

@@ -235,3 +235,69 @@ pub async fn metric(url: &str, name: &str) -> f64 {
 // Each test binary uses some of these, none all.
 #[allow(unused_imports)]
 pub use dynamo_testkit::{eventually, metric as metric_opt};
+
+/// Writes `value` (a tombstone when `None`) to `key` of bucket `b` on `url` as a
+/// coordinated put with `context`; returns the stored object.
+#[allow(dead_code)] // Not every test binary writes this way.
+pub async fn write(url: &str, b: &str, key: &str, value: Option<&[u8]>, context: DotSet) -> VersionedObject {
+    let mut op = put_op(b, key, value.unwrap_or_default(), context);
+    if value.is_none()
+        && let ReplicaOp::CoordinatePut { tombstone, .. } = &mut op
+    {
+        *tombstone = true;
+    }
+    match batch(url, vec![op]).await.results.into_iter().next() {
+        Some(ReplicaResult::Put { object, .. }) => object,
+        other => panic!("write failed: {other:?}"),
+    }
+}
+
+/// Merges `object` into `key` of bucket `b` on `url`, asserting it was taken.
+#[allow(dead_code)]
+pub async fn replicate(url: &str, b: &str, key: &str, object: &VersionedObject) {
+    let r = batch(
+        url,
+        vec![ReplicaOp::Replicate {
+            bucket: bucket(b),
+            key: key.into(),
+            object: object.clone(),
+            conflict: SIB,
+            hint: None,
+            idempotency: None,
+        }],
+    )
+    .await;
+    assert_eq!(r.results, vec![ReplicaResult::Replicated]);
+}
+
+/// Asks `url` whether it holds (or collected) exactly the tombstone set `digest` of
+/// `key` in bucket `b`: `(holds, collected)`.
+#[allow(dead_code)]
+pub async fn tombstone_status(url: &str, b: &str, key: &str, digest: u128) -> (bool, bool) {
+    let r = batch(
+        url,
+        vec![ReplicaOp::TombstoneStatus {
+            bucket: bucket(b),
+            key: key.into(),
+            digest,
+        }],
+    )
+    .await;
+    match r.results.into_iter().next() {
+        Some(ReplicaResult::TombstoneStatus { holds, collected }) => (holds, collected),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// The Merkle summary of partition `p` on `url`.
+#[allow(dead_code)]
+pub async fn summary(url: &str, p: u32) -> dynamo_core::merkle::MerkleSummary {
+    client()
+        .get(format!("{url}/internal/v1/merkle/{p}"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("summary json")
+}
