@@ -703,12 +703,12 @@ AE_MAX_COST = 0.10
 def fanout_section(rows: list[dict], meta: dict) -> list[str]:
     out = ["### Reads: every replica, or R first with a hedge (c=32)", ""]
     out.append(para(
-        "The `sync` cluster above (`--read-fanout all`: every read asks all N = 3 replicas "
-        "and answers with the first R = 2) beside a second `dynamo dev` whose coordinator "
-        f"runs `--read-fanout first --read-hedge-ms {meta.get('hedge_ms', 20)}` (it asks R "
-        "replicas, and the third only when one fails or the hedge delay passes without R "
-        "replies); same records, runs alternating. Both answer the merge of R replies: the "
-        "same guarantee."
+        "The `sync` cluster above (the default `--read-fanout first --read-hedge-ms "
+        f"{meta.get('hedge_ms', 20)}`: a read asks R = 2 replicas, and the third only when one "
+        "fails or the hedge delay passes without R replies) beside a second `dynamo dev` whose "
+        "coordinator runs `--read-fanout all` (every read asks all N = 3 replicas and answers "
+        "with the first R); same records, runs alternating. Both answer the merge of R "
+        "replies: the same guarantee."
     ))
     out.append("")
     out.append(
@@ -717,8 +717,8 @@ def fanout_section(rows: list[dict], meta: dict) -> list[str]:
     )
     out.append("|---|---|---:|---:|---|---|---|")
     for workload in ("c", "a"):
-        base = select(rows, experiment="fanout", cluster="main", workload=workload)
-        for name, cluster in (("`all` (default)", "main"), ("`first`", "rfirst")):
+        base = select(rows, experiment="fanout", cluster="rall", workload=workload)
+        for name, cluster in (("`all`", "rall"), ("`first` (default)", "main")):
             cell = select(rows, experiment="fanout", cluster=cluster, workload=workload)
             ratio = (
                 fmt_ratio(cell.throughput / base.throughput)

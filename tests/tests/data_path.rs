@@ -928,7 +928,14 @@ async fn a_hung_node_is_skipped_after_one_timeout() {
 // resumed, and there would be nothing left to repair.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_repair_fixes_a_stale_replica() {
-    let mut c = Cluster::start(Options::default()).await;
+    // Every replica asked, whichever slot node-0 holds in the key's preference list: with
+    // the default R-first fan-out, a read asks node-0 only when it is one of the first R
+    // (anti-entropy repairs the others; tests/tests/anti_entropy.rs).
+    let mut c = Cluster::start(Options {
+        coordinator_args: vec!["--read-fanout".into(), "all".into()],
+        ..Options::default()
+    })
+    .await;
     c.nodes[0].kill9();
     let r = put(&c, "/v1/kv/rr/key", "fresh", None).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);

@@ -114,7 +114,7 @@ pub struct Config {
     /// replies answer, the rest repair) or `first` (R replicas, the others only when one
     /// fails or `--read-hedge-ms` passes without R replies). docs/architecture.md says
     /// which is the default and why.
-    #[arg(long, env = "DYNAMO_READ_FANOUT", value_enum, default_value_t = ReadFanoutArg::All)]
+    #[arg(long, env = "DYNAMO_READ_FANOUT", value_enum, default_value_t = ReadFanoutArg::First)]
     pub read_fanout: ReadFanoutArg,
 
     /// With `--read-fanout first`: how long a read waits for its first R replies before
