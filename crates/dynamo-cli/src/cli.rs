@@ -1,6 +1,6 @@
 //! The command line's shape: global flags and the subcommands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -40,6 +40,11 @@ pub struct GlobalArgs {
     /// The bearer token. Without one, the root token is read from `<data-dir>/root-token`.
     #[arg(long, env = "DYNAMO_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+
+    /// A file holding the bearer token (a mounted Kubernetes Secret, a Docker secret), so
+    /// the token need not be in the environment or on the command line.
+    #[arg(long, env = "DYNAMO_TOKEN_FILE", conflicts_with = "token", global = true)]
+    pub token_file: Option<PathBuf>,
 
     /// The CA certificates (PEM) trusted for an `https://` endpoint. Default: the
     /// system's roots, or `<data-dir>/tls/ca.pem` when it exists (`dynamo dev --tls`).
@@ -140,28 +145,45 @@ impl GlobalArgs {
         (endpoint.starts_with("https://") && local.is_file()).then_some(local)
     }
 
-    /// Returns `--token` / `DYNAMO_TOKEN`, else the content of `<data-dir>/root-token`.
+    /// Returns `--token` / `DYNAMO_TOKEN`, else the content of `--token-file`, else that
+    /// of `<data-dir>/root-token`.
     fn resolve_token(&self) -> Result<String, CliError> {
         if let Some(token) = &self.token {
             return Ok(token.clone());
         }
-        let path = self.data_dir.join(ROOT_TOKEN_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(content) if !content.trim().is_empty() => Ok(content.trim().to_owned()),
-            Ok(_) => Err(CliError::Usage(format!(
-                "the token file {} is empty",
-                path.display()
-            ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CliError::Usage(format!(
-                "no token: pass --token, set DYNAMO_TOKEN, or point --data-dir at a directory with a \
-                 {ROOT_TOKEN_FILE} file ({} does not exist)",
-                path.display()
-            ))),
-            Err(source) => Err(CliError::Io {
-                what: format!("cannot read {}", path.display()),
-                source,
-            }),
+        if let Some(path) = &self.token_file {
+            return read_token_file(path, |path| {
+                format!("the token file {} does not exist", path.display())
+            });
         }
+        let path = self.data_dir.join(ROOT_TOKEN_FILE);
+        read_token_file(&path, |path| {
+            format!(
+                "no token: pass --token or --token-file, set DYNAMO_TOKEN or DYNAMO_TOKEN_FILE, or \
+                 point --data-dir at a directory with a {ROOT_TOKEN_FILE} file ({} does not exist)",
+                path.display()
+            )
+        })
+    }
+}
+
+/// Reads a token file: its first token line (blank lines and `#` comments skipped, as
+/// the coordinator reads its root-token file, which holds a second, older token while one
+/// is rotated; the first is the current one). `missing` words the error for a file that
+/// does not exist.
+fn read_token_file(path: &Path, missing: impl FnOnce(&Path) -> String) -> Result<String, CliError> {
+    match std::fs::read_to_string(path) {
+        Ok(content) => content
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .ok_or_else(|| CliError::Usage(format!("the token file {} is empty", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CliError::Usage(missing(path))),
+        Err(source) => Err(CliError::Io {
+            what: format!("cannot read {}", path.display()),
+            source,
+        }),
     }
 }
 
@@ -181,5 +203,40 @@ mod tests {
             .expect("parses");
         assert_eq!(cli.global.endpoint, "http://h:1");
         assert!(cli.global.json);
+    }
+
+    #[test]
+    fn a_token_file_gives_its_first_token_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(
+            &path,
+            "# rotated on Monday\n\n  new-token-0123456789  \nold-token-0123456789\n",
+        )
+        .expect("write");
+        let cli = Cli::try_parse_from(["dynamo", "cluster", "--token-file", path.to_str().expect("utf-8")])
+            .expect("parses");
+        assert_eq!(cli.global.resolve_token().expect("token"), "new-token-0123456789");
+
+        std::fs::write(&path, "# nothing yet\n").expect("write");
+        let err = cli.global.resolve_token().expect_err("empty");
+        assert!(err.to_string().contains("is empty"), "{err}");
+
+        let missing = dir.path().join("absent");
+        let cli = Cli::try_parse_from([
+            "dynamo",
+            "cluster",
+            "--token-file",
+            missing.to_str().expect("utf-8"),
+        ])
+        .expect("parses");
+        let err = cli.global.resolve_token().expect_err("missing");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn a_token_and_a_token_file_are_exclusive() {
+        let parsed = Cli::try_parse_from(["dynamo", "cluster", "--token", "t", "--token-file", "f"]);
+        assert!(parsed.is_err());
     }
 }

@@ -21,6 +21,8 @@ pub struct CoordinatorMetrics {
     pub idempotent_replays: IntCounter,
     /// Replica slots served by a fallback (sloppy quorum), by operation.
     pub fallbacks: IntCounterVec,
+    /// Live siblings in each successful GET's answer (1: no conflict).
+    pub read_siblings: Histogram,
     /// Read repairs sent.
     pub read_repairs: IntCounter,
     /// Read repairs dropped because the queue was full.
@@ -88,6 +90,13 @@ impl CoordinatorMetrics {
                 ),
                 &["op"],
             )?,
+            read_siblings: Histogram::with_opts(
+                HistogramOpts::new(
+                    "dynamo_coordinator_read_siblings",
+                    "Live siblings in the answer of each GET that found a value (1: no conflict)",
+                )
+                .buckets(vec![1.0, 2.0, 3.0, 4.0, 8.0, 16.0, 32.0, 64.0, 256.0]),
+            )?,
             read_repairs: IntCounter::new(
                 "dynamo_coordinator_read_repairs_total",
                 "Read repairs sent to stale replicas",
@@ -137,12 +146,23 @@ impl CoordinatorMetrics {
             )?,
             invariant_violations: InvariantViolations::new(registry, &[invariant::RING_EPOCH_MONOTONIC])?,
         };
+        // The series of every known operation exist from the start, so dashboards and
+        // alerts see zeros rather than nothing before the first request or failure.
+        for op in ["get", "put", "delete"] {
+            m.requests.with_label_values(&[op, "ok"]);
+            m.request_duration.with_label_values(&[op]);
+        }
+        for op in ["get", "put"] {
+            m.quorum_failures.with_label_values(&[op]);
+            m.fallbacks.with_label_values(&[op]);
+        }
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.quorum_failures.clone()))?;
         registry.register(Box::new(m.indeterminate_writes.clone()))?;
         registry.register(Box::new(m.idempotent_replays.clone()))?;
         registry.register(Box::new(m.fallbacks.clone()))?;
+        registry.register(Box::new(m.read_siblings.clone()))?;
         registry.register(Box::new(m.read_repairs.clone()))?;
         registry.register(Box::new(m.read_repairs_dropped.clone()))?;
         registry.register(Box::new(m.stale_ring_answers.clone()))?;

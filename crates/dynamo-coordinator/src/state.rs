@@ -163,7 +163,7 @@ impl ClusterCache {
     /// # Errors
     /// `503 ring_unavailable` when the ring service does not answer.
     pub async fn refresh(&self, timeout: Duration) -> Result<(), ApiError> {
-        let state = follow::fetch_state(&self.client, &self.ring_url, 0, Duration::ZERO, timeout)
+        let state = follow::fetch_state(&self.client, &self.ring_url, None, Duration::ZERO, timeout)
             .await
             .map_err(|e| ApiError::new(ErrorCode::RingUnavailable, format!("ring service: {e}")))?;
         self.mark_heard();

@@ -61,6 +61,11 @@ impl RingMetrics {
                 ],
             )?,
         };
+        // Every result's series exists from the start, so a dashboard shows 0 rather
+        // than nothing.
+        for result in ["ok", "retry", "failed", "skipped"] {
+            m.pulls.with_label_values(&[result]);
+        }
         registry.register(Box::new(m.epoch.clone()))?;
         registry.register(Box::new(m.members.clone()))?;
         registry.register(Box::new(m.state_version.clone()))?;

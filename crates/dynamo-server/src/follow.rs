@@ -3,12 +3,14 @@
 //!
 //! - `GET {ring}/internal/v1/state?after=V&wait_ms=20000`: `200` with a newer
 //!   [`ClusterState`], or `304` when nothing changed within the wait.
+//! - The first poll asks for the state at once (no `after`): a cluster nobody joined yet
+//!   is version 0, which a long poll past version 0 would wait on forever.
 //! - Each state goes to the service's [`StateSink`], which applies
 //!   [`dynamo_core::wire::cluster::decide`]: an older ring, or another ring under the same
 //!   epoch, is refused (invariant 5).
 //! - After a refused or unchanged `200`, the next poll asks past its version, with a
 //!   short pause, so a ring service that keeps offering it is not polled in a tight loop.
-//! - Once a minute without any `200`, the poll asks for a full copy (`after=0`): a ring
+//! - Once a minute without any `200`, the poll asks for a full copy (no `after`): a ring
 //!   service that restarted with smaller versions would otherwise be waited on forever.
 //! - Failures back off ([`dynamo_core::backoff::Backoff`], with jitter) and the cached
 //!   state keeps serving. It is a [`Worker`]: it stops with the service's workers.
@@ -31,7 +33,7 @@ pub const STATE_WAIT: Duration = Duration::from_secs(20);
 pub const POLL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 /// Pause after a `200` that changed nothing (or was refused).
 pub const MIN_POLL_GAP: Duration = Duration::from_millis(500);
-/// Without any `200` for this long, ask for a full copy (`after=0`).
+/// Without any `200` for this long, ask for a full copy (no `after`).
 pub const FULL_REFRESH: Duration = Duration::from_secs(60);
 
 /// Where a service keeps the state it follows.
@@ -66,24 +68,29 @@ pub fn record_refusal(violations: &InvariantViolations, decision: Decision, offe
     }
 }
 
-/// Fetches the state once: `Some` for a `200`, `None` for a `304`.
+/// Fetches the state once: `Some` for a `200`, `None` for a `304`. With `after`, the ring
+/// service holds the poll until it has a newer version (or `wait` passes); without, it
+/// answers at once with what it has, even the empty state of a cluster nobody joined yet
+/// (version 0, which no `after` is below).
 ///
 /// # Errors
 /// A message for a transport failure or any other answer.
 pub async fn fetch_state(
     client: &InternalClient,
     ring_url: &str,
-    after: u64,
+    after: Option<u64>,
     wait: Duration,
     timeout: Duration,
 ) -> Result<Option<ClusterState>, String> {
     let wait_ms = wait.as_millis().to_string();
+    let after = after.map(|a| a.to_string());
+    let mut query = vec![("wait_ms", wait_ms.as_str())];
+    if let Some(after) = &after {
+        query.push(("after", after.as_str()));
+    }
     let resp = client
         .get(routes::url(ring_url, routes::ring::STATE))
-        .query(&[
-            ("after", after.to_string().as_str()),
-            ("wait_ms", wait_ms.as_str()),
-        ])
+        .query(&query)
         .timeout(timeout)
         .send()
         .await
@@ -119,6 +126,8 @@ pub struct Follower<S> {
     slack: Duration,
     sink: S,
     seen: u64,
+    /// True once a `200` came: until then every poll asks for the state at once.
+    loaded: bool,
     last_full: tokio::time::Instant,
 }
 
@@ -140,6 +149,7 @@ impl<S: StateSink> Follower<S> {
     ) -> Follower<S> {
         Follower {
             seen: sink.version(),
+            loaded: false,
             client,
             ring_url,
             wait,
@@ -158,10 +168,12 @@ impl<S: StateSink + 'static> Worker for Follower<S> {
     }
 
     async fn work(&mut self, stop: &CancellationToken) -> Result<Next, FollowError> {
-        let after = if self.last_full.elapsed() >= FULL_REFRESH {
-            0
+        // A full copy at first (the ring service may have nothing newer than version 0
+        // to wait for) and once a minute without any `200`.
+        let after = if !self.loaded || self.last_full.elapsed() >= FULL_REFRESH {
+            None
         } else {
-            self.seen
+            Some(self.seen)
         };
         let polled = tokio::select! {
             () = stop.cancelled() => return Ok(Next::Done),
@@ -173,6 +185,7 @@ impl<S: StateSink + 'static> Worker for Follower<S> {
             return Ok(Next::Busy);
         };
         self.last_full = tokio::time::Instant::now();
+        self.loaded = true;
         let version = state.version;
         let decision = self.sink.offer(state).await.map_err(FollowError::Store)?;
         // Past a refused version too: the ring service answers again only when it has

@@ -226,6 +226,13 @@ impl StorageMetrics {
         for result in ["in_sync", "repaired", "differed", "failed"] {
             m.ae_exchanges.with_label_values(&[result]);
         }
+        for op in ["coordinate_put", "replicate", "get", "tombstone_status"] {
+            m.ops.with_label_values(&[op, "ok"]);
+            m.op_duration.with_label_values(&[op]);
+        }
+        for result in ["ok", "not_member", "error"] {
+            m.heartbeats.with_label_values(&[result]);
+        }
         for direction in ["pulled", "pushed"] {
             m.ae_keys.with_label_values(&[direction]);
             m.ae_bytes.with_label_values(&[direction]);

@@ -368,6 +368,61 @@ impl ServerCertVerifier for CaVerifier {
     }
 }
 
+/// The verifier of a process whose platform has no CA store: every server certificate is
+/// refused, naming the missing store and the flag that gives a CA instead.
+#[derive(Debug)]
+struct NoRoots(String);
+
+impl ServerCertVerifier for NoRoots {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::General(format!(
+            "no CA certificate to verify {} with: the system has none ({}); give the CA file \
+             (--tls-ca-file, DYNAMO_TLS_CA_FILE)",
+            server_name.to_str(),
+            self.0
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
 impl ClientTls {
     /// Trusts exactly the CA certificates in `ca_file` (PEM, one or more: put the old and
     /// the new CA in it while rotating), looked at again at most once per `reload`.
@@ -406,11 +461,18 @@ impl ClientTls {
         static PLATFORM: OnceLock<Result<ClientConfig, String>> = OnceLock::new();
         let config = PLATFORM.get_or_init(|| {
             use rustls_platform_verifier::BuilderVerifierExt as _;
-            let mut config = ClientConfig::builder_with_provider(provider())
+            let builder = ClientConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
-                .and_then(|b| b.with_platform_verifier())
-                .map_err(|e| e.to_string())?
-                .with_no_client_auth();
+                .map_err(|e| e.to_string())?;
+            let mut config = match builder.clone().with_platform_verifier() {
+                Ok(b) => b.with_no_client_auth(),
+                // A minimal image has no CA store, and plain-HTTP clients never need one:
+                // only an `https://` endpoint fails, at its handshake, saying why.
+                Err(e) => builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(NoRoots(e.to_string())))
+                    .with_no_client_auth(),
+            };
             config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
             Ok(config)
         });

@@ -1,7 +1,9 @@
-//! `dynamo cluster [join|decommission|replace|retry|abort]`: the cluster view, membership
-//! changes and the controls of one that failed, optionally followed to their end
-//! (`--wait`, in `wait`).
+//! `dynamo cluster [join|decommission|replace|retry|abort|bootstrap]`: the cluster view,
+//! membership changes and the controls of one that failed, optionally followed to their
+//! end (`--wait`, in `wait`), and the idempotent first joins of a fixed node list
+//! (`bootstrap`).
 
+mod bootstrap;
 mod wait;
 
 use clap::{Args, Subcommand};
@@ -74,6 +76,19 @@ pub enum ClusterAction {
     /// Undo the membership change in progress, before its new ring is published: a new
     /// node is forgotten, a leaving one stays a member, the ring is untouched.
     Abort,
+    /// Join each listed node that is not a member yet, one change at a time, waiting for
+    /// the API while it starts and retrying a failed join; running it again changes
+    /// nothing. For a compose file's init container or a deployment hook: it never
+    /// decommissions or re-points a node.
+    Bootstrap {
+        /// The nodes, in join order: `ID=ADDRESS` or `ID=ADDRESS@ZONE`.
+        #[arg(required = true, value_name = "ID=ADDRESS[@ZONE]", value_parser = bootstrap::parse_node)]
+        nodes: Vec<NodeRegistration>,
+        /// How long, in seconds, the whole bootstrap may take, waiting for the API included.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600,
+            value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
+    },
 }
 
 /// Shows the cluster, or applies a membership change, a retry or an abort (with `--wait`,
@@ -149,6 +164,10 @@ pub async fn run(global: &GlobalArgs, args: &ClusterArgs) -> Result<(), CliError
                     None
                 }
             }
+        }
+        Some(ClusterAction::Bootstrap { nodes, timeout }) => {
+            bootstrap::bootstrap(&client, nodes, std::time::Duration::from_secs(*timeout)).await?;
+            None
         }
         Some(ClusterAction::Abort) => {
             let view = client.abort_change().await?;

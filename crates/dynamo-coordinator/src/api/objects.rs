@@ -96,6 +96,7 @@ pub async fn get_object(
         .is_some_and(|v| v.contains("application/json"));
     let ctx = obj.context().clone();
     let live: Vec<_> = obj.live_siblings().collect();
+    state.metrics.read_siblings.observe(live.len() as f64);
     if wants_json || live.len() > 1 {
         let status = if live.len() > 1 {
             StatusCode::MULTIPLE_CHOICES

@@ -37,7 +37,8 @@ pub struct FakeRing {
 
 #[derive(serde::Deserialize)]
 struct StateQuery {
-    after: u64,
+    /// Absent: the state at once, whatever its version (a follower's first poll).
+    after: Option<u64>,
     wait_ms: u64,
 }
 
@@ -78,7 +79,9 @@ async fn state(State(inner): State<Arc<Mutex<Inner>>>, Query(q): Query<StateQuer
     loop {
         let newer = {
             let i = inner.lock().expect("lock");
-            i.state.clone().filter(|s| s.version > q.after)
+            i.state
+                .clone()
+                .filter(|s| q.after.is_none_or(|after| s.version > after))
         };
         if let Some(s) = newer {
             return axum::Json(s).into_response();

@@ -1,0 +1,604 @@
+//! The operator's decisions, as a pure function: from what it observed (the storage
+//! StatefulSets, their pods' readiness, the cluster view of the ring service) to what it
+//! does next (how many pods each StatefulSet gets, and at most one membership change).
+//!
+//! No I/O here, no clock: `reconcile` gathers an [`Observed`], calls [`plan`] and carries
+//! out the [`Plan`]. Every safety rule of scaling lives in this one function:
+//!
+//! - **Join after ready.** A new pod is joined only once Kubernetes reports it ready, one
+//!   node at a time, in ordinal order (zones interleaved), each change followed to its end
+//!   before the next begins.
+//! - **Decommission before shrink.** A StatefulSet never shrinks below a pod that is still
+//!   in the cluster view: its decommission must have finished (every partition handed off
+//!   and confirmed, the node gone from the view) first. Highest ordinals go first.
+//! - **No view, no unsafe step.** Without the cluster view (the coordinators or the ring
+//!   service failing) nothing shrinks and no change begins; only growing, which loses
+//!   nothing, goes on.
+//! - **Never below N.** A scale-down that would leave fewer storage nodes than the
+//!   cluster's N is refused, and said so in the status.
+//!
+//! Invariant: for every set, `Plan::replicas >= 1 + the highest ordinal of that set still
+//! in the cluster view` whenever a view was observed, and `>= current` otherwise.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use dynamo_client::{ChangeKindName, ClusterView, NodeId, NodeRegistration, NodeState, NodeStatus};
+
+/// A storage StatefulSet as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetObserved {
+    /// The StatefulSet's name; its pods are `<name>-<ordinal>`, each pod's name its node id.
+    pub name: String,
+    /// The zone its nodes join with.
+    pub zone: Option<String>,
+    /// The replicas the spec asks for.
+    pub desired: i32,
+    /// The live StatefulSet's `spec.replicas` (`None` before it exists).
+    pub current: Option<i32>,
+    /// Ordinals of its pods that are ready.
+    pub ready: BTreeSet<i32>,
+}
+
+/// Everything [`plan`] decides from.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// The storage StatefulSets, in the spec's zone order.
+    pub sets: Vec<SetObserved>,
+    /// The cluster's N: the fewest storage nodes it may have.
+    pub n: u8,
+    /// The cluster view, or why it could not be read.
+    pub view: Result<ClusterView, String>,
+    /// A pod's address is `<scheme>://<pod>.<address_suffix>`.
+    pub scheme: &'static str,
+    /// See `scheme`: `<headless service>.<namespace>.svc.<domain>:<port>`.
+    pub address_suffix: String,
+}
+
+impl Observed {
+    /// The address a storage pod advertises (and is joined with).
+    pub fn address(&self, pod: &str) -> String {
+        format!("{}://{pod}.{}", self.scheme, self.address_suffix)
+    }
+}
+
+/// The one membership change to begin now, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to begin.
+    None,
+    /// Join this ready pod.
+    Join(NodeRegistration),
+    /// Decommission this member (the highest ordinal beyond the desired count).
+    Decommission(NodeId),
+    /// Run the failed change of one of the cluster's own nodes again.
+    RetryChange(NodeId),
+}
+
+/// What to do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The replicas each storage StatefulSet gets, in [`Observed::sets`] order.
+    pub replicas: Vec<i32>,
+    /// The membership change to begin.
+    pub step: Step,
+    /// True while the cluster is not yet what the spec asks for (pods to start, nodes to
+    /// join or decommission).
+    pub scaling: bool,
+    /// Why the cluster is degraded (no view, a failed change, a member at an unexpected
+    /// address), if it is.
+    pub degraded: Option<String>,
+    /// Why a scale-down is refused, if it is.
+    pub refused: Option<String>,
+    /// What the operator waits for, in words.
+    pub waiting_for: Option<String>,
+}
+
+/// Decides the next step. Pure: the same observation always gives the same plan.
+pub fn plan(obs: &Observed) -> Plan {
+    let total_desired: i64 = obs.sets.iter().map(|s| i64::from(s.desired.max(0))).sum();
+    let shrinking = obs.sets.iter().any(|s| s.current.is_some_and(|c| s.desired < c));
+    let refused = (total_desired < i64::from(obs.n)).then(|| {
+        format!(
+            "{total_desired} storage node(s) cannot hold N = {} replicas of each key on distinct nodes; the scale-down is refused",
+            obs.n
+        )
+    });
+    // A refused scale-down keeps what runs: only a count that grows is taken.
+    let target: Vec<i32> = obs
+        .sets
+        .iter()
+        .map(|s| match (refused.is_some(), s.current) {
+            (true, Some(c)) => s.desired.max(c),
+            _ => s.desired.max(0),
+        })
+        .collect();
+
+    let view = match &obs.view {
+        Ok(v) => v,
+        Err(why) => {
+            // Growing loses nothing; shrinking or a membership change needs the view.
+            let replicas = obs
+                .sets
+                .iter()
+                .zip(&target)
+                .map(|(s, t)| s.current.map_or(*t, |c| c.max(*t)))
+                .collect();
+            let degraded =
+                format!("the cluster view is unavailable ({why}); no membership change until it answers");
+            return Plan {
+                replicas,
+                step: Step::None,
+                scaling: shrinking || obs.sets.iter().any(|s| s.current != Some(s.desired)),
+                degraded: Some(degraded.clone()),
+                refused,
+                waiting_for: Some(degraded),
+            };
+        }
+    };
+
+    let members: BTreeMap<&str, &NodeStatus> = view.nodes.iter().map(|n| (n.node_id.as_str(), n)).collect();
+    let change_node = view.change.as_ref().map(|c| c.change.node.as_str());
+    let replacement = view
+        .change
+        .as_ref()
+        .and_then(|c| c.change.replacement.as_ref().map(NodeId::as_str));
+    // Invariant (module doc): never shrink below a pod the cluster still knows.
+    let replicas: Vec<i32> = obs
+        .sets
+        .iter()
+        .zip(&target)
+        .map(|(s, t)| {
+            let current = s.current.unwrap_or(0);
+            if *t >= current {
+                return *t;
+            }
+            let still_known = (*t..current)
+                .rev()
+                .find(|i| {
+                    let pod = pod_name(&s.name, *i);
+                    members.contains_key(pod.as_str())
+                        || change_node == Some(pod.as_str())
+                        || replacement == Some(pod.as_str())
+                })
+                .map_or(*t, |i| i + 1);
+            still_known.max(*t)
+        })
+        .collect();
+
+    let mut degraded: Vec<String> = Vec::new();
+    let mut plan = Plan {
+        replicas,
+        step: Step::None,
+        scaling: false,
+        degraded: None,
+        refused,
+        waiting_for: None,
+    };
+
+    // One change at a time: a running change is followed to its end first.
+    if let Some(progress) = &view.change {
+        let c = &progress.change;
+        let ours = is_ours(obs, c.node.as_str());
+        plan.scaling = true;
+        if let Some(failed) = &c.failed {
+            degraded.push(format!(
+                "the {} of {} failed: {failed}",
+                kind_word(c.kind),
+                c.node
+            ));
+            if ours {
+                plan.step = Step::RetryChange(c.node.clone());
+                plan.waiting_for = Some(format!("retrying the {} of {}", kind_word(c.kind), c.node));
+            } else {
+                plan.waiting_for = Some(format!(
+                    "the failed {} of {}, not this operator's, to be retried or aborted",
+                    kind_word(c.kind),
+                    c.node
+                ));
+            }
+        } else {
+            let verb = match c.kind {
+                ChangeKindName::Join => "joining",
+                ChangeKindName::Decommission => "decommissioning",
+                ChangeKindName::Replace => "replacing",
+            };
+            let mut line = format!(
+                "{verb} {}: {}/{} partitions handed off",
+                c.node, progress.partitions_done, progress.partitions_total
+            );
+            if let Some(stuck) = &progress.stuck {
+                line.push_str(&format!(" (retrying: {stuck})"));
+            }
+            plan.waiting_for = Some(line);
+        }
+        plan.degraded = join_lines(degraded);
+        return plan;
+    }
+
+    // Joins first: more holders before fewer. Ordinal-major, so zones interleave.
+    let width = target.iter().copied().max().unwrap_or(0);
+    'join: for i in 0..width {
+        for (s, t) in obs.sets.iter().zip(&target) {
+            if i >= *t {
+                continue;
+            }
+            let pod = pod_name(&s.name, i);
+            let address = obs.address(&pod);
+            match members.get(pod.as_str()) {
+                Some(m) if m.address != address => degraded.push(format!(
+                    "{pod} is a member at {}, not at {address}; it is not re-pointed (a replace is)",
+                    m.address
+                )),
+                Some(_) => {}
+                None if s.ready.contains(&i) => match NodeId::new(&pod) {
+                    Ok(node_id) => {
+                        plan.step = Step::Join(NodeRegistration {
+                            node_id,
+                            address,
+                            zone: s.zone.clone(),
+                        });
+                        plan.waiting_for = Some(format!("joining {pod}"));
+                        plan.scaling = true;
+                        break 'join;
+                    }
+                    Err(e) => degraded.push(format!("{pod} is not a valid node id: {e}")),
+                },
+                None => {
+                    plan.waiting_for = Some(format!("pod {pod} to be ready"));
+                    plan.scaling = true;
+                    break 'join;
+                }
+            }
+        }
+    }
+
+    if plan.step == Step::None && plan.waiting_for.is_none() {
+        // The highest ordinal beyond its set's target that is still a member.
+        let leaver = obs
+            .sets
+            .iter()
+            .zip(&target)
+            .flat_map(|(s, t)| {
+                let current = s.current.unwrap_or(0);
+                (*t..current).map(move |i| (i, pod_name(&s.name, i)))
+            })
+            .filter(|(_, pod)| {
+                members
+                    .get(pod.as_str())
+                    .is_some_and(|m| m.state != NodeState::Leaving)
+            })
+            .max_by_key(|(i, _)| *i);
+        if let Some((_, pod)) = leaver {
+            match NodeId::new(&pod) {
+                Ok(node) => {
+                    plan.waiting_for = Some(format!("decommissioning {pod}"));
+                    plan.step = Step::Decommission(node);
+                }
+                Err(e) => degraded.push(format!("{pod} is not a valid node id: {e}")),
+            }
+            plan.scaling = true;
+        }
+    }
+
+    if plan
+        .replicas
+        .iter()
+        .zip(&obs.sets)
+        .any(|(r, s)| s.current != Some(*r) || *r != s.desired && plan.refused.is_none())
+    {
+        plan.scaling = true;
+    }
+    plan.degraded = join_lines(degraded);
+    plan
+}
+
+/// The pause before the next reconcile after `failures` failed ones in a row: 5 s,
+/// doubling, at most 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << failures.min(6));
+    Duration::from_secs(secs.min(300))
+}
+
+/// A StatefulSet pod's name: `<set>-<ordinal>`.
+pub fn pod_name(set: &str, ordinal: i32) -> String {
+    format!("{set}-{ordinal}")
+}
+
+/// The ordinal of `pod` in `set`, if it is one of its pods.
+pub fn ordinal_of(set: &str, pod: &str) -> Option<i32> {
+    pod.strip_prefix(set)?.strip_prefix('-')?.parse().ok()
+}
+
+fn is_ours(obs: &Observed, node: &str) -> bool {
+    obs.sets.iter().any(|s| ordinal_of(&s.name, node).is_some())
+}
+
+fn kind_word(kind: ChangeKindName) -> &'static str {
+    match kind {
+        ChangeKindName::Join => "join",
+        ChangeKindName::Decommission => "decommission",
+        ChangeKindName::Replace => "replace",
+    }
+}
+
+fn join_lines(lines: Vec<String>) -> Option<String> {
+    (!lines.is_empty()).then(|| lines.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynamo_client::{ChangeProgress, ChangeSummary, RingEpoch};
+
+    const SUFFIX: &str = "dc-storage.ns.svc.cluster.local:7100";
+
+    fn set(desired: i32, current: Option<i32>, ready: &[i32]) -> SetObserved {
+        SetObserved {
+            name: "dc-storage".into(),
+            zone: None,
+            desired,
+            current,
+            ready: ready.iter().copied().collect(),
+        }
+    }
+
+    fn member(i: i32, state: NodeState) -> NodeStatus {
+        let pod = pod_name("dc-storage", i);
+        NodeStatus {
+            node_id: NodeId::new(&pod).expect("id"),
+            address: format!("http://{pod}.{SUFFIX}"),
+            zone: None,
+            state,
+            last_heartbeat_ms_ago: None,
+            anti_entropy: None,
+        }
+    }
+
+    fn view(members: &[i32]) -> ClusterView {
+        ClusterView {
+            epoch: RingEpoch(4),
+            nodes: members.iter().map(|i| member(*i, NodeState::Up)).collect(),
+            handoffs: Vec::new(),
+            change: None,
+        }
+    }
+
+    fn change(kind: ChangeKindName, i: i32, done: u64, failed: Option<&str>) -> ChangeProgress {
+        ChangeProgress {
+            change: ChangeSummary {
+                kind,
+                node: NodeId::new(pod_name("dc-storage", i)).expect("id"),
+                replacement: None,
+                phase: "copy".into(),
+                epoch: RingEpoch(5),
+                failed: failed.map(str::to_owned),
+            },
+            partitions_total: 64,
+            partitions_done: done,
+            objects: 0,
+            bytes: 0,
+            stuck: None,
+        }
+    }
+
+    fn observed(sets: Vec<SetObserved>, view: Result<ClusterView, String>) -> Observed {
+        Observed {
+            sets,
+            n: 3,
+            view,
+            scheme: "http",
+            address_suffix: SUFFIX.into(),
+        }
+    }
+
+    fn node(i: i32) -> NodeId {
+        NodeId::new(pod_name("dc-storage", i)).expect("id")
+    }
+
+    #[test]
+    fn a_new_cluster_gets_its_pods_then_joins_them_in_order() {
+        // Goal: creation makes the StatefulSet at the desired size and joins ready pods
+        // one at a time, lowest ordinal first; a pod not ready yet is waited for.
+        let p = plan(&observed(vec![set(3, None, &[])], Ok(view(&[]))));
+        assert_eq!(p.replicas, vec![3]);
+        assert_eq!(p.step, Step::None);
+        assert_eq!(p.waiting_for.as_deref(), Some("pod dc-storage-0 to be ready"));
+        let p = plan(&observed(vec![set(3, Some(3), &[0, 2])], Ok(view(&[]))));
+        match &p.step {
+            Step::Join(r) => {
+                assert_eq!(r.node_id, node(0));
+                assert_eq!(r.address, format!("http://dc-storage-0.{SUFFIX}"));
+            }
+            other => panic!("expected a join, got {other:?}"),
+        }
+        let p = plan(&observed(vec![set(3, Some(3), &[0, 2])], Ok(view(&[0]))));
+        assert_eq!(p.waiting_for.as_deref(), Some("pod dc-storage-1 to be ready"));
+        assert!(p.scaling);
+    }
+
+    #[test]
+    fn a_settled_cluster_does_nothing() {
+        // Goal: reconciling a cluster that matches its spec changes nothing.
+        let p = plan(&observed(vec![set(3, Some(3), &[0, 1, 2])], Ok(view(&[0, 1, 2]))));
+        assert_eq!(
+            p,
+            Plan {
+                replicas: vec![3],
+                step: Step::None,
+                scaling: false,
+                degraded: None,
+                refused: None,
+                waiting_for: None,
+            }
+        );
+    }
+
+    #[test]
+    fn scale_up_grows_then_joins_each_new_pod_once_ready() {
+        let p = plan(&observed(vec![set(5, Some(3), &[0, 1, 2])], Ok(view(&[0, 1, 2]))));
+        assert_eq!(p.replicas, vec![5]);
+        assert_eq!(p.waiting_for.as_deref(), Some("pod dc-storage-3 to be ready"));
+        let p = plan(&observed(
+            vec![set(5, Some(5), &[0, 1, 2, 3])],
+            Ok(view(&[0, 1, 2])),
+        ));
+        assert!(matches!(&p.step, Step::Join(r) if r.node_id == node(3)));
+    }
+
+    #[test]
+    fn a_running_change_is_followed_before_anything_else() {
+        // Goal: one change at a time; the status says how far the handoff got.
+        let mut v = view(&[0, 1, 2]);
+        v.nodes.push(member(3, NodeState::Joining));
+        v.change = Some(change(ChangeKindName::Join, 3, 37, None));
+        let p = plan(&observed(vec![set(5, Some(5), &[0, 1, 2, 3, 4])], Ok(v)));
+        assert_eq!(p.step, Step::None);
+        assert_eq!(
+            p.waiting_for.as_deref(),
+            Some("joining dc-storage-3: 37/64 partitions handed off")
+        );
+    }
+
+    #[test]
+    fn scale_down_decommissions_the_highest_ordinal_before_shrinking() {
+        // Goal: nothing shrinks while the leaving node is a member; highest first.
+        let p = plan(&observed(
+            vec![set(3, Some(5), &[0, 1, 2, 3, 4])],
+            Ok(view(&[0, 1, 2, 3, 4])),
+        ));
+        assert_eq!(p.replicas, vec![5], "no shrink before the decommission");
+        assert_eq!(p.step, Step::Decommission(node(4)));
+        // While dc-storage-4 is handed off: still 5 pods, no new change.
+        let mut v = view(&[0, 1, 2, 3]);
+        v.nodes.push(member(4, NodeState::Leaving));
+        v.change = Some(change(ChangeKindName::Decommission, 4, 10, None));
+        let p = plan(&observed(vec![set(3, Some(5), &[0, 1, 2, 3, 4])], Ok(v)));
+        assert_eq!((p.replicas.clone(), p.step.clone()), (vec![5], Step::None));
+        assert_eq!(
+            p.waiting_for.as_deref(),
+            Some("decommissioning dc-storage-4: 10/64 partitions handed off")
+        );
+        // dc-storage-4 gone from the view: shrink past it, decommission dc-storage-3.
+        let p = plan(&observed(
+            vec![set(3, Some(5), &[0, 1, 2, 3, 4])],
+            Ok(view(&[0, 1, 2, 3])),
+        ));
+        assert_eq!(
+            (p.replicas.clone(), p.step.clone()),
+            (vec![4], Step::Decommission(node(3)))
+        );
+        // Both gone: shrink to 3.
+        let p = plan(&observed(
+            vec![set(3, Some(4), &[0, 1, 2, 3])],
+            Ok(view(&[0, 1, 2])),
+        ));
+        assert_eq!((p.replicas.clone(), p.step.clone()), (vec![3], Step::None));
+    }
+
+    #[test]
+    fn without_the_cluster_view_nothing_shrinks_and_no_change_begins() {
+        // Goal: a failing ring service or coordinator means no unsafe step.
+        let p = plan(&observed(
+            vec![set(3, Some(5), &[0, 1, 2, 3, 4])],
+            Err("503 ring_unavailable".into()),
+        ));
+        assert_eq!((p.replicas.clone(), p.step.clone()), (vec![5], Step::None));
+        assert!(
+            p.degraded
+                .as_deref()
+                .is_some_and(|d| d.contains("ring_unavailable"))
+        );
+        // Growing goes on.
+        let p = plan(&observed(
+            vec![set(5, Some(3), &[0, 1, 2])],
+            Err("connection refused".into()),
+        ));
+        assert_eq!((p.replicas, p.step), (vec![5], Step::None));
+    }
+
+    #[test]
+    fn a_scale_down_below_n_is_refused() {
+        let p = plan(&observed(vec![set(2, Some(3), &[0, 1, 2])], Ok(view(&[0, 1, 2]))));
+        assert_eq!((p.replicas.clone(), p.step.clone()), (vec![3], Step::None));
+        assert!(p.refused.as_deref().is_some_and(|r| r.contains("N = 3")), "{p:?}");
+    }
+
+    #[test]
+    fn a_failed_change_of_our_node_is_retried_one_of_others_only_reported() {
+        let mut v = view(&[0, 1, 2]);
+        v.change = Some(change(ChangeKindName::Join, 3, 0, Some("copy failed")));
+        let p = plan(&observed(vec![set(4, Some(4), &[0, 1, 2, 3])], Ok(v.clone())));
+        assert_eq!(p.step, Step::RetryChange(node(3)));
+        assert!(p.degraded.is_some());
+        if let Some(c) = v.change.as_mut() {
+            c.change.node = NodeId::new("someone-else").expect("id");
+        }
+        let p = plan(&observed(vec![set(4, Some(4), &[0, 1, 2, 3])], Ok(v)));
+        assert_eq!(p.step, Step::None);
+    }
+
+    #[test]
+    fn a_member_at_another_address_is_reported_not_re_pointed() {
+        let mut v = view(&[0, 1, 2]);
+        v.nodes[1].address = "http://elsewhere:7100".into();
+        let p = plan(&observed(vec![set(3, Some(3), &[0, 1, 2])], Ok(v)));
+        assert_eq!(p.step, Step::None);
+        assert!(p.degraded.as_deref().is_some_and(|d| d.contains("dc-storage-1")));
+    }
+
+    #[test]
+    fn zones_interleave_joins() {
+        let sets = vec![
+            SetObserved {
+                name: "dc-storage-a".into(),
+                zone: Some("a".into()),
+                ..set(2, Some(2), &[0, 1])
+            },
+            SetObserved {
+                name: "dc-storage-b".into(),
+                zone: Some("b".into()),
+                ..set(2, Some(2), &[0, 1])
+            },
+        ];
+        let mut obs = observed(sets, Ok(view(&[])));
+        obs.n = 1;
+        let mut joined = Vec::new();
+        let mut v = view(&[]);
+        for _ in 0..4 {
+            obs.view = Ok(v.clone());
+            let Step::Join(r) = plan(&obs).step else {
+                panic!("expected a join")
+            };
+            joined.push(format!("{}@{}", r.node_id, r.zone.clone().unwrap_or_default()));
+            v.nodes.push(NodeStatus {
+                node_id: r.node_id,
+                address: r.address,
+                zone: r.zone,
+                state: NodeState::Up,
+                last_heartbeat_ms_ago: None,
+                anti_entropy: None,
+            });
+        }
+        assert_eq!(
+            joined,
+            [
+                "dc-storage-a-0@a",
+                "dc-storage-b-0@b",
+                "dc-storage-a-1@a",
+                "dc-storage-b-1@b"
+            ]
+        );
+        obs.view = Ok(v);
+        assert_eq!(plan(&obs).step, Step::None);
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        assert_eq!(backoff(0), Duration::from_secs(5));
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(30), Duration::from_secs(300));
+        assert_eq!(ordinal_of("dc-storage", "dc-storage-12"), Some(12));
+        assert_eq!(ordinal_of("dc-storage", "dc-storage-a-1"), None);
+    }
+}

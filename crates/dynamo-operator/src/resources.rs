@@ -1,0 +1,680 @@
+//! The objects the operator owns for a `DynamoCluster`, built as server-side-apply
+//! bodies: the ring StatefulSet and its headless Service, the storage StatefulSet(s) and
+//! their headless Service, the coordinator Deployment and Service, and the
+//! PodDisruptionBudgets.
+//!
+//! They mirror what the Helm chart renders (`helm/dynamo/templates/`): the same names
+//! (`<cluster>-ring`, `<cluster>-storage[-<zone>]`, `<cluster>-coordinator`), ports,
+//! `DYNAMO_*` variables, secrets mounted as files under `/etc/dynamo/secrets` and passed
+//! with `*_FILE` variables, uid 10001, a read-only root filesystem and the binary's name
+//! as the command. Pure: no client, so every field is unit-tested.
+
+use std::collections::BTreeMap;
+
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::crd::{DynamoCluster, SecretKind, StorageSet};
+
+/// The ring service's port.
+pub const RING_PORT: u16 = 7000;
+/// The storage nodes' port.
+pub const STORAGE_PORT: u16 = 7100;
+/// The coordinators' port (container and Service).
+pub const COORDINATOR_PORT: u16 = 8080;
+/// Where secrets are mounted.
+pub const SECRETS_DIR: &str = "/etc/dynamo/secrets";
+/// The field manager of the operator's server-side applies.
+pub const FIELD_MANAGER: &str = "dynamo-operator";
+/// The uid (and gid) every container runs as.
+const UID: i64 = 10001;
+
+/// One object to apply: its kind (for the API path) and body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owned {
+    /// `StatefulSet`, `Deployment`, `Service` or `PodDisruptionBudget`.
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// The apply body, `apiVersion` and `kind` included.
+    pub body: Value,
+}
+
+/// Names and addresses of one cluster's objects.
+#[derive(Clone, Debug)]
+pub struct Names {
+    /// The `DynamoCluster`'s name.
+    pub cluster: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The `app.kubernetes.io/instance` label: the cluster's own label when it has one
+    /// (the Helm chart sets its release's, so its NetworkPolicies select these pods),
+    /// else its name.
+    pub instance: String,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The DNS domain.
+    pub domain: String,
+}
+
+impl Names {
+    /// The names of `dc`'s objects.
+    pub fn of(dc: &DynamoCluster) -> Names {
+        let cluster = dc.name_any();
+        Names {
+            instance: dc
+                .labels()
+                .get("app.kubernetes.io/instance")
+                .cloned()
+                .unwrap_or_else(|| cluster.clone()),
+            namespace: dc.namespace().unwrap_or_else(|| "default".into()),
+            scheme: if dc.spec.tls.is_some() { "https" } else { "http" },
+            domain: dc.spec.cluster_domain.clone(),
+            cluster,
+        }
+    }
+
+    /// `<cluster>-ring`.
+    pub fn ring(&self) -> String {
+        format!("{}-ring", self.cluster)
+    }
+
+    /// `<cluster>-storage`: the headless Service of every storage pod.
+    pub fn storage(&self) -> String {
+        format!("{}-storage", self.cluster)
+    }
+
+    /// `<cluster>-coordinator`.
+    pub fn coordinator(&self) -> String {
+        format!("{}-coordinator", self.cluster)
+    }
+
+    fn host(&self, service: &str) -> String {
+        format!("{service}.{}.svc.{}", self.namespace, self.domain)
+    }
+
+    /// The ring service's URL.
+    pub fn ring_url(&self) -> String {
+        format!("{}://{}:{RING_PORT}", self.scheme, self.host(&self.ring()))
+    }
+
+    /// The coordinators' URL: where the operator joins and decommissions nodes.
+    pub fn coordinator_url(&self) -> String {
+        format!(
+            "{}://{}:{COORDINATOR_PORT}",
+            self.scheme,
+            self.host(&self.coordinator())
+        )
+    }
+
+    /// What follows `<pod>.` in a storage pod's address.
+    pub fn storage_address_suffix(&self) -> String {
+        format!("{}:{STORAGE_PORT}", self.host(&self.storage()))
+    }
+
+    /// The selector labels of a component.
+    pub fn selector(&self, component: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".into(), "dynamo".into()),
+            ("app.kubernetes.io/instance".into(), self.instance.clone()),
+            ("app.kubernetes.io/component".into(), component.into()),
+        ])
+    }
+
+    /// Every label of a component's objects.
+    pub fn labels(&self, component: &str) -> BTreeMap<String, String> {
+        let mut l = self.selector(component);
+        l.insert("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into());
+        l.insert("app.kubernetes.io/part-of".into(), "dynamo".into());
+        l.insert("dynamo.io/cluster".into(), self.cluster.clone());
+        l
+    }
+}
+
+/// Every object of `dc`, with `storage_replicas[i]` pods in storage set `i` (the plan's
+/// count, never the spec's directly: see `plan`).
+pub fn owned(dc: &DynamoCluster, storage_replicas: &[i32]) -> Vec<Owned> {
+    let names = Names::of(dc);
+    let mut out = vec![
+        headless(dc, &names, &names.ring(), "ring", RING_PORT, false),
+        ring_statefulset(dc, &names),
+        headless(dc, &names, &names.storage(), "storage", STORAGE_PORT, true),
+    ];
+    for (set, replicas) in dc.spec.storage_sets(&names.cluster).iter().zip(storage_replicas) {
+        out.push(storage_statefulset(dc, &names, set, *replicas));
+    }
+    out.push(coordinator_service(dc, &names));
+    out.push(coordinator_deployment(dc, &names));
+    let n = i64::from(dc.spec.defaults.replicas);
+    let quorum = i64::from(dc.spec.defaults.read_quorum.max(dc.spec.defaults.write_quorum));
+    // N - max(R, W) nodes down still leave every key a read and a write quorum.
+    out.push(pdb(dc, &names, "ring", 1));
+    out.push(pdb(dc, &names, "storage", (n - quorum).max(1)));
+    out.push(pdb(dc, &names, "coordinator", 1));
+    out
+}
+
+/// The owner reference every owned object carries: deleting the cluster deletes them
+/// (PVCs follow the retention policy).
+fn owner(dc: &DynamoCluster) -> Value {
+    let oref = dc
+        .controller_owner_ref(&())
+        .map(|o| serde_json::to_value(o).unwrap_or(Value::Null));
+    json!([oref.unwrap_or(Value::Null)])
+}
+
+fn metadata(dc: &DynamoCluster, names: &Names, name: &str, component: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": names.namespace,
+        "labels": names.labels(component),
+        "ownerReferences": owner(dc),
+    })
+}
+
+fn headless(
+    dc: &DynamoCluster,
+    names: &Names,
+    name: &str,
+    component: &str,
+    port: u16,
+    not_ready: bool,
+) -> Owned {
+    let mut spec = json!({
+        "clusterIP": "None",
+        "selector": names.selector(component),
+        "ports": [{"name": "api", "port": port, "targetPort": "api", "protocol": "TCP"}],
+    });
+    if not_ready {
+        // Peers and the ring service reach a node by name while it starts (a handoff
+        // pulls into a node before it is a member).
+        spec["publishNotReadyAddresses"] = json!(true);
+    }
+    Owned {
+        kind: "Service",
+        name: name.into(),
+        body: json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(dc, names, name, component),
+            "spec": spec,
+        }),
+    }
+}
+
+fn coordinator_service(dc: &DynamoCluster, names: &Names) -> Owned {
+    let name = names.coordinator();
+    Owned {
+        kind: "Service",
+        name: name.clone(),
+        body: json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(dc, names, &name, "coordinator"),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": names.selector("coordinator"),
+                "ports": [{"name": "api", "port": COORDINATOR_PORT, "targetPort": "api", "protocol": "TCP"}],
+            },
+        }),
+    }
+}
+
+fn pdb(dc: &DynamoCluster, names: &Names, component: &str, max_unavailable: i64) -> Owned {
+    let name = format!("{}-{component}", names.cluster);
+    Owned {
+        kind: "PodDisruptionBudget",
+        name: name.clone(),
+        body: json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": metadata(dc, names, &name, component),
+            "spec": {
+                "maxUnavailable": max_unavailable,
+                "selector": {"matchLabels": names.selector(component)},
+            },
+        }),
+    }
+}
+
+fn env(name: &str, value: impl Into<Value>) -> Value {
+    json!({"name": name, "value": value.into()})
+}
+
+/// Variables every service shares: listening, logs, the member key, TLS.
+fn common_env(dc: &DynamoCluster, port: u16) -> Vec<Value> {
+    let mut e = vec![
+        env("DYNAMO_LISTEN", format!("0.0.0.0:{port}")),
+        env("DYNAMO_LOG_JSON", "true"),
+        env("DYNAMO_MEMBER_KEY_FILE", format!("{SECRETS_DIR}/member-key")),
+    ];
+    if dc.spec.tls.is_some() {
+        e.push(env("DYNAMO_TLS_CERT_FILE", "/etc/dynamo/tls/tls.crt"));
+        e.push(env("DYNAMO_TLS_KEY_FILE", "/etc/dynamo/tls/tls.key"));
+        e.push(env("DYNAMO_TLS_CA_FILE", "/etc/dynamo/tls/ca.crt"));
+    }
+    e
+}
+
+/// The pod's volumes: a projected volume with one file per secret, the TLS Secret, /tmp.
+fn volumes(dc: &DynamoCluster, names: &Names, secrets: &[SecretKind]) -> Vec<Value> {
+    let sources: Vec<Value> = secrets
+        .iter()
+        .map(|which| {
+            let r = dc.spec.secret(&names.cluster, *which);
+            json!({"secret": {"name": r.name, "items": [{"key": r.key, "path": which.file()}]}})
+        })
+        .collect();
+    let mut v = vec![json!({"name": "secrets", "projected": {"defaultMode": 0o440, "sources": sources}})];
+    if let Some(tls) = &dc.spec.tls {
+        v.push(json!({"name": "tls", "secret": {"secretName": tls.secret_name, "defaultMode": 0o440}}));
+    }
+    v.push(json!({"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}));
+    v
+}
+
+fn mounts(dc: &DynamoCluster, data: bool) -> Vec<Value> {
+    let mut m = Vec::new();
+    if data {
+        m.push(json!({"name": "data", "mountPath": "/var/lib/dynamo"}));
+    }
+    m.push(json!({"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": true}));
+    if dc.spec.tls.is_some() {
+        m.push(json!({"name": "tls", "mountPath": "/etc/dynamo/tls", "readOnly": true}));
+    }
+    m.push(json!({"name": "tmp", "mountPath": "/tmp"}));
+    m
+}
+
+fn probes(dc: &DynamoCluster, startup_seconds: i64) -> Value {
+    let scheme = if dc.spec.tls.is_some() { "HTTPS" } else { "HTTP" };
+    let get = |path: &str| json!({"path": path, "port": "api", "scheme": scheme});
+    json!({
+        "startupProbe": {"httpGet": get("/healthz"), "periodSeconds": 2, "failureThreshold": startup_seconds / 2},
+        "livenessProbe": {"httpGet": get("/healthz"), "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": get("/readyz"), "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2},
+    })
+}
+
+fn container_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+fn resources_or(
+    given: &Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    cpu: &str,
+    memory: &str,
+    limit: &str,
+) -> Value {
+    given.as_ref().map_or_else(
+        || json!({"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": limit}}),
+        |r| serde_json::to_value(r).unwrap_or(Value::Null),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn container(
+    dc: &DynamoCluster,
+    name: &str,
+    binary: &str,
+    port: u16,
+    env: Vec<Value>,
+    mounts: Vec<Value>,
+    resources: Value,
+    startup_seconds: i64,
+) -> Value {
+    let mut c = json!({
+        "name": name,
+        "image": format!("{}:{}", dc.spec.image.repository, dc.spec.image.tag),
+        "imagePullPolicy": dc.spec.image.pull_policy,
+        "command": [binary],
+        "ports": [{"name": "api", "containerPort": port, "protocol": "TCP"}],
+        "env": env,
+        "resources": resources,
+        "securityContext": container_security(),
+        "volumeMounts": mounts,
+    });
+    if let (Some(c), Value::Object(p)) = (c.as_object_mut(), probes(dc, startup_seconds)) {
+        c.extend(p);
+    }
+    c
+}
+
+fn pod_spec(containers: Value, volumes: Vec<Value>) -> Value {
+    json!({
+        // No pod of the cluster calls the Kubernetes API.
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "fsGroup": UID,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": containers,
+        "volumes": volumes,
+    })
+}
+
+fn claim(names: &Names, component: &str, size: &str, class: &Option<String>) -> Value {
+    let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}});
+    if let Some(class) = class {
+        spec["storageClassName"] = json!(class);
+    }
+    json!([{
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data", "labels": names.selector(component)},
+        "spec": spec,
+    }])
+}
+
+fn ring_statefulset(dc: &DynamoCluster, names: &Names) -> Owned {
+    let name = names.ring();
+    let mut env = common_env(dc, RING_PORT);
+    env.extend([
+        env_var("DYNAMO_CONTROL_KEY_FILE", format!("{SECRETS_DIR}/control-key")),
+        env_var("DYNAMO_DATA_DIR", "/var/lib/dynamo"),
+        env_var("DYNAMO_PARTITIONS", dc.spec.partitions.to_string()),
+        env_var("DYNAMO_N", dc.spec.defaults.replicas.to_string()),
+    ]);
+    let c = container(
+        dc,
+        "ring",
+        "dynamo-ring",
+        RING_PORT,
+        env,
+        mounts(dc, true),
+        resources_or(&dc.spec.ring.resources, "100m", "128Mi", "512Mi"),
+        60,
+    );
+    let p = &dc.spec.ring.persistence;
+    Owned {
+        kind: "StatefulSet",
+        name: name.clone(),
+        body: json!({
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": metadata(dc, names, &name, "ring"),
+            "spec": {
+                "replicas": dc.spec.ring.replicas,
+                "serviceName": name,
+                "podManagementPolicy": "OrderedReady",
+                "updateStrategy": {"type": "RollingUpdate"},
+                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+                "selector": {"matchLabels": names.selector("ring")},
+                "template": {
+                    "metadata": {"labels": names.labels("ring")},
+                    "spec": pod_spec(json!([c]), volumes(dc, names, &[SecretKind::MemberKey, SecretKind::ControlKey])),
+                },
+                "volumeClaimTemplates": claim(names, "ring", &p.size, &p.storage_class),
+            },
+        }),
+    }
+}
+
+fn env_var(name: &str, value: impl Into<String>) -> Value {
+    env(name, value.into())
+}
+
+fn storage_statefulset(dc: &DynamoCluster, names: &Names, set: &StorageSet, replicas: i32) -> Owned {
+    let mut env =
+        vec![json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})];
+    env.extend(common_env(dc, STORAGE_PORT));
+    env.extend([
+        env_var("DYNAMO_DATA_DIR", "/var/lib/dynamo"),
+        env_var("DYNAMO_PARTITIONS", dc.spec.partitions.to_string()),
+        env_var("DYNAMO_DURABILITY", dc.spec.storage.durability.clone()),
+        env_var("DYNAMO_RING_URL", names.ring_url()),
+        env_var(
+            "DYNAMO_ADVERTISE_ADDRESS",
+            format!(
+                "{}://$(POD_NAME).{}",
+                names.scheme,
+                names.storage_address_suffix()
+            ),
+        ),
+    ]);
+    let c = container(
+        dc,
+        "storage",
+        "dynamo-storage",
+        STORAGE_PORT,
+        env,
+        mounts(dc, true),
+        resources_or(&dc.spec.storage.resources, "500m", "1Gi", "2Gi"),
+        600,
+    );
+    let mut selector = names.selector("storage");
+    selector.insert("dynamo.io/storage-set".into(), set.name.clone());
+    let mut labels = names.labels("storage");
+    labels.insert("dynamo.io/storage-set".into(), set.name.clone());
+    let mut meta = metadata(dc, names, &set.name, "storage");
+    if let Some(zone) = &set.zone {
+        labels.insert("dynamo.io/zone".into(), zone.clone());
+        meta["labels"]["dynamo.io/zone"] = json!(zone);
+    }
+    let mut pod = pod_spec(json!([c]), volumes(dc, names, &[SecretKind::MemberKey]));
+    pod["topologySpreadConstraints"] = json!([{
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": names.selector("storage")},
+    }]);
+    if let Some(zone) = &set.zone {
+        pod["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": [zone]}]}
+        ]}}});
+    }
+    let p = &dc.spec.storage.persistence;
+    let retention = &dc.spec.storage.pvc_retention_policy;
+    Owned {
+        kind: "StatefulSet",
+        name: set.name.clone(),
+        body: json!({
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": meta,
+            "spec": {
+                "replicas": replicas,
+                "serviceName": names.storage(),
+                // Nodes start together; the operator orders the membership changes.
+                "podManagementPolicy": "Parallel",
+                "updateStrategy": {"type": "RollingUpdate"},
+                // Scaled-away volumes go only after the node's decommission finished
+                // (the plan shrinks no earlier), and only on the spec's opt-in.
+                "persistentVolumeClaimRetentionPolicy": {
+                    "whenDeleted": retention.when_deleted.as_str(),
+                    "whenScaled": retention.when_scaled.as_str(),
+                },
+                "selector": {"matchLabels": selector},
+                "template": {"metadata": {"labels": labels}, "spec": pod},
+                "volumeClaimTemplates": claim(names, "storage", &p.size, &p.storage_class),
+            },
+        }),
+    }
+}
+
+fn coordinator_deployment(dc: &DynamoCluster, names: &Names) -> Owned {
+    let name = names.coordinator();
+    let mut env = common_env(dc, COORDINATOR_PORT);
+    let d = &dc.spec.defaults;
+    env.extend([
+        env_var("DYNAMO_CONTROL_KEY_FILE", format!("{SECRETS_DIR}/control-key")),
+        env_var("DYNAMO_CONTEXT_KEY_FILE", format!("{SECRETS_DIR}/context-key")),
+        env_var("DYNAMO_ROOT_TOKEN_FILE", format!("{SECRETS_DIR}/root-token")),
+        env_var("DYNAMO_RING_URL", names.ring_url()),
+        env_var("DYNAMO_DEFAULT_N", d.replicas.to_string()),
+        env_var("DYNAMO_DEFAULT_R", d.read_quorum.to_string()),
+        env_var("DYNAMO_DEFAULT_W", d.write_quorum.to_string()),
+    ]);
+    let c = container(
+        dc,
+        "coordinator",
+        "dynamo-coordinator",
+        COORDINATOR_PORT,
+        env,
+        mounts(dc, false),
+        resources_or(&dc.spec.coordinator.resources, "250m", "256Mi", "1Gi"),
+        60,
+    );
+    let all = [
+        SecretKind::RootToken,
+        SecretKind::MemberKey,
+        SecretKind::ControlKey,
+        SecretKind::ContextKey,
+    ];
+    Owned {
+        kind: "Deployment",
+        name: name.clone(),
+        body: json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata(dc, names, &name, "coordinator"),
+            "spec": {
+                "replicas": dc.spec.coordinator.replicas,
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "selector": {"matchLabels": names.selector("coordinator")},
+                "template": {
+                    "metadata": {"labels": names.labels("coordinator")},
+                    "spec": pod_spec(json!([c]), volumes(dc, names, &all)),
+                },
+            },
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+    pub(crate) fn cluster(spec: Value) -> DynamoCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "dynamo.io/v1alpha1",
+            "kind": "DynamoCluster",
+            "metadata": {"name": "dc", "namespace": "ns", "uid": "u-1", "generation": 1},
+            "spec": spec,
+        }))
+        .expect("a valid DynamoCluster")
+    }
+
+    /// Each body survives a round trip through its typed Kubernetes object unchanged: a
+    /// misspelt field (which the typed object drops) fails here, not in a cluster.
+    fn round_trips<T: serde::de::DeserializeOwned + serde::Serialize>(o: &Owned) {
+        let typed: T = serde_json::from_value(o.body.clone()).unwrap_or_else(|e| panic!("{}: {e}", o.name));
+        let back = serde_json::to_value(typed).expect("serializes");
+        assert_eq!(
+            back, o.body,
+            "{} {} has a field Kubernetes does not know",
+            o.kind, o.name
+        );
+    }
+
+    #[test]
+    fn every_object_is_a_valid_kubernetes_object() {
+        // Goal: the apply bodies use only real fields (typos would be dropped silently by
+        // the API server's pruning of the typed object).
+        for spec in [
+            json!({}),
+            json!({"zones": ["a", "b"], "tls": {"secretName": "t"}}),
+        ] {
+            let dc = cluster(spec);
+            let sets = dc.spec.storage_sets("dc").len();
+            for o in owned(&dc, &vec![3; sets]) {
+                match o.kind {
+                    "StatefulSet" => round_trips::<StatefulSet>(&o),
+                    "Deployment" => round_trips::<Deployment>(&o),
+                    "Service" => round_trips::<Service>(&o),
+                    "PodDisruptionBudget" => round_trips::<PodDisruptionBudget>(&o),
+                    other => panic!("unexpected kind {other}"),
+                }
+                assert_eq!(
+                    o.body["metadata"]["ownerReferences"][0]["uid"], "u-1",
+                    "{} has no owner",
+                    o.name
+                );
+                assert_eq!(o.body["metadata"]["ownerReferences"][0]["controller"], true);
+            }
+        }
+    }
+
+    #[test]
+    fn the_objects_mirror_the_chart() {
+        let dc = cluster(
+            json!({"storage": {"replicas": 5}, "defaults": {"replicas": 3, "readQuorum": 2, "writeQuorum": 2}}),
+        );
+        let all = owned(&dc, &[4]);
+        let by = |name: &str, kind: &str| {
+            all.iter()
+                .find(|o| o.name == name && o.kind == kind)
+                .unwrap_or_else(|| panic!("no {kind} {name}"))
+                .body
+                .clone()
+        };
+        let sts = by("dc-storage", "StatefulSet");
+        assert_eq!(sts["spec"]["replicas"], 4, "the plan's count, not the spec's");
+        assert_eq!(
+            sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
+            "Retain"
+        );
+        let c = &sts["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["command"], json!(["dynamo-storage"]));
+        assert_eq!(c["securityContext"]["runAsUser"], 10001);
+        let env: BTreeMap<String, Value> = c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or_default().to_owned(),
+                    e["value"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            env["DYNAMO_ADVERTISE_ADDRESS"],
+            "http://$(POD_NAME).dc-storage.ns.svc.cluster.local:7100"
+        );
+        assert_eq!(env["DYNAMO_RING_URL"], "http://dc-ring.ns.svc.cluster.local:7000");
+        assert!(
+            !env.contains_key("DYNAMO_CONTROL_KEY_FILE"),
+            "storage nodes never get the control key"
+        );
+        assert!(
+            env.keys().all(|k| !k.ends_with("KEY") && !k.ends_with("TOKEN")),
+            "secrets only as files"
+        );
+        let coord = by("dc-coordinator", "Deployment");
+        let text = coord.to_string();
+        for var in [
+            "DYNAMO_ROOT_TOKEN_FILE",
+            "DYNAMO_CONTEXT_KEY_FILE",
+            "DYNAMO_DEFAULT_N",
+        ] {
+            assert!(text.contains(var), "coordinator lacks {var}");
+        }
+        assert_eq!(
+            by("dc-storage", "PodDisruptionBudget")["spec"]["maxUnavailable"],
+            1
+        );
+        assert_eq!(
+            by("dc-storage", "Service")["spec"]["publishNotReadyAddresses"],
+            true
+        );
+        assert_eq!(by("dc-ring", "StatefulSet")["spec"]["replicas"], 1);
+    }
+}

@@ -1,0 +1,835 @@
+//! The reconcile against a scripted Kubernetes API server (`tower_test::mock::pair`
+//! behind a real `kube::Client`) and a fake Dynamo public API (an axum server on
+//! loopback): each test plays one scenario and asserts the exchange, request by request
+//! (method, path, body), and what was never sent. Every test is bounded by a timeout.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use dynamo_client::{
+    ChangeKindName, ChangeProgress, ChangeSummary, ClusterView, NodeId, NodeRegistration, NodeState,
+    NodeStatus, RingEpoch,
+};
+use dynamo_operator::crd::DynamoCluster;
+use dynamo_operator::lease::{self, Leadership, LeaseConfig};
+use dynamo_operator::metrics::Metrics;
+use dynamo_operator::reconcile::{self, Context, Settings};
+use http::{Request, Response};
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+const NS: &str = "ns";
+const SUFFIX: &str = "dc-storage.ns.svc.cluster.local:7100";
+
+// ---------------------------------------------------------------------------------------
+// The fake Kubernetes API server.
+
+/// One request the operator sent.
+#[derive(Clone, Debug)]
+struct Call {
+    method: String,
+    /// The path and query.
+    uri: String,
+    body: Value,
+}
+
+impl Call {
+    fn path(&self) -> &str {
+        self.uri.split('?').next().unwrap_or_default()
+    }
+
+    fn is(&self, method: &str, path: &str) -> bool {
+        self.method == method && self.path() == path
+    }
+}
+
+/// What the fake API server holds and answers from.
+#[derive(Default)]
+struct World {
+    /// The DynamoCluster as stored.
+    dc: Value,
+    /// `spec.replicas` of each live StatefulSet.
+    statefulsets: BTreeMap<String, i64>,
+    /// Ready storage pods.
+    ready_pods: Vec<String>,
+    /// Status codes to answer for (method, path) instead of the normal reply, once each.
+    fail_once: Vec<(String, String, u16)>,
+    /// Every request, in order.
+    log: Vec<Call>,
+}
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// Plays the Kubernetes API server until the test ends: answers each request from
+/// `world` and records it.
+fn spawn_api_server(mut handle: Handle, world: Arc<Mutex<World>>) {
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.expect("request body");
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let call = Call {
+                method: parts.method.to_string(),
+                uri: parts.uri.to_string(),
+                body,
+            };
+            let (status, reply) = answer(&mut world.lock().expect("world"), &call);
+            let response = Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+                .expect("response");
+            send.send_response(response);
+        }
+    });
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": reason, "reason": reason, "code": code})
+}
+
+fn answer(world: &mut World, call: &Call) -> (u16, Value) {
+    world.log.push(call.clone());
+    let path = call.path().to_owned();
+    if let Some(i) = world
+        .fail_once
+        .iter()
+        .position(|(m, p, _)| *m == call.method && *p == path)
+    {
+        let (_, _, code) = world.fail_once.remove(i);
+        return (
+            code,
+            status(code, if code == 409 { "Conflict" } else { "InternalError" }),
+        );
+    }
+    let base = format!("/apis/dynamo.io/v1alpha1/namespaces/{NS}/dynamoclusters/dc");
+    let sts_base = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/");
+    match (call.method.as_str(), path.as_str()) {
+        // The finalizer helper's JSON patch, and the status merge patch.
+        ("PATCH", p) if p == base => {
+            if let Some(ops) = call.body.as_array() {
+                for op in ops {
+                    if op["op"] == "add" && op["path"] == "/metadata/finalizers" {
+                        world.dc["metadata"]["finalizers"] = op["value"].clone();
+                    }
+                    if op["op"] == "remove" {
+                        world.dc["metadata"]["finalizers"] = json!([]);
+                    }
+                }
+            }
+            (200, world.dc.clone())
+        }
+        ("PATCH", p) if p == format!("{base}/status") => {
+            world.dc["status"] = call.body["status"].clone();
+            (200, world.dc.clone())
+        }
+        ("GET", p) if p.starts_with(&sts_base) => {
+            let name = &p[sts_base.len()..];
+            match world.statefulsets.get(name) {
+                Some(r) => (
+                    200,
+                    json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name, "namespace": NS}, "spec": {"replicas": r, "selector": {}, "serviceName": "x", "template": {}}}),
+                ),
+                None => (404, status(404, "NotFound")),
+            }
+        }
+        ("PATCH", p) if p.starts_with(&sts_base) => {
+            let name = p[sts_base.len()..].to_owned();
+            let replicas = call.body["spec"]["replicas"]
+                .as_i64()
+                .expect("replicas in the apply body");
+            world.statefulsets.insert(name, replicas);
+            (200, call.body.clone())
+        }
+        // Every other server-side apply: echo the object.
+        ("PATCH", _) if call.uri.contains("fieldManager=dynamo-operator") => (200, call.body.clone()),
+        ("GET", p) if p == format!("/api/v1/namespaces/{NS}/pods") => {
+            let items: Vec<Value> = world
+                .ready_pods
+                .iter()
+                .map(|name| json!({"metadata": {"name": name, "namespace": NS}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+                .collect();
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}),
+            )
+        }
+        ("GET", p) if p == format!("/api/v1/namespaces/{NS}/secrets/dc-root-token") => (
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "dc-root-token"}, "data": {"root-token": "cm9vdC10b2tlbi1mb3ItdGhlLXRlc3RzCg=="}}),
+        ),
+        ("POST", p) if p == format!("/apis/events.k8s.io/v1/namespaces/{NS}/events") => {
+            (201, call.body.clone())
+        }
+        ("PATCH", p) if p.starts_with(&format!("/apis/events.k8s.io/v1/namespaces/{NS}/events/")) => {
+            (200, call.body.clone())
+        }
+        _ => (404, status(404, "NotFound")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The fake Dynamo public API (the coordinators).
+
+#[derive(Default)]
+struct Dynamo {
+    view: Option<ClusterView>,
+    /// Answer `503 ring_unavailable` to everything.
+    ring_down: bool,
+    joins: Vec<NodeRegistration>,
+    decommissions: Vec<String>,
+    /// The bearer tokens seen.
+    tokens: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Dynamo>>;
+
+fn unavailable() -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": {"code": "ring_unavailable", "message": "the ring service does not answer"}})),
+    )
+}
+
+async fn fake_dynamo(state: Shared) -> String {
+    async fn cluster(
+        State(s): State<Shared>,
+        headers: axum::http::HeaderMap,
+    ) -> Result<Json<ClusterView>, (StatusCode, Json<Value>)> {
+        let mut d = s.lock().expect("dynamo");
+        if let Some(t) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+            d.tokens.push(t.to_owned());
+        }
+        if d.ring_down {
+            return Err(unavailable());
+        }
+        Ok(Json(d.view.clone().expect("a view")))
+    }
+    async fn join(
+        State(s): State<Shared>,
+        Json(reg): Json<NodeRegistration>,
+    ) -> Result<Json<ClusterView>, (StatusCode, Json<Value>)> {
+        let mut d = s.lock().expect("dynamo");
+        if d.ring_down {
+            return Err(unavailable());
+        }
+        d.joins.push(reg.clone());
+        let view = d.view.as_mut().expect("a view");
+        view.nodes.push(node(reg.node_id.as_str(), NodeState::Joining));
+        view.change = Some(progress(ChangeKindName::Join, reg.node_id.as_str(), 0));
+        Ok(Json(view.clone()))
+    }
+    async fn decommission(
+        State(s): State<Shared>,
+        Path(id): Path<String>,
+    ) -> Result<Json<ClusterView>, (StatusCode, Json<Value>)> {
+        let mut d = s.lock().expect("dynamo");
+        if d.ring_down {
+            return Err(unavailable());
+        }
+        d.decommissions.push(id.clone());
+        let view = d.view.as_mut().expect("a view");
+        for n in &mut view.nodes {
+            if n.node_id.as_str() == id {
+                n.state = NodeState::Leaving;
+            }
+        }
+        view.change = Some(progress(ChangeKindName::Decommission, &id, 0));
+        Ok(Json(view.clone()))
+    }
+    let app = Router::new()
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/nodes", post(join))
+        .route("/v1/cluster/nodes/{id}", delete(decommission))
+        .with_state(state);
+    dynamo_testkit::serve(app).await
+}
+
+fn node(id: &str, state: NodeState) -> NodeStatus {
+    NodeStatus {
+        node_id: NodeId::new(id).expect("id"),
+        address: format!("http://{id}.{SUFFIX}"),
+        zone: None,
+        state,
+        last_heartbeat_ms_ago: None,
+        anti_entropy: None,
+    }
+}
+
+fn progress(kind: ChangeKindName, id: &str, done: u64) -> ChangeProgress {
+    ChangeProgress {
+        change: ChangeSummary {
+            kind,
+            node: NodeId::new(id).expect("id"),
+            replacement: None,
+            phase: "copy".into(),
+            epoch: RingEpoch(9),
+            failed: None,
+        },
+        partitions_total: 64,
+        partitions_done: done,
+        objects: 0,
+        bytes: 0,
+        stuck: None,
+    }
+}
+
+fn view(members: &[&str]) -> ClusterView {
+    ClusterView {
+        epoch: RingEpoch(8),
+        nodes: members.iter().map(|m| node(m, NodeState::Up)).collect(),
+        handoffs: Vec::new(),
+        change: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The harness.
+
+struct Harness {
+    world: Arc<Mutex<World>>,
+    dynamo: Shared,
+    ctx: Arc<Context>,
+}
+
+fn dc_json(storage: i64, finalizer: bool) -> Value {
+    json!({
+        "apiVersion": "dynamo.io/v1alpha1",
+        "kind": "DynamoCluster",
+        "metadata": {
+            "name": "dc", "namespace": NS, "uid": "dc-uid", "generation": 2, "resourceVersion": "1",
+            "finalizers": if finalizer { json!(["dynamo.io/finalizer"]) } else { json!([]) },
+        },
+        "spec": {"storage": {"replicas": storage}},
+    })
+}
+
+async fn harness(dc: Value, leader: bool) -> Harness {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let world = Arc::new(Mutex::new(World {
+        dc,
+        ..World::default()
+    }));
+    spawn_api_server(handle, world.clone());
+    let dynamo: Shared = Arc::default();
+    let url = fake_dynamo(dynamo.clone()).await;
+    let leadership = Leadership::default();
+    leadership.set(leader);
+    let registry = prometheus::Registry::new();
+    let ctx = Context::new(
+        client.clone(),
+        Recorder::new(
+            client,
+            Reporter {
+                controller: "dynamo-operator".into(),
+                instance: Some("test".into()),
+            },
+        ),
+        Metrics::new(&registry).expect("metrics"),
+        leadership,
+        Settings {
+            coordinator_url: Some(url),
+            ca_file: None,
+            api_timeout: Duration::from_secs(5),
+        },
+    );
+    Harness {
+        world,
+        dynamo,
+        ctx: Arc::new(ctx),
+    }
+}
+
+impl Harness {
+    /// Runs one reconcile of the stored DynamoCluster, bounded by [`TEST_TIMEOUT`].
+    async fn reconcile(&self) -> Result<kube::runtime::controller::Action, dynamo_operator::error::Error> {
+        let dc: DynamoCluster =
+            serde_json::from_value(self.world.lock().expect("world").dc.clone()).expect("a DynamoCluster");
+        tokio::time::timeout(TEST_TIMEOUT, reconcile::reconcile(Arc::new(dc), self.ctx.clone()))
+            .await
+            .expect("the reconcile finished in time")
+    }
+
+    fn take_log(&self) -> Vec<Call> {
+        std::mem::take(&mut self.world.lock().expect("world").log)
+    }
+
+    fn storage_replicas(&self) -> Option<i64> {
+        self.world
+            .lock()
+            .expect("world")
+            .statefulsets
+            .get("dc-storage")
+            .copied()
+    }
+
+    fn set_view(&self, v: ClusterView) {
+        self.dynamo.lock().expect("dynamo").view = Some(v);
+    }
+
+    fn stored_status(&self) -> Value {
+        self.world.lock().expect("world").dc["status"].clone()
+    }
+}
+
+fn sts_patches(log: &[Call]) -> Vec<i64> {
+    log.iter()
+        .filter(|c| {
+            c.is(
+                "PATCH",
+                &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/dc-storage"),
+            )
+        })
+        .map(|c| c.body["spec"]["replicas"].as_i64().expect("replicas"))
+        .collect()
+}
+
+fn reasons(log: &[Call]) -> Vec<String> {
+    log.iter()
+        .filter(|c| c.method == "POST" && c.path().ends_with("/events"))
+        .map(|c| c.body["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// The scenarios.
+
+#[tokio::test]
+async fn create_adds_the_finalizer_then_applies_every_object_and_joins_ready_pods() {
+    // Goal: a new DynamoCluster first gets the finalizer (and nothing else), then the
+    // owned objects by server-side apply with owner references, then joins of its pods
+    // once ready, one at a time. A second reconcile with nothing new changes nothing.
+    let h = harness(dc_json(3, false), true).await;
+    h.set_view(view(&[]));
+    h.reconcile().await.expect("reconcile");
+    let log = h.take_log();
+    assert_eq!(log.len(), 1, "only the finalizer is added first: {log:#?}");
+    assert!(log[0].is(
+        "PATCH",
+        &format!("/apis/dynamo.io/v1alpha1/namespaces/{NS}/dynamoclusters/dc")
+    ));
+    assert!(log[0].body.to_string().contains("dynamo.io/finalizer"));
+
+    h.reconcile().await.expect("reconcile");
+    let log = h.take_log();
+    let applies: Vec<String> = log
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.uri.contains("fieldManager=dynamo-operator"))
+        .map(|c| {
+            assert!(c.uri.contains("force=true"), "{}", c.uri);
+            assert_eq!(
+                c.body["metadata"]["ownerReferences"][0]["uid"], "dc-uid",
+                "{} has no owner reference",
+                c.uri
+            );
+            c.path().rsplit('/').take(2).collect::<Vec<_>>().join("<")
+        })
+        .collect();
+    assert_eq!(
+        applies.len(),
+        9,
+        "ring, storage, coordinator objects and 3 PDBs: {applies:?}"
+    );
+    assert_eq!(sts_patches(&log), vec![3]);
+    // No pod is ready yet: nobody joins; the status says what it waits for.
+    assert!(h.dynamo.lock().expect("dynamo").joins.is_empty());
+    let st = h.stored_status();
+    assert_eq!(st["waitingFor"], "pod dc-storage-0 to be ready");
+    assert_eq!(st["phase"], "Creating");
+    assert!(
+        h.dynamo
+            .lock()
+            .expect("dynamo")
+            .tokens
+            .iter()
+            .all(|t| t == "Bearer root-token-for-the-tests")
+    );
+
+    // Pods ready: dc-storage-0 joins (an Event says so), the others wait for its handoff.
+    h.world.lock().expect("world").ready_pods = vec![
+        "dc-storage-0".into(),
+        "dc-storage-1".into(),
+        "dc-storage-2".into(),
+    ];
+    h.reconcile().await.expect("reconcile");
+    let log = h.take_log();
+    let joins = h.dynamo.lock().expect("dynamo").joins.clone();
+    assert_eq!(joins.len(), 1);
+    assert_eq!(joins[0].node_id.as_str(), "dc-storage-0");
+    assert_eq!(joins[0].address, format!("http://dc-storage-0.{SUFFIX}"));
+    assert_eq!(reasons(&log), vec!["Joining"]);
+    h.reconcile().await.expect("reconcile");
+    assert_eq!(
+        h.dynamo.lock().expect("dynamo").joins.len(),
+        1,
+        "no second change while one runs"
+    );
+    assert_eq!(
+        h.stored_status()["waitingFor"],
+        "joining dc-storage-0: 0/64 partitions handed off"
+    );
+
+    // Idempotent: a settled cluster reconciled twice sends the same applies and no
+    // change, no event, no status write the second time.
+    h.set_view(view(&["dc-storage-0", "dc-storage-1", "dc-storage-2"]));
+    h.reconcile().await.expect("reconcile");
+    assert_eq!(h.stored_status()["phase"], "Running");
+    h.take_log();
+    h.reconcile().await.expect("reconcile");
+    let log = h.take_log();
+    assert!(reasons(&log).is_empty());
+    assert!(
+        !log.iter().any(|c| c.path().ends_with("/status")),
+        "status rewritten unchanged"
+    );
+    assert_eq!(sts_patches(&log), vec![3]);
+}
+
+#[tokio::test]
+async fn scale_up_grows_the_statefulset_then_joins_each_new_pod_after_the_last_handoff() {
+    let h = harness(dc_json(5, true), true).await;
+    h.world
+        .lock()
+        .expect("world")
+        .statefulsets
+        .insert("dc-storage".into(), 3);
+    h.world.lock().expect("world").ready_pods = vec![
+        "dc-storage-0".into(),
+        "dc-storage-1".into(),
+        "dc-storage-2".into(),
+    ];
+    h.set_view(view(&["dc-storage-0", "dc-storage-1", "dc-storage-2"]));
+    h.reconcile().await.expect("reconcile");
+    assert_eq!(h.storage_replicas(), Some(5));
+    assert!(
+        h.dynamo.lock().expect("dynamo").joins.is_empty(),
+        "no join before the pod is ready"
+    );
+    assert_eq!(h.stored_status()["waitingFor"], "pod dc-storage-3 to be ready");
+    assert_eq!(h.stored_status()["phase"], "Scaling");
+
+    h.world
+        .lock()
+        .expect("world")
+        .ready_pods
+        .extend(["dc-storage-3".into(), "dc-storage-4".into()]);
+    h.reconcile().await.expect("reconcile");
+    let joined: Vec<String> = h
+        .dynamo
+        .lock()
+        .expect("dynamo")
+        .joins
+        .iter()
+        .map(|j| j.node_id.to_string())
+        .collect();
+    assert_eq!(joined, ["dc-storage-3"]);
+    // dc-storage-3's handoff is confirmed (the change is gone, it is up): dc-storage-4.
+    h.set_view(view(&[
+        "dc-storage-0",
+        "dc-storage-1",
+        "dc-storage-2",
+        "dc-storage-3",
+    ]));
+    h.reconcile().await.expect("reconcile");
+    let joined: Vec<String> = h
+        .dynamo
+        .lock()
+        .expect("dynamo")
+        .joins
+        .iter()
+        .map(|j| j.node_id.to_string())
+        .collect();
+    assert_eq!(joined, ["dc-storage-3", "dc-storage-4"]);
+}
+
+#[tokio::test]
+async fn scale_down_decommissions_first_and_shrinks_only_after_the_handoff_is_confirmed() {
+    // Goal: the StatefulSet keeps every pod the cluster view still lists; the pod goes
+    // only after its decommission finished (the node gone from the view).
+    let h = harness(dc_json(3, true), true).await;
+    let all = [
+        "dc-storage-0",
+        "dc-storage-1",
+        "dc-storage-2",
+        "dc-storage-3",
+        "dc-storage-4",
+    ];
+    h.world
+        .lock()
+        .expect("world")
+        .statefulsets
+        .insert("dc-storage".into(), 5);
+    h.world.lock().expect("world").ready_pods = all.iter().map(|s| (*s).to_owned()).collect();
+    h.set_view(view(&all));
+
+    h.reconcile().await.expect("reconcile");
+    let log = h.take_log();
+    assert_eq!(
+        sts_patches(&log),
+        vec![5],
+        "nothing shrinks before the decommission"
+    );
+    assert_eq!(h.dynamo.lock().expect("dynamo").decommissions, ["dc-storage-4"]);
+    assert_eq!(reasons(&log), vec!["Decommissioning"]);
+
+    // The handoff runs: still 5, no second change.
+    {
+        let mut d = h.dynamo.lock().expect("dynamo");
+        if let Some(c) = d.view.as_mut().and_then(|v| v.change.as_mut()) {
+            c.partitions_done = 37;
+        }
+    }
+    for _ in 0..2 {
+        h.reconcile().await.expect("reconcile");
+        assert_eq!(sts_patches(&h.take_log()), vec![5]);
+    }
+    assert_eq!(h.dynamo.lock().expect("dynamo").decommissions.len(), 1);
+    assert_eq!(
+        h.stored_status()["waitingFor"],
+        "decommissioning dc-storage-4: 37/64 partitions handed off"
+    );
+    assert_eq!(h.stored_status()["handoff"]["partitionsDone"], 37);
+
+    // Confirmed: dc-storage-4 has left the view. Shrink past it, decommission -3.
+    h.set_view(view(&all[..4]));
+    h.reconcile().await.expect("reconcile");
+    assert_eq!(sts_patches(&h.take_log()), vec![4]);
+    assert_eq!(
+        h.dynamo.lock().expect("dynamo").decommissions,
+        ["dc-storage-4", "dc-storage-3"]
+    );
+    h.set_view(view(&all[..3]));
+    h.reconcile().await.expect("reconcile");
+    assert_eq!(sts_patches(&h.take_log()), vec![3]);
+    h.reconcile().await.expect("reconcile");
+    assert_eq!(sts_patches(&h.take_log()), vec![3]);
+    assert_eq!(h.stored_status()["phase"], "Running");
+    assert_eq!(h.stored_status()["storage"], "3/3");
+}
+
+#[tokio::test]
+async fn a_failing_ring_service_means_no_unsafe_step() {
+    // Goal: with the coordinators answering 503 ring_unavailable, a scale-down neither
+    // decommissions nor shrinks; the status says Degraded and why.
+    let h = harness(dc_json(3, true), true).await;
+    let all = ["dc-storage-0", "dc-storage-1", "dc-storage-2", "dc-storage-3"];
+    h.world
+        .lock()
+        .expect("world")
+        .statefulsets
+        .insert("dc-storage".into(), 4);
+    h.world.lock().expect("world").ready_pods = all.iter().map(|s| (*s).to_owned()).collect();
+    h.set_view(view(&all));
+    h.dynamo.lock().expect("dynamo").ring_down = true;
+    for _ in 0..2 {
+        h.reconcile().await.expect("reconcile");
+        assert_eq!(sts_patches(&h.take_log()), vec![4]);
+    }
+    assert!(h.dynamo.lock().expect("dynamo").decommissions.is_empty());
+    let st = h.stored_status();
+    assert_eq!(st["phase"], "Degraded");
+    let degraded = st["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .expect("Degraded")
+        .clone();
+    assert_eq!(degraded["status"], "True");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ring_unavailable"),
+        "{degraded}"
+    );
+}
+
+#[tokio::test]
+async fn a_scale_down_below_n_is_refused_with_a_condition_and_an_event() {
+    let h = harness(dc_json(2, true), true).await;
+    let all = ["dc-storage-0", "dc-storage-1", "dc-storage-2"];
+    h.world
+        .lock()
+        .expect("world")
+        .statefulsets
+        .insert("dc-storage".into(), 3);
+    h.world.lock().expect("world").ready_pods = all.iter().map(|s| (*s).to_owned()).collect();
+    h.set_view(view(&all));
+    h.reconcile().await.expect("reconcile");
+    let log = h.take_log();
+    assert_eq!(sts_patches(&log), vec![3]);
+    assert!(h.dynamo.lock().expect("dynamo").decommissions.is_empty());
+    assert_eq!(reasons(&log), vec!["ScaleDownRefused"]);
+    let st = h.stored_status();
+    assert!(
+        st["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .any(|c| c["type"] == "ScaleDownRefused" && c["status"] == "True")
+    );
+    // Said once: the next reconcile repeats no event.
+    h.reconcile().await.expect("reconcile");
+    assert!(reasons(&h.take_log()).is_empty());
+}
+
+#[tokio::test]
+async fn a_409_conflict_fails_the_reconcile_and_the_next_one_converges() {
+    // Goal: a conflict on an apply is an error (backoff requeue), nothing after it runs
+    // in that round (no membership change), and the retry converges.
+    let h = harness(dc_json(3, true), true).await;
+    h.world
+        .lock()
+        .expect("world")
+        .statefulsets
+        .insert("dc-storage".into(), 3);
+    h.world.lock().expect("world").ready_pods = vec!["dc-storage-0".into()];
+    h.set_view(view(&[]));
+    h.world.lock().expect("world").fail_once.push((
+        "PATCH".into(),
+        format!("/apis/apps/v1/namespaces/{NS}/statefulsets/dc-storage"),
+        409,
+    ));
+    let err = h.reconcile().await.expect_err("a conflict fails the reconcile");
+    assert!(
+        format!("{err:?}").contains("409") || format!("{err:?}").contains("Conflict"),
+        "{err:?}"
+    );
+    let action = reconcile::error_policy(
+        Arc::new(serde_json::from_value(dc_json(3, true)).expect("dc")),
+        &err,
+        h.ctx.clone(),
+    );
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(5)),
+        "the first failure in a row: 5 s"
+    );
+    assert!(
+        h.dynamo.lock().expect("dynamo").joins.is_empty(),
+        "no membership change in a failed round"
+    );
+    h.reconcile().await.expect("the retry converges");
+    assert_eq!(h.dynamo.lock().expect("dynamo").joins.len(), 1);
+}
+
+#[tokio::test]
+async fn deletion_runs_the_cleanup_and_removes_the_finalizer() {
+    let mut dc = dc_json(3, true);
+    dc["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let h = harness(dc, true).await;
+    h.set_view(view(&[]));
+    h.reconcile().await.expect("reconcile");
+    let log = h.take_log();
+    assert_eq!(reasons(&log), vec!["Deleting"]);
+    let last = log.last().expect("a request");
+    assert!(
+        last.is(
+            "PATCH",
+            &format!("/apis/dynamo.io/v1alpha1/namespaces/{NS}/dynamoclusters/dc")
+        ),
+        "{last:?}"
+    );
+    assert!(
+        last.body.to_string().contains("remove"),
+        "the finalizer is removed: {}",
+        last.body
+    );
+    assert!(
+        sts_patches(&log).is_empty(),
+        "nothing is applied to a cluster being deleted"
+    );
+    assert!(h.dynamo.lock().expect("dynamo").decommissions.is_empty());
+}
+
+#[tokio::test]
+async fn a_replica_without_the_lease_does_nothing() {
+    // Goal: a follower sends no request at all, neither to Kubernetes nor to Dynamo.
+    let h = harness(dc_json(3, true), false).await;
+    h.set_view(view(&[]));
+    h.reconcile().await.expect("reconcile");
+    assert!(h.take_log().is_empty());
+    assert!(h.dynamo.lock().expect("dynamo").tokens.is_empty());
+}
+
+#[tokio::test]
+async fn the_lease_is_not_taken_from_a_live_holder_and_a_lost_race_is_a_follower() {
+    // Goal: leader election against the API: a Lease renewed by another replica is left
+    // alone (no write), an expired one is taken over with its resourceVersion, and a
+    // 409 on that write (another replica won) leaves this one a follower.
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client, NS);
+    let cfg = LeaseConfig {
+        name: "dynamo-operator".into(),
+        identity: "replica-b".into(),
+        duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(5),
+    };
+    let now = Timestamp::from_second(1_800_000_000).expect("time");
+    let lease = |renewed: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "dynamo-operator", "namespace": NS, "resourceVersion": "7"},
+               "spec": {"holderIdentity": "replica-a", "leaseDurationSeconds": 15, "renewTime": renewed}})
+    };
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/dynamo-operator");
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        // Round 1: held by a live replica-a (renewed 5 s ago).
+        for (reply_status, reply) in [
+            (200, lease("2027-01-15T08:00:00.000000Z")),
+            // Round 2: expired (renewed a minute ago): GET, then the PUT, which loses.
+            (200, lease("2027-01-15T07:59:05.000000Z")),
+            (409, status(409, "Conflict")),
+        ] {
+            let (req, send) = handle.next_request().await.expect("a request");
+            let (parts, body) = req.into_parts();
+            let body: Value =
+                serde_json::from_slice(&body.collect_bytes().await.expect("body")).unwrap_or(Value::Null);
+            seen.push((parts.method.to_string(), parts.uri.path().to_owned(), body));
+            send.send_response(
+                Response::builder()
+                    .status(reply_status)
+                    .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+                    .expect("response"),
+            );
+        }
+        seen
+    });
+    // 2027-01-15T08:00:05Z: five seconds after the first renewal.
+    let t = Timestamp::from_second(1_800_000_005).expect("time");
+    assert!(t > now);
+    let held = tokio::time::timeout(TEST_TIMEOUT, lease::try_acquire(&api, &cfg, t))
+        .await
+        .expect("in time")
+        .expect("round 1");
+    assert!(!held, "a live lease of another replica is not taken");
+    let won = tokio::time::timeout(TEST_TIMEOUT, lease::try_acquire(&api, &cfg, t))
+        .await
+        .expect("in time")
+        .expect("round 2");
+    assert!(!won, "a lost race (409) leaves this replica a follower");
+    let seen = tokio::time::timeout(TEST_TIMEOUT, server)
+        .await
+        .expect("in time")
+        .expect("server");
+    assert_eq!(seen[0].0, "GET");
+    assert_eq!(seen[1].0, "GET");
+    assert_eq!((seen[2].0.as_str(), seen[2].1.as_str()), ("PUT", path.as_str()));
+    assert_eq!(
+        seen[2].2["metadata"]["resourceVersion"], "7",
+        "the takeover is guarded by the resourceVersion"
+    );
+    assert_eq!(seen[2].2["spec"]["holderIdentity"], "replica-b");
+    assert_eq!(seen[2].2["spec"]["leaseTransitions"], 1);
+}

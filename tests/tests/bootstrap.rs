@@ -1,0 +1,114 @@
+//! Starting a cluster the way containers do: every service at once, before any node is a
+//! member, and `dynamo cluster bootstrap` joining the storage nodes through the public
+//! API. A coordinator that started before the first join must show the empty cluster
+//! (not wait for a ring forever), and bootstrap must be safe to run again.
+
+use std::process::Command;
+use std::time::Duration;
+
+use dynamo_tests::{Cluster, Options, ROOT_TOKEN, binary};
+use serde_json::Value;
+
+/// Runs `dynamo cluster bootstrap` against the cluster's coordinator with every node;
+/// returns (success, what it printed).
+fn bootstrap(cluster: &Cluster, extra: &[String]) -> (bool, String) {
+    let mut args: Vec<String> = vec![
+        "--endpoint".into(),
+        cluster.url(),
+        "--token".into(),
+        ROOT_TOKEN.into(),
+        "cluster".into(),
+        "bootstrap".into(),
+        "--timeout".into(),
+        "120".into(),
+    ];
+    args.extend(
+        cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("node-{i}={}", n.url())),
+    );
+    args.extend(extra.iter().cloned());
+    let out = Command::new(binary("dynamo"))
+        .args(&args)
+        .output()
+        .expect("run dynamo");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+async fn view(cluster: &Cluster) -> Value {
+    let resp = cluster
+        .req(reqwest::Method::GET, "/v1/cluster")
+        .send()
+        .await
+        .expect("GET /v1/cluster");
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "GET /v1/cluster before and after the joins"
+    );
+    resp.json().await.expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_joins_every_node_once_from_an_empty_cluster() {
+    let cluster = Cluster::start(Options {
+        join: false,
+        ..Options::default()
+    })
+    .await;
+
+    // Before any join: the coordinator shows the empty cluster at once.
+    let empty = tokio::time::timeout(Duration::from_secs(10), view(&cluster))
+        .await
+        .expect("the empty cluster shows within 10 s");
+    assert_eq!(empty["epoch"], 0, "{empty}");
+    assert_eq!(empty["nodes"].as_array().map(Vec::len), Some(0), "{empty}");
+
+    let (ok, text) = tokio::task::block_in_place(|| bootstrap(&cluster, &[]));
+    assert!(ok, "bootstrap failed:\n{text}");
+    let joined = view(&cluster).await;
+    let nodes = joined["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{joined}");
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let n = nodes
+            .iter()
+            .find(|n| n["node_id"] == format!("node-{i}"))
+            .unwrap_or_else(|| panic!("node-{i} is not a member: {joined}"));
+        assert_eq!(n["address"], node.url());
+    }
+    let epoch = joined["epoch"].as_u64().expect("epoch");
+    assert!(epoch >= 3, "three joins, three epochs at least: {joined}");
+    cluster.wait_routable(3).await;
+
+    // Again: every node is a member, nothing changes.
+    let (ok, text) = tokio::task::block_in_place(|| bootstrap(&cluster, &[]));
+    assert!(ok, "a second bootstrap failed:\n{text}");
+    assert_eq!(text.matches("is a member").count(), 3, "{text}");
+    assert_eq!(view(&cluster).await["epoch"].as_u64(), Some(epoch));
+
+    // A node id given another member's address is refused, and changes nothing.
+    let mut args: Vec<String> = vec![
+        "--endpoint".into(),
+        cluster.url(),
+        "--token".into(),
+        ROOT_TOKEN.into(),
+        "cluster".into(),
+        "bootstrap".into(),
+    ];
+    args.push(format!("node-9={}", cluster.nodes[0].url()));
+    let out = Command::new(binary("dynamo"))
+        .args(&args)
+        .output()
+        .expect("run dynamo");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("is the address of member node-0"), "{text}");
+    assert_eq!(view(&cluster).await["epoch"].as_u64(), Some(epoch));
+}
