@@ -173,6 +173,29 @@ impl Drop for Proc {
     }
 }
 
+/// Starts a coordinator with the harness's flags and `opts`' extra ones, ready.
+async fn spawn_coordinator(opts: &Options, name: &str, ring_url: &str, logs: &Path) -> Proc {
+    let port = free_port();
+    let mut args = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--ring-url".into(),
+        ring_url.to_owned(),
+        "--root-token".into(),
+        ROOT_TOKEN.into(),
+        "--context-key".into(),
+        CONTEXT_KEY.into(),
+        "--replica-timeout-ms".into(),
+        "500".into(),
+        "--node-backoff-ms".into(),
+        "300".into(),
+    ];
+    args.extend(opts.coordinator_args.iter().cloned());
+    let coordinator = Proc::spawn("dynamo-coordinator", name, port, args, logs);
+    wait_ready(&coordinator.url()).await;
+    coordinator
+}
+
 /// A running cluster.
 pub struct Cluster {
     /// Where every service keeps its data and logs.
@@ -261,24 +284,7 @@ impl Cluster {
             assert!(resp.status().is_success(), "join node-{i}: {}", resp.status());
             wait_members(&http, &ring.url(), i + 1).await;
         }
-        let coord_port = free_port();
-        let mut args = vec![
-            "--listen".into(),
-            format!("127.0.0.1:{coord_port}"),
-            "--ring-url".into(),
-            ring.url(),
-            "--root-token".into(),
-            ROOT_TOKEN.into(),
-            "--context-key".into(),
-            CONTEXT_KEY.into(),
-            "--replica-timeout-ms".into(),
-            "500".into(),
-            "--node-backoff-ms".into(),
-            "300".into(),
-        ];
-        args.extend(opts.coordinator_args.iter().cloned());
-        let coordinator = Proc::spawn("dynamo-coordinator", "coordinator", coord_port, args, &logs);
-        wait_ready(&coordinator.url()).await;
+        let coordinator = spawn_coordinator(&opts, "coordinator", &ring.url(), &logs).await;
         let cluster = Cluster {
             dir,
             ring,
@@ -291,6 +297,36 @@ impl Cluster {
             cluster.wait_routable(cluster.opts.nodes).await;
         }
         cluster
+    }
+
+    /// Starts one more coordinator of this cluster (same flags, same context key), named
+    /// `name` in its log, and waits until it routes over every node.
+    pub async fn start_coordinator(&self, name: &str) -> Proc {
+        let c = spawn_coordinator(&self.opts, name, &self.ring.url(), self.dir.path()).await;
+        let url = c.url();
+        dynamo_testkit::eventually(&format!("{name} routes to every node"), || async {
+            let Ok(r) = self
+                .http
+                .request(reqwest::Method::GET, format!("{url}/v1/ring"))
+                .bearer_auth(ROOT_TOKEN)
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let Ok(v) = r.json::<serde_json::Value>().await else {
+                return false;
+            };
+            let mut owners: Vec<&str> = v["owners"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|o| o.as_str()).collect())
+                .unwrap_or_default();
+            owners.sort_unstable();
+            owners.dedup();
+            owners.len() == self.nodes.len()
+        })
+        .await;
+        c
     }
 
     /// The coordinator's URL.

@@ -9,9 +9,9 @@ use std::time::Duration;
 use dynamo_tests::{Cluster, Options, ROOT_TOKEN, binary};
 use serde_json::Value;
 
-/// Runs `dynamo cluster bootstrap` against the cluster's coordinator with every node;
-/// returns (success, what it printed).
-fn bootstrap(cluster: &Cluster, extra: &[String]) -> (bool, String) {
+/// Runs `dynamo cluster bootstrap` against the cluster's coordinator with `nodes`
+/// (`ID=ADDRESS` specs); returns its exit code and what it printed.
+fn bootstrap(cluster: &Cluster, nodes: &[String]) -> (Option<i32>, String) {
     let mut args: Vec<String> = vec![
         "--endpoint".into(),
         cluster.url(),
@@ -22,14 +22,7 @@ fn bootstrap(cluster: &Cluster, extra: &[String]) -> (bool, String) {
         "--timeout".into(),
         "120".into(),
     ];
-    args.extend(
-        cluster
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("node-{i}={}", n.url())),
-    );
-    args.extend(extra.iter().cloned());
+    args.extend(nodes.iter().cloned());
     let out = Command::new(binary("dynamo"))
         .args(&args)
         .output()
@@ -39,7 +32,17 @@ fn bootstrap(cluster: &Cluster, extra: &[String]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.success(), text)
+    (out.status.code(), text)
+}
+
+/// Every node of the cluster as a bootstrap spec, `node-<i>=<its URL>`.
+fn every_node(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("node-{i}={}", n.url()))
+        .collect()
 }
 
 async fn view(cluster: &Cluster) -> Value {
@@ -71,8 +74,8 @@ async fn bootstrap_joins_every_node_once_from_an_empty_cluster() {
     assert_eq!(empty["epoch"], 0, "{empty}");
     assert_eq!(empty["nodes"].as_array().map(Vec::len), Some(0), "{empty}");
 
-    let (ok, text) = tokio::task::block_in_place(|| bootstrap(&cluster, &[]));
-    assert!(ok, "bootstrap failed:\n{text}");
+    let (code, text) = tokio::task::block_in_place(|| bootstrap(&cluster, &every_node(&cluster)));
+    assert_eq!(code, Some(0), "bootstrap failed:\n{text}");
     let joined = view(&cluster).await;
     let nodes = joined["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 3, "{joined}");
@@ -88,27 +91,15 @@ async fn bootstrap_joins_every_node_once_from_an_empty_cluster() {
     cluster.wait_routable(3).await;
 
     // Again: every node is a member, nothing changes.
-    let (ok, text) = tokio::task::block_in_place(|| bootstrap(&cluster, &[]));
-    assert!(ok, "a second bootstrap failed:\n{text}");
+    let (code, text) = tokio::task::block_in_place(|| bootstrap(&cluster, &every_node(&cluster)));
+    assert_eq!(code, Some(0), "a second bootstrap failed:\n{text}");
     assert_eq!(text.matches("is a member").count(), 3, "{text}");
     assert_eq!(view(&cluster).await["epoch"].as_u64(), Some(epoch));
 
     // A node id given another member's address is refused, and changes nothing.
-    let mut args: Vec<String> = vec![
-        "--endpoint".into(),
-        cluster.url(),
-        "--token".into(),
-        ROOT_TOKEN.into(),
-        "cluster".into(),
-        "bootstrap".into(),
-    ];
-    args.push(format!("node-9={}", cluster.nodes[0].url()));
-    let out = Command::new(binary("dynamo"))
-        .args(&args)
-        .output()
-        .expect("run dynamo");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let spec = format!("node-9={}", cluster.nodes[0].url());
+    let (code, text) = tokio::task::block_in_place(|| bootstrap(&cluster, &[spec]));
+    assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("is the address of member node-0"), "{text}");
     assert_eq!(view(&cluster).await["epoch"].as_u64(), Some(epoch));
 }

@@ -813,3 +813,55 @@ async fn wait_asks_again_after_a_transient_failure() {
     // The eight refused, then at least the one that showed the change done.
     assert!(cluster_polls(&mock) >= 9, "{}", cluster_polls(&mock));
 }
+
+// Goal: `get` shows the ETag (stderr, `--etag` alone on stdout, `--json`); `put
+// --if-match` writes only over that ETag and `--if-absent` only over nothing, each
+// exiting 1 with `precondition_failed` otherwise; `delete --if-match` likewise.
+#[tokio::test]
+async fn conditional_writes_follow_the_etag() {
+    let mock = Mock::start().await;
+    dynamo(args(&mock, &["put", "b", "k", "v1"]), None).await;
+    let get = dynamo(args(&mock, &["get", "b", "k"]), None).await;
+    assert!(get.stderr.contains("etag: \""), "{}", get.stderr);
+    let etag = dynamo(args(&mock, &["get", "b", "k", "--etag"]), None).await;
+    assert_eq!(etag.code, 0, "{}", etag.stderr);
+    let e1 = etag.stdout_text().trim().to_owned();
+    assert!(get.stderr.contains(&format!("etag: {e1}")), "{}", get.stderr);
+    let json = dynamo(args(&mock, &["get", "b", "k", "--json"]), None).await;
+    let env: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(env["etag"].as_str(), Some(e1.as_str()));
+
+    let put = dynamo(args(&mock, &["put", "b", "k", "v2", "--if-match", &e1]), None).await;
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    assert_eq!(mock.state.last().headers["if-match"], e1.as_str());
+    assert!(put.stderr.contains("etag: "), "{}", put.stderr);
+    let stale = dynamo(args(&mock, &["put", "b", "k", "v3", "--if-match", &e1]), None).await;
+    assert_eq!(stale.code, 1);
+    assert!(stale.stderr.contains("precondition_failed"), "{}", stale.stderr);
+    assert_eq!(mock.state.values("b", "k"), vec![b"v2".to_vec()]);
+    let stale = dynamo(args(&mock, &["delete", "b", "k", "--if-match", &e1]), None).await;
+    assert_eq!(stale.code, 1, "{}", stale.stderr);
+    assert_eq!(mock.state.values("b", "k"), vec![b"v2".to_vec()]);
+
+    let create = dynamo(args(&mock, &["put", "b", "new", "n", "--if-absent"]), None).await;
+    assert_eq!(create.code, 0, "{}", create.stderr);
+    assert_eq!(mock.state.last().headers["if-none-match"], "*");
+    let again = dynamo(args(&mock, &["put", "b", "new", "m", "--if-absent"]), None).await;
+    assert_eq!(again.code, 1);
+    assert_eq!(mock.state.values("b", "new"), vec![b"n".to_vec()]);
+
+    // The ETag without its quotes (a shell ate them) is quoted again.
+    let e2 = dynamo(args(&mock, &["get", "b", "k", "--etag"]), None)
+        .await
+        .stdout_text();
+    let bare = e2.trim().trim_matches('"').to_owned();
+    let del = dynamo(args(&mock, &["delete", "b", "k", "--if-match", &bare]), None).await;
+    assert_eq!(del.code, 0, "{}", del.stderr);
+    assert!(mock.state.values("b", "k").is_empty());
+    let both = dynamo(
+        args(&mock, &["put", "b", "k", "v", "--if-match", &bare, "--if-absent"]),
+        None,
+    )
+    .await;
+    assert_eq!(both.code, 2, "{}", both.stderr);
+}

@@ -32,8 +32,9 @@
 //! - [`client`]: [`Client`] and [`ClientBuilder`]: the HTTP plumbing, every request's
 //!   timeout, the bounded retry budget ([`RetryPolicy`]) and the error decoding. Start here.
 //! - [`object`]: reads, writes and deletes of keys; [`Object`], [`Sibling`], [`Value`],
-//!   the opaque [`Context`], and the sibling-resolution helpers
-//!   ([`Object::resolve_with`], [`Client::update`]).
+//!   the opaque [`Context`] and [`ETag`], conditional writes ([`Precondition`],
+//!   [`Client::put_if_match`], [`Client::put_if_absent`]), batches ([`Client::batch`]),
+//!   and the sibling-resolution helpers ([`Object::resolve_with`], [`Client::update`]).
 //! - [`bucket`]: bucket properties.
 //! - [`cluster`]: the cluster view (with the membership change in progress,
 //!   [`ChangeProgress`]), the ring ([`RingView`]), key placement, joins, decommissions,
@@ -69,16 +70,18 @@ pub mod token;
 pub use client::{Client, ClientBuilder, RetryPolicy};
 pub use cluster::RingView;
 pub use error::ClientError;
-pub use object::{Context, Lookup, Object, RequestOptions, Sibling, Value};
+pub use object::{Context, ETag, Lookup, Object, Precondition, RequestOptions, Sibling, Value, Written};
 pub use token::{NewToken, TokenInfo, TokenRequest};
 
 // The types the SDK's signatures use, so callers need not depend on dynamo-core or bytes.
 pub use bytes::Bytes;
 pub use dynamo_core::ErrorCode;
 pub use dynamo_core::crdt::CrdtType;
+pub use dynamo_core::error::ErrorDetail;
 pub use dynamo_core::ids::{BucketName, NodeId, PartitionId, RingEpoch};
 pub use dynamo_core::wire::cluster::{
     AllBuckets, AntiEntropyStatus, BucketScope, ChangeKindName, ChangeProgress, ChangeSummary, ClusterView,
     Handoff, KeyPlacement, NodeRegistration, NodeState, NodeStatus, Permission,
 };
-pub use dynamo_core::wire::{BucketProps, BucketPropsPatch, ConflictMode};
+pub use dynamo_core::wire::public::{BatchOp, BatchOpKind, BatchResult};
+pub use dynamo_core::wire::{BucketProps, BucketPropsPatch, ConflictMode, SiblingView};

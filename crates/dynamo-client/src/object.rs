@@ -4,7 +4,9 @@
 //! siblings envelope (`200` for one value, `300` for siblings) and no sibling is ever
 //! hidden behind a single-value answer. A write carries the [`Context`] of the read it
 //! follows: it then replaces exactly the siblings that read saw. A write without one (a
-//! blind write) becomes a sibling of whatever is stored.
+//! blind write) becomes a sibling of whatever is stored. A conditional write
+//! ([`Client::put_if`]) applies only while the key's [`ETag`] is as read, or only while
+//! it has no live value; [`Client::batch`] runs many calls in one request.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,9 +14,10 @@ use std::str::FromStr;
 use bytes::Bytes;
 use dynamo_core::ErrorCode;
 use dynamo_core::ids::{BucketName, validate_key};
+use dynamo_core::wire::public::{BatchOp, BatchResponse, BatchResult};
 use dynamo_core::wire::{SiblingView, SiblingsEnvelope};
 use reqwest::Method;
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, ETAG, HeaderValue, IF_MATCH, IF_NONE_MATCH};
 use serde::{Deserialize, Serialize};
 
 use crate::client::{CONTEXT_HEADER, Call, Client, IDEMPOTENCY_KEY, Reply, segment};
@@ -65,6 +68,67 @@ impl FromStr for Context {
     }
 }
 
+/// The `ETag` of a key's version set, as a read or a write answered it (quoted, e.g.
+/// `"9f…"`): hand it to [`Client::put_if_match`] or [`Client::delete_if_match`] to write
+/// only if the key has not changed since. Opaque, like [`Context`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ETag(String);
+
+impl ETag {
+    /// Wraps a tag received out of band (from a CLI flag, another process), quoted as
+    /// the server sends it.
+    pub fn new(tag: impl Into<String>) -> ETag {
+        ETag(tag.into())
+    }
+
+    /// Returns the tag as the header carries it (with its quotes).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn header_value(&self) -> Result<HeaderValue, ClientError> {
+        HeaderValue::from_str(&self.0).map_err(|_| ClientError::InvalidInput {
+            code: ErrorCode::InvalidRequest,
+            message: "the ETag is not a valid header value".into(),
+        })
+    }
+}
+
+impl fmt::Display for ETag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ETag {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<ETag, Self::Err> {
+        Ok(ETag(s.to_owned()))
+    }
+}
+
+/// When a conditional write may apply (checked by the coordinator against the version
+/// set it reads from R replicas; not a lock: `docs/api.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// `If-Match`: only while the key's version set still has this tag.
+    IfMatch(ETag),
+    /// `If-None-Match: *`: only while the key has no live value (a tombstone does not
+    /// count), e.g. a create-only write.
+    IfAbsent,
+}
+
+/// What a conditional write answered: the new context and the `ETag` of the version set
+/// the coordinating replica stored (absent from servers older than conditional writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The context covering what the writer had seen plus this write.
+    pub context: Context,
+    /// The new version set's tag, for the next conditional write.
+    pub etag: Option<ETag>,
+}
+
 /// One version of a key's value, as a read returned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sibling {
@@ -105,6 +169,9 @@ pub struct Object {
     pub context: Context,
     /// The live siblings: one in the common case, several after concurrent writes.
     pub siblings: Vec<Sibling>,
+    /// The version set's `ETag`, for a conditional write ([`Client::put_if_match`]);
+    /// absent from servers older than conditional writes.
+    pub etag: Option<ETag>,
 }
 
 impl Object {
@@ -137,6 +204,7 @@ impl Object {
         Object {
             context: Context(envelope.context),
             siblings: envelope.siblings.into_iter().map(Sibling::from).collect(),
+            etag: envelope.etag.map(ETag),
         }
     }
 }
@@ -184,6 +252,9 @@ pub enum Lookup {
     NotFound {
         /// The tombstone's context, if the coordinator found one.
         context: Option<Context>,
+        /// The tombstone's `ETag`, if the coordinator found one: a write with
+        /// [`Precondition::IfMatch`] on it applies only while the key stays deleted as seen.
+        etag: Option<ETag>,
     },
 }
 
@@ -200,7 +271,7 @@ impl Lookup {
     pub fn context(&self) -> Option<&Context> {
         match self {
             Lookup::Found(object) => Some(&object.context),
-            Lookup::NotFound { context } => context.as_ref(),
+            Lookup::NotFound { context, .. } => context.as_ref(),
         }
     }
 }
@@ -269,7 +340,11 @@ fn envelope(reply: &Reply) -> Result<Object, ClientError> {
     if !matches!(reply.status, 200 | 300) {
         return Err(reply.unexpected("expected 200 or 300 with the siblings envelope"));
     }
-    Ok(Object::from_envelope(reply.json::<SiblingsEnvelope>()?))
+    let mut object = Object::from_envelope(reply.json::<SiblingsEnvelope>()?);
+    if object.etag.is_none() {
+        object.etag = reply.header(&ETAG).map(ETag::new);
+    }
+    Ok(object)
 }
 
 impl Client {
@@ -307,13 +382,15 @@ impl Client {
         let reply = self.send(call).await?;
         if reply.status == 404 {
             let context = reply.header(&CONTEXT_HEADER).map(Context::new);
-            return Ok(Lookup::NotFound { context });
+            let etag = reply.header(&ETAG).map(ETag::new);
+            return Ok(Lookup::NotFound { context, etag });
         }
         let object = envelope(&reply)?;
         if object.siblings.is_empty() {
             // Defensive: an envelope without siblings is a tombstone by another name.
             return Ok(Lookup::NotFound {
                 context: Some(object.context),
+                etag: object.etag,
             });
         }
         Ok(Lookup::Found(object))
@@ -442,6 +519,146 @@ impl Client {
         Ok(())
     }
 
+    /// Writes a value only if `precondition` holds for the version set the coordinator
+    /// reads from R replicas at write time; returns the new context and `ETag`. When it
+    /// holds, the write replaces exactly that version set (the read's context is used,
+    /// whatever `context` says); when it does not, nothing changes and the answer is
+    /// `precondition_failed`.
+    ///
+    /// The write carries an `Idempotency-Key` like every write, so a retry after a lost
+    /// answer is answered as the first attempt (not `412` because the first attempt
+    /// changed the key).
+    ///
+    /// # Errors
+    /// As [`Client::put`]; [`ErrorCode::PreconditionFailed`] when the precondition does
+    /// not hold.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: impl Into<Bytes>,
+        content_type: &str,
+        context: Option<&Context>,
+        precondition: &Precondition,
+        opts: &RequestOptions,
+    ) -> Result<Written, ClientError> {
+        let call = self.write_call(Method::PUT, bucket, key, context, opts)?;
+        let call = with_precondition(call, precondition)?
+            .header(CONTENT_TYPE, content_type_header(content_type)?)
+            .body(value.into());
+        written(&self.send(call).await?)
+    }
+
+    /// Writes a value only while the key's version set still has `etag` (from a read, a
+    /// write, or a tombstone's `404`). See [`Client::put_if`].
+    ///
+    /// # Errors
+    /// As [`Client::put_if`].
+    pub async fn put_if_match(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: impl Into<Bytes>,
+        content_type: &str,
+        etag: &ETag,
+    ) -> Result<Written, ClientError> {
+        let precondition = Precondition::IfMatch(etag.clone());
+        self.put_if(
+            bucket,
+            key,
+            value,
+            content_type,
+            None,
+            &precondition,
+            &RequestOptions::default(),
+        )
+        .await
+    }
+
+    /// Writes a value only if the key has no live value (a create-only write; a
+    /// tombstone does not count). See [`Client::put_if`].
+    ///
+    /// # Errors
+    /// As [`Client::put_if`].
+    pub async fn put_if_absent(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: impl Into<Bytes>,
+        content_type: &str,
+    ) -> Result<Written, ClientError> {
+        self.put_if(
+            bucket,
+            key,
+            value,
+            content_type,
+            None,
+            &Precondition::IfAbsent,
+            &RequestOptions::default(),
+        )
+        .await
+    }
+
+    /// Deletes a key only if `precondition` holds (as [`Client::put_if`]); the tombstone
+    /// replaces exactly the version set the precondition was checked against.
+    ///
+    /// # Errors
+    /// As [`Client::put_if`].
+    pub async fn delete_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        precondition: &Precondition,
+        opts: &RequestOptions,
+    ) -> Result<Written, ClientError> {
+        let call = self.write_call(Method::DELETE, bucket, key, None, opts)?;
+        written(&self.send(with_precondition(call, precondition)?).await?)
+    }
+
+    /// Deletes a key only while its version set still has `etag`.
+    ///
+    /// # Errors
+    /// As [`Client::put_if`].
+    pub async fn delete_if_match(
+        &self,
+        bucket: &str,
+        key: &str,
+        etag: &ETag,
+    ) -> Result<Written, ClientError> {
+        let precondition = Precondition::IfMatch(etag.clone());
+        self.delete_if(bucket, key, &precondition, &RequestOptions::default())
+            .await
+    }
+
+    /// Runs up to 100 reads, writes and deletes in one request (`POST /v1/batch`),
+    /// concurrently on the server; returns one result per operation, in order, each as
+    /// its own call would answer (`status`, `context`, `etag`, `siblings`, `error`).
+    /// Not atomic: each operation succeeds or fails alone. Build operations with
+    /// [`BatchOp::get`], [`BatchOp::put`] and [`BatchOp::delete`].
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with `invalid_request` (or a more specific code) for a
+    /// malformed batch, which runs nothing; transport and decoding errors. A failed
+    /// operation is not an error: see its result's `status` and `error`.
+    pub async fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchResult>, ClientError> {
+        // The request body borrows the operations: `BatchRequest` would clone every value.
+        #[derive(Serialize)]
+        struct Body<'a> {
+            ops: &'a [BatchOp],
+        }
+        let call = Call::new(Method::POST, "/v1/batch".to_owned()).json(&Body { ops })?;
+        let reply = self.send(call).await?;
+        if reply.status != 200 {
+            return Err(reply.unexpected("expected 200 with the batch's results"));
+        }
+        let results = reply.json::<BatchResponse>()?.results;
+        if results.len() != ops.len() {
+            return Err(reply.unexpected(format!("{} results for {} operations", results.len(), ops.len())));
+        }
+        Ok(results)
+    }
+
     /// Reads a key, lets `merge` compute its new value from everything stored, and writes
     /// that back with the read's context; returns the stored object.
     ///
@@ -531,6 +748,24 @@ impl Client {
     }
 }
 
+fn with_precondition(call: Call, precondition: &Precondition) -> Result<Call, ClientError> {
+    Ok(match precondition {
+        Precondition::IfMatch(etag) => call.header(IF_MATCH, etag.header_value()?),
+        Precondition::IfAbsent => call.header(IF_NONE_MATCH, HeaderValue::from_static("*")),
+    })
+}
+
+/// Decodes a write's answer: its context and `ETag` headers.
+fn written(reply: &Reply) -> Result<Written, ClientError> {
+    match reply.header(&CONTEXT_HEADER) {
+        Some(token) => Ok(Written {
+            context: Context::new(token),
+            etag: reply.header(&ETAG).map(ETag::new),
+        }),
+        None => Err(reply.unexpected("the write answer has no X-Dynamo-Context")),
+    }
+}
+
 fn content_type_header(content_type: &str) -> Result<HeaderValue, ClientError> {
     HeaderValue::from_str(content_type).map_err(|_| ClientError::InvalidInput {
         code: ErrorCode::UnsupportedMediaType,
@@ -571,6 +806,7 @@ mod tests {
         let object = Object {
             context: Context::new("c"),
             siblings: vec![sib("a"), sib("b")],
+            etag: None,
         };
         assert!(object.has_siblings());
         assert_eq!(object.single(), None);

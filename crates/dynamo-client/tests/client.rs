@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dynamo_client::{
-    BucketPropsPatch, ChangeKindName, ChangeProgress, ChangeSummary, Client, ClientError, ConflictMode,
-    ErrorCode, Lookup, NodeId, NodeRegistration, NodeState, Permission, RequestOptions, RetryPolicy,
-    RingEpoch, Sibling, TokenRequest, Value,
+    BatchOp, BucketPropsPatch, ChangeKindName, ChangeProgress, ChangeSummary, Client, ClientError,
+    ConflictMode, ETag, ErrorCode, Lookup, NodeId, NodeRegistration, NodeState, Permission, Precondition,
+    RequestOptions, RetryPolicy, RingEpoch, Sibling, TokenRequest, Value,
 };
 use mock::{Mock, TOKEN};
 
@@ -153,6 +153,7 @@ async fn deleted_key_exposes_the_tombstone_context() {
         let lookup = c.lookup("b", "k", &RequestOptions::new()).await.expect("lookup");
         let Lookup::NotFound {
             context: Some(tombstone),
+            ..
         } = lookup
         else {
             panic!("expected a tombstone context, got {lookup:?}");
@@ -831,6 +832,119 @@ async fn a_refused_connection_is_a_transient_transport_error() {
         assert!(matches!(e, ClientError::Transport { .. }), "{e:?}");
         assert!(e.is_transient());
         assert!(!c.is_ready().await.is_ok_and(|ready| ready));
+    })
+    .await;
+}
+
+// Goal: conditional writes through the SDK: reads expose the ETag, `put_if_match` sends
+// it as If-Match and applies while it is current, a stale one is precondition_failed
+// and changes nothing, `put_if_absent` sends If-None-Match: * and creates only,
+// `delete_if_match` deletes only the version it names, and a tombstone's 404 exposes
+// its ETag too.
+#[tokio::test]
+async fn conditional_writes_send_their_preconditions() {
+    within(async {
+        let mock = Mock::start().await;
+        let c = client(&mock);
+        c.put("b", "k", "v1", "text/plain", None).await.expect("put");
+        let first = c.get("b", "k").await.expect("get").expect("found");
+        let e1 = first.etag.clone().expect("a read exposes the ETag");
+        let w = c
+            .put_if_match("b", "k", "v2", "text/plain", &e1)
+            .await
+            .expect("matches");
+        assert_eq!(header(&mock.state.last(), "if-match"), Some(e1.as_str()));
+        let e2 = w.etag.expect("a write answers its ETag");
+        assert_ne!(e1, e2);
+        assert_eq!(
+            mock.state.values("b", "k"),
+            [b"v2".to_vec()],
+            "the matched version was replaced"
+        );
+
+        let stale = c
+            .put_if_match("b", "k", "v3", "text/plain", &e1)
+            .await
+            .expect_err("stale");
+        assert_eq!(stale.code(), Some(ErrorCode::PreconditionFailed));
+        assert_eq!(mock.state.values("b", "k"), [b"v2".to_vec()]);
+
+        let created = c
+            .put_if_absent("b", "new", "n", "text/plain")
+            .await
+            .expect("absent");
+        assert_eq!(header(&mock.state.last(), "if-none-match"), Some("*"));
+        assert!(created.etag.is_some());
+        let again = c
+            .put_if_absent("b", "new", "m", "text/plain")
+            .await
+            .expect_err("exists");
+        assert_eq!(again.code(), Some(ErrorCode::PreconditionFailed));
+
+        let gone = c.delete_if_match("b", "k", &e1).await.expect_err("stale");
+        assert_eq!(gone.code(), Some(ErrorCode::PreconditionFailed));
+        let deleted = c.delete_if_match("b", "k", &e2).await.expect("deleted");
+        let lookup = c.lookup("b", "k", &RequestOptions::new()).await.expect("lookup");
+        let Lookup::NotFound { etag: Some(tomb), .. } = lookup else {
+            panic!("expected a tombstone's ETag, got {lookup:?}");
+        };
+        assert_eq!(Some(tomb.clone()), deleted.etag);
+        let revived = c
+            .put_if(
+                "b",
+                "k",
+                "v4",
+                "text/plain",
+                None,
+                &Precondition::IfMatch(tomb),
+                &RequestOptions::new(),
+            )
+            .await
+            .expect("still deleted as seen");
+        assert!(revived.etag.is_some());
+        let bad = c
+            .put_if_match("b", "k", "x", "text/plain", &ETag::new("bad\nvalue\n"))
+            .await;
+        assert!(bad.is_err());
+    })
+    .await;
+}
+
+// Goal: `batch` sends the operations as API.md writes them and returns one result per
+// operation in order, failures included, without failing the call.
+#[tokio::test]
+async fn batches_return_one_result_per_operation_in_order() {
+    within(async {
+        let mock = Mock::start().await;
+        let c = client(&mock);
+        c.put("b", "old", "o", "text/plain", None).await.expect("put");
+        let results = c
+            .batch(&[
+                BatchOp::put("b", "x", "x1", "text/plain", None),
+                BatchOp::get("b", "old"),
+                BatchOp::get("b", "missing"),
+                BatchOp::delete("b", "old", None),
+                BatchOp::put("b", "y", "y1", "text/plain", Some("forged".into())),
+            ])
+            .await
+            .expect("batch");
+        let statuses: Vec<u16> = results.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [204, 200, 404, 204, 400]);
+        assert_eq!(results[1].siblings.as_ref().expect("siblings")[0].value, b"o");
+        assert!(results[1].etag.is_some() && results[1].context.is_some());
+        assert_eq!(
+            results[2].error.as_ref().map(|e| e.code),
+            Some(ErrorCode::NotFound)
+        );
+        assert_eq!(
+            results[4].error.as_ref().map(|e| e.code),
+            Some(ErrorCode::InvalidContext)
+        );
+        assert_eq!(mock.state.values("b", "x"), [b"x1".to_vec()]);
+        let sent = mock.state.last();
+        assert_eq!(sent.uri, "/v1/batch");
+        let e = c.batch(&[]).await.expect_err("an empty batch is refused");
+        assert_eq!(e.code(), Some(ErrorCode::InvalidRequest));
     })
     .await;
 }

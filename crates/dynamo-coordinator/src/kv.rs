@@ -52,6 +52,10 @@ pub struct WriteRequest {
     pub tombstone: bool,
     /// The client's `Idempotency-Key`, hashed (see `api::idempotency_claim`).
     pub idempotency: Option<IdempotencyClaim>,
+    /// Only answer a repeat of the write recorded under `idempotency` (a
+    /// [`ReplicaOp::Replay`]), applying nothing: a conditional write whose precondition
+    /// failed may repeat one that succeeded. Without a claim this is never set.
+    pub replay_only: bool,
 }
 
 /// An accepted write.
@@ -240,17 +244,25 @@ impl Coordinator {
                 match action {
                     WriteAction::Coordinate { slot, deadline_ms } => {
                         self.count_fallback(&slot, "put");
-                        let op = ReplicaOp::CoordinatePut {
-                            bucket: req.bucket.clone(),
-                            key: req.key.clone(),
-                            context: req.context.clone(),
-                            value: req.value.clone(),
-                            content_type: req.content_type.clone(),
-                            tombstone: req.tombstone,
-                            conflict,
-                            hint: Self::hint(&ring, &slot),
-                            deadline_ms: Some(deadline_ms),
-                            idempotency: req.idempotency,
+                        let op = match req.idempotency {
+                            Some(claim) if req.replay_only => ReplicaOp::Replay {
+                                bucket: req.bucket.clone(),
+                                key: req.key.clone(),
+                                hint: Self::hint(&ring, &slot),
+                                idempotency: claim,
+                            },
+                            _ => ReplicaOp::CoordinatePut {
+                                bucket: req.bucket.clone(),
+                                key: req.key.clone(),
+                                context: req.context.clone(),
+                                value: req.value.clone(),
+                                content_type: req.content_type.clone(),
+                                tombstone: req.tombstone,
+                                conflict,
+                                hint: Self::hint(&ring, &slot),
+                                deadline_ms: Some(deadline_ms),
+                                idempotency: req.idempotency,
+                            },
                         };
                         let call = self.call(&ring, &slot.target, op);
                         inflight.push(hop(HopKind::Coordinate, slot, call));

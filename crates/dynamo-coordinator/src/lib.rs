@@ -1,9 +1,10 @@
 //! `dynamo-coordinator`: the stateless request coordinator.
 //!
-//! It serves the public REST API of `../shared/API.md` (objects, buckets, cluster, admin
-//! tokens, errors, auth, `/v1/openapi.json`), routes each key by the cached ring, and runs
-//! Dynamo's quorum protocol against the storage nodes: the write goes to the first
-//! reachable node of the preference list, which mints the dot, then to the other N − 1;
+//! It serves the public REST API of `../shared/API.md` (objects with their conditional
+//! writes, batches, buckets, cluster, admin tokens, errors, auth, `/v1/openapi.json`),
+//! routes each key by the cached ring, and runs Dynamo's quorum protocol against the
+//! storage nodes: the write goes to the first reachable node of the preference list,
+//! which mints the dot, then to the other N − 1;
 //! reads ask N and answer on R; unreachable nodes are replaced by fallbacks holding hints;
 //! stale replicas are repaired after reads.
 //!

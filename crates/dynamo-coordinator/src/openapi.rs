@@ -7,7 +7,10 @@ use utoipa::OpenApi;
 use dynamo_core::crdt::CrdtType;
 use dynamo_core::error::ErrorDetail;
 use dynamo_core::wire::cluster::NodeRegistration;
-use dynamo_core::wire::public::{NewToken, RingView, TokenInfo, TokenList, TokenRequest};
+use dynamo_core::wire::public::{
+    BatchOp, BatchOpKind, BatchRequest, BatchResponse, BatchResult, NewToken, RingView, TokenInfo, TokenList,
+    TokenRequest,
+};
 use dynamo_core::wire::{BucketProps, BucketPropsPatch, ConflictMode, SiblingView, SiblingsEnvelope};
 use dynamo_core::{ErrorBody, ErrorCode};
 
@@ -18,7 +21,7 @@ use crate::api;
 #[openapi(
     info(title = "Dynamo", description = "A Dynamo-style key-value store: the public REST API (v1)."),
     paths(
-        api::get_object, api::put_object, api::delete_object,
+        api::get_object, api::put_object, api::delete_object, api::batch,
         api::get_bucket, api::put_bucket,
         api::get_cluster, api::get_ring, api::join_node, api::decommission_node, api::replace_node,
         api::retry_change, api::abort_change,
@@ -27,7 +30,7 @@ use crate::api;
     components(schemas(
         SiblingsEnvelope, SiblingView, ErrorBody, ErrorDetail, ErrorCode,
         BucketProps, BucketPropsPatch, ConflictMode, CrdtType, TokenRequest, NewToken, TokenInfo, TokenList,
-        RingView, NodeRegistration,
+        RingView, NodeRegistration, BatchRequest, BatchOp, BatchOpKind, BatchResult, BatchResponse,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -98,6 +101,70 @@ mod tests {
         assert!(required.iter().any(|f| f == "n"));
         // A sibling's value is base64 text.
         assert_eq!(schemas["SiblingView"]["properties"]["value"]["type"], "string");
+    }
+
+    // Goal: conditional writes are in the document: the If-Match and If-None-Match
+    // headers on PUT and DELETE, their 412, and the ETag every answer that found
+    // something carries.
+    #[test]
+    fn the_document_describes_conditional_writes() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+        let object = &doc["paths"]["/v1/kv/{bucket}/{key}"];
+        for method in ["put", "delete"] {
+            let op = &object[method];
+            let params = op["parameters"].as_array().expect("parameters");
+            for header in ["If-Match", "If-None-Match", "Idempotency-Key", "X-Dynamo-Context"] {
+                assert!(
+                    params.iter().any(|p| p["name"] == header && p["in"] == "header"),
+                    "{method}: {header} missing"
+                );
+            }
+            assert!(op["responses"]["412"].is_object(), "{method}: 412 missing");
+            assert!(
+                op["responses"]["204"]["headers"]["ETag"].is_object(),
+                "{method}: ETag missing"
+            );
+        }
+        for status in ["200", "300"] {
+            assert!(
+                object["get"]["responses"][status]["headers"]["ETag"].is_object(),
+                "get {status}"
+            );
+        }
+        let codes = doc["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .expect("codes");
+        assert!(codes.iter().any(|c| c == "precondition_failed"));
+    }
+
+    // Goal: the batch route is in the document with its request and answer schemas
+    // (the operation kinds, the at-most-100 bound, base64 values) and its statuses.
+    #[test]
+    fn the_document_describes_batches() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+        let batch = &doc["paths"]["/v1/batch"]["post"];
+        let body = &batch["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(body, "#/components/schemas/BatchRequest");
+        let answer = &batch["responses"]["200"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(answer, "#/components/schemas/BatchResponse");
+        for status in ["400", "401", "413", "415"] {
+            assert!(batch["responses"][status].is_object(), "{status} missing");
+        }
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["BatchRequest"]["properties"]["ops"]["maxItems"], 100);
+        let kinds = schemas["BatchOpKind"]["enum"].as_array().expect("kinds");
+        assert_eq!(kinds.len(), 3);
+        assert_eq!(
+            schemas["BatchOp"]["properties"]["bucket"]["pattern"],
+            "^[a-z0-9._-]{1,63}$"
+        );
+        assert!(
+            schemas["BatchResult"]["required"]
+                .as_array()
+                .expect("required")
+                .iter()
+                .any(|f| f == "status")
+        );
     }
 
     // Goal: the replace route is in the document: its path parameter, the new node's

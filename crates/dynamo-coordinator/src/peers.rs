@@ -108,7 +108,9 @@ impl Lane {
     fn of(op: &ReplicaOp) -> Lane {
         match op {
             ReplicaOp::Get { .. } | ReplicaOp::TombstoneStatus { .. } => Lane::Read,
-            ReplicaOp::CoordinatePut { .. } | ReplicaOp::Replicate { .. } => Lane::Write,
+            ReplicaOp::CoordinatePut { .. } | ReplicaOp::Replay { .. } | ReplicaOp::Replicate { .. } => {
+                Lane::Write
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Membership changes through the coordinator: `POST /v1/cluster/nodes/{node}/replace`
 //! is checked at the door (admin, node ids, the body's shape), relayed control-signed to
 //! the ring service's replace route, and answered as the ring service answered; so are
-//! `POST /v1/cluster/change/retry` and `/abort`, the controls of a failed change. Drives
+//! `POST /v1/cluster/change/retry` and `/abort`, the controls of a failed change; and
+//! `GET /v1/cluster` says the largest `n` a shrink must respect (`max_n`). Drives
 //! a real coordinator in-process against a fake ring service that records what reached
 //! it.
 
@@ -17,9 +18,10 @@ use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use common::*;
 use dynamo_core::signature::{Role, SIGNATURE_HEADER, Signature};
+use dynamo_core::wire::BucketProps;
 use dynamo_core::wire::cluster::{
-    AllBuckets, BucketScope, ChangeKindName, ChangeProgress, ChangeSummary, ClusterState, ClusterView,
-    Handoff, NodeRegistration, NodeState, NodeStatus, Permission, ReplaceRequest, TokenRecord,
+    AllBuckets, BucketRecord, BucketScope, ChangeKindName, ChangeProgress, ChangeSummary, ClusterState,
+    ClusterView, Handoff, NodeRegistration, NodeState, NodeStatus, Permission, ReplaceRequest, TokenRecord,
 };
 use dynamo_core::wire::routes;
 use dynamo_core::{ErrorCode, NodeId, PartitionId, RingEpoch};
@@ -166,6 +168,7 @@ fn view_of(s: &ClusterState) -> ClusterView {
         nodes: s.nodes.clone(),
         handoffs: s.handoffs.clone(),
         change: s.change.as_ref().map(|c| ChangeProgress::of(c, &s.handoffs)),
+        max_n: None,
     }
 }
 
@@ -472,6 +475,35 @@ async fn cluster_view(url: &str) -> ClusterView {
         .json()
         .await
         .expect("a cluster view")
+}
+
+// Goal: the cluster view says how many replicas the largest `n` asks for (`max_n`), so
+// an operator can refuse to shrink the cluster below it: the ring's N (3) without
+// buckets of their own, a bucket's larger `n` once one has it. Method: two coordinators
+// on two fake ring states, one view each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_shows_the_largest_n() {
+    let fake = FakeRing::new();
+    let coordinator = Coordinator::start(fake.serve().await, |_| {}).await;
+    assert_eq!(cluster_view(&coordinator.url).await.max_n, Some(3));
+    coordinator.stop().await;
+
+    let fake = FakeRing::new();
+    fake.state.lock().expect("lock").buckets.insert(
+        dynamo_core::BucketName::new("wide").expect("bucket"),
+        BucketRecord {
+            props: BucketProps {
+                n: 5,
+                ..BucketProps::default()
+            },
+            has_data: true,
+        },
+    );
+    let coordinator = Coordinator::start(fake.serve().await, |_| {}).await;
+    let view = cluster_view(&coordinator.url).await;
+    assert_eq!(view.max_n, Some(5), "the bucket with n = 5 counts");
+    assert_eq!(view.nodes.len(), 3);
+    coordinator.stop().await;
 }
 
 // Goal: an admin's retry of a failed change reaches the ring service's retry route,

@@ -86,6 +86,9 @@ error_codes! {
     MembershipConflict = ("membership_conflict", 409),
     /// The operation does not fit the bucket's conflict mode (e.g. a CRDT call on a plain bucket).
     WrongBucketType = ("wrong_bucket_type", 409),
+    /// The write's `If-Match` or `If-None-Match: *` does not hold for the version set read
+    /// from R replicas; nothing was changed.
+    PreconditionFailed = ("precondition_failed", 412),
     /// The value is larger than 1 MiB.
     ValueTooLarge = ("value_too_large", 413),
     /// The request body is larger than the endpoint accepts.
@@ -206,7 +209,9 @@ mod tests {
 
     #[test]
     fn statuses_are_the_api_set() {
-        let allowed = [400, 401, 403, 404, 405, 409, 413, 414, 415, 422, 429, 500, 503];
+        let allowed = [
+            400, 401, 403, 404, 405, 409, 412, 413, 414, 415, 422, 429, 500, 503,
+        ];
         for &code in ErrorCode::ALL {
             assert!(allowed.contains(&code.http_status()), "{code}");
         }

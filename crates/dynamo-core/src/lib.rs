@@ -10,7 +10,8 @@
 //!   preference lists and sloppy-quorum fallbacks.
 //! - [`dots`], [`version`], [`context`]: dotted version vectors. A key's sibling set
 //!   with its causal history, the put/sync rules, and the opaque context token clients
-//!   carry between a read and a write.
+//!   carry between a read and a write; [`etag`]: the `ETag` of a version set and the
+//!   `If-Match` / `If-None-Match: *` preconditions of a write.
 //! - [`merkle`]: per-partition Merkle trees for anti-entropy.
 //! - [`quorum`]: sloppy-quorum slot assignment and reply counting; [`round`]: the write
 //!   and read rounds built on them, sans I/O; [`liveness`]: the per-node failure detector.
@@ -33,6 +34,7 @@ pub mod context;
 pub mod crdt;
 pub mod dots;
 pub mod error;
+pub mod etag;
 pub mod hash;
 pub mod ids;
 pub mod keys;

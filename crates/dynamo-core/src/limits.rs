@@ -6,6 +6,10 @@
 /// `value_too_large`.
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
+/// Most operations in one `POST /v1/batch` (API.md). A longer batch is refused whole
+/// with `invalid_request`.
+pub const MAX_BATCH_REQUEST_OPS: usize = 100;
+
 /// Longest key in bytes (UTF-8). Longer keys are refused with `invalid_key`.
 pub const MAX_KEY_BYTES: usize = 1024;
 

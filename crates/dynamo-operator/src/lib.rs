@@ -6,12 +6,14 @@
 //! the cluster's membership through the coordinators' public API (the Rust SDK, with the
 //! root token from the cluster's Secret): it joins a new storage pod once it is ready,
 //! and decommissions a node, waiting for its handoff to be confirmed, before its pod
-//! goes.
+//! goes. It rolls a changed storage pod template out one pod at a time, each back in
+//! the ring and caught up before the next (a partitioned StatefulSet update).
 //!
 //! # Layout
 //! - [`crd`]: the custom resource's spec and status; the CRD YAML (`dynamo-operator crd`).
-//! - [`plan`]: **start here.** The pure decision: observed state → replica counts and
-//!   at most one membership change. Every safety rule of scaling lives there.
+//! - [`plan`]: **start here.** The pure decision: observed state → replica counts,
+//!   rolling-update partitions and at most one membership change. Every safety rule of
+//!   scaling and updating lives there.
 //! - [`resources`]: the owned objects as apply bodies, mirroring the Helm chart (pure).
 //! - [`reconcile`]: the thin kube plumbing: observe, [`plan::plan`], apply, begin the
 //!   change, write the status and Events; finalizer and backoff.
@@ -23,7 +25,9 @@
 //!   cluster view still lists, so a node's partitions are handed off and confirmed
 //!   before its pod goes; volumes of removed pods are kept unless the spec opts in.
 //! - **No view, no unsafe step.** When the coordinators or the ring service fail,
-//!   nothing shrinks and no membership change begins.
+//!   nothing shrinks, no membership change begins and no storage pod is updated.
+//! - **One storage pod down for an update at a time**, released only when the one
+//!   before it is ready, up in the ring and caught up.
 //! - **One actor.** Only the replica holding the Lease reconciles; one that loses it
 //!   stops its controller and exits.
 //! - **One change at a time**, each followed to its end (as `dynamo cluster bootstrap`).
@@ -32,9 +36,9 @@
 //! - a data path: it never reads or writes keys;
 //! - a member: it holds no member or control key, only the root token, and talks only
 //!   to the public API;
-//! - yet: a rolling-update driver (StatefulSets roll with their own `RollingUpdate`; the
-//!   status reports `Upgrading`), a `replace` of a pod whose volume was lost, or a
-//!   cluster-wide operator (it watches its own namespace).
+//! - yet: a `replace` of a pod whose volume was lost (a storage node with an empty
+//!   volume rejoins under its old id today, and nothing in the cluster view tells the
+//!   operator so), or a cluster-wide operator (it watches its own namespace).
 
 pub mod config;
 pub mod crd;

@@ -1,8 +1,9 @@
 //! The operator's metrics, served on `/metrics` from its own [`Registry`].
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-/// Reconcile counts, errors and durations, membership changes begun, leadership.
+/// Reconcile counts, errors and durations, membership changes begun, storage pods
+/// updated, leadership.
 #[derive(Clone)]
 pub struct Metrics {
     /// `dynamo_operator_reconciles_total`.
@@ -13,6 +14,8 @@ pub struct Metrics {
     pub duration: Histogram,
     /// `dynamo_operator_membership_changes_total{kind}`.
     pub changes: IntCounterVec,
+    /// `dynamo_operator_storage_pod_updates_total`.
+    pub updates: IntCounter,
     /// `dynamo_operator_leader`.
     pub leader: IntGauge,
 }
@@ -51,6 +54,10 @@ impl Metrics {
             ),
             &["kind", "result"],
         )?;
+        let updates = IntCounter::new(
+            "dynamo_operator_storage_pod_updates_total",
+            "Storage pods the operator released to a new pod template (one rolling-update step each)",
+        )?;
         let leader = IntGauge::new(
             "dynamo_operator_leader",
             "1 while this replica holds the leader Lease",
@@ -59,12 +66,14 @@ impl Metrics {
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(changes.clone()))?;
+        registry.register(Box::new(updates.clone()))?;
         registry.register(Box::new(leader.clone()))?;
         Ok(Metrics {
             reconciles,
             errors,
             duration,
             changes,
+            updates,
             leader,
         })
     }

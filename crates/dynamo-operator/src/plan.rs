@@ -1,9 +1,10 @@
 //! The operator's decisions, as a pure function: from what it observed (the storage
 //! StatefulSets, their pods' readiness, the cluster view of the ring service) to what it
-//! does next (how many pods each StatefulSet gets, and at most one membership change).
+//! does next (how many pods each StatefulSet gets, how far its rolling update may go, and
+//! at most one membership change).
 //!
 //! No I/O here, no clock: `reconcile` gathers an [`Observed`], calls [`plan`] and carries
-//! out the [`Plan`]. Every safety rule of scaling lives in this one function:
+//! out the [`Plan`]. Every safety rule of scaling and updating lives in this one function:
 //!
 //! - **Join after ready.** A new pod is joined only once Kubernetes reports it ready, one
 //!   node at a time, in ordinal order (zones interleaved), each change followed to its end
@@ -14,16 +15,49 @@
 //! - **No view, no unsafe step.** Without the cluster view (the coordinators or the ring
 //!   service failing) nothing shrinks and no change begins; only growing, which loses
 //!   nothing, goes on.
-//! - **Never below N.** A scale-down that would leave fewer storage nodes than the
-//!   cluster's N is refused, and said so in the status.
+//! - **Never below the largest `n`.** A scale-down that would leave fewer storage nodes
+//!   than the cluster's N, or than the largest `n` the cluster view reports
+//!   ([`ClusterView::max_n`]: the ring's, the default bucket's and every bucket's), is
+//!   refused, and said so in the status.
+//! - **One storage pod updated at a time.** A changed pod template (image, config) does
+//!   not roll by itself: each storage StatefulSet's `rollingUpdate.partition` stays at
+//!   its replica count, so no pod is recreated, until the plan lowers it by one ordinal,
+//!   highest first. It is lowered again only once every pod it released runs the new
+//!   revision, is ready, is `up` in the cluster view and is caught up (no membership
+//!   change or handoff running, and one anti-entropy pass finished since it restarted,
+//!   when the node runs anti-entropy), and every other storage pod is ready and up.
+//!   Sets roll one after the other, in the spec's zone order; no pod is released while
+//!   the membership changes, without the view, or before the StatefulSet controller
+//!   has observed the spec.
 //!
-//! Invariant: for every set, `Plan::replicas >= 1 + the highest ordinal of that set still
-//! in the cluster view` whenever a view was observed, and `>= current` otherwise.
+//! Invariants: for every set, `Plan::replicas >= 1 + the highest ordinal of that set
+//! still in the cluster view` whenever a view was observed, and `>= current` otherwise.
+//! While a set's update runs, `Plan::partitions` never rises and falls by at most one
+//! per plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use dynamo_client::{ChangeKindName, ClusterView, NodeId, NodeRegistration, NodeState, NodeStatus};
+
+/// The revisions a storage StatefulSet's controller reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revisions {
+    /// `status.currentRevision`: what the pods below the partition run.
+    pub current: String,
+    /// `status.updateRevision`: the pod template the spec asks for.
+    pub update: String,
+    /// True when the status describes the live spec (`status.observedGeneration` has
+    /// caught up with `metadata.generation`).
+    pub observed: bool,
+}
+
+impl Revisions {
+    /// True while some pod is to run another template than the current one.
+    pub fn is_rolling(&self) -> bool {
+        self.current != self.update
+    }
+}
 
 /// A storage StatefulSet as observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +72,13 @@ pub struct SetObserved {
     pub current: Option<i32>,
     /// Ordinals of its pods that are ready.
     pub ready: BTreeSet<i32>,
+    /// The live StatefulSet's `updateStrategy.rollingUpdate.partition`, if set.
+    pub partition: Option<i32>,
+    /// The live StatefulSet's revisions, once its controller reported them.
+    pub revisions: Option<Revisions>,
+    /// Ordinals of its pods that run the update revision (their
+    /// `controller-revision-hash` label).
+    pub updated: BTreeSet<i32>,
 }
 
 /// Everything [`plan`] decides from.
@@ -75,11 +116,24 @@ pub enum Step {
     RetryChange(NodeId),
 }
 
+/// The rolling update of the storage pods, while one runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upgrade {
+    /// The pod released now (its set's partition lowered to its ordinal): the
+    /// StatefulSet controller recreates it with the new template.
+    pub updating: Option<String>,
+    /// What the update waits for, in words.
+    pub waiting_for: String,
+}
+
 /// What to do now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// The replicas each storage StatefulSet gets, in [`Observed::sets`] order.
     pub replicas: Vec<i32>,
+    /// The `rollingUpdate.partition` each storage StatefulSet gets: its pods at or above
+    /// that ordinal run the new template.
+    pub partitions: Vec<i32>,
     /// The membership change to begin.
     pub step: Step,
     /// True while the cluster is not yet what the spec asks for (pods to start, nodes to
@@ -92,18 +146,41 @@ pub struct Plan {
     pub refused: Option<String>,
     /// What the operator waits for, in words.
     pub waiting_for: Option<String>,
+    /// The rolling update of the storage pods, while one runs.
+    pub upgrade: Option<Upgrade>,
 }
 
 /// Decides the next step. Pure: the same observation always gives the same plan.
 pub fn plan(obs: &Observed) -> Plan {
+    let mut plan = plan_membership(obs);
+    plan_update(obs, &mut plan);
+    if plan.waiting_for.is_none() {
+        plan.waiting_for = plan.upgrade.as_ref().map(|u| u.waiting_for.clone());
+    }
+    plan
+}
+
+/// The replica counts and the membership change (every rule but the rolling update).
+fn plan_membership(obs: &Observed) -> Plan {
     let total_desired: i64 = obs.sets.iter().map(|s| i64::from(s.desired.max(0))).sum();
     let shrinking = obs.sets.iter().any(|s| s.current.is_some_and(|c| s.desired < c));
-    let refused = (total_desired < i64::from(obs.n)).then(|| {
-        format!(
-            "{total_desired} storage node(s) cannot hold N = {} replicas of each key on distinct nodes; the scale-down is refused",
-            obs.n
-        )
-    });
+    // The cluster's own N, or the largest `n` the view reports when it is larger (a
+    // bucket created with more replicas than the default).
+    let max_n = obs.view.as_ref().ok().and_then(|v| v.max_n).unwrap_or(0);
+    let refused = if total_desired < i64::from(max_n.max(obs.n)) {
+        Some(if max_n > obs.n {
+            format!(
+                "{total_desired} storage node(s) cannot hold n = {max_n} replicas of each key on distinct nodes (the largest n of a bucket); the scale-down is refused"
+            )
+        } else {
+            format!(
+                "{total_desired} storage node(s) cannot hold N = {} replicas of each key on distinct nodes; the scale-down is refused",
+                obs.n
+            )
+        })
+    } else {
+        None
+    };
     // A refused scale-down keeps what runs: only a count that grows is taken.
     let target: Vec<i32> = obs
         .sets
@@ -128,11 +205,13 @@ pub fn plan(obs: &Observed) -> Plan {
                 format!("the cluster view is unavailable ({why}); no membership change until it answers");
             return Plan {
                 replicas,
+                partitions: Vec::new(),
                 step: Step::None,
                 scaling: shrinking || obs.sets.iter().any(|s| s.current != Some(s.desired)),
                 degraded: Some(degraded.clone()),
                 refused,
                 waiting_for: Some(degraded),
+                upgrade: None,
             };
         }
     };
@@ -169,11 +248,13 @@ pub fn plan(obs: &Observed) -> Plan {
     let mut degraded: Vec<String> = Vec::new();
     let mut plan = Plan {
         replicas,
+        partitions: Vec::new(),
         step: Step::None,
         scaling: false,
         degraded: None,
         refused,
         waiting_for: None,
+        upgrade: None,
     };
 
     // One change at a time: a running change is followed to its end first.
@@ -293,6 +374,120 @@ pub fn plan(obs: &Observed) -> Plan {
     plan
 }
 
+/// Sets `plan.partitions` and `plan.upgrade`: the rolling update (module doc).
+fn plan_update(obs: &Observed, plan: &mut Plan) {
+    let rolling = |s: &SetObserved| s.revisions.as_ref().is_some_and(Revisions::is_rolling);
+    // A set whose pods all run one revision keeps its partition at its replica count: a
+    // template change applied with it recreates no pod. A rolling set holds its
+    // partition until `may_release` lets it go one lower; it never rises during the
+    // update (a released pod that restarted would come back with the old template).
+    plan.partitions = obs
+        .sets
+        .iter()
+        .zip(&plan.replicas)
+        .map(|(s, r)| if rolling(s) { s.partition.unwrap_or(*r) } else { *r })
+        .collect();
+    // Sets roll one after the other: the first one rolling is the one updated.
+    let Some(active) = obs.sets.iter().position(rolling) else {
+        return;
+    };
+    let set = &obs.sets[active];
+    // Pods at or above `released` were let go to the new template (none when it is the
+    // replica count).
+    let released = plan.partitions[active].clamp(0, set.current.unwrap_or(0).max(0));
+    plan.upgrade = Some(match may_release(obs, plan, set, released) {
+        Ok(()) => {
+            let pod = pod_name(&set.name, released - 1);
+            plan.partitions[active] = released - 1;
+            Upgrade {
+                waiting_for: format!("updating {pod}: waiting for it to run the new revision"),
+                updating: Some(pod),
+            }
+        }
+        Err(waiting_for) => Upgrade {
+            updating: None,
+            waiting_for,
+        },
+    });
+}
+
+/// Whether the pod below `released` in `set` may be released to the new template now,
+/// or what that waits for.
+fn may_release(obs: &Observed, plan: &Plan, set: &SetObserved, released: i32) -> Result<(), String> {
+    let top = set.current.unwrap_or(0);
+    let view = obs.view.as_ref().map_err(|_| {
+        "the cluster view, to update the storage pods (no pod is updated without it)".to_owned()
+    })?;
+    if !set.revisions.as_ref().is_some_and(|r| r.observed) {
+        return Err(format!(
+            "the StatefulSet controller to observe {}'s new spec",
+            set.name
+        ));
+    }
+    if plan.scaling || plan.step != Step::None {
+        return Err(format!(
+            "the scaling to finish before the next storage pod is updated ({} of {top} in {} updated)",
+            top - released,
+            set.name
+        ));
+    }
+    let members: BTreeMap<&str, &NodeStatus> = view.nodes.iter().map(|n| (n.node_id.as_str(), n)).collect();
+    let is_up = |pod: &str| members.get(pod).is_some_and(|m| m.state == NodeState::Up);
+    // Every pod released so far: on the new revision, ready, up and caught up.
+    for i in (released..top).rev() {
+        let pod = pod_name(&set.name, i);
+        let missing = if !set.updated.contains(&i) {
+            Some("it to run the new revision".to_owned())
+        } else if !set.ready.contains(&i) {
+            Some("it to be ready".to_owned())
+        } else if !is_up(&pod) {
+            Some("it to be up in the ring".to_owned())
+        } else {
+            caught_up(view, members.get(pod.as_str()).copied()).err()
+        };
+        if let Some(what) = missing {
+            return Err(format!("updating {pod}: waiting for {what}"));
+        }
+    }
+    if released == 0 {
+        return Err(format!(
+            "the StatefulSet controller to finish the update of {}",
+            set.name
+        ));
+    }
+    // Every other storage pod ready and up: releasing one more takes a node away.
+    let next = pod_name(&set.name, released - 1);
+    for s in &obs.sets {
+        for i in 0..s.current.unwrap_or(0) {
+            let pod = pod_name(&s.name, i);
+            if !s.ready.contains(&i) || !is_up(&pod) {
+                let what = if pod == next { "it" } else { next.as_str() };
+                return Err(format!(
+                    "{pod} to be ready and up in the ring before {what} is updated"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a member that restarted on the new revision is caught up, or what it still
+/// lacks: no membership change or handoff running, and (when it runs anti-entropy) one
+/// full pass since it started, which repairs what it missed while down. The view shows
+/// no hint backlog, so hints still queued for it elsewhere are not waited for.
+fn caught_up(view: &ClusterView, member: Option<&NodeStatus>) -> Result<(), String> {
+    if view.change.is_some() || view.handoffs.iter().any(|h| !h.done) {
+        return Err("the membership change to finish".into());
+    }
+    match member.and_then(|m| m.anti_entropy) {
+        None => Err("it to report its anti-entropy progress".into()),
+        Some(ae) if ae.enabled && ae.passes == 0 => {
+            Err("its first anti-entropy pass since it restarted".into())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// The pause before the next reconcile after `failures` failed ones in a row: 5 s,
 /// doubling, at most 5 minutes.
 pub fn backoff(failures: u32) -> Duration {
@@ -340,7 +535,42 @@ mod tests {
             desired,
             current,
             ready: ready.iter().copied().collect(),
+            partition: current,
+            revisions: current.map(|_| Revisions {
+                current: "r1".into(),
+                update: "r1".into(),
+                observed: true,
+            }),
+            updated: BTreeSet::new(),
         }
+    }
+
+    /// `set(n, Some(n), ready)` after a template change: revision r2 asked for, the
+    /// partition at `partition`, `updated` on r2.
+    fn rolling(n: i32, ready: &[i32], partition: i32, updated: &[i32]) -> SetObserved {
+        SetObserved {
+            partition: Some(partition),
+            revisions: Some(Revisions {
+                current: "r1".into(),
+                update: "r2".into(),
+                observed: true,
+            }),
+            updated: updated.iter().copied().collect(),
+            ..set(n, Some(n), ready)
+        }
+    }
+
+    /// A view of members `0..n`, up, each with one anti-entropy pass done.
+    fn caught_up_view(n: i32) -> ClusterView {
+        let mut v = view(&(0..n).collect::<Vec<_>>());
+        for m in &mut v.nodes {
+            m.anti_entropy = Some(dynamo_client::AntiEntropyStatus {
+                enabled: true,
+                passes: 1,
+                ..Default::default()
+            });
+        }
+        v
     }
 
     fn member(i: i32, state: NodeState) -> NodeStatus {
@@ -361,6 +591,7 @@ mod tests {
             nodes: members.iter().map(|i| member(*i, NodeState::Up)).collect(),
             handoffs: Vec::new(),
             change: None,
+            max_n: None,
         }
     }
 
@@ -425,11 +656,13 @@ mod tests {
             p,
             Plan {
                 replicas: vec![3],
+                partitions: vec![3],
                 step: Step::None,
                 scaling: false,
                 degraded: None,
                 refused: None,
                 waiting_for: None,
+                upgrade: None,
             }
         );
     }
@@ -522,6 +755,226 @@ mod tests {
         let p = plan(&observed(vec![set(2, Some(3), &[0, 1, 2])], Ok(view(&[0, 1, 2]))));
         assert_eq!((p.replicas.clone(), p.step.clone()), (vec![3], Step::None));
         assert!(p.refused.as_deref().is_some_and(|r| r.contains("N = 3")), "{p:?}");
+    }
+
+    #[test]
+    fn a_scale_down_below_the_largest_bucket_n_is_refused() {
+        // Goal: a bucket with n = 5 keeps a 6-node cluster from going below 5, though
+        // the cluster's N is 3; down to 5 is allowed. Without the field (an older
+        // server) only N counts.
+        let all = [0, 1, 2, 3, 4, 5];
+        let mut v = view(&all);
+        v.max_n = Some(5);
+        let p = plan(&observed(vec![set(4, Some(6), &all)], Ok(v.clone())));
+        assert_eq!((p.replicas.clone(), p.step.clone()), (vec![6], Step::None));
+        let why = p.refused.expect("refused");
+        assert!(
+            why.contains("n = 5") && why.contains("largest n of a bucket"),
+            "{why}"
+        );
+        let p = plan(&observed(vec![set(5, Some(6), &all)], Ok(v)));
+        assert_eq!((p.refused, p.step), (None, Step::Decommission(node(5))));
+        let p = plan(&observed(vec![set(4, Some(6), &all)], Ok(view(&all))));
+        assert_eq!(p.refused, None);
+    }
+
+    #[test]
+    fn a_steady_set_keeps_its_partition_at_its_replica_count() {
+        // Goal: with every pod on one revision the partition is the replica count (a
+        // template change applied with it recreates no pod), and it follows the count.
+        let p = plan(&observed(vec![set(5, Some(3), &[0, 1, 2])], Ok(view(&[0, 1, 2]))));
+        assert_eq!((p.replicas, p.partitions), (vec![5], vec![5]));
+        let p = plan(&observed(vec![set(3, None, &[])], Ok(view(&[]))));
+        assert_eq!(p.partitions, vec![3]);
+        assert_eq!(p.upgrade, None);
+    }
+
+    #[test]
+    fn a_rolling_update_waits_for_each_pod_before_the_next() {
+        // Goal: the partition goes down one ordinal at a time, highest first, and only
+        // once the pod released last runs the new revision, is ready, is up in the ring
+        // and has finished an anti-entropy pass since it restarted. Method: replay what
+        // the StatefulSet controller and the node do, one observation at a time.
+        let all = [0, 1, 2];
+        let p = plan(&observed(vec![rolling(3, &all, 3, &[])], Ok(caught_up_view(3))));
+        assert_eq!(p.partitions, vec![2]);
+        let u = p.upgrade.expect("upgrading");
+        assert_eq!(u.updating.as_deref(), Some("dc-storage-2"));
+        assert_eq!(
+            p.waiting_for.as_deref(),
+            Some("updating dc-storage-2: waiting for it to run the new revision")
+        );
+        assert_eq!(p.step, Step::None);
+
+        let waits = |s: SetObserved, v: ClusterView| {
+            let p = plan(&observed(vec![s], Ok(v)));
+            assert_eq!(
+                p.partitions,
+                vec![2],
+                "no second pod while dc-storage-2 is not back"
+            );
+            let u = p.upgrade.expect("upgrading");
+            assert_eq!(u.updating, None);
+            assert_eq!(p.waiting_for.as_deref(), Some(u.waiting_for.as_str()));
+            u.waiting_for
+        };
+        // Not recreated yet; recreated but starting; ready but not up; up, not caught up.
+        assert_eq!(
+            waits(rolling(3, &all, 2, &[]), caught_up_view(3)),
+            "updating dc-storage-2: waiting for it to run the new revision"
+        );
+        assert_eq!(
+            waits(rolling(3, &[0, 1], 2, &[2]), caught_up_view(3)),
+            "updating dc-storage-2: waiting for it to be ready"
+        );
+        let mut v = caught_up_view(3);
+        v.nodes[2].state = NodeState::Down;
+        assert_eq!(
+            waits(rolling(3, &all, 2, &[2]), v.clone()),
+            "updating dc-storage-2: waiting for it to be up in the ring"
+        );
+        v.nodes[2].state = NodeState::Up;
+        v.nodes[2].anti_entropy = None;
+        assert_eq!(
+            waits(rolling(3, &all, 2, &[2]), v.clone()),
+            "updating dc-storage-2: waiting for it to report its anti-entropy progress"
+        );
+        v.nodes[2].anti_entropy = Some(dynamo_client::AntiEntropyStatus {
+            enabled: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            waits(rolling(3, &all, 2, &[2]), v.clone()),
+            "updating dc-storage-2: waiting for its first anti-entropy pass since it restarted"
+        );
+        // Back and caught up: dc-storage-1 next, then dc-storage-0.
+        let p = plan(&observed(vec![rolling(3, &all, 2, &[2])], Ok(caught_up_view(3))));
+        assert_eq!(p.partitions, vec![1]);
+        assert_eq!(
+            p.upgrade.and_then(|u| u.updating).as_deref(),
+            Some("dc-storage-1")
+        );
+        let p = plan(&observed(
+            vec![rolling(3, &all, 1, &[1, 2])],
+            Ok(caught_up_view(3)),
+        ));
+        assert_eq!(p.partitions, vec![0]);
+        // Every pod released: the StatefulSet controller ends the update.
+        let p = plan(&observed(
+            vec![rolling(3, &all, 0, &[0, 1, 2])],
+            Ok(caught_up_view(3)),
+        ));
+        assert_eq!(p.partitions, vec![0]);
+        assert_eq!(
+            p.waiting_for.as_deref(),
+            Some("the StatefulSet controller to finish the update of dc-storage")
+        );
+        // It did (current = update): the partition goes back to the replica count.
+        let p = plan(&observed(vec![set(3, Some(3), &all)], Ok(caught_up_view(3))));
+        assert_eq!((p.partitions, p.upgrade), (vec![3], None));
+    }
+
+    #[test]
+    fn a_pod_that_does_not_come_back_stops_the_roll() {
+        // Goal: an updated pod that never becomes ready (a bad image) or falls out of the
+        // ring later holds the partition where it is, however often the plan runs.
+        let all = [0, 1, 2];
+        for _ in 0..3 {
+            let p = plan(&observed(
+                vec![rolling(3, &[0, 2], 1, &[1, 2])],
+                Ok(caught_up_view(3)),
+            ));
+            assert_eq!(p.partitions, vec![1]);
+            assert_eq!(
+                p.waiting_for.as_deref(),
+                Some("updating dc-storage-1: waiting for it to be ready")
+            );
+        }
+        // dc-storage-2, updated before, goes down: the roll stops too.
+        let mut v = caught_up_view(3);
+        v.nodes[2].state = NodeState::Down;
+        let p = plan(&observed(vec![rolling(3, &all, 1, &[1, 2])], Ok(v)));
+        assert_eq!(p.partitions, vec![1]);
+        assert_eq!(
+            p.waiting_for.as_deref(),
+            Some("updating dc-storage-2: waiting for it to be up in the ring")
+        );
+        // A pod not yet released is down: nothing more is released.
+        let p = plan(&observed(
+            vec![rolling(3, &[1, 2], 1, &[1, 2])],
+            Ok(caught_up_view(3)),
+        ));
+        assert_eq!(p.partitions, vec![1]);
+        assert_eq!(
+            p.waiting_for.as_deref(),
+            Some("dc-storage-0 to be ready and up in the ring before it is updated")
+        );
+    }
+
+    #[test]
+    fn no_pod_is_updated_without_the_view_during_a_change_or_before_the_controller_observed() {
+        let all = [0, 1, 2];
+        let p = plan(&observed(vec![rolling(3, &all, 3, &[])], Err("503".into())));
+        assert_eq!(p.partitions, vec![3]);
+        assert!(p.upgrade.is_some_and(|u| u.updating.is_none()));
+        let mut v = caught_up_view(3);
+        v.change = Some(change(ChangeKindName::Join, 3, 1, None));
+        let p = plan(&observed(vec![rolling(3, &all, 3, &[])], Ok(v)));
+        assert_eq!(p.partitions, vec![3]);
+        assert!(
+            p.upgrade
+                .is_some_and(|u| u.waiting_for.contains("scaling to finish"))
+        );
+        let mut s = rolling(3, &all, 3, &[]);
+        if let Some(r) = s.revisions.as_mut() {
+            r.observed = false;
+        }
+        let p = plan(&observed(vec![s], Ok(caught_up_view(3))));
+        assert_eq!(p.partitions, vec![3]);
+    }
+
+    #[test]
+    fn zones_roll_one_set_after_the_other() {
+        // Goal: with two zone sets both changed, only the first is released; the second
+        // holds its partition until the first is done.
+        let a = SetObserved {
+            name: "dc-storage-a".into(),
+            ..rolling(1, &[0], 1, &[])
+        };
+        let b = SetObserved {
+            name: "dc-storage-b".into(),
+            ..rolling(1, &[0], 1, &[])
+        };
+        let mut v = view(&[]);
+        for name in ["dc-storage-a-0", "dc-storage-b-0"] {
+            v.nodes.push(NodeStatus {
+                node_id: NodeId::new(name).expect("id"),
+                address: format!("http://{name}.{SUFFIX}"),
+                zone: None,
+                state: NodeState::Up,
+                last_heartbeat_ms_ago: None,
+                anti_entropy: Some(dynamo_client::AntiEntropyStatus {
+                    enabled: true,
+                    passes: 1,
+                    ..Default::default()
+                }),
+            });
+        }
+        let mut obs = observed(vec![a.clone(), b.clone()], Ok(v));
+        obs.n = 1;
+        let p = plan(&obs);
+        assert_eq!(p.partitions, vec![0, 1]);
+        // a is done (one revision again): b's turn.
+        obs.sets[0] = SetObserved {
+            name: "dc-storage-a".into(),
+            ..set(1, Some(1), &[0])
+        };
+        let p = plan(&obs);
+        assert_eq!(p.partitions, vec![1, 0]);
+        assert_eq!(
+            p.upgrade.and_then(|u| u.updating).as_deref(),
+            Some("dc-storage-b-0")
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!    the coordinators' public API (with the root token read from its Secret);
 //! 4. decide with [`plan::plan`];
 //! 5. server-side apply every owned object, the storage StatefulSets with the plan's
-//!    replica counts;
+//!    replica counts and rolling-update partitions (an Event when a lowered partition
+//!    releases a pod to a new template);
 //! 6. begin at most one membership change (join, decommission, retry), with an Event;
 //! 7. write the status (conditions, members, handoff progress, what it waits for).
 //!
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use dynamo_client::{ClientError, ClusterView, ErrorCode, NodeState};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -39,7 +40,7 @@ use crate::crd::{
 use crate::error::Error;
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
-use crate::plan::{self, Observed, Plan, SetObserved, Step};
+use crate::plan::{self, Observed, Plan, Revisions, SetObserved, Step};
 use crate::resources::{self, FIELD_MANAGER, Names, Owned};
 
 /// Requeue while something is under way (pods starting, a handoff running).
@@ -184,20 +185,31 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
     let observed_sets: Vec<SetObserved> = sets
         .iter()
         .zip(&live)
-        .map(|(set, sts)| SetObserved {
-            name: set.name.clone(),
-            zone: set.zone.clone(),
-            desired: dc.spec.storage.replicas,
-            current: sts
-                .as_ref()
-                .and_then(|s| s.spec.as_ref())
-                .and_then(|s| s.replicas),
-            ready: pod_list
-                .items
-                .iter()
-                .filter(|p| is_ready(p))
-                .filter_map(|p| plan::ordinal_of(&set.name, &p.name_any()))
-                .collect(),
+        .map(|(set, sts)| {
+            let spec = sts.as_ref().and_then(|s| s.spec.as_ref());
+            let revisions = sts.as_ref().and_then(revisions);
+            let update = revisions.as_ref().map(|r| r.update.as_str());
+            let ordinals = |keep: &dyn Fn(&Pod) -> bool| {
+                pod_list
+                    .items
+                    .iter()
+                    .filter(|p| keep(p))
+                    .filter_map(|p| plan::ordinal_of(&set.name, &p.name_any()))
+                    .collect()
+            };
+            SetObserved {
+                name: set.name.clone(),
+                zone: set.zone.clone(),
+                desired: dc.spec.storage.replicas,
+                current: spec.and_then(|s| s.replicas),
+                ready: ordinals(&is_ready),
+                partition: spec
+                    .and_then(|s| s.update_strategy.as_ref())
+                    .and_then(|u| u.rolling_update.as_ref())
+                    .and_then(|r| r.partition),
+                updated: ordinals(&|p: &Pod| update.is_some() && pod_revision(p) == update),
+                revisions,
+            }
         })
         .collect();
 
@@ -218,8 +230,24 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
     tracing::debug!(cluster = %names.cluster, ?plan, "plan");
 
     // Apply every owned object.
-    for o in resources::owned(dc, &plan.replicas) {
+    for o in resources::owned(dc, &plan.replicas, &plan.partitions) {
         apply_owned(client, &ns, &o).await?;
+    }
+    if let Some(pod) = plan.upgrade.as_ref().and_then(|u| u.updating.as_ref()) {
+        ctx.metrics.updates.inc();
+        let note = format!(
+            "updating {pod}: its pod is recreated with the new template; the next waits until it is ready, up in the ring and caught up"
+        );
+        tracing::info!(cluster = %names.cluster, pod = %pod, "updating a storage pod");
+        publish(
+            ctx,
+            dc,
+            EventType::Normal,
+            "UpdatingPod",
+            Some(note),
+            Some(pod.as_str()),
+        )
+        .await;
     }
 
     // Begin at most one membership change.
@@ -235,7 +263,6 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
         &observed,
         &plan,
         step_error.as_deref(),
-        &live,
         &old,
         Timestamp::now(),
     );
@@ -246,6 +273,7 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
             EventType::Warning,
             "ScaleDownRefused",
             plan.refused.clone(),
+            None,
         )
         .await;
     }
@@ -259,7 +287,9 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
         .await
         .map_err(Error::kube("patch status"))?;
     }
-    let busy = plan.scaling || plan.degraded.is_some() || plan.step != Step::None;
+    // An update waits on the cluster view (a node up, its anti-entropy pass), which no
+    // watch reports: look again soon.
+    let busy = plan.scaling || plan.degraded.is_some() || plan.step != Step::None || plan.upgrade.is_some();
     Ok(Action::requeue(if busy { BUSY_REQUEUE } else { IDLE_REQUEUE }))
 }
 
@@ -270,6 +300,11 @@ async fn begin(
     client: &dynamo_client::Client,
     step: &Step,
 ) -> Option<String> {
+    let node = match step {
+        Step::None => return None,
+        Step::Join(reg) => &reg.node_id,
+        Step::Decommission(node) | Step::RetryChange(node) => node,
+    };
     let (kind, reason, note, result) = match step {
         Step::None => return None,
         Step::Join(reg) => (
@@ -295,7 +330,15 @@ async fn begin(
         Ok(_) => {
             ctx.metrics.changes.with_label_values(&[kind, "ok"]).inc();
             tracing::info!(cluster = %dc.name_any(), kind, "{note}");
-            publish(ctx, dc, EventType::Normal, reason, Some(note)).await;
+            publish(
+                ctx,
+                dc,
+                EventType::Normal,
+                reason,
+                Some(note),
+                Some(node.as_str()),
+            )
+            .await;
             None
         }
         // Someone else's change began in between: the next reconcile follows it.
@@ -310,6 +353,7 @@ async fn begin(
                 EventType::Warning,
                 "MembershipChangeFailed",
                 Some(why.clone()),
+                Some(node.as_str()),
             )
             .await;
             Some(why)
@@ -326,7 +370,7 @@ async fn cleanup(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
     } else {
         "deleting the cluster and, as pvcRetentionPolicy.whenDeleted asks, its storage volumes"
     };
-    publish(ctx, dc, EventType::Normal, "Deleting", Some(note.into())).await;
+    publish(ctx, dc, EventType::Normal, "Deleting", Some(note.into()), None).await;
     Ok(Action::await_change())
 }
 
@@ -406,6 +450,27 @@ fn describe(e: &ClientError) -> String {
     }
 }
 
+/// A StatefulSet's revisions, once its controller reported both.
+fn revisions(sts: &StatefulSet) -> Option<Revisions> {
+    let status = sts.status.as_ref()?;
+    // Before the controller saw the latest spec, its revisions describe an older one.
+    let observed = match (sts.metadata.generation, status.observed_generation) {
+        (Some(generation), Some(seen)) => seen >= generation,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    Some(Revisions {
+        current: status.current_revision.clone()?,
+        update: status.update_revision.clone()?,
+        observed,
+    })
+}
+
+/// The StatefulSet revision a pod runs (`controller-revision-hash`).
+fn pod_revision(p: &Pod) -> Option<&str> {
+    p.labels().get("controller-revision-hash").map(String::as_str)
+}
+
 fn is_ready(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none()
         && p.status
@@ -414,13 +479,33 @@ fn is_ready(p: &Pod) -> bool {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn publish(ctx: &Context, dc: &DynamoCluster, type_: EventType, reason: &str, note: Option<String>) {
+/// Publishes an Event about `dc` and, if given, the storage pod (`pod`, a node id) it
+/// concerns.
+///
+/// The pod is the Event's related object on purpose: kube's recorder folds an Event
+/// into the series of an earlier one with the same reason and objects (for 6 minutes),
+/// keeping the earlier one's note, so "joining dc-storage-4" right after "joining
+/// dc-storage-3" would otherwise read as a second "joining dc-storage-3".
+async fn publish(
+    ctx: &Context,
+    dc: &DynamoCluster,
+    type_: EventType,
+    reason: &str,
+    note: Option<String>,
+    pod: Option<&str>,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
         note,
         action: reason.into(),
-        secondary: None,
+        secondary: pod.map(|name| ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name.into()),
+            namespace: dc.namespace(),
+            ..ObjectReference::default()
+        }),
     };
     // An Event is for humans: failing to write one never fails the reconcile.
     if let Err(e) = ctx.recorder.publish(&event, &dc.object_ref(&())).await {
@@ -437,13 +522,11 @@ fn has_condition(status: &DynamoClusterStatus, type_: &str) -> bool {
 
 /// The status for this observation and plan. Pure; a condition keeps its
 /// `lastTransitionTime` while its status does not change.
-#[allow(clippy::too_many_arguments)]
 fn status(
     dc: &DynamoCluster,
     obs: &Observed,
     plan: &Plan,
     step_error: Option<&str>,
-    live: &[Option<StatefulSet>],
     old: &DynamoClusterStatus,
     now: Timestamp,
 ) -> DynamoClusterStatus {
@@ -470,11 +553,7 @@ fn status(
         .sum::<usize>();
     let ready = i32::try_from(ready).unwrap_or(i32::MAX);
     let desired: i32 = obs.sets.iter().map(|s| s.desired).sum();
-    let upgrading = live.iter().flatten().any(|s| {
-        s.status
-            .as_ref()
-            .is_some_and(|st| st.update_revision.is_some() && st.update_revision != st.current_revision)
-    });
+    let upgrading = plan.upgrade.as_ref();
     let degraded = match (&plan.degraded, step_error) {
         (Some(d), Some(e)) => Some(format!("{d}; {e}")),
         (Some(d), None) => Some(d.clone()),
@@ -525,13 +604,13 @@ fn status(
         ),
         cond(
             "Upgrading",
-            upgrading,
-            if upgrading { "RollingUpdate" } else { "UpToDate" },
-            if upgrading {
-                "storage pods are being updated".into()
+            upgrading.is_some(),
+            if upgrading.is_some() {
+                "RollingUpdate"
             } else {
-                String::new()
+                "UpToDate"
             },
+            upgrading.map(|u| u.waiting_for.clone()).unwrap_or_default(),
         ),
     ];
     if let Some(r) = &plan.refused {

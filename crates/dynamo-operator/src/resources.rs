@@ -131,17 +131,24 @@ impl Names {
     }
 }
 
-/// Every object of `dc`, with `storage_replicas[i]` pods in storage set `i` (the plan's
-/// count, never the spec's directly: see `plan`).
-pub fn owned(dc: &DynamoCluster, storage_replicas: &[i32]) -> Vec<Owned> {
+/// Every object of `dc`, with `storage_replicas[i]` pods in storage set `i` and its
+/// rolling update's partition at `storage_partitions[i]` (the plan's, never derived from
+/// the spec directly: see `plan`).
+pub fn owned(dc: &DynamoCluster, storage_replicas: &[i32], storage_partitions: &[i32]) -> Vec<Owned> {
     let names = Names::of(dc);
     let mut out = vec![
         headless(dc, &names, &names.ring(), "ring", RING_PORT, false),
         ring_statefulset(dc, &names),
         headless(dc, &names, &names.storage(), "storage", STORAGE_PORT, true),
     ];
-    for (set, replicas) in dc.spec.storage_sets(&names.cluster).iter().zip(storage_replicas) {
-        out.push(storage_statefulset(dc, &names, set, *replicas));
+    for ((set, replicas), partition) in dc
+        .spec
+        .storage_sets(&names.cluster)
+        .iter()
+        .zip(storage_replicas)
+        .zip(storage_partitions)
+    {
+        out.push(storage_statefulset(dc, &names, set, *replicas, *partition));
     }
     out.push(coordinator_service(dc, &names));
     out.push(coordinator_deployment(dc, &names));
@@ -161,6 +168,16 @@ fn owner(dc: &DynamoCluster) -> Value {
         .controller_owner_ref(&())
         .map(|o| serde_json::to_value(o).unwrap_or(Value::Null));
     json!([oref.unwrap_or(Value::Null)])
+}
+
+/// The metadata of a component's Service: its labels and `dynamo.io/scrape-job`, the
+/// scrape job's name a ServiceMonitor takes (`jobLabel`), `dynamo-<component>` whatever
+/// the cluster is called, as the chart's Services have it (its alerts match jobs on
+/// `dynamo`).
+fn service_metadata(dc: &DynamoCluster, names: &Names, name: &str, component: &str) -> Value {
+    let mut m = metadata(dc, names, name, component);
+    m["labels"]["dynamo.io/scrape-job"] = json!(format!("dynamo-{component}"));
+    m
 }
 
 fn metadata(dc: &DynamoCluster, names: &Names, name: &str, component: &str) -> Value {
@@ -196,7 +213,7 @@ fn headless(
         body: json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": metadata(dc, names, name, component),
+            "metadata": service_metadata(dc, names, name, component),
             "spec": spec,
         }),
     }
@@ -210,7 +227,7 @@ fn coordinator_service(dc: &DynamoCluster, names: &Names) -> Owned {
         body: json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": metadata(dc, names, &name, "coordinator"),
+            "metadata": service_metadata(dc, names, &name, "coordinator"),
             "spec": {
                 "type": "ClusterIP",
                 "selector": names.selector("coordinator"),
@@ -428,7 +445,13 @@ fn env_var(name: &str, value: impl Into<String>) -> Value {
     env(name, value.into())
 }
 
-fn storage_statefulset(dc: &DynamoCluster, names: &Names, set: &StorageSet, replicas: i32) -> Owned {
+fn storage_statefulset(
+    dc: &DynamoCluster,
+    names: &Names,
+    set: &StorageSet,
+    replicas: i32,
+    partition: i32,
+) -> Owned {
     let mut env =
         vec![json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})];
     env.extend(common_env(dc, STORAGE_PORT));
@@ -491,7 +514,9 @@ fn storage_statefulset(dc: &DynamoCluster, names: &Names, set: &StorageSet, repl
                 "serviceName": names.storage(),
                 // Nodes start together; the operator orders the membership changes.
                 "podManagementPolicy": "Parallel",
-                "updateStrategy": {"type": "RollingUpdate"},
+                // Pods below the partition keep their template: the operator lowers it
+                // one ordinal at a time, each pod back in the ring before the next.
+                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": partition}},
                 // Scaled-away volumes go only after the node's decommission finished
                 // (the plan shrinks no earlier), and only on the spec's opt-in.
                 "persistentVolumeClaimRetentionPolicy": {
@@ -594,7 +619,7 @@ mod tests {
         ] {
             let dc = cluster(spec);
             let sets = dc.spec.storage_sets("dc").len();
-            for o in owned(&dc, &vec![3; sets]) {
+            for o in owned(&dc, &vec![3; sets], &vec![2; sets]) {
                 match o.kind {
                     "StatefulSet" => round_trips::<StatefulSet>(&o),
                     "Deployment" => round_trips::<Deployment>(&o),
@@ -617,7 +642,7 @@ mod tests {
         let dc = cluster(
             json!({"storage": {"replicas": 5}, "defaults": {"replicas": 3, "readQuorum": 2, "writeQuorum": 2}}),
         );
-        let all = owned(&dc, &[4]);
+        let all = owned(&dc, &[4], &[3]);
         let by = |name: &str, kind: &str| {
             all.iter()
                 .find(|o| o.name == name && o.kind == kind)
@@ -627,6 +652,11 @@ mod tests {
         };
         let sts = by("dc-storage", "StatefulSet");
         assert_eq!(sts["spec"]["replicas"], 4, "the plan's count, not the spec's");
+        assert_eq!(
+            sts["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 3}}),
+            "the plan's partition"
+        );
         assert_eq!(
             sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
             "Retain"
@@ -676,5 +706,24 @@ mod tests {
             true
         );
         assert_eq!(by("dc-ring", "StatefulSet")["spec"]["replicas"], 1);
+        // The chart's ServiceMonitors name each scrape job by this label.
+        for (service, job) in [
+            ("dc-ring", "dynamo-ring"),
+            ("dc-storage", "dynamo-storage"),
+            ("dc-coordinator", "dynamo-coordinator"),
+        ] {
+            let labels = &by(service, "Service")["metadata"]["labels"];
+            assert_eq!(labels["dynamo.io/scrape-job"], job, "{service}");
+            assert_eq!(
+                labels["app.kubernetes.io/component"],
+                job.trim_start_matches("dynamo-")
+            );
+        }
+        assert!(
+            by("dc-storage", "StatefulSet")["metadata"]["labels"]
+                .get("dynamo.io/scrape-job")
+                .is_none(),
+            "only Services are scrape targets"
+        );
     }
 }

@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use dynamo_client::{
-    ChangeKindName, ChangeProgress, ChangeSummary, ClusterView, NodeId, NodeRegistration, NodeState,
-    NodeStatus, RingEpoch,
+    AntiEntropyStatus, ChangeKindName, ChangeProgress, ChangeSummary, ClusterView, NodeId, NodeRegistration,
+    NodeState, NodeStatus, RingEpoch,
 };
 use dynamo_operator::crd::DynamoCluster;
 use dynamo_operator::lease::{self, Leadership, LeaseConfig};
@@ -58,8 +58,16 @@ struct World {
     dc: Value,
     /// `spec.replicas` of each live StatefulSet.
     statefulsets: BTreeMap<String, i64>,
+    /// `spec.updateStrategy.rollingUpdate.partition` of each, as last applied.
+    partitions: BTreeMap<String, i64>,
+    /// `status.currentRevision` and `status.updateRevision` of each, as the test plays
+    /// the StatefulSet controller.
+    revisions: BTreeMap<String, (String, String)>,
     /// Ready storage pods.
     ready_pods: Vec<String>,
+    /// The revision (`controller-revision-hash`) each storage pod runs; a pod listed
+    /// here and not in `ready_pods` exists but is not ready.
+    pod_revisions: BTreeMap<String, String>,
     /// Status codes to answer for (method, path) instead of the normal reply, once each.
     fail_once: Vec<(String, String, u16)>,
     /// Every request, in order.
@@ -134,10 +142,18 @@ fn answer(world: &mut World, call: &Call) -> (u16, Value) {
         ("GET", p) if p.starts_with(&sts_base) => {
             let name = &p[sts_base.len()..];
             match world.statefulsets.get(name) {
-                Some(r) => (
-                    200,
-                    json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name, "namespace": NS}, "spec": {"replicas": r, "selector": {}, "serviceName": "x", "template": {}}}),
-                ),
+                Some(r) => {
+                    let mut sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name, "namespace": NS}, "spec": {"replicas": r, "selector": {}, "serviceName": "x", "template": {}}});
+                    if let Some(p) = world.partitions.get(name) {
+                        sts["spec"]["updateStrategy"] =
+                            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": p}});
+                    }
+                    if let Some((current, update)) = world.revisions.get(name) {
+                        sts["status"] =
+                            json!({"replicas": r, "currentRevision": current, "updateRevision": update});
+                    }
+                    (200, sts)
+                }
                 None => (404, status(404, "NotFound")),
             }
         }
@@ -146,16 +162,32 @@ fn answer(world: &mut World, call: &Call) -> (u16, Value) {
             let replicas = call.body["spec"]["replicas"]
                 .as_i64()
                 .expect("replicas in the apply body");
+            if let Some(p) = call.body["spec"]["updateStrategy"]["rollingUpdate"]["partition"].as_i64() {
+                world.partitions.insert(name.clone(), p);
+            }
             world.statefulsets.insert(name, replicas);
             (200, call.body.clone())
         }
         // Every other server-side apply: echo the object.
         ("PATCH", _) if call.uri.contains("fieldManager=dynamo-operator") => (200, call.body.clone()),
         ("GET", p) if p == format!("/api/v1/namespaces/{NS}/pods") => {
-            let items: Vec<Value> = world
-                .ready_pods
-                .iter()
-                .map(|name| json!({"metadata": {"name": name, "namespace": NS}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+            let mut names: Vec<&String> = world.ready_pods.iter().collect();
+            names.extend(
+                world
+                    .pod_revisions
+                    .keys()
+                    .filter(|p| !world.ready_pods.contains(*p)),
+            );
+            let items: Vec<Value> = names
+                .into_iter()
+                .map(|name| {
+                    let ready = if world.ready_pods.contains(name) { "True" } else { "False" };
+                    let mut pod = json!({"metadata": {"name": name, "namespace": NS}, "status": {"conditions": [{"type": "Ready", "status": ready}]}});
+                    if let Some(r) = world.pod_revisions.get(name) {
+                        pod["metadata"]["labels"] = json!({"controller-revision-hash": r});
+                    }
+                    pod
+                })
                 .collect();
             (
                 200,
@@ -288,6 +320,7 @@ fn view(members: &[&str]) -> ClusterView {
         nodes: members.iter().map(|m| node(m, NodeState::Up)).collect(),
         handoffs: Vec::new(),
         change: None,
+        max_n: None,
     }
 }
 
@@ -391,6 +424,32 @@ fn sts_patches(log: &[Call]) -> Vec<i64> {
         })
         .map(|c| c.body["spec"]["replicas"].as_i64().expect("replicas"))
         .collect()
+}
+
+fn sts_partitions(log: &[Call]) -> Vec<i64> {
+    log.iter()
+        .filter(|c| {
+            c.is(
+                "PATCH",
+                &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/dc-storage"),
+            )
+        })
+        .map(|c| {
+            c.body["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+                .as_i64()
+                .expect("a partition")
+        })
+        .collect()
+}
+
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+        .clone()
 }
 
 fn reasons(log: &[Call]) -> Vec<String> {
@@ -681,6 +740,325 @@ async fn a_scale_down_below_n_is_refused_with_a_condition_and_an_event() {
     // Said once: the next reconcile repeats no event.
     h.reconcile().await.expect("reconcile");
     assert!(reasons(&h.take_log()).is_empty());
+}
+
+#[tokio::test]
+async fn a_scale_down_below_the_largest_bucket_n_is_refused_and_the_event_names_it() {
+    // Goal: the cluster view's `max_n` (a bucket with n = 5) holds a 6-node cluster at
+    // 6 when the spec asks for 4, though N is 3: no decommission, no shrink, the
+    // condition and one Event name the bucket limit.
+    let h = harness(dc_json(4, true), true).await;
+    let all: Vec<String> = (0..6).map(|i| format!("dc-storage-{i}")).collect();
+    let ids: Vec<&str> = all.iter().map(String::as_str).collect();
+    h.world
+        .lock()
+        .expect("world")
+        .statefulsets
+        .insert("dc-storage".into(), 6);
+    h.world.lock().expect("world").ready_pods = all.clone();
+    let mut v = view(&ids);
+    v.max_n = Some(5);
+    h.set_view(v);
+    h.reconcile().await.expect("reconcile");
+    let log = h.take_log();
+    assert_eq!(sts_patches(&log), vec![6]);
+    assert!(h.dynamo.lock().expect("dynamo").decommissions.is_empty());
+    let events: Vec<&Call> = log
+        .iter()
+        .filter(|c| c.method == "POST" && c.path().ends_with("/events"))
+        .collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].body["reason"], "ScaleDownRefused");
+    let note = events[0].body["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("n = 5") && note.contains("largest n of a bucket"),
+        "{note}"
+    );
+    let refused = condition(&h.stored_status(), "ScaleDownRefused");
+    assert_eq!(refused["status"], "True");
+    assert_eq!(refused["message"], note);
+}
+
+/// A settled 3-node cluster whose pods and StatefulSet run revision r1, each member up
+/// and through one anti-entropy pass.
+async fn settled_on_r1() -> Harness {
+    let h = harness(dc_json(3, true), true).await;
+    {
+        let mut w = h.world.lock().expect("world");
+        w.statefulsets.insert("dc-storage".into(), 3);
+        w.partitions.insert("dc-storage".into(), 3);
+        w.revisions
+            .insert("dc-storage".into(), ("r1".into(), "r1".into()));
+        for i in 0..3 {
+            let pod = format!("dc-storage-{i}");
+            w.ready_pods.push(pod.clone());
+            w.pod_revisions.insert(pod, "r1".into());
+        }
+    }
+    h.set_view(caught_up(view(&["dc-storage-0", "dc-storage-1", "dc-storage-2"])));
+    h
+}
+
+/// `v` with every node through one anti-entropy pass since it started.
+fn caught_up(mut v: ClusterView) -> ClusterView {
+    for n in &mut v.nodes {
+        n.anti_entropy = Some(AntiEntropyStatus {
+            enabled: true,
+            passes: 1,
+            ..AntiEntropyStatus::default()
+        });
+    }
+    v
+}
+
+impl Harness {
+    /// Plays the StatefulSet controller recreating `pod` on r2: not ready yet, and down
+    /// in the ring with no anti-entropy pass done.
+    fn recreate(&self, pod: &str) {
+        let mut w = self.world.lock().expect("world");
+        w.ready_pods.retain(|p| p != pod);
+        w.pod_revisions.insert(pod.into(), "r2".into());
+        drop(w);
+        self.node(pod, |n| {
+            n.state = NodeState::Down;
+            n.anti_entropy = None;
+        });
+    }
+
+    fn node(&self, pod: &str, f: impl FnOnce(&mut NodeStatus)) {
+        let mut d = self.dynamo.lock().expect("dynamo");
+        let v = d.view.as_mut().expect("a view");
+        f(v.nodes
+            .iter_mut()
+            .find(|n| n.node_id.as_str() == pod)
+            .expect("a member"));
+    }
+
+    fn ready(&self, pod: &str) {
+        self.world.lock().expect("world").ready_pods.push(pod.into());
+    }
+
+    /// Reconciles; returns the partition applied, the Events' reasons and the status's
+    /// `waitingFor`.
+    async fn roll_step(&self) -> (Vec<i64>, Vec<String>, String) {
+        self.reconcile().await.expect("reconcile");
+        let log = self.take_log();
+        let waiting = self.stored_status()["waitingFor"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        (sts_partitions(&log), reasons(&log), waiting)
+    }
+}
+
+#[tokio::test]
+async fn a_rolling_update_releases_one_pod_at_a_time_each_back_and_caught_up_first() {
+    // Goal: a new image recreates no pod by itself (the partition stays at 3); the
+    // operator lowers the partition one ordinal at a time, highest first, each time only
+    // after the pod released last runs the new revision, is ready, is up in the ring and
+    // finished an anti-entropy pass; the status says what it waits for and an Event
+    // marks each pod released. Method: the test plays the StatefulSet controller (the
+    // revisions, the pods' labels and readiness) and the ring (the member's state).
+    let h = settled_on_r1().await;
+    assert_eq!(h.roll_step().await, (vec![3], vec![], String::new()));
+
+    // The image changes: applied with the partition still at 3.
+    h.world.lock().expect("world").dc["spec"]["image"] = json!({"repository": "dynamo", "tag": "2.0"});
+    h.reconcile().await.expect("reconcile");
+    let log = h.take_log();
+    assert_eq!(
+        sts_partitions(&log),
+        vec![3],
+        "no pod follows the new template yet"
+    );
+    let body = &log
+        .iter()
+        .find(|c| c.method == "PATCH" && c.path().ends_with("/statefulsets/dc-storage"))
+        .expect("the apply")
+        .body;
+    assert_eq!(
+        body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "dynamo:2.0"
+    );
+    assert!(reasons(&log).is_empty());
+
+    // The StatefulSet controller computes revision r2: dc-storage-2 is released.
+    h.world
+        .lock()
+        .expect("world")
+        .revisions
+        .insert("dc-storage".into(), ("r1".into(), "r2".into()));
+    h.reconcile().await.expect("reconcile");
+    let log = h.take_log();
+    assert_eq!(
+        (sts_partitions(&log), reasons(&log)),
+        (vec![2], vec!["UpdatingPod".to_owned()])
+    );
+    let event = log
+        .iter()
+        .find(|c| c.method == "POST" && c.path().ends_with("/events"))
+        .expect("an event");
+    // Its own Event per pod (the pod is the related object), not a series of the first.
+    assert_eq!(
+        (&event.body["related"]["kind"], &event.body["related"]["name"]),
+        (&json!("Pod"), &json!("dc-storage-2"))
+    );
+    let waiting = h.stored_status()["waitingFor"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        waiting,
+        "updating dc-storage-2: waiting for it to run the new revision"
+    );
+    let upgrading = condition(&h.stored_status(), "Upgrading");
+    assert_eq!(
+        (upgrading["status"].as_str(), upgrading["message"].as_str()),
+        (Some("True"), Some(waiting.as_str()))
+    );
+    // Reconciling again changes nothing, and looks again soon: no watch reports the
+    // ring or the node's anti-entropy.
+    let action = h.reconcile().await.expect("reconcile");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(reconcile::BUSY_REQUEUE)
+    );
+    let log = h.take_log();
+    assert_eq!((sts_partitions(&log), reasons(&log)), (vec![2], vec![]));
+
+    // dc-storage-2 comes back step by step; nothing more is released meanwhile.
+    h.recreate("dc-storage-2");
+    assert_eq!(
+        h.roll_step().await,
+        (
+            vec![2],
+            vec![],
+            "updating dc-storage-2: waiting for it to be ready".into()
+        )
+    );
+    h.ready("dc-storage-2");
+    assert_eq!(
+        h.roll_step().await,
+        (
+            vec![2],
+            vec![],
+            "updating dc-storage-2: waiting for it to be up in the ring".into()
+        )
+    );
+    h.node("dc-storage-2", |n| {
+        n.state = NodeState::Up;
+        n.anti_entropy = Some(AntiEntropyStatus {
+            enabled: true,
+            ..AntiEntropyStatus::default()
+        });
+    });
+    assert_eq!(
+        h.roll_step().await,
+        (
+            vec![2],
+            vec![],
+            "updating dc-storage-2: waiting for its first anti-entropy pass since it restarted".into()
+        )
+    );
+    h.node("dc-storage-2", |n| {
+        if let Some(ae) = n.anti_entropy.as_mut() {
+            ae.passes = 1;
+        }
+    });
+    let (partitions, events, _) = h.roll_step().await;
+    assert_eq!(
+        (partitions, events),
+        (vec![1], vec!["UpdatingPod".to_owned()]),
+        "a new Event for dc-storage-1 within minutes of dc-storage-2's"
+    );
+
+    // dc-storage-1, then dc-storage-0, the same way.
+    for (pod, next) in [("dc-storage-1", 0), ("dc-storage-0", 0)] {
+        h.recreate(pod);
+        h.ready(pod);
+        h.node(pod, |n| {
+            n.state = NodeState::Up;
+            n.anti_entropy = Some(AntiEntropyStatus {
+                enabled: true,
+                passes: 1,
+                ..AntiEntropyStatus::default()
+            });
+        });
+        let (partitions, _, _) = h.roll_step().await;
+        assert_eq!(partitions, vec![next], "after {pod}");
+    }
+    assert_eq!(
+        h.stored_status()["waitingFor"],
+        "the StatefulSet controller to finish the update of dc-storage"
+    );
+    // The controller ends the update (current = update): the partition is the replica
+    // count again, and the cluster is up to date.
+    h.world
+        .lock()
+        .expect("world")
+        .revisions
+        .insert("dc-storage".into(), ("r2".into(), "r2".into()));
+    let (partitions, events, _) = h.roll_step().await;
+    assert_eq!((partitions, events), (vec![3], vec![]));
+    let st = h.stored_status();
+    assert_eq!(condition(&st, "Upgrading")["status"], "False");
+    assert_eq!(condition(&st, "Ready")["status"], "True");
+    assert!(st["waitingFor"].is_null(), "{st}");
+    assert_eq!(h.ctx.metrics.updates.get(), 3, "one update step per pod");
+}
+
+#[tokio::test]
+async fn a_pod_that_does_not_come_back_stops_the_rolling_update() {
+    // Goal: an updated pod that never becomes ready (a bad image, say) holds the
+    // partition where it is, reconcile after reconcile; so does a failing ring service,
+    // even once the pod is back.
+    let h = settled_on_r1().await;
+    h.world
+        .lock()
+        .expect("world")
+        .revisions
+        .insert("dc-storage".into(), ("r1".into(), "r2".into()));
+    let (partitions, _, _) = h.roll_step().await;
+    assert_eq!(partitions, vec![2]);
+    h.recreate("dc-storage-2");
+    for _ in 0..3 {
+        assert_eq!(
+            h.roll_step().await,
+            (
+                vec![2],
+                vec![],
+                "updating dc-storage-2: waiting for it to be ready".into()
+            )
+        );
+    }
+    assert_eq!(condition(&h.stored_status(), "Upgrading")["status"], "True");
+
+    // Ready and up again, but the cluster view is unavailable: still no next pod.
+    h.ready("dc-storage-2");
+    h.node("dc-storage-2", |n| {
+        n.state = NodeState::Up;
+        n.anti_entropy = Some(AntiEntropyStatus {
+            enabled: true,
+            passes: 1,
+            ..AntiEntropyStatus::default()
+        });
+    });
+    h.dynamo.lock().expect("dynamo").ring_down = true;
+    for _ in 0..2 {
+        let (partitions, events, _) = h.roll_step().await;
+        assert_eq!((partitions, events), (vec![2], vec![]));
+    }
+    assert!(
+        condition(&h.stored_status(), "Upgrading")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cluster view")),
+        "{}",
+        h.stored_status()
+    );
+    // The view answers again: the roll goes on.
+    h.dynamo.lock().expect("dynamo").ring_down = false;
+    let (partitions, events, _) = h.roll_step().await;
+    assert_eq!((partitions, events), (vec![1], vec!["UpdatingPod".to_owned()]));
 }
 
 #[tokio::test]

@@ -179,6 +179,10 @@ fn validate(batch: &ReplicaBatch) -> Result<(), ApiError> {
                 check_hint(hint)?;
                 check_object(object)?;
             }
+            ReplicaOp::Replay { key, hint, .. } => {
+                check_key(key)?;
+                check_hint(hint)?;
+            }
             ReplicaOp::Get { key, .. } | ReplicaOp::TombstoneStatus { key, .. } => check_key(key)?,
         }
     }
@@ -188,6 +192,7 @@ fn validate(batch: &ReplicaBatch) -> Result<(), ApiError> {
 fn op_name(op: &ReplicaOp) -> &'static str {
     match op {
         ReplicaOp::CoordinatePut { .. } => "coordinate_put",
+        ReplicaOp::Replay { .. } => "replay",
         ReplicaOp::Replicate { .. } => "replicate",
         ReplicaOp::Get { .. } => "get",
         ReplicaOp::TombstoneStatus { .. } => "tombstone_status",
@@ -257,6 +262,43 @@ fn apply(
                 },
                 true,
             ))
+        }
+        ReplicaOp::Replay {
+            bucket,
+            key,
+            hint,
+            idempotency,
+        } => {
+            let k = KeyRef {
+                bucket: bucket.as_str(),
+                key: &key,
+            };
+            let claim = Claim {
+                claim: idempotency,
+                window_ms,
+                now_ms: now,
+            };
+            match engine.replay(&k, hint.as_ref(), claim)? {
+                // As for a replay of a coordinate: wait for the group commit, since the
+                // first attempt's write may still be unsynced.
+                Some(c) => Ok((
+                    ReplicaResult::Put {
+                        object: c.object,
+                        dot: c.outcome.dot,
+                        context: c.outcome.context,
+                        idempotency: c.record,
+                        replayed: true,
+                    },
+                    true,
+                )),
+                None => Ok((
+                    ReplicaResult::Error {
+                        code: ErrorCode::PreconditionFailed,
+                        message: "the precondition does not hold, and this node remembers no write with this Idempotency-Key".into(),
+                    },
+                    false,
+                )),
+            }
         }
         ReplicaOp::Replicate {
             bucket,
@@ -398,6 +440,9 @@ fn stale(
 ) -> Option<ReplicaResult> {
     let (bucket, key, hinted) = match op {
         ReplicaOp::CoordinatePut {
+            bucket, key, hint, ..
+        }
+        | ReplicaOp::Replay {
             bucket, key, hint, ..
         }
         | ReplicaOp::Replicate {

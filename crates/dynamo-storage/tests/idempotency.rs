@@ -160,3 +160,43 @@ fn records_survive_a_restart_and_are_purged_after_their_window() {
     let after = put(&e, "v", CLAIM, 300).expect("after the purge");
     assert!(!after.replayed);
 }
+
+// Goal: `replay` (what a conditional write whose precondition failed asks) answers a
+// remembered write as a repeat of its coordinate would, applies nothing, and answers
+// `None` for a claim it does not remember (or out of its window), and refuses another
+// fingerprint.
+#[test]
+fn replay_answers_only_a_remembered_write_and_applies_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let e = open(dir.path(), "node-0");
+    let claim = |claim, now_ms| Claim {
+        claim,
+        window_ms: WINDOW_MS,
+        now_ms,
+    };
+    assert!(e.replay(&K, None, claim(CLAIM, 50)).expect("replay").is_none());
+    assert!(values(&e).is_empty(), "nothing applied");
+    let first = put(&e, "v", CLAIM, 100).expect("first");
+    let again = e
+        .replay(&K, None, claim(CLAIM, 200))
+        .expect("replay")
+        .expect("remembered");
+    assert!(again.replayed);
+    assert_eq!(again.outcome, first.outcome, "answered as the first was");
+    assert_eq!(again.object, first.object, "nothing applied");
+    let other = IdempotencyClaim {
+        fingerprint: 71,
+        ..CLAIM
+    };
+    assert!(matches!(
+        e.replay(&K, None, claim(other, 200)),
+        Err(StorageError::IdempotencyKeyReused)
+    ));
+    assert!(
+        e.replay(&K, None, claim(CLAIM, 100 + WINDOW_MS))
+            .expect("replay")
+            .is_none(),
+        "out of its window"
+    );
+    assert_eq!(values(&e), ["v"]);
+}

@@ -345,6 +345,7 @@ mod tests {
                 ..Handoff::new(PartitionId(9), id("node-a"), id("node-b"))
             }],
             change: None,
+            max_n: None,
         };
         let text = view_text(&view, 100_000);
         assert!(text.starts_with("ring epoch: 3\n"));
@@ -418,6 +419,7 @@ mod tests {
             nodes: vec![],
             handoffs,
             change: Some(progress),
+            max_n: None,
         };
         let text = view_text(&view, 0);
         assert!(

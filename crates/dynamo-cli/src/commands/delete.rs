@@ -1,10 +1,11 @@
-//! `dynamo delete <bucket> <key>`: delete a key.
+//! `dynamo delete <bucket> <key>`: delete a key, optionally only if it is unchanged
+//! (`--if-match ETAG`).
 
 use clap::Args;
 use dynamo_client::{Lookup, RequestOptions};
 
 use crate::cli::GlobalArgs;
-use crate::commands::context_arg;
+use crate::commands::{context_arg, precondition_arg};
 use crate::error::CliError;
 
 /// Arguments of `dynamo delete`.
@@ -25,6 +26,14 @@ pub struct DeleteArgs {
     /// The write quorum for this request (1 ≤ w ≤ n).
     #[arg(long)]
     pub w: Option<u8>,
+    /// Delete only while the key's version set has this ETag (`dynamo get` shows it);
+    /// else exit with `precondition_failed` and change nothing.
+    #[arg(long, value_name = "ETAG", conflicts_with_all = ["context", "blind", "if_absent"])]
+    pub if_match: Option<String>,
+    /// Delete only if the key has no live value (writes a tombstone over nothing or over
+    /// a tombstone); else exit with `precondition_failed`.
+    #[arg(long, conflicts_with_all = ["context", "blind"])]
+    pub if_absent: bool,
 }
 
 /// Deletes the key; prints nothing on success.
@@ -41,6 +50,12 @@ pub async fn run(global: &GlobalArgs, args: &DeleteArgs) -> Result<(), CliError>
         w: args.w,
         ..RequestOptions::default()
     };
+    if let Some(precondition) = precondition_arg(args.if_match.as_deref(), args.if_absent)? {
+        client
+            .delete_if(&args.bucket, &args.key, &precondition, &opts)
+            .await?;
+        return Ok(());
+    }
     let context = match context_arg(args.context.as_deref())? {
         Some(context) => Some(context),
         None if args.blind => None,

@@ -16,16 +16,20 @@ pub struct GetArgs {
     /// The key.
     pub key: String,
     /// Print only the context token on stdout (for a script's next write), not the value.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "etag")]
     pub context: bool,
+    /// Print only the ETag on stdout (for a script's `put --if-match`), not the value.
+    #[arg(long)]
+    pub etag: bool,
     /// The read quorum for this request (1 ≤ r ≤ n).
     #[arg(long)]
     pub r: Option<u8>,
 }
 
 /// Reads the key. One value goes to stdout as raw bytes; siblings are listed readably
-/// (index, content type, last-modified, value as text or base64). The context goes to
-/// stderr, or alone to stdout with `--context`; `--json` prints the siblings envelope.
+/// (index, content type, last-modified, value as text or base64). The context and the
+/// ETag go to stderr (`context: …`, `etag: …`), or alone to stdout with `--context` or
+/// `--etag`; `--json` prints the siblings envelope, its `etag` included.
 ///
 /// # Errors
 /// `not_found` (exit 1) when the key has no live value; the context of its tombstone, if
@@ -38,9 +42,12 @@ pub async fn run(global: &GlobalArgs, args: &GetArgs) -> Result<(), CliError> {
     };
     let object = match client.lookup(&args.bucket, &args.key, &opts).await? {
         Lookup::Found(object) => object,
-        Lookup::NotFound { context } => {
+        Lookup::NotFound { context, etag } => {
             if let Some(context) = context {
                 eprintln!("context: {context}");
+            }
+            if let Some(etag) = etag {
+                eprintln!("etag: {etag}");
             }
             return Err(CliError::Failed {
                 code: ErrorCode::NotFound,
@@ -51,6 +58,15 @@ pub async fn run(global: &GlobalArgs, args: &GetArgs) -> Result<(), CliError> {
     if args.context {
         return output::line(object.context.as_str());
     }
+    if args.etag {
+        return match &object.etag {
+            Some(etag) => output::line(etag.as_str()),
+            None => Err(CliError::Failed {
+                code: ErrorCode::Internal,
+                message: "the server answered no ETag (it predates conditional writes)".into(),
+            }),
+        };
+    }
     if global.json {
         return output::json(&envelope(&object));
     }
@@ -59,6 +75,9 @@ pub async fn run(global: &GlobalArgs, args: &GetArgs) -> Result<(), CliError> {
         None => output::stdout(siblings_text(&object).as_bytes())?,
     }
     eprintln!("context: {}", object.context);
+    if let Some(etag) = &object.etag {
+        eprintln!("etag: {etag}");
+    }
     Ok(())
 }
 
@@ -66,6 +85,7 @@ pub async fn run(global: &GlobalArgs, args: &GetArgs) -> Result<(), CliError> {
 fn envelope(object: &Object) -> SiblingsEnvelope {
     SiblingsEnvelope {
         context: object.context.to_string(),
+        etag: object.etag.as_ref().map(ToString::to_string),
         siblings: object
             .siblings
             .iter()
@@ -127,6 +147,7 @@ mod tests {
                     last_modified: "2025-01-01T00:00:01.000Z".into(),
                 },
             ],
+            etag: None,
         };
         assert_eq!(
             siblings_text(&object),

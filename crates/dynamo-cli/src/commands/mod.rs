@@ -11,7 +11,7 @@ pub mod put;
 pub mod ring;
 pub mod token;
 
-use dynamo_client::Context;
+use dynamo_client::{Context, ETag, Precondition};
 
 use crate::cli::{Cli, Command};
 use crate::error::CliError;
@@ -45,5 +45,45 @@ pub(crate) fn context_arg(arg: Option<&str>) -> Result<Option<Context>, CliError
             "--context is empty; omit it for a blind write".into(),
         )),
         Some(token) => Ok(Some(Context::new(token.trim()))),
+    }
+}
+
+/// Turns `--if-match ETAG` / `--if-absent` into the SDK's precondition (clap keeps the
+/// two apart). An ETag is taken as given, quotes included, and quoted when a shell ate
+/// them (`--if-match 9f…` works as `--if-match '"9f…"'`).
+pub(crate) fn precondition_arg(
+    if_match: Option<&str>,
+    if_absent: bool,
+) -> Result<Option<Precondition>, CliError> {
+    match (if_match.map(str::trim), if_absent) {
+        (Some(""), _) => Err(CliError::Usage("--if-match is empty".into())),
+        (Some(tag), _) if tag == "*" || tag.starts_with('"') || tag.starts_with("W/") => {
+            Ok(Some(Precondition::IfMatch(ETag::new(tag))))
+        }
+        (Some(tag), _) => Ok(Some(Precondition::IfMatch(ETag::new(format!("\"{tag}\""))))),
+        (None, true) => Ok(Some(Precondition::IfAbsent)),
+        (None, false) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_are_quoted_once() {
+        let tag = |s| match precondition_arg(Some(s), false).expect("valid") {
+            Some(Precondition::IfMatch(t)) => t.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(tag("abc"), "\"abc\"");
+        assert_eq!(tag("\"abc\""), "\"abc\"");
+        assert_eq!(tag("*"), "*");
+        assert!(precondition_arg(Some(" "), false).is_err());
+        assert_eq!(
+            precondition_arg(None, true).expect("absent"),
+            Some(Precondition::IfAbsent)
+        );
+        assert_eq!(precondition_arg(None, false).expect("none"), None);
     }
 }

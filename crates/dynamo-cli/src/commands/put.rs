@@ -1,4 +1,5 @@
-//! `dynamo put <bucket> <key> [VALUE | --file F | stdin]`: write a value.
+//! `dynamo put <bucket> <key> [VALUE | --file F | stdin]`: write a value, optionally
+//! only if the key is unchanged (`--if-match ETAG`) or absent (`--if-absent`).
 
 use std::io::{IsTerminal as _, Read};
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use dynamo_client::{ErrorCode, RequestOptions};
 use dynamo_core::limits::MAX_VALUE_BYTES;
 
 use crate::cli::GlobalArgs;
-use crate::commands::context_arg;
+use crate::commands::{context_arg, precondition_arg};
 use crate::error::CliError;
 use crate::output;
 
@@ -41,9 +42,19 @@ pub struct PutArgs {
     /// The write quorum for this request (1 ≤ w ≤ n).
     #[arg(long)]
     pub w: Option<u8>,
+    /// Write only while the key's version set has this ETag (`dynamo get` shows it);
+    /// else exit with `precondition_failed` and change nothing. The write replaces
+    /// exactly the version set it matched.
+    #[arg(long, value_name = "ETAG", conflicts_with = "if_absent")]
+    pub if_match: Option<String>,
+    /// Write only if the key has no live value (a create-only write; a deleted key
+    /// counts as absent); else exit with `precondition_failed`.
+    #[arg(long)]
+    pub if_absent: bool,
 }
 
-/// Writes the value and prints the new context on stdout.
+/// Writes the value and prints the new context on stdout (and, for a conditional
+/// write, the new ETag on stderr).
 ///
 /// # Errors
 /// A usage error when stdin is a terminal and no value was given; `value_too_large`
@@ -75,6 +86,23 @@ pub async fn run(global: &GlobalArgs, args: &PutArgs) -> Result<(), CliError> {
         ..RequestOptions::default()
     };
     let client = global.client()?;
+    if let Some(precondition) = precondition_arg(args.if_match.as_deref(), args.if_absent)? {
+        let written = client
+            .put_if(
+                &args.bucket,
+                &args.key,
+                value,
+                content_type,
+                context.as_ref(),
+                &precondition,
+                &opts,
+            )
+            .await?;
+        if let Some(etag) = &written.etag {
+            eprintln!("etag: {etag}");
+        }
+        return output::line(written.context.as_str());
+    }
     let new_context = client
         .put_with(
             &args.bucket,

@@ -25,10 +25,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use dynamo_core::context;
+use dynamo_core::etag::{ETag, Preconditions};
 use dynamo_core::version::{ConflictRule, NewWrite, VersionedObject};
 use dynamo_core::wire::cluster::{
     ChangeProgress, ClusterView, KeyPlacement, NodeRegistration, NodeState, NodeStatus,
 };
+use dynamo_core::wire::public::{BatchOpKind, BatchRequest, BatchResponse, BatchResult};
 use dynamo_core::wire::{BucketProps, BucketPropsPatch, SiblingView, SiblingsEnvelope, rfc3339_from_ms};
 use dynamo_core::{ActorId, DotSet, ErrorBody, ErrorCode, NodeId, PartitionId, RingEpoch};
 use serde::Deserialize;
@@ -176,6 +178,7 @@ impl State {
             nodes: self.nodes().clone(),
             handoffs: vec![],
             change,
+            max_n: None,
         }
     }
 
@@ -219,6 +222,7 @@ fn router(state: Arc<State>) -> Router {
             "/v1/kv/{bucket}/{key}",
             get(get_object).put(put_object).delete(delete_object),
         )
+        .route("/v1/batch", post(batch))
         .route("/v1/buckets/{bucket}", get(get_bucket).put(put_bucket))
         .route("/v1/cluster", get(get_cluster))
         .route("/v1/cluster/nodes", post(join_node))
@@ -317,6 +321,35 @@ fn with_context(mut resp: Response, context: &DotSet) -> Response {
     resp
 }
 
+fn with_etag(mut resp: Response, object: &VersionedObject) -> Response {
+    let value = HeaderValue::from_str(&ETag::of(object).to_string()).expect("a tag is ASCII");
+    resp.headers_mut().insert(header::ETAG, value);
+    resp
+}
+
+/// The write's preconditions, checked against what the mock holds: `Ok(None)` to go on
+/// as asked, `Ok(Some(context))` to write with the matched version set's context, or the
+/// error answer (`400`, `412`).
+#[allow(clippy::result_large_err)] // A test mock: the error is the answer itself.
+fn check_preconditions(
+    headers: &HeaderMap,
+    current: Option<&VersionedObject>,
+) -> Result<Option<DotSet>, Response> {
+    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let p = Preconditions::parse(text(header::IF_MATCH), text(header::IF_NONE_MATCH))
+        .map_err(|e| error(ErrorCode::InvalidRequest, &e.to_string()))?;
+    if p.is_empty() {
+        return Ok(None);
+    }
+    if !p.holds(current) {
+        return Err(error(
+            ErrorCode::PreconditionFailed,
+            "the precondition does not hold",
+        ));
+    }
+    Ok(Some(current.map(|o| o.context().clone()).unwrap_or_default()))
+}
+
 fn envelope(object: &VersionedObject) -> Response {
     let siblings: Vec<SiblingView> = object
         .live_siblings()
@@ -333,9 +366,13 @@ fn envelope(object: &VersionedObject) -> Response {
     };
     let body = SiblingsEnvelope {
         context: mock_keys().seal(object.context(), "mock", "mock"),
+        etag: Some(ETag::of(object).to_string()),
         siblings,
     };
-    with_context((status, Json(body)).into_response(), object.context())
+    with_etag(
+        with_context((status, Json(body)).into_response(), object.context()),
+        object,
+    )
 }
 
 async fn get_object(
@@ -348,9 +385,12 @@ async fn get_object(
         return error(ErrorCode::NotFound, "no value under the key");
     };
     if object.is_deleted() {
-        return with_context(
-            error(ErrorCode::NotFound, "no value under the key"),
-            object.context(),
+        return with_etag(
+            with_context(
+                error(ErrorCode::NotFound, "no value under the key"),
+                object.context(),
+            ),
+            &object,
         );
     }
     let wants_json = headers
@@ -365,7 +405,7 @@ async fn get_object(
             only.value.clone(),
         )
             .into_response();
-        return with_context(resp, object.context());
+        return with_etag(with_context(resp, object.context()), &object);
     }
     envelope(&object)
 }
@@ -406,6 +446,10 @@ async fn put_object(
     }
     let now = state.now_ms();
     let mut objects = lock(&state.objects);
+    let context = match check_preconditions(&headers, objects.get(&(bucket.clone(), key.clone()))) {
+        Ok(matched) => matched.unwrap_or(context),
+        Err(resp) => return resp,
+    };
     let object = objects.entry((bucket, key)).or_default();
     let outcome = match object.put(
         &context,
@@ -419,7 +463,10 @@ async fn put_object(
     if q.returnbody == Some(true) {
         return envelope(object);
     }
-    with_context(StatusCode::NO_CONTENT.into_response(), &outcome.context)
+    with_etag(
+        with_context(StatusCode::NO_CONTENT.into_response(), &outcome.context),
+        object,
+    )
 }
 
 async fn delete_object(
@@ -433,11 +480,97 @@ async fn delete_object(
     };
     let now = state.now_ms();
     let mut objects = lock(&state.objects);
+    let context = match check_preconditions(&headers, objects.get(&(bucket.clone(), key.clone()))) {
+        Ok(matched) => matched.unwrap_or(context),
+        Err(resp) => return resp,
+    };
     let object = objects.entry((bucket, key)).or_default();
     match object.put(&context, ActorId(1), NewWrite::tombstone(now), SIBLINGS) {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Ok(outcome) => with_etag(
+            with_context(StatusCode::NO_CONTENT.into_response(), &outcome.context),
+            object,
+        ),
         Err(e) => error(e.code(), &e.to_string()),
     }
+}
+
+/// `POST /v1/batch`, run in order (the mock has no concurrency to bound), without
+/// permissions: each operation as the object handlers above would answer it.
+async fn batch(AxState(state): AxState<Arc<State>>, Json(req): Json<BatchRequest>) -> Response {
+    if req.ops.is_empty() || req.ops.len() > 100 {
+        return error(ErrorCode::InvalidRequest, "a batch holds 1 to 100 operations");
+    }
+    let seal = |ctx: &DotSet| mock_keys().seal(ctx, "mock", "mock");
+    let mut results = Vec::new();
+    for op in req.ops {
+        let now = state.now_ms();
+        let mut objects = lock(&state.objects);
+        let slot = (op.bucket.clone(), op.key.clone());
+        let result = match op.op {
+            BatchOpKind::Get => match objects.get(&slot) {
+                Some(o) if !o.is_deleted() => {
+                    let siblings: Vec<SiblingView> = o
+                        .live_siblings()
+                        .map(|s| SiblingView {
+                            value: s.value.clone(),
+                            content_type: s.content_type.clone(),
+                            last_modified: rfc3339_from_ms(s.last_modified_ms),
+                        })
+                        .collect();
+                    BatchResult {
+                        status: if siblings.len() > 1 { 300 } else { 200 },
+                        context: Some(seal(o.context())),
+                        etag: Some(ETag::of(o).to_string()),
+                        siblings: Some(siblings),
+                        error: None,
+                    }
+                }
+                _ => BatchResult {
+                    status: 404,
+                    context: None,
+                    etag: None,
+                    siblings: None,
+                    error: Some(ErrorBody::new(ErrorCode::NotFound, "no value under the key").error),
+                },
+            },
+            kind => {
+                let context = match op.context.as_deref().map(|t| mock_keys().open(t, "mock", "mock")) {
+                    None => DotSet::new(),
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => {
+                        results.push(BatchResult {
+                            status: 400,
+                            context: None,
+                            etag: None,
+                            siblings: None,
+                            error: Some(ErrorBody::new(ErrorCode::InvalidContext, e.to_string()).error),
+                        });
+                        continue;
+                    }
+                };
+                let write = match kind {
+                    BatchOpKind::Put => NewWrite::value(
+                        op.value.unwrap_or_default(),
+                        op.content_type
+                            .unwrap_or_else(|| "application/octet-stream".into()),
+                        now,
+                    ),
+                    _ => NewWrite::tombstone(now),
+                };
+                let object = objects.entry(slot).or_default();
+                let outcome = object.put(&context, ActorId(1), write, SIBLINGS).expect("put");
+                BatchResult {
+                    status: 204,
+                    context: Some(seal(&outcome.context)),
+                    etag: Some(ETag::of(object).to_string()),
+                    siblings: None,
+                    error: None,
+                }
+            }
+        };
+        results.push(result);
+    }
+    Json(BatchResponse { results }).into_response()
 }
 
 async fn get_bucket(AxState(state): AxState<Arc<State>>, Path(bucket): Path<String>) -> Response {

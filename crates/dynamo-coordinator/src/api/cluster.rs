@@ -10,6 +10,8 @@ fn view(s: &ClusterState) -> ClusterView {
         nodes: s.nodes.clone(),
         handoffs: s.handoffs.clone(),
         change: s.change.as_ref().map(|c| ChangeProgress::of(c, &s.handoffs)),
+        // `max_n` is at most a `u8` (every `n` it compares is one).
+        max_n: Some(u8::try_from(s.max_n()).unwrap_or(u8::MAX)),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The public REST API (`/v1`), as `../shared/API.md` specifies it, plus the admin token
 //! endpoints documented in `docs/api.md`.
 //!
-//! By concept: `objects` (the key-value calls and their idempotency), `buckets`,
+//! By concept: `objects` (the key-value calls, their idempotency and preconditions),
+//! `batch` (many object calls in one request), `buckets`,
 //! `cluster` (the cluster view, the ring, joins, decommissions, replacements, and the
 //! retry or abort of a failed change) and `tokens`; this file holds the router, the
 //! shared state and the helpers every handler uses, and the relay of admin calls to the
@@ -18,6 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use dynamo_core::context::ContextKeys;
+use dynamo_core::etag::{ETag, Preconditions};
 use dynamo_core::ids::validate_key;
 use dynamo_core::limits::MAX_VALUE_BYTES;
 use dynamo_core::version::VersionedObject;
@@ -27,7 +29,10 @@ use dynamo_core::wire::cluster::{
     TokenRecord,
 };
 use dynamo_core::wire::internal::IdempotencyClaim;
-use dynamo_core::wire::public::{NewToken, RingView, TokenInfo, TokenList, TokenRequest};
+use dynamo_core::wire::public::{
+    BatchOp, BatchOpKind, BatchRequest, BatchResponse, BatchResult, NewToken, RingView, TokenInfo, TokenList,
+    TokenRequest,
+};
 use dynamo_core::wire::routes;
 use dynamo_core::wire::{
     BucketProps, BucketPropsPatch, ConflictMode, SiblingView, SiblingsEnvelope, rfc3339_from_ms,
@@ -43,11 +48,13 @@ use crate::kv::{Coordinator, WriteRequest};
 use crate::metrics::CoordinatorMetrics;
 use crate::state::ClusterCache;
 
+mod batch;
 mod buckets;
 mod cluster;
 mod objects;
 mod tokens;
 
+pub use batch::*;
 pub use buckets::*;
 pub use cluster::*;
 pub use objects::*;
@@ -92,6 +99,7 @@ pub fn routes(state: AppState, auth: Arc<AuthState>) -> Router {
             "/v1/kv/{bucket}/{*key}",
             get(get_object).put(put_object).delete(delete_object),
         )
+        .route("/v1/batch", post(batch))
         .route("/v1/buckets/{bucket}", get(get_bucket).put(put_bucket))
         .route("/v1/cluster", get(get_cluster))
         .route("/v1/cluster/nodes", post(join_node))
@@ -164,17 +172,12 @@ impl<'a> KeyContexts<'a> {
         }
     }
 
-    /// Opens the request's `X-Dynamo-Context` (none is the empty context).
-    fn open(&self, headers: &HeaderMap) -> Result<DotSet, ApiError> {
-        match headers.get(CONTEXT_HEADER) {
-            None => Ok(DotSet::new()),
-            Some(v) => {
-                let s = v
-                    .to_str()
-                    .map_err(|_| ApiError::new(ErrorCode::InvalidContext, "context is not ASCII"))?;
-                self.keys.open(s, self.bucket, self.key).map_err(ApiError::from)
-            }
-        }
+    /// Opens a context token sent for this key (`X-Dynamo-Context`, or a batch
+    /// operation's `context`).
+    fn open_token(&self, token: &str) -> Result<DotSet, ApiError> {
+        self.keys
+            .open(token, self.bucket, self.key)
+            .map_err(ApiError::from)
     }
 
     /// Attaches `ctx`, sealed, as the answer's `X-Dynamo-Context`.
@@ -189,15 +192,27 @@ impl<'a> KeyContexts<'a> {
     fn envelope(&self, obj: &VersionedObject, ctx: &DotSet) -> SiblingsEnvelope {
         SiblingsEnvelope {
             context: self.keys.seal(ctx, self.bucket, self.key),
-            siblings: obj
-                .live_siblings()
-                .map(|s| SiblingView {
-                    value: s.value.clone(),
-                    content_type: s.content_type.clone(),
-                    last_modified: rfc3339_from_ms(s.last_modified_ms),
-                })
-                .collect(),
+            etag: Some(ETag::of(obj).to_string()),
+            siblings: sibling_views(obj),
         }
+    }
+}
+
+/// The live siblings of `obj` as the API shows them.
+fn sibling_views(obj: &VersionedObject) -> Vec<SiblingView> {
+    obj.live_siblings()
+        .map(|s| SiblingView {
+            value: s.value.clone(),
+            content_type: s.content_type.clone(),
+            last_modified: rfc3339_from_ms(s.last_modified_ms),
+        })
+        .collect()
+}
+
+impl KeyContexts<'_> {
+    /// Seals `ctx` as a token for this key.
+    fn seal(&self, ctx: &DotSet) -> String {
+        self.keys.seal(ctx, self.bucket, self.key)
     }
 }
 

@@ -25,13 +25,13 @@ pub struct WriteParams {
     pub returnbody: Option<bool>,
 }
 
-fn object_target(
+pub(crate) fn object_target(
     state: &AppState,
     principal: &Principal,
     bucket: String,
     key: String,
     permission: Permission,
-) -> Result<(BucketName, String, BucketProps, bool), ApiError> {
+) -> Result<Target, ApiError> {
     let bucket = bucket_name(bucket)?;
     validate_key(&key).map_err(ApiError::from)?;
     principal.require(permission, Some(&bucket))?;
@@ -45,13 +45,52 @@ fn object_target(
     Ok((bucket, key, props, has_data))
 }
 
+/// A key's target, checked: the bucket, the key, the bucket's properties and whether it
+/// holds data.
+pub(crate) type Target = (BucketName, String, BucketProps, bool);
+
+/// Reads a key through a quorum of `r` (the bucket's R when absent), as a `GET` does.
+pub(crate) async fn read_object(
+    state: &AppState,
+    target: &Target,
+    r: Option<u8>,
+    timeout_ms: Option<u64>,
+) -> Result<Option<VersionedObject>, ApiError> {
+    let (bucket, key, props, _) = target;
+    let r = quorum(r, props.r, props.n, "r")?;
+    let t = timeout(&state.config, timeout_ms)?;
+    state.coord.read(bucket.clone(), key.clone(), props, r, t).await
+}
+
+pub(crate) fn not_found(bucket: &BucketName, key: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no value in bucket {bucket} under the key ({} bytes)", key.len()),
+    )
+}
+
+/// Sets the answer's `ETag`.
+pub(crate) fn attach_etag(mut resp: Response, etag: ETag) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&etag.to_string()) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
 /// `GET /v1/kv/{bucket}/{key}`.
 #[utoipa::path(get, path = "/v1/kv/{bucket}/{key}", tag = "objects",
-    params(("bucket" = String, Path), ("key" = String, Path), ReadParams),
+    params(("bucket" = String, Path, pattern = "^[a-z0-9._-]{1,63}$"), ("key" = String, Path), ReadParams),
     responses(
-        (status = 200, description = "One value (raw body), or the envelope with `Accept: application/json`"),
-        (status = 300, description = "Siblings", body = SiblingsEnvelope),
-        (status = 404, description = "No live value (may carry `X-Dynamo-Context`)", body = ErrorBody),
+        (status = 200, description = "One value (raw body), or the envelope with `Accept: application/json`",
+            headers(("ETag" = String, description = "Strong validator of the version set read (quoted)"),
+                    ("X-Dynamo-Context" = String, description = "The context to write with"))),
+        (status = 300, description = "Siblings", body = SiblingsEnvelope,
+            headers(("ETag" = String, description = "Strong validator of the version set read (quoted)"),
+                    ("X-Dynamo-Context" = String, description = "The context covering every sibling"))),
+        (status = 400, description = "Bad bucket, key or query", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "The token lacks `read` on the bucket", body = ErrorBody),
+        (status = 404, description = "No live value (over a tombstone it carries `X-Dynamo-Context` and `ETag`)", body = ErrorBody),
         (status = 503, description = "Fewer than R replicas answered", body = ErrorBody)))]
 pub async fn get_object(
     State(state): State<Arc<AppState>>,
@@ -62,34 +101,27 @@ pub async fn get_object(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let r = async {
-        let (bucket, key, props, _) = object_target(&state, &principal, bucket, key, Permission::Read)?;
-        let r = quorum(params.r, props.r, props.n, "r")?;
-        let t = timeout(&state.config, params.timeout_ms)?;
-        state
-            .coord
-            .read(bucket.clone(), key.clone(), &props, r, t)
-            .await
-            .map(|o| (o, bucket, key))
+        let target = object_target(&state, &principal, bucket, key, Permission::Read)?;
+        let found = read_object(&state, &target, params.r, params.timeout_ms).await?;
+        Ok::<_, ApiError>((target, found))
     }
     .await;
     observe(&state.metrics, "get", start, &r);
-    let (obj, bucket, key) = r?;
+    let ((bucket, key, _, _), obj) = r?;
     let contexts = KeyContexts::new(&state, &bucket, &key);
     let obj = match obj {
         Some(o) if !o.is_deleted() => o,
         found => {
-            let missing = ApiError::new(
-                ErrorCode::NotFound,
-                format!("no value in bucket {bucket} under the key ({} bytes)", key.len()),
-            )
-            .into_response();
-            // A tombstone's context lets the client write "after the delete".
+            let missing = not_found(&bucket, &key).into_response();
+            // A tombstone's context lets the client write "after the delete", and its
+            // ETag makes that write conditional on nothing having changed since.
             return Ok(match found {
-                Some(tomb) => contexts.attach(missing, tomb.context()),
+                Some(tomb) => attach_etag(contexts.attach(missing, tomb.context()), ETag::of(&tomb)),
                 None => missing,
             });
         }
     };
+    let etag = ETag::of(&obj);
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -103,10 +135,8 @@ pub async fn get_object(
         } else {
             StatusCode::OK
         };
-        return Ok(contexts.attach(
-            (status, Json(contexts.envelope(&obj, &ctx))).into_response(),
-            &ctx,
-        ));
+        let resp = (status, Json(contexts.envelope(&obj, &ctx))).into_response();
+        return Ok(attach_etag(contexts.attach(resp, &ctx), etag));
     }
     let s = live[0];
     let ct = if s.content_type.is_empty() {
@@ -118,7 +148,7 @@ pub async fn get_object(
     if let Ok(v) = HeaderValue::from_str(ct) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    Ok(contexts.attach(resp, &ctx))
+    Ok(attach_etag(contexts.attach(resp, &ctx), etag))
 }
 
 fn mark_written(state: &AppState, bucket: &BucketName, has_data: bool) {
@@ -163,7 +193,9 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 /// Reads the `Idempotency-Key` of a write into the claim its coordinate carries: `id`
 /// scopes the key to the caller (SHA-256 of the caller and the key), `fingerprint`
 /// names exactly what was asked (SHA-256 of the method, bucket, key, content type,
-/// context header and body, each length-prefixed so that no two requests share one).
+/// context header and body, each length-prefixed so that no two requests share one,
+/// then `If-Match` and `If-None-Match` when present: a conditional write and the same
+/// write unconditional are two requests).
 ///
 /// # Errors
 /// `400 invalid_request` for a key that is not 1–128 visible ASCII characters.
@@ -198,17 +230,177 @@ pub fn idempotency_claim(
         u128::from_le_bytes(first)
     };
     let header = |name: &str| headers.get(name).map_or(&[][..], |v| v.as_bytes());
+    let mut parts = vec![
+        method.as_bytes(),
+        bucket.as_str().as_bytes(),
+        key.as_bytes(),
+        header(header::CONTENT_TYPE.as_str()),
+        header(CONTEXT_HEADER),
+        body.unwrap_or_default(),
+    ];
+    // Appended only when present, so that the fingerprint of an unconditional write is
+    // what it was before conditional writes (a repeat across an upgrade still matches).
+    // Length prefixes keep the two forms apart: the part count differs.
+    for name in ["if-match", "if-none-match"] {
+        if let Some(v) = headers.get(name) {
+            parts.push(name.as_bytes());
+            parts.push(v.as_bytes());
+        }
+    }
     Ok(Some(IdempotencyClaim {
         id: digest(&[principal.scope().as_bytes(), k]),
-        fingerprint: digest(&[
-            method.as_bytes(),
-            bucket.as_str().as_bytes(),
-            key.as_bytes(),
-            header(header::CONTENT_TYPE.as_str()),
-            header(CONTEXT_HEADER),
-            body.unwrap_or_default(),
-        ]),
+        fingerprint: digest(&parts),
     }))
+}
+
+/// Parses a write's `If-Match` and `If-None-Match` headers.
+///
+/// # Errors
+/// `400 invalid_request` for a header that is not ASCII or not of the documented forms.
+pub fn preconditions(headers: &HeaderMap) -> Result<Preconditions, ApiError> {
+    let text = |name: header::HeaderName| -> Result<Option<&str>, ApiError> {
+        headers
+            .get(&name)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("{name} is not ASCII")))
+            })
+            .transpose()
+    };
+    Preconditions::parse(text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?)
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))
+}
+
+/// What a write asks beyond its target and value: from the headers of a `PUT` or a
+/// `DELETE`, or from the fields of a batch operation.
+#[derive(Debug, Default)]
+pub(crate) struct WriteInput<'a> {
+    /// The `X-Dynamo-Context` token sent, unopened.
+    pub context: Option<&'a str>,
+    /// The value's media type (a put's; absent: `application/octet-stream`).
+    pub content_type: Option<&'a str>,
+    /// The `Idempotency-Key`, hashed.
+    pub idempotency: Option<IdempotencyClaim>,
+    /// `If-Match` / `If-None-Match: *`.
+    pub preconditions: Preconditions,
+}
+
+/// A write, done: the object as the coordinating replica stored it and the answered
+/// context.
+pub(crate) struct Written {
+    pub outcome: crate::kv::WriteOutcome,
+}
+
+impl Written {
+    /// The `ETag` of what the coordinating replica holds after the write.
+    pub fn etag(&self) -> ETag {
+        ETag::of(&self.outcome.object)
+    }
+}
+
+/// Writes `value` (a delete when `None`) to `target` through a quorum of `w`.
+///
+/// With a precondition, the key is first read through the bucket's R (as a `GET`
+/// would). When it holds, the write carries that read's context, so it replaces exactly
+/// the version set the precondition matched; when it does not, the answer is `412`,
+/// unless the write carries an `Idempotency-Key`: then it may repeat a conditional write
+/// that succeeded (and changed what the precondition sees), so the replica that
+/// coordinates it is asked to answer that write's outcome again, and answers `412` when
+/// it remembers none. Checks every input before anything is read or written.
+///
+/// # Errors
+/// `412 precondition_failed`; the errors of a `PUT` or `DELETE` (`docs/api.md`).
+pub(crate) async fn write_object(
+    state: &AppState,
+    target: Target,
+    w: Option<u8>,
+    timeout_ms: Option<u64>,
+    input: WriteInput<'_>,
+    value: Option<Vec<u8>>,
+) -> Result<Written, ApiError> {
+    let (bucket, key, props, has_data) = target;
+    let w = quorum(w, props.w, props.n, "w")?;
+    let t = timeout(&state.config, timeout_ms)?;
+    let tombstone = value.is_none();
+    let value = value.unwrap_or_default();
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::ValueTooLarge,
+            format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", value.len()),
+        ));
+    }
+    let content_type = match input.content_type {
+        _ if tombstone => String::new(),
+        None => "application/octet-stream".to_owned(),
+        Some(ct) if ct.len() <= MAX_CONTENT_TYPE_BYTES && ct.is_ascii() => ct.to_owned(),
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Content-Type must be ASCII, at most 255 bytes",
+            ));
+        }
+    };
+    let sent = {
+        let contexts = KeyContexts::new(state, &bucket, &key);
+        input.context.map(|c| contexts.open_token(c)).transpose()?
+    };
+    let (context, replay_only) = if !input.preconditions.is_empty() {
+        let found = state
+            .coord
+            .read(bucket.clone(), key.clone(), &props, usize::from(props.r), t)
+            .await?;
+        if input.preconditions.holds(found.as_ref()) {
+            // The matched version set's own context, not the one the client sent: the
+            // write replaces exactly what the precondition was checked against.
+            (found.map(|o| o.context().clone()).unwrap_or_default(), false)
+        } else if input.idempotency.is_some() {
+            (DotSet::new(), true)
+        } else {
+            return Err(precondition_failed(&props));
+        }
+    } else {
+        match (sent, tombstone) {
+            // A DELETE without a context deletes what a quorum read finds (as Riak's
+            // client does): the caller explicitly asked for the key to go, so this is not
+            // a silent replacement, and a blind tombstone would leave the value visible
+            // as a sibling.
+            (None, true) => {
+                let r = usize::from(props.r);
+                match state
+                    .coord
+                    .read(bucket.clone(), key.clone(), &props, r, t)
+                    .await?
+                {
+                    Some(found) => (found.context().clone(), false),
+                    None => (DotSet::new(), false),
+                }
+            }
+            (sent, _) => (sent.unwrap_or_default(), false),
+        }
+    };
+    let req = WriteRequest {
+        bucket: bucket.clone(),
+        key,
+        context,
+        value,
+        content_type,
+        tombstone,
+        idempotency: input.idempotency,
+        replay_only,
+    };
+    let outcome = state.coord.write(req, &props, w, t).await?;
+    mark_written(state, &bucket, has_data);
+    Ok(Written { outcome })
+}
+
+fn precondition_failed(props: &BucketProps) -> ApiError {
+    ApiError::new(
+        ErrorCode::PreconditionFailed,
+        format!(
+            "the precondition does not hold for the version set read from {} replicas; nothing was changed",
+            props.r
+        ),
+    )
 }
 
 async fn write(
@@ -220,82 +412,71 @@ async fn write(
     headers: &HeaderMap,
     value: Option<bytes::Bytes>,
 ) -> Result<Response, ApiError> {
-    let (bucket, key, props, has_data) = object_target(state, principal, bucket, key, Permission::Write)?;
+    let target = object_target(state, principal, bucket, key, Permission::Write)?;
     let method = if value.is_some() { "PUT" } else { "DELETE" };
-    let idempotency = idempotency_claim(headers, principal, method, &bucket, &key, value.as_deref())?;
-    let w = quorum(params.w, props.w, props.n, "w")?;
-    let t = timeout(&state.config, params.timeout_ms)?;
-    let tombstone = value.is_none();
-    let context = match (headers.get(CONTEXT_HEADER), tombstone) {
-        // A DELETE without a context deletes what a quorum read finds (as Riak's client
-        // does): the caller explicitly asked for the key to go, so this is not a silent
-        // replacement, and a blind tombstone would leave the value visible as a sibling.
-        (None, true) => {
-            let r = usize::from(props.r);
-            match state
-                .coord
-                .read(bucket.clone(), key.clone(), &props, r, t)
-                .await?
-            {
-                Some(found) => found.context().clone(),
-                None => DotSet::new(),
-            }
-        }
-        _ => KeyContexts::new(state, &bucket, &key).open(headers)?,
-    };
-    let value = value.map(|b| b.to_vec()).unwrap_or_default();
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(ApiError::new(
-            ErrorCode::ValueTooLarge,
-            format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", value.len()),
-        ));
-    }
-    let content_type = match headers.get(header::CONTENT_TYPE) {
-        None => "application/octet-stream".to_owned(),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .filter(|s| s.len() <= MAX_CONTENT_TYPE_BYTES)
-            .map(str::to_owned)
-            .ok_or_else(|| {
+    let idempotency = idempotency_claim(headers, principal, method, &target.0, &target.1, value.as_deref())?;
+    let preconditions = preconditions(headers)?;
+    let context = headers
+        .get(CONTEXT_HEADER)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::new(ErrorCode::InvalidContext, "context is not ASCII"))
+        })
+        .transpose()?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| {
+            v.to_str().map_err(|_| {
                 ApiError::new(
                     ErrorCode::InvalidRequest,
                     "Content-Type must be ASCII, at most 255 bytes",
                 )
-            })?,
-    };
-    let sealed_key = key.clone();
-    let contexts = KeyContexts::new(state, &bucket, &sealed_key);
-    let req = WriteRequest {
-        bucket: bucket.clone(),
-        key,
+            })
+        })
+        .transpose()?;
+    let tombstone = value.is_none();
+    let (bucket, key) = (target.0.clone(), target.1.clone());
+    let input = WriteInput {
         context,
-        value,
-        content_type: if tombstone { String::new() } else { content_type },
-        tombstone,
+        content_type,
         idempotency,
+        preconditions,
     };
-    let outcome = state.coord.write(req, &props, w, t).await?;
-    mark_written(state, &bucket, has_data);
+    let value = value.map(|b| b.to_vec());
+    let written = write_object(state, target, params.w, params.timeout_ms, input, value).await?;
+    let contexts = KeyContexts::new(state, &bucket, &key);
+    let etag = written.etag();
+    let outcome = written.outcome;
     if params.returnbody.unwrap_or(false) && !tombstone {
         let ctx = outcome.object.context().clone();
-        return Ok(contexts.attach(
-            (StatusCode::OK, Json(contexts.envelope(&outcome.object, &ctx))).into_response(),
-            &ctx,
-        ));
+        let resp = (StatusCode::OK, Json(contexts.envelope(&outcome.object, &ctx))).into_response();
+        return Ok(attach_etag(contexts.attach(resp, &ctx), etag));
     }
-    Ok(contexts.attach(StatusCode::NO_CONTENT.into_response(), &outcome.context))
+    Ok(attach_etag(
+        contexts.attach(StatusCode::NO_CONTENT.into_response(), &outcome.context),
+        etag,
+    ))
 }
 
 /// `PUT /v1/kv/{bucket}/{key}`.
 #[utoipa::path(put, path = "/v1/kv/{bucket}/{key}", tag = "objects",
-    params(("bucket" = String, Path), ("key" = String, Path), WriteParams,
-        ("Idempotency-Key" = Option<String>, Header, description = "1-128 visible ASCII: a repeat of the same request within the window answers as the first did and applies nothing")),
+    params(("bucket" = String, Path, pattern = "^[a-z0-9._-]{1,63}$"), ("key" = String, Path), WriteParams,
+        ("X-Dynamo-Context" = Option<String>, Header, description = "The context of a previous read: the write replaces exactly the siblings it saw"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-128 visible ASCII: a repeat of the same request within the window answers as the first did and applies nothing"),
+        ("If-Match" = Option<String>, Header, description = "`*` or a list of quoted ETags: applied only if the version set read from R replicas has one of them (`*`: a live value exists), else 412"),
+        ("If-None-Match" = Option<String>, Header, description = "Only `*`: applied only if no live value exists (tombstones do not count), else 412")),
     request_body(content = Vec<u8>, description = "The value, at most 1 MiB", content_type = "application/octet-stream"),
     responses(
-        (status = 204, description = "Stored; `X-Dynamo-Context` covers what the writer had seen plus this write"),
-        (status = 200, description = "Stored, with `?returnbody=true`", body = SiblingsEnvelope),
-        (status = 409, description = "Too many siblings: read, resolve, write with the context", body = ErrorBody),
+        (status = 204, description = "Stored",
+            headers(("X-Dynamo-Context" = String, description = "Covers what the writer had seen plus this write"),
+                    ("ETag" = String, description = "The version set as the coordinating replica stored it (quoted)"))),
+        (status = 200, description = "Stored, with `?returnbody=true`", body = SiblingsEnvelope,
+            headers(("X-Dynamo-Context" = String), ("ETag" = String))),
+        (status = 400, description = "Bad bucket, key, query, context, Content-Type, Idempotency-Key, If-Match or If-None-Match", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "The token lacks `write` on the bucket", body = ErrorBody),
+        (status = 409, description = "Too many siblings (read, resolve, write with the context), or a CRDT bucket", body = ErrorBody),
+        (status = 412, description = "The If-Match or If-None-Match precondition does not hold; nothing changed", body = ErrorBody),
         (status = 413, description = "Value larger than 1 MiB", body = ErrorBody),
         (status = 422, description = "The Idempotency-Key was used for another request within its window", body = ErrorBody),
         (status = 503, description = "Fewer than W replicas stored it", body = ErrorBody)))]
@@ -315,10 +496,20 @@ pub async fn put_object(
 
 /// `DELETE /v1/kv/{bucket}/{key}`.
 #[utoipa::path(delete, path = "/v1/kv/{bucket}/{key}", tag = "objects",
-    params(("bucket" = String, Path), ("key" = String, Path), WriteParams,
-        ("Idempotency-Key" = Option<String>, Header, description = "1-128 visible ASCII: a repeat of the same request within the window answers as the first did and applies nothing")),
+    params(("bucket" = String, Path, pattern = "^[a-z0-9._-]{1,63}$"), ("key" = String, Path), WriteParams,
+        ("X-Dynamo-Context" = Option<String>, Header, description = "The context of a previous read; without one the coordinator reads the key first and deletes what it found"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-128 visible ASCII: a repeat of the same request within the window answers as the first did and applies nothing"),
+        ("If-Match" = Option<String>, Header, description = "`*` or a list of quoted ETags: applied only if the version set read from R replicas has one of them (`*`: a live value exists), else 412"),
+        ("If-None-Match" = Option<String>, Header, description = "Only `*`: applied only if no live value exists, else 412")),
     responses(
-        (status = 204, description = "A tombstone was written"),
+        (status = 204, description = "A tombstone was written",
+            headers(("X-Dynamo-Context" = String, description = "Covers what the writer had seen plus the tombstone"),
+                    ("ETag" = String, description = "The version set as the coordinating replica stored it (quoted)"))),
+        (status = 400, description = "Bad bucket, key, query, context, Idempotency-Key, If-Match or If-None-Match", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "The token lacks `write` on the bucket", body = ErrorBody),
+        (status = 409, description = "Too many siblings, or a CRDT bucket", body = ErrorBody),
+        (status = 412, description = "The If-Match or If-None-Match precondition does not hold; nothing changed", body = ErrorBody),
         (status = 422, description = "The Idempotency-Key was used for another request within its window", body = ErrorBody),
         (status = 503, description = "Fewer than W replicas stored it", body = ErrorBody)))]
 pub async fn delete_object(

@@ -267,6 +267,11 @@ pub struct ClusterView {
     /// The membership change in progress and how far it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<ChangeProgress>,
+    /// The most replicas any key keeps ([`ClusterState::max_n`]: the ring's `n`, the
+    /// default bucket's and every bucket's): the fewest storage nodes the cluster may
+    /// shrink to. Absent from servers that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_n: Option<u8>,
 }
 
 /// A bucket's stored record.
@@ -545,6 +550,19 @@ mod tests {
             ChangeProgress::of(&failed, &[]).stuck.as_deref(),
             Some("no holder of partition 4 could be reached")
         );
+    }
+
+    #[test]
+    fn max_n_is_optional_in_the_cluster_view() {
+        // Goal: a view from a server that predates `max_n` still parses (as `None`), and
+        // a view without one writes no `max_n` key.
+        let old = r#"{"epoch":3,"nodes":[],"handoffs":[]}"#;
+        let v: ClusterView = serde_json::from_str(old).expect("an older view parses");
+        assert_eq!(v.max_n, None);
+        assert_eq!(serde_json::to_string(&v).expect("json"), old);
+        let v = ClusterView { max_n: Some(5), ..v };
+        let json = serde_json::to_value(&v).expect("json");
+        assert_eq!(json["max_n"], 5);
     }
 
     fn state(version: u64, ring: Option<Ring>) -> ClusterState {

@@ -92,6 +92,7 @@ impl ReplicaOp {
                         .map(|s| OVERHEAD + s.content_type.len() + b64(s.value.len()))
                         .sum::<usize>()
             }
+            ReplicaOp::Replay { key, .. } => OVERHEAD + 128 + key.len(),
             ReplicaOp::Get { key, .. } | ReplicaOp::TombstoneStatus { key, .. } => OVERHEAD + key.len(),
         }
     }
@@ -159,6 +160,23 @@ pub enum ReplicaOp {
         /// answered as the first was and applies nothing.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency: Option<IdempotencyClaim>,
+    },
+    /// Answer the write this node remembers under `idempotency`'s claim as a repeat of
+    /// [`ReplicaOp::CoordinatePut`] would (the first write's dot and context, the copy as
+    /// it is now), applying nothing; `precondition_failed` when it remembers none (or
+    /// `idempotency_key_reused` for another fingerprint). A conditional write whose
+    /// precondition no longer holds sends this: it may be the repeat of one that
+    /// succeeded, and changed what the precondition saw.
+    Replay {
+        /// The bucket.
+        bucket: BucketName,
+        /// The key.
+        key: String,
+        /// Set when this node held the write for another (sloppy quorum).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hint: Option<HintFor>,
+        /// The client's `Idempotency-Key`, hashed.
+        idempotency: IdempotencyClaim,
     },
     /// Merge a copy of a key's versions (idempotent).
     Replicate {
@@ -276,6 +294,13 @@ enum ReplicaOpDef {
         deadline_ms: Option<u64>,
         #[serde(default)]
         idempotency: Option<IdempotencyClaim>,
+    },
+    Replay {
+        bucket: BucketName,
+        key: String,
+        #[serde(default)]
+        hint: Option<HintFor>,
+        idempotency: IdempotencyClaim,
     },
     Replicate {
         bucket: BucketName,
@@ -614,6 +639,15 @@ mod tests {
                 }),
                 deadline_ms: Some(1_700_000_000_000),
                 idempotency: None,
+            },
+            ReplicaOp::Replay {
+                bucket: b.clone(),
+                key: "k".into(),
+                hint: None,
+                idempotency: IdempotencyClaim {
+                    id: 1,
+                    fingerprint: u128::MAX,
+                },
             },
             ReplicaOp::Replicate {
                 bucket: b.clone(),

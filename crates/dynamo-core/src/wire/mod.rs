@@ -214,6 +214,10 @@ pub struct SiblingView {
 pub struct SiblingsEnvelope {
     /// The context token covering every sibling.
     pub context: String,
+    /// The version set's `ETag` (quoted, as the header carries it); absent from servers
+    /// older than conditional writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
     /// The live siblings.
     pub siblings: Vec<SiblingView>,
 }

@@ -1,12 +1,14 @@
-//! Bodies of the public admin API that have no other home: the ring view and the token
-//! calls. The coordinator answers them and the SDK reads them, both with these types.
+//! Bodies of the public API that have no other home: the ring view, the token calls and
+//! batches. The coordinator answers them and the SDK reads them, both with these types.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::SiblingView;
 use super::cluster::{AllBuckets, BucketScope, Permission};
+use crate::error::ErrorDetail;
 use crate::ids::{NodeId, PartitionId, RingEpoch};
 
 /// `GET /v1/ring`: the ring's epoch, its partition count Q, and the owner of each
@@ -140,6 +142,145 @@ pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
 }
 
+/// `POST /v1/batch`: up to [`crate::limits::MAX_BATCH_REQUEST_OPS`] operations, run
+/// concurrently, each answered as its own call would be; not atomic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The operations, 1 to 100.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 100))]
+    pub ops: Vec<BatchOp>,
+}
+
+/// What one batch operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum BatchOpKind {
+    /// `GET /v1/kv/{bucket}/{key}` (the envelope form).
+    Get,
+    /// `PUT /v1/kv/{bucket}/{key}`.
+    Put,
+    /// `DELETE /v1/kv/{bucket}/{key}`.
+    Delete,
+}
+
+/// One operation of a batch: the fields its own call would take. `value` (required) and
+/// `content_type` only on a put, `context` on a put or a delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BatchOp {
+    /// The operation.
+    pub op: BatchOpKind,
+    /// The bucket.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9._-]{1,63}$"))]
+    pub bucket: String,
+    /// The key (UTF-8, not percent-encoded).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 1024))]
+    pub key: String,
+    /// The value of a put, base64 (at most 1 MiB decoded).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_base64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Byte))]
+    pub value: Option<Vec<u8>>,
+    /// The value's media type (default `application/octet-stream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
+    pub content_type: Option<String>,
+    /// The context of a previous read, as `X-Dynamo-Context` carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+impl BatchOp {
+    /// A read of `key`.
+    pub fn get(bucket: impl Into<String>, key: impl Into<String>) -> BatchOp {
+        BatchOp {
+            op: BatchOpKind::Get,
+            bucket: bucket.into(),
+            key: key.into(),
+            value: None,
+            content_type: None,
+            context: None,
+        }
+    }
+
+    /// A write of `value` with its media type, after the read whose `context` it carries
+    /// (none: a blind write).
+    pub fn put(
+        bucket: impl Into<String>,
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+        content_type: impl Into<String>,
+        context: Option<String>,
+    ) -> BatchOp {
+        BatchOp {
+            op: BatchOpKind::Put,
+            value: Some(value.into()),
+            content_type: Some(content_type.into()),
+            context,
+            ..BatchOp::get(bucket, key)
+        }
+    }
+
+    /// A delete of what `context` saw (none: what the coordinator's read finds).
+    pub fn delete(bucket: impl Into<String>, key: impl Into<String>, context: Option<String>) -> BatchOp {
+        BatchOp {
+            op: BatchOpKind::Delete,
+            context,
+            ..BatchOp::get(bucket, key)
+        }
+    }
+}
+
+/// The answer to one batch operation: the status its own call would have answered and
+/// the fields it would have carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BatchResult {
+    /// The HTTP status of the operation's own call (`200`, `300`, `204`, `404`, `403`, …).
+    pub status: u16,
+    /// The context (`X-Dynamo-Context`), where the call would answer one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// The `ETag` (quoted), where the call would answer one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// A get's live siblings (one for a `200`, several for a `300`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub siblings: Option<Vec<SiblingView>>,
+    /// The error, for a failed operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// The answer of `POST /v1/batch`: one result per operation, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BatchResponse {
+    /// The results, in the order of the operations.
+    pub results: Vec<BatchResult>,
+}
+
+/// Serde helper: an optional value as base64, as [`super::base64_bytes`] writes one.
+mod optional_base64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => super::super::base64_bytes::serialize(b, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "super::super::base64_bytes")] Vec<u8>);
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|Wrapped(b)| b))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +298,31 @@ mod tests {
         let shown = format!("{t:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    // Goal: a batch reads as API.md writes it (values base64, optional fields absent),
+    // and refuses fields it does not know.
+    #[test]
+    fn a_batch_reads_as_api_md_writes_it() {
+        let j = r#"{"ops": [{"op": "put", "bucket": "b", "key": "k", "value": "aGk=", "content_type": "text/plain"},
+                           {"op": "get", "bucket": "b", "key": "k"}]}"#;
+        let b: BatchRequest = serde_json::from_str(j).expect("batch");
+        assert_eq!(b.ops[0].value.as_deref(), Some(&b"hi"[..]));
+        assert_eq!(b.ops[1].op, BatchOpKind::Get);
+        assert_eq!(b.ops[1].value, None);
+        let back: BatchRequest =
+            serde_json::from_str(&serde_json::to_string(&b).expect("json")).expect("again");
+        assert_eq!(back, b);
+        assert!(
+            serde_json::from_str::<BatchRequest>(
+                r#"{"ops": [{"op": "get", "bucket": "b", "key": "k", "r": 1}]}"#
+            )
+            .is_err()
+        );
+        assert!(
+            serde_json::from_str::<BatchRequest>(r#"{"ops": [{"op": "list", "bucket": "b", "key": "k"}]}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -153,6 +153,38 @@ impl Engine {
         })
     }
 
+    /// Answers a repeat of the write recorded under `claim`, applying nothing: the first
+    /// write's dot and context with the copy as it is now, or `None` when this node
+    /// remembers no write with that claim id inside its window.
+    ///
+    /// # Errors
+    /// [`StorageError::IdempotencyKeyReused`] when the record has another fingerprint;
+    /// engine failures.
+    pub fn replay(
+        &self,
+        k: &KeyRef<'_>,
+        hint: Option<&HintFor>,
+        claim: Claim,
+    ) -> Result<Option<Coordinated>, StorageError> {
+        let (at, copy) = self.lock_copy(k, hint)?;
+        let Some(first) = self.idempotency_record(&at.ok, &claim)? else {
+            return Ok(None);
+        };
+        if first.claim.fingerprint != claim.claim.fingerprint {
+            return Err(StorageError::IdempotencyKeyReused);
+        }
+        self.metrics.idempotent_replays.inc();
+        Ok(Some(Coordinated {
+            object: copy.object,
+            outcome: PutOutcome {
+                dot: first.dot,
+                context: first.context.clone(),
+            },
+            record: Some(first),
+            replayed: true,
+        }))
+    }
+
     /// Returns the record this node holds for `claim`'s id on the key stored at `ok`, if
     /// it is still inside the claim's window (an older one is as good as gone: the purge
     /// only reclaims its space).

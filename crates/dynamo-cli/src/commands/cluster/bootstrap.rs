@@ -226,6 +226,7 @@ mod tests {
             nodes,
             handoffs: Vec::new(),
             change: None,
+            max_n: None,
         }
     }
 

@@ -451,6 +451,7 @@ mod tests {
             nodes: vec![],
             handoffs: vec![],
             change,
+            max_n: None,
         }
     }
 
