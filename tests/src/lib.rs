@@ -483,3 +483,49 @@ async fn wait_members(http: &dynamo_testkit::Http, ring_url: &str, n: usize) {
     })
     .await;
 }
+
+/// What a finished command printed, stdout then stderr, for a failure's message.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The values of a JSON envelope's siblings (padded base64 decoded as UTF-8), sorted.
+///
+/// # Panics
+/// When the envelope has no `siblings` or a value is not base64 of UTF-8.
+pub fn sibling_values(env: &serde_json::Value) -> Vec<String> {
+    use base64::Engine as _;
+    let mut v: Vec<String> = env["siblings"]
+        .as_array()
+        .expect("siblings")
+        .iter()
+        .map(|s| {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(s["value"].as_str().expect("value"))
+                .expect("padded base64");
+            String::from_utf8(raw).expect("utf-8")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Asserts that `r` is an error answer with `status` and the JSON error `code`, and a
+/// message.
+///
+/// # Panics
+/// When it is not.
+pub async fn expect_error(r: reqwest::Response, status: u16, code: &str) {
+    let got = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    assert_eq!(
+        (got, body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "body {body}"
+    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+}

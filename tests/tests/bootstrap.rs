@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use dynamo_tests::{Cluster, Options, ROOT_TOKEN, binary};
+use dynamo_tests::{Cluster, Options, ROOT_TOKEN, binary, output_text};
 use serde_json::Value;
 
 /// Runs `dynamo cluster bootstrap` against the cluster's coordinator with `nodes`
@@ -27,12 +27,7 @@ fn bootstrap(cluster: &Cluster, nodes: &[String]) -> (Option<i32>, String) {
         .args(&args)
         .output()
         .expect("run dynamo");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
+    (out.status.code(), output_text(&out))
 }
 
 /// Every node of the cluster as a bootstrap spec, `node-<i>=<its URL>`.

@@ -19,7 +19,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use dynamo_tests::binary;
+use dynamo_tests::{binary, output_text};
 
 /// The image tag the test builds and runs.
 const IMAGE: &str = "dynamo:compose-test";
@@ -60,14 +60,6 @@ fn missing_tools() -> Option<String> {
     None
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A compose project of the test's own, removed by label when dropped.
 struct Project {
     name: String,
@@ -99,8 +91,12 @@ impl Project {
     /// Runs a compose command that must succeed.
     fn must(&self, args: &[&str]) -> String {
         let out = self.compose(args);
-        assert!(out.status.success(), "docker-compose {args:?}: {}", text(&out));
-        text(&out)
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?}: {}",
+            output_text(&out)
+        );
+        output_text(&out)
     }
 
     /// The container of `service` (compose v1 names them `<project>_<service>_1`).
@@ -115,7 +111,7 @@ impl Project {
     /// The logs of every service, for a failure's message.
     fn logs(&self) -> String {
         let out = self.compose(&["logs", "--no-color", "--tail", "40"]);
-        text(&out)
+        output_text(&out)
     }
 }
 
@@ -125,8 +121,8 @@ fn docker(args: &[&str]) -> Output {
 
 fn docker_must(args: &[&str]) -> String {
     let out = docker(args);
-    assert!(out.status.success(), "docker {args:?}: {}", text(&out));
-    text(&out)
+    assert!(out.status.success(), "docker {args:?}: {}", output_text(&out));
+    output_text(&out)
 }
 
 impl Drop for Project {
@@ -184,7 +180,7 @@ fn build_image() {
         .current_dir(repo())
         .output()
         .expect("run scripts/docker-image.sh");
-    assert!(out.status.success(), "building the image: {}", text(&out));
+    assert!(out.status.success(), "building the image: {}", output_text(&out));
 }
 
 /// The writes the cluster acknowledged: key → value.
@@ -400,7 +396,7 @@ async fn compose_cluster_keeps_every_acknowledged_write_through_host_faults() {
     assert!(
         replaced.status.success(),
         "the replace of storage-3 failed: {}\n{}",
-        text(&replaced),
+        output_text(&replaced),
         project.logs()
     );
     let took = api

@@ -2,7 +2,7 @@
 //! `If-None-Match: *` with and without `Idempotency-Key`, and `POST /v1/batch`, on a
 //! real cluster of processes over loopback.
 
-use dynamo_tests::{Cluster, Options, ROOT_TOKEN};
+use dynamo_tests::{Cluster, Options, ROOT_TOKEN, expect_error, sibling_values};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -49,36 +49,6 @@ async fn get(c: &Cluster, url: &str, path: &str) -> (StatusCode, Value, Option<S
         .expect("get");
     let etag = header(&r, "etag");
     (r.status(), r.json().await.unwrap_or(Value::Null), etag)
-}
-
-fn values(env: &Value) -> Vec<String> {
-    use base64::Engine as _;
-    let mut v: Vec<String> = env["siblings"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| {
-                    let raw = base64::engine::general_purpose::STANDARD
-                        .decode(s["value"].as_str().expect("value"))
-                        .expect("base64");
-                    String::from_utf8(raw).expect("utf-8")
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-async fn expect_error(r: reqwest::Response, status: u16, code: &str) {
-    let got = r.status().as_u16();
-    let body: Value = r.json().await.unwrap_or(Value::Null);
-    assert_eq!(
-        (got, body["error"]["code"].as_str()),
-        (status, Some(code)),
-        "body {body}"
-    );
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
 }
 
 // Goal: an ETag names the version set read: the same on repeated reads and through a
@@ -154,7 +124,7 @@ async fn if_match_writes_only_over_the_version_it_names() {
     let e2 = header(&w, "etag").expect("etag");
     let (_, env, etag) = get(&c, &u, "/v1/kv/b/k").await;
     assert_eq!(
-        values(&env),
+        sibling_values(&env),
         ["v2"],
         "the matched version was replaced, not kept as a sibling"
     );
@@ -173,7 +143,11 @@ async fn if_match_writes_only_over_the_version_it_names() {
     )
     .await;
     let (_, env, etag) = get(&c, &u, "/v1/kv/b/k").await;
-    assert_eq!(values(&env), ["v2"], "a failed precondition changes nothing");
+    assert_eq!(
+        sibling_values(&env),
+        ["v2"],
+        "a failed precondition changes nothing"
+    );
     assert_eq!(etag.as_deref(), Some(e2.as_str()));
 
     let list = format!("\"nope\", W/{e2}, {e2}");
@@ -220,7 +194,7 @@ async fn if_none_match_creates_only() {
     )
     .await;
     let (_, env, _) = get(&c, &u, "/v1/kv/b/k").await;
-    assert_eq!(values(&env), ["first"]);
+    assert_eq!(sibling_values(&env), ["first"]);
     assert_eq!(
         delete(&c, "/v1/kv/b/k", &[]).await.status(),
         StatusCode::NO_CONTENT
@@ -231,7 +205,10 @@ async fn if_none_match_creates_only() {
         "a tombstone does not count"
     );
     let (status, env, _) = get(&c, &u, "/v1/kv/b/k").await;
-    assert_eq!((status, values(&env)), (StatusCode::OK, vec!["again".to_owned()]));
+    assert_eq!(
+        (status, sibling_values(&env)),
+        (StatusCode::OK, vec!["again".to_owned()])
+    );
 }
 
 // Goal: a conditional write with an Idempotency-Key, repeated after it succeeded, answers
@@ -254,7 +231,7 @@ async fn a_repeated_conditional_write_answers_as_the_first() {
         "answered as the first was"
     );
     let (_, env, _) = get(&c, &u, "/v1/kv/b/k").await;
-    assert_eq!(values(&env), ["v2"]);
+    assert_eq!(sibling_values(&env), ["v2"]);
 
     let other = [("if-match", "\"other\""), ("idempotency-key", "op-1")];
     expect_error(
@@ -278,7 +255,7 @@ async fn a_repeated_conditional_write_answers_as_the_first() {
     assert_eq!(again.status(), StatusCode::NO_CONTENT);
     assert_eq!(header(&again, CTX), header(&first, CTX));
     let (_, env, _) = get(&c, &u, "/v1/kv/b/new").await;
-    assert_eq!(values(&env), ["n"]);
+    assert_eq!(sibling_values(&env), ["n"]);
 }
 
 // Goal: malformed preconditions are 400 invalid_request with a message, before anything
@@ -309,7 +286,7 @@ async fn malformed_preconditions_are_refused() {
         .await;
     }
     let (_, env, _) = get(&c, &u, "/v1/kv/b/k").await;
-    assert_eq!(values(&env), ["v1"]);
+    assert_eq!(sibling_values(&env), ["v1"]);
 }
 
 async fn batch(c: &Cluster, token: &str, body: &Value) -> reqwest::Response {
@@ -364,7 +341,7 @@ async fn a_batch_answers_each_operation_as_its_own_call() {
             res[i]
         );
     }
-    assert_eq!(values(&res[1]), ["old"]);
+    assert_eq!(sibling_values(&res[1]), ["old"]);
     let (_, _, old_etag) = get(&c, &u, "/v1/kv/b/old").await;
     assert_eq!(res[1]["etag"].as_str(), old_etag.as_deref());
     assert_eq!(res[2]["error"]["code"], "not_found");
@@ -372,7 +349,7 @@ async fn a_batch_answers_each_operation_as_its_own_call() {
     assert!(res[3]["context"].is_null());
 
     let (_, env, _) = get(&c, &u, "/v1/kv/b/x").await;
-    assert_eq!(values(&env), ["x1"]);
+    assert_eq!(sibling_values(&env), ["x1"]);
     assert_eq!(env["siblings"][0]["content_type"], "text/plain");
     assert_eq!(
         get(&c, &u, "/v1/kv/b/y").await.0,
@@ -395,7 +372,7 @@ async fn a_batch_answers_each_operation_as_its_own_call() {
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["results"][0]["status"], 204, "{body}");
     let (_, env, _) = get(&c, &u, "/v1/kv/b/old").await;
-    assert_eq!(values(&env), ["new"]);
+    assert_eq!(sibling_values(&env), ["new"]);
 }
 
 // Goal: permissions apply per operation: with a token scoped to one bucket, its

@@ -2,7 +2,7 @@
 //! REST API over loopback.
 
 use dynamo_testkit::eventually;
-use dynamo_tests::{Cluster, Options, ROOT_TOKEN, WAIT};
+use dynamo_tests::{Cluster, Options, ROOT_TOKEN, WAIT, expect_error, sibling_values};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -35,23 +35,6 @@ async fn get_json(c: &Cluster, path: &str) -> (StatusCode, Value, Option<String>
     (status, r.json().await.unwrap_or(Value::Null), ctx)
 }
 
-fn values(env: &Value) -> Vec<String> {
-    use base64::Engine as _;
-    let mut v: Vec<String> = env["siblings"]
-        .as_array()
-        .expect("siblings")
-        .iter()
-        .map(|s| {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(s["value"].as_str().expect("value"))
-                .expect("padded base64");
-            String::from_utf8(raw).expect("utf-8")
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 // Goal: the basic contract: put, get (raw and JSON), delete, 404 after delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_get_delete_round_trip() {
@@ -72,7 +55,7 @@ async fn put_get_delete_round_trip() {
 
     let (status, env, _) = get_json(&c, "/v1/kv/users/alice").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(values(&env), ["hello"]);
+    assert_eq!(sibling_values(&env), ["hello"]);
 
     // Keys are UTF-8, percent-encoded, and may contain slashes.
     let r = put(&c, "/v1/kv/users/a%2Fb%20c%C3%A9", "odd", None).await;
@@ -106,7 +89,7 @@ async fn put_get_delete_round_trip() {
     assert_eq!(r.status(), StatusCode::OK);
     let env: Value = r.json().await.expect("envelope");
     assert_eq!(
-        values(&env),
+        sibling_values(&env),
         ["b", "b2"],
         "a blind write keeps the earlier value as a sibling"
     );
@@ -124,7 +107,7 @@ async fn siblings_and_contexts() {
     assert_eq!(r.status(), StatusCode::MULTIPLE_CHOICES);
     let ctx = r.headers()[CTX].to_str().expect("ctx").to_owned();
     let env: Value = r.json().await.expect("envelope");
-    assert_eq!(values(&env), ["one", "two"]);
+    assert_eq!(sibling_values(&env), ["one", "two"]);
     assert_eq!(env["context"], ctx);
     assert!(
         env["siblings"][0]["last_modified"]
@@ -139,13 +122,13 @@ async fn siblings_and_contexts() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let (status, env, ctx2) = get_json(&c, "/v1/kv/s/k").await;
     assert_eq!(status, StatusCode::MULTIPLE_CHOICES);
-    assert_eq!(values(&env), ["resolved", "three"]);
+    assert_eq!(sibling_values(&env), ["resolved", "three"]);
 
     // Writing with the fresh context resolves to one value.
     put(&c, "/v1/kv/s/k", "final", ctx2.as_deref()).await;
     let (status, env, _) = get_json(&c, "/v1/kv/s/k").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(values(&env), ["final"]);
+    assert_eq!(sibling_values(&env), ["final"]);
 
     // LWW buckets never answer siblings.
     let r = c
@@ -159,7 +142,7 @@ async fn siblings_and_contexts() {
     put(&c, "/v1/kv/last/k", "b", None).await;
     let (status, env, _) = get_json(&c, "/v1/kv/last/k").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(values(&env), ["b"]);
+    assert_eq!(sibling_values(&env), ["b"]);
 }
 
 // Goal (issue 12): a context is good only for the key it was issued for, and only as
@@ -178,7 +161,7 @@ async fn forged_and_foreign_contexts_are_refused_and_change_nothing() {
     let foreign = other.headers()[CTX].to_str().expect("ctx").to_owned();
     let (status, env, ctx) = get_json(&c, "/v1/kv/f/k").await;
     assert_eq!(status, StatusCode::MULTIPLE_CHOICES);
-    assert_eq!(values(&env), ["one", "two"]);
+    assert_eq!(sibling_values(&env), ["one", "two"]);
     let real = ctx.expect("a context");
 
     let mut altered = b64.decode(&real).expect("base64url");
@@ -250,18 +233,7 @@ async fn forged_and_foreign_contexts_are_refused_and_change_nothing() {
         StatusCode::NO_CONTENT
     );
     let (_, env, _) = get_json(&c, "/v1/kv/f/k").await;
-    assert_eq!(values(&env), ["resolved"]);
-}
-
-async fn expect_error(r: reqwest::Response, status: u16, code: &str) {
-    let got = r.status().as_u16();
-    let body: Value = r.json().await.unwrap_or(Value::Null);
-    assert_eq!(
-        (got, body["error"]["code"].as_str()),
-        (status, Some(code)),
-        "body {body}"
-    );
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_eq!(sibling_values(&env), ["resolved"]);
 }
 
 // Goal: every client-reachable error code of docs/api.md answers with its status and JSON
@@ -733,7 +705,11 @@ async fn idempotency_keys_make_retries_safe() {
     assert_eq!(again.status(), StatusCode::NO_CONTENT);
     assert_eq!(again.headers()[CTX], ctx, "answered as the first was");
     let (_, env, _) = get_json(&c, "/v1/kv/b/k").await;
-    assert_eq!(values(&env), ["v1"], "a blind repeat would have made a sibling");
+    assert_eq!(
+        sibling_values(&env),
+        ["v1"],
+        "a blind repeat would have made a sibling"
+    );
 
     expect_error(
         idem_put(&c, "/v1/kv/b/k", "v2", "order-17").await,
@@ -742,7 +718,7 @@ async fn idempotency_keys_make_retries_safe() {
     )
     .await;
     let (_, env, _) = get_json(&c, "/v1/kv/b/k").await;
-    assert_eq!(values(&env), ["v1"], "a refused reuse changes nothing");
+    assert_eq!(sibling_values(&env), ["v1"], "a refused reuse changes nothing");
 
     // The same key on another object is another claim.
     assert_eq!(
@@ -776,7 +752,7 @@ async fn idempotency_keys_make_retries_safe() {
     assert_eq!(d2.headers()[CTX], d_ctx);
     let (status, env, _) = get_json(&c, "/v1/kv/b/k").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(values(&env), ["v3"]);
+    assert_eq!(sibling_values(&env), ["v3"]);
     let replays = c
         .metric(&c.url(), "dynamo_coordinator_idempotent_replays_total")
         .await;
