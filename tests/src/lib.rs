@@ -140,6 +140,12 @@ impl Proc {
         }
     }
 
+    /// SIGKILL through a shared reference, so a test can crash a node while clients
+    /// borrow the cluster; [`Proc::kill9`] (or dropping it) reaps it later.
+    pub fn crash(&self) {
+        self.signal("-KILL");
+    }
+
     /// SIGSTOP: the process hangs, its sockets stay open.
     pub fn pause(&self) {
         self.signal("-STOP");

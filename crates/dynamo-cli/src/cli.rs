@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use dynamo_client::{Client, ClientError, RetryPolicy};
 
-use crate::commands::{bench, bucket, cluster, delete, dev, get, keygen, put, ring, token};
+use crate::commands::{
+    bench, bucket, cluster, crdt, delete, dev, get, keygen, list, put, ring, token, watch,
+};
 use crate::error::CliError;
 
 /// The file, inside the data directory, where `dynamo dev` writes the root token.
@@ -73,6 +75,14 @@ pub enum Command {
     Put(put::PutArgs),
     /// Delete a key (writes a tombstone).
     Delete(delete::DeleteArgs),
+    /// List a bucket's keys, one per line, in byte order (streamed page by page).
+    List(list::ListArgs),
+    /// Print a bucket's changes as they happen, one per line, until interrupted; on exit,
+    /// print the cursor to resume from (`--cursor`) on stderr.
+    Watch(watch::WatchArgs),
+    /// Read and change the keys of CRDT buckets: counters, sets, registers, maps.
+    #[command(subcommand)]
+    Crdt(crdt::CrdtCommand),
     /// Show or change a bucket's properties.
     #[command(subcommand)]
     Bucket(bucket::BucketCommand),

@@ -1,9 +1,17 @@
 //! `dynamo`: the command line of a Dynamo cluster.
 //!
-//! Talks to a coordinator through `dynamo-client` (the SDK): read, write and delete keys,
-//! show and change bucket properties, show the cluster and the ring, join, decommission
-//! and replace nodes and retry or abort a failed change (following the change with
-//! `--wait`), and manage scoped tokens.
+//! Talks to a coordinator through `dynamo-client` (the SDK):
+//! - keys: `get`, `put`, `delete`; `list` prints a bucket's keys one per line, streamed
+//!   page by page; `watch` prints a bucket's changes as they happen (the change feed,
+//!   long-polled until Ctrl-C, or `--max-changes N` for scripts and tests) and on exit
+//!   the cursor to resume from with `--cursor`;
+//! - `crdt get|incr|add|remove|assign|apply`: the keys of CRDT buckets (counters, sets,
+//!   registers, maps), printing the value after each operation;
+//! - `bucket`: show and change bucket properties;
+//! - `cluster`, `ring`: show the cluster and the ring; join, decommission and replace
+//!   nodes, retry or abort a failed change (following it with `--wait`);
+//! - `token`: manage scoped tokens;
+//! - `dev` runs a whole local cluster, `bench` measures one, `keygen` makes secret keys.
 //!
 //! # Layout
 //! - [`cli`]: the clap definitions: the global flags ([`cli::GlobalArgs`]: endpoint,
@@ -22,10 +30,11 @@
 //! starts a cluster (`dynamo dev`) needs none.
 //!
 //! # Exit codes and output
-//! 0 on success; 1 when the operation failed (an API error, an unreachable coordinator,
-//! an unreadable file), printed as `error: <code>: <message>`; 2 for usage errors (bad
-//! flags, no token to be found). Results go to stdout, diagnostics and contexts of reads
-//! to stderr, so `dynamo get b k > file` stores exactly the value.
+//! 0 on success (also when Ctrl-C or SIGTERM ends `watch` or `dev`); 1 when the
+//! operation failed (an API error, an unreachable coordinator, an unreadable file),
+//! printed as `error: <code>: <message>`; 2 for usage errors (bad flags, no token to be
+//! found). Results go to stdout, diagnostics, contexts of reads and `watch`'s resume
+//! cursor to stderr, so `dynamo get b k > file` stores exactly the value.
 
 mod cli;
 mod commands;

@@ -43,6 +43,19 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
     line(&text)
 }
 
+/// Writes a value as compact JSON on one line (JSON Lines: a string holding a newline
+/// stays on its line) to stdout.
+pub fn json_line<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
+    line(&to_json_line(value)?)
+}
+
+fn to_json_line<T: Serialize + ?Sized>(value: &T) -> Result<String, CliError> {
+    serde_json::to_string(value).map_err(|e| CliError::Io {
+        what: "cannot encode the output as JSON".into(),
+        source: std::io::Error::other(e),
+    })
+}
+
 /// A value made fit for a terminal: its text when it is UTF-8 without control characters
 /// (other than newlines and tabs), otherwise its base64.
 #[derive(Debug, PartialEq, Eq)]
@@ -112,6 +125,11 @@ mod tests {
             Printable::Base64("G1szMW1yZWQ=".into())
         );
         assert_eq!(Printable::of("héllo".as_bytes()), Printable::Text("héllo"));
+    }
+
+    #[test]
+    fn json_lines_keep_a_string_on_one_line() {
+        assert_eq!(to_json_line("a\nb \"c\"").expect("encodes"), r#""a\nb \"c\"""#);
     }
 
     #[test]

@@ -865,3 +865,275 @@ async fn conditional_writes_follow_the_etag() {
     .await;
     assert_eq!(both.code, 2, "{}", both.stderr);
 }
+
+/// A cursor from now on the mock's feed of `bucket`, as a watcher's first call gets it.
+async fn feed_cursor_now(mock: &Mock, bucket: &str) -> dynamo_client::FeedCursor {
+    let client = dynamo_client::Client::new(&mock.url(), TOKEN).expect("client");
+    client
+        .feed_page(bucket, &dynamo_client::FeedOptions::new())
+        .await
+        .expect("page from now")
+        .cursor
+}
+
+/// The `cursor` parameter of every feed poll the mock saw (the page from now has none).
+fn feed_poll_cursors(mock: &Mock) -> Vec<String> {
+    mock.state
+        .requests()
+        .iter()
+        .filter(|r| r.uri.starts_with("/v1/feed/"))
+        .filter_map(|r| {
+            let query = r.uri.split_once('?')?.1;
+            query
+                .split('&')
+                .find_map(|p| p.strip_prefix("cursor="))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The cursor `dynamo watch` printed on exit (`cursor: <C>` on stderr).
+fn printed_cursor(run: &Run) -> String {
+    run.stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("cursor: "))
+        .unwrap_or_else(|| panic!("no cursor on stderr: {}", run.stderr))
+        .to_owned()
+}
+
+// Goal: `dynamo list` prints every live key once, one per line, in byte order,
+// following the listing across pages, through a page that holds no live key. Method: 250
+// keys with the middle 100 deleted, listed with the server's default page of 100: the
+// pages are [k000..k099] [] [k200..k249].
+#[tokio::test]
+async fn list_prints_keys_one_per_line_across_pages() {
+    let mock = Mock::start().await;
+    for i in 0..250 {
+        mock.state.seed("b", &format!("k{i:03}"), b"v", "text/plain");
+    }
+    let client = dynamo_client::Client::new(&mock.url(), TOKEN).expect("client");
+    for i in 100..200 {
+        let key = format!("k{i:03}");
+        let read = client.get("b", &key).await.expect("get").expect("found");
+        client
+            .delete("b", &key, Some(&read.context))
+            .await
+            .expect("delete");
+    }
+    let pages_before = list_pages(&mock);
+
+    let run = dynamo(args(&mock, &["list", "b"]), None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let expected: String = (0..100).chain(200..250).map(|i| format!("k{i:03}\n")).collect();
+    assert_eq!(run.stdout_text(), expected);
+    assert_eq!(
+        list_pages(&mock) - pages_before,
+        3,
+        "three pages, the middle one empty"
+    );
+}
+
+// Goal: `dynamo list` narrows with `--prefix`, resumes with `--start-after`, stops after
+// `--limit` keys (asking for a page of that size), and with `--json` prints JSON Lines.
+#[tokio::test]
+async fn list_takes_a_prefix_a_start_and_a_limit() {
+    let mock = Mock::start().await;
+    for key in ["a/1", "a/2", "a/3", "b/1"] {
+        mock.state.seed("bk", key, b"v", "text/plain");
+    }
+    let run = dynamo(
+        args(&mock, &["list", "bk", "--prefix", "a/", "--start-after", "a/1"]),
+        None,
+    )
+    .await;
+    assert_eq!(run.stdout_text(), "a/2\na/3\n");
+    let limited = dynamo(args(&mock, &["list", "bk", "--limit", "2", "--json"]), None).await;
+    assert_eq!(limited.code, 0, "{}", limited.stderr);
+    assert_eq!(limited.stdout_text(), "\"a/1\"\n\"a/2\"\n");
+    assert!(
+        mock.state.last().uri.contains("limit=2"),
+        "{}",
+        mock.state.last().uri
+    );
+}
+
+/// How many listing pages the mock has answered.
+fn list_pages(mock: &Mock) -> usize {
+    mock.state
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.uri.contains("?list"))
+        .count()
+}
+
+// Goal: `dynamo crdt incr` prints the counter's new value as JSON on stdout, its context
+// and ETag on stderr, and adds the given amount (negative subtracts).
+#[tokio::test]
+async fn crdt_incr_prints_the_new_value() {
+    let mock = Mock::start().await;
+    mock.state
+        .crdt_bucket("hits", dynamo_core::crdt::CrdtType::Counter);
+    let first = dynamo(args(&mock, &["crdt", "incr", "hits", "home"]), None).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.stdout_text().trim(), "1");
+    assert!(first.stderr.contains("context: "), "{}", first.stderr);
+    assert!(first.stderr.contains("etag: "), "{}", first.stderr);
+
+    let more = dynamo(args(&mock, &["crdt", "incr", "hits", "home", "5"]), None).await;
+    assert_eq!(more.stdout_text().trim(), "6");
+    let less = dynamo(
+        args(&mock, &["crdt", "incr", "hits", "home", "-2", "--json"]),
+        None,
+    )
+    .await;
+    let shown: serde_json::Value = serde_json::from_slice(&less.stdout).expect("JSON");
+    assert_eq!(shown["value"], 4);
+    assert_eq!(shown["crdt_type"], "counter");
+    assert_eq!(mock.state.crdt_value("hits", "home"), Some(serde_json::json!(4)));
+}
+
+// Goal: `dynamo watch --cursor C` prints the changes after C, one line each (`<key>
+// put|delete`), stops after `--max-changes`, and prints on stderr the cursor that
+// resumes without skipping what was not printed; resuming from it with `--json` prints
+// the rest, each change with its cursor. Method: the three changes come in one page and
+// the first watch stops inside it, so its cursor resumes before that page (at least
+// once: the printed part of the page comes again).
+#[tokio::test]
+async fn watch_prints_changes_and_the_cursor_to_resume_from() {
+    let mock = Mock::start().await;
+    let c0 = feed_cursor_now(&mock, "b").await;
+    mock.state.seed("b", "k1", b"v", "text/plain");
+    mock.state.seed("elsewhere", "x", b"v", "text/plain");
+    mock.state.seed("b", "k2", b"v", "text/plain");
+    let del = dynamo(args(&mock, &["delete", "b", "k1"]), None).await;
+    assert_eq!(del.code, 0, "{}", del.stderr);
+
+    let run = dynamo(
+        args(
+            &mock,
+            &["watch", "b", "--cursor", c0.as_str(), "--max-changes", "2"],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout_text(), "k1 put\nk2 put\n");
+    let resume = printed_cursor(&run);
+
+    let rest = dynamo(
+        args(
+            &mock,
+            &["watch", "b", "--cursor", &resume, "--max-changes", "3", "--json"],
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(rest.code, 0, "{}", rest.stderr);
+    let lines: Vec<serde_json::Value> = rest
+        .stdout_text()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let seen: Vec<(&str, bool)> = lines
+        .iter()
+        .map(|l| (l["key"].as_str().expect("key"), l["deleted"] == true))
+        .collect();
+    assert_eq!(seen, [("k1", false), ("k2", false), ("k1", true)]);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["context"].as_str().is_some_and(|c| !c.is_empty()))
+    );
+    assert_eq!(
+        lines[2]["cursor"].as_str(),
+        Some(printed_cursor(&rest).as_str()),
+        "the last change's cursor is the one printed on exit"
+    );
+    assert_ne!(printed_cursor(&rest), resume, "past the whole page now");
+}
+
+// Goal: `dynamo watch` without a cursor starts from now (an earlier write is not
+// printed, a later one is), and an expired cursor exits 1 with `cursor_expired` and the
+// hint to start again, not a cursor.
+#[tokio::test]
+async fn watch_starts_from_now_and_stops_on_an_expired_cursor() {
+    let mock = Mock::start().await;
+    mock.state.seed("b", "before", b"v", "text/plain");
+    let watch = tokio::spawn(dynamo(
+        args(&mock, &["watch", "b", "--from-now", "--max-changes", "1"]),
+        None,
+    ));
+    // Write once the watcher polls with its cursor from now.
+    while feed_poll_cursors(&mock).is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    mock.state.seed("b", "after", b"v", "text/plain");
+    let run = watch.await.expect("join");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout_text(), "after put\n");
+
+    let c0 = feed_cursor_now(&mock, "b").await;
+    mock.state.seed("b", "later", b"v", "text/plain");
+    mock.state.expire_feed_cursors();
+    let expired = dynamo(args(&mock, &["watch", "b", "--cursor", c0.as_str()]), None).await;
+    assert_eq!(expired.code, 1, "{}", expired.stderr);
+    assert!(
+        expired.stderr.contains("error: cursor_expired"),
+        "{}",
+        expired.stderr
+    );
+    assert!(expired.stderr.contains("without --cursor"), "{}", expired.stderr);
+    assert!(!expired.stderr.contains("cursor: "), "{}", expired.stderr);
+
+    let empty = dynamo(args(&mock, &["watch", "b", "--cursor", ""]), None).await;
+    assert_eq!(empty.code, 2, "{}", empty.stderr);
+}
+
+// Goal: Ctrl-C (SIGINT) ends a watch that is waiting for changes cleanly: exit code 0,
+// and the cursor it was polling with on stderr, to resume from.
+#[tokio::test]
+async fn watch_ends_cleanly_on_ctrl_c_with_the_cursor() {
+    let mock = Mock::start().await;
+    let child = Command::new(env!("CARGO_BIN_EXE_dynamo"))
+        .args(args(&mock, &["watch", "b"]))
+        .env_remove("DYNAMO_ENDPOINT")
+        .env_remove("DYNAMO_TOKEN")
+        .env_remove("DYNAMO_DATA_DIR")
+        .env_remove("DYNAMO_TIMEOUT_MS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dynamo");
+    // The watcher installs its signal handlers before its first request, so once it
+    // polls with a cursor, SIGINT reaches the handler.
+    tokio::time::timeout(WAIT, async {
+        while feed_poll_cursors(&mock).is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the watcher polled in time");
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("dynamo stopped in time")
+    .expect("join")
+    .expect("wait for dynamo");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let polled = feed_poll_cursors(&mock);
+    assert_eq!(
+        stderr.lines().find_map(|l| l.strip_prefix("cursor: ")),
+        polled.last().map(String::as_str),
+        "{stderr}"
+    );
+}

@@ -9,11 +9,16 @@ use crate::error::ClientError;
 
 /// The encoded path of a bucket, after checking its name as the server would.
 pub(crate) fn bucket_path(bucket: &str) -> Result<String, ClientError> {
+    bucket_name(bucket)?;
+    Ok(format!("/v1/buckets/{}", segment(bucket)))
+}
+
+/// Checks a bucket name as the server would.
+pub(crate) fn bucket_name(bucket: &str) -> Result<BucketName, ClientError> {
     BucketName::new(bucket).map_err(|e| ClientError::InvalidInput {
         code: e.code(),
         message: e.to_string(),
-    })?;
-    Ok(format!("/v1/buckets/{}", segment(bucket)))
+    })
 }
 
 impl Client {

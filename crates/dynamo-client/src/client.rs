@@ -2,13 +2,19 @@
 //!
 //! One `reqwest::Client` (a connection pool) per [`Client`]; cloning a [`Client`] shares
 //! it. Every request gets a timeout, its response body a size cap, and the retry loop a
-//! bounded budget: only transient codes ([`ErrorCode::is_transient`]) and refused
-//! connections are retried, with exponential backoff and jitter (kube-rs's
-//! transient/permanent split). Everything else, timeouts included, is answered at once.
+//! bounded budget: only transient codes ([`ErrorCode::is_transient`]: `429` and the
+//! `503`s) and refused connections are retried, with exponential backoff and jitter
+//! (kube-rs's transient/permanent split), waiting at least what a `Retry-After` asks.
+//! Everything else, timeouts included, is answered at once.
+//!
+//! A client may know several coordinators ([`ClientBuilder::endpoints`]): every
+//! coordinator serves every key, so a retry goes to the next one in the list, and the
+//! client keeps sending to the one that last answered.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,10 +30,14 @@ use serde::de::DeserializeOwned;
 use crate::error::{ClientError, code_for_status};
 
 /// The header carrying the opaque causal context between a read and the next write.
-pub const CONTEXT_HEADER: HeaderName = HeaderName::from_static("x-dynamo-context");
+pub const CONTEXT_HEADER: HeaderName = HeaderName::from_static(dynamo_core::wire::CONTEXT_HEADER);
 
 /// The header that makes a write's retries safe (the SDK sets one on every write).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The header naming a CRDT value's type (`counter`, `set`, `register`, `map`) on CRDT
+/// reads and operation answers.
+pub const CRDT_TYPE_HEADER: HeaderName = HeaderName::from_static(dynamo_core::wire::CRDT_TYPE_HEADER);
 
 /// The header a server's request id comes back in.
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,7 +52,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MAX_RETRIES: u32 = 10;
 
 /// Default number of writes [`Client::update`] tries before handing back an object that
-/// still has siblings.
+/// still has siblings, and of read-then-remove attempts a CRDT remove makes while the
+/// coordinator answers `context_not_seen` ([`crate::CrdtBucket::apply`]).
 pub const DEFAULT_UPDATE_ATTEMPTS: u32 = 5;
 
 /// Largest number of writes [`Client::update`] may try.
@@ -71,17 +82,19 @@ const NON_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// How failed requests are retried: only transient codes and refused connections, at
-/// most `max_retries` times, waiting `initial_backoff · 2^attempt` capped at
-/// `max_backoff`, jittered down to half of that (so clients that failed together do not
-/// retry together).
+/// most `max_retries` times in all (whichever endpoints the retries go to), waiting
+/// `initial_backoff · 2^attempt` capped at `max_backoff`, jittered down to half of that
+/// (so clients that failed together do not retry together), and at least the answer's
+/// `Retry-After`, up to `max_backoff`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (at most [`MAX_RETRIES`]).
     pub max_retries: u32,
     /// The wait before the first retry.
     pub initial_backoff: Duration,
-    /// The longest wait between two attempts (a server's `Retry-After` is honoured up to
-    /// this too).
+    /// The longest wait between two attempts. A server's `Retry-After` is honoured up to
+    /// this too: a longer one is cut to it, so a caller's bound on waiting holds whatever
+    /// a server (or a proxy in front of it) asks.
     pub max_backoff: Duration,
 }
 
@@ -110,12 +123,27 @@ impl RetryPolicy {
     pub fn backoff(&self, retry: u32) -> Duration {
         Backoff::new(self.initial_backoff, self.max_backoff).delay(retry.saturating_add(1), rand::random())
     }
+
+    /// Returns the wait before retry number `retry` after a failure whose answer carried
+    /// `retry_after`: the [`RetryPolicy::backoff`], or the server's `Retry-After` when
+    /// that is longer, up to `max_backoff`.
+    fn wait(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let backoff = self.backoff(retry);
+        match retry_after {
+            Some(asked) => backoff.max(asked.min(self.max_backoff)),
+            None => backoff,
+        }
+    }
 }
 
-/// A typed async client for one coordinator endpoint.
+/// A typed async client for a cluster's coordinators: one endpoint, or several to fail
+/// over between ([`ClientBuilder::endpoints`]).
 ///
-/// Cheap to clone: clones share the connection pool. Object calls are in
-/// [`crate::object`], bucket calls in [`crate::bucket`], cluster calls in
+/// Cheap to clone: clones share the connection pool and the endpoint in use. Object
+/// calls are in [`crate::object`] (typed ones in [`crate::json`], resolvers in
+/// [`crate::resolve`]), listings in [`crate::list`], the change feed in [`crate::feed`],
+/// CRDT calls in [`crate::crdt`]
+/// (through [`Client::crdt`]), bucket calls in [`crate::bucket`], cluster calls in
 /// [`crate::cluster`], token calls in [`crate::token`].
 #[derive(Clone)]
 pub struct Client {
@@ -124,8 +152,12 @@ pub struct Client {
 
 struct Inner {
     http: reqwest::Client,
-    /// `scheme://host:port[/prefix]`, without a trailing `/`.
-    base: String,
+    /// The coordinators, each `scheme://host:port[/prefix]` without a trailing `/`.
+    /// Invariant: never empty (the builder refuses an empty list).
+    bases: Vec<String>,
+    /// The index in `bases` of the coordinator that answered last, where the next request
+    /// starts. A hint shared by concurrent requests, so relaxed ordering is enough.
+    current: AtomicUsize,
     /// `Bearer <token>`, marked sensitive.
     auth: Option<HeaderValue>,
     timeout: Duration,
@@ -137,7 +169,7 @@ struct Inner {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("endpoint", &self.inner.base)
+            .field("endpoints", &self.inner.bases)
             .field("token", &self.inner.auth.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.inner.timeout)
             .field("retry", &self.inner.retry)
@@ -161,68 +193,124 @@ impl Client {
         ClientBuilder::new(endpoint)
     }
 
-    /// Returns the endpoint this client talks to, without a trailing `/`.
+    /// Returns the endpoint the next request goes to first (the one that answered last),
+    /// without a trailing `/`.
     pub fn endpoint(&self) -> &str {
-        &self.inner.base
+        &self.inner.bases[self.current_index()]
     }
 
-    /// Returns true when the coordinator answers `GET /readyz` with a success (no token
-    /// is sent: the route needs none).
+    /// Returns every endpoint this client may send to, in the order given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.bases
+    }
+
+    /// Returns true when a coordinator answers `GET /readyz` with a success (no token is
+    /// sent: the route needs none). The endpoints are asked in turn, starting with
+    /// [`Client::endpoint`], until one is ready.
     ///
     /// # Errors
-    /// A transport error or timeout when nothing answers; not-ready answers are `false`.
+    /// The last transport error or timeout when no endpoint answers; not-ready answers
+    /// are `false`.
     pub async fn is_ready(&self) -> Result<bool, ClientError> {
-        let resp = self
-            .inner
-            .http
-            .get(format!("{}/readyz", self.inner.base))
-            .timeout(self.inner.timeout)
-            .send()
-            .await
-            .map_err(ClientError::from_transport)?;
-        Ok(resp.status().is_success())
+        let inner = &self.inner;
+        let start = self.current_index();
+        let mut answered = false;
+        let mut last_error = None;
+        for i in 0..inner.bases.len() {
+            let base = &inner.bases[(start + i) % inner.bases.len()];
+            let sent = inner
+                .http
+                .get(format!("{base}/readyz"))
+                .timeout(inner.timeout)
+                .send()
+                .await;
+            match sent {
+                Ok(resp) if resp.status().is_success() => return Ok(true),
+                Ok(_) => answered = true,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match last_error {
+            Some(e) if !answered => Err(ClientError::from_transport(e)),
+            // Some coordinator answered "not ready", none "ready".
+            _ => Ok(false),
+        }
+    }
+
+    /// The index of the endpoint to start at, always within `bases`.
+    fn current_index(&self) -> usize {
+        self.inner.current.load(Ordering::Relaxed) % self.inner.bases.len()
     }
 
     pub(crate) fn update_attempts(&self) -> u32 {
         self.inner.update_attempts
     }
 
-    /// Sends a call, retrying transient failures within the budget.
+    /// Sends a call, retrying transient failures within the budget, each retry on the
+    /// next endpoint.
     ///
     /// Answers with a status below 400 come back as a [`Reply`]; so does a
     /// `404 not_found` when the call allows it. Every other status is a
     /// [`ClientError::Api`].
+    ///
+    /// Every attempt replays the same call, headers included, so a write's
+    /// `Idempotency-Key` is the same on every endpoint: a coordinator that reaches the
+    /// storage node holding the first attempt's record answers the retry from it.
     pub(crate) async fn send(&self, call: Call) -> Result<Reply, ClientError> {
         let policy = self.inner.retry;
+        let endpoints = self.inner.bases.len();
+        let start = self.current_index();
+        let mut endpoint = start;
         let mut retries = 0;
         loop {
-            let failure = match self.attempt(&call).await {
-                Ok(reply) => return Ok(reply),
+            let failure = match self.attempt(&self.inner.bases[endpoint], &call).await {
+                Ok(reply) => {
+                    self.answered_from(start, endpoint);
+                    return Ok(reply);
+                }
                 Err(failure) => failure,
             };
             if !failure.error.is_transient() || retries >= policy.max_retries {
+                // A permanent answer still shows that this coordinator is up.
+                if failure.error.status().is_some() {
+                    self.answered_from(start, endpoint);
+                }
                 return Err(failure.error);
             }
-            let mut wait = policy.backoff(retries);
-            if let Some(asked) = failure.retry_after {
-                wait = wait.max(asked.min(policy.max_backoff));
-            }
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(policy.wait(retries, failure.retry_after)).await;
+            // A transient failure is this coordinator's (down, overloaded, short of
+            // replicas it can reach): another one, which reaches the replicas by other
+            // paths, may serve the retry. With one endpoint this is the same one.
+            endpoint = (endpoint + 1) % endpoints;
             retries += 1;
         }
     }
 
-    async fn attempt(&self, call: &Call) -> Result<Reply, Failure> {
+    /// Makes `endpoint` the one the next requests start at, when a request that started
+    /// at `start` got its answer there.
+    fn answered_from(&self, start: usize, endpoint: usize) {
+        if endpoint != start {
+            self.inner.current.store(endpoint, Ordering::Relaxed);
+        }
+    }
+
+    async fn attempt(&self, base: &str, call: &Call) -> Result<Reply, Failure> {
         let inner = &self.inner;
-        let timeout = match call.timeout_ms {
+        let mut timeout = match call.timeout_ms {
             Some(ms) => inner
                 .timeout
                 .max(Duration::from_millis(ms) + SERVER_TIMEOUT_MARGIN),
             None => inner.timeout,
         };
+        // A long poll may rightly hold the answer for its whole wait before the work the
+        // usual bound is for even starts (the coordinator then still gathers its nodes'
+        // answers), so the wait comes on top of that bound.
+        if let Some(ms) = call.long_poll_ms {
+            timeout = timeout.saturating_add(Duration::from_millis(ms));
+        }
         let mut req = inner
             .http
-            .request(call.method.clone(), format!("{}{}", inner.base, call.path))
+            .request(call.method.clone(), format!("{base}{}", call.path))
             .timeout(timeout)
             .headers(call.headers.clone());
         if !call.query.is_empty() {
@@ -260,11 +348,11 @@ impl Client {
     }
 }
 
-/// Configures a [`Client`]: timeouts, the retry budget, [`Client::update`]'s attempts and
-/// the response size cap.
+/// Configures a [`Client`]: its endpoints, timeouts, the retry budget,
+/// [`Client::update`]'s attempts and the response size cap.
 #[derive(Clone)]
 pub struct ClientBuilder {
-    endpoint: String,
+    endpoints: Vec<String>,
     token: Option<String>,
     timeout: Duration,
     connect_timeout: Duration,
@@ -277,7 +365,7 @@ pub struct ClientBuilder {
 impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientBuilder")
-            .field("endpoint", &self.endpoint)
+            .field("endpoints", &self.endpoints)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -295,7 +383,7 @@ impl ClientBuilder {
     /// and [`DEFAULT_MAX_RESPONSE_BYTES`].
     pub fn new(endpoint: impl Into<String>) -> Self {
         ClientBuilder {
-            endpoint: endpoint.into(),
+            endpoints: vec![endpoint.into()],
             token: None,
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -304,6 +392,24 @@ impl ClientBuilder {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             ca_file: None,
         }
+    }
+
+    /// Sets the coordinators to send to, replacing the endpoint the builder started with
+    /// (e.g. `["http://10.0.0.1:8080", "http://10.0.0.2:8080"]`).
+    ///
+    /// Requests go to the first one until it fails transiently (refuses the connection,
+    /// or answers `429` or a `503`); the retry then goes to the next one, within the
+    /// [`RetryPolicy`]'s budget, and later requests start at whichever coordinator
+    /// answered last. A request that timed out is not retried anywhere (it may have been
+    /// applied), and neither is an answer such as `400` or `412`, which another
+    /// coordinator would give too.
+    pub fn endpoints<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.endpoints = endpoints.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Trusts the CA certificates (PEM) in `path` for an `https://` endpoint, instead of
@@ -341,7 +447,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Sets how many writes [`Client::update`] tries (1 to [`MAX_UPDATE_ATTEMPTS`]).
+    /// Sets how many writes [`Client::update`] tries, and how many read-then-remove
+    /// attempts a CRDT remove makes ([`crate::CrdtBucket::apply`]), 1 to
+    /// [`MAX_UPDATE_ATTEMPTS`].
     pub fn update_attempts(mut self, attempts: u32) -> Self {
         self.update_attempts = attempts;
         self
@@ -357,23 +465,20 @@ impl ClientBuilder {
     /// Builds the client.
     ///
     /// # Errors
-    /// [`ClientError::Config`] when the endpoint is not an `http://` or `https://` URL
-    /// without query or fragment, the CA file cannot be read or holds no certificate, the
-    /// token is not a valid header value, a timeout is zero, or a bound is out of range.
+    /// [`ClientError::Config`] when there is no endpoint or one is not an `http://` or
+    /// `https://` URL without query or fragment, the CA file cannot be read or holds no
+    /// certificate, the token is not a valid header value, a timeout is zero, or a bound
+    /// is out of range.
     pub fn build(self) -> Result<Client, ClientError> {
         let config = |message: String| ClientError::Config { message };
-        let base = self.endpoint.trim_end_matches('/').to_owned();
-        let url = reqwest::Url::parse(&base).map_err(|e| config(format!("endpoint {base:?}: {e}")))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(config(format!(
-                "endpoint {base:?}: the scheme must be http:// or https://"
-            )));
+        if self.endpoints.is_empty() {
+            return Err(config("at least one endpoint is needed".into()));
         }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(config(format!(
-                "endpoint {base:?} must not have a query or fragment"
-            )));
-        }
+        let bases = self
+            .endpoints
+            .iter()
+            .map(|endpoint| base_url(endpoint))
+            .collect::<Result<Vec<String>, ClientError>>()?;
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(config("timeouts must be greater than zero".into()));
         }
@@ -417,7 +522,8 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
-                base,
+                bases,
+                current: AtomicUsize::new(0),
                 auth,
                 timeout: self.timeout,
                 retry: self.retry,
@@ -426,6 +532,24 @@ impl ClientBuilder {
             }),
         })
     }
+}
+
+/// Checks an endpoint and returns it without a trailing `/`.
+fn base_url(endpoint: &str) -> Result<String, ClientError> {
+    let config = |message: String| ClientError::Config { message };
+    let base = endpoint.trim_end_matches('/').to_owned();
+    let url = reqwest::Url::parse(&base).map_err(|e| config(format!("endpoint {base:?}: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(config(format!(
+            "endpoint {base:?}: the scheme must be http:// or https://"
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(config(format!(
+            "endpoint {base:?} must not have a query or fragment"
+        )));
+    }
+    Ok(base)
 }
 
 /// Percent-encodes one path segment: every byte outside RFC 3986's unreserved set.
@@ -444,6 +568,8 @@ pub(crate) struct Call {
     body: Option<Bytes>,
     /// The server-side bound the request asks for, if any.
     timeout_ms: Option<u64>,
+    /// How long the server may hold a long poll before answering, if it is one.
+    long_poll_ms: Option<u64>,
     /// True when `404 not_found` is an answer, not an error (reading a key).
     not_found_ok: bool,
 }
@@ -457,6 +583,7 @@ impl Call {
             headers: HeaderMap::new(),
             body: None,
             timeout_ms: None,
+            long_poll_ms: None,
             not_found_ok: false,
         }
     }
@@ -504,9 +631,30 @@ impl Call {
         self
     }
 
+    /// Marks the call as a long poll the server may hold up to `ms` before answering
+    /// (the route's own `wait_ms` parameter is the caller's to add): the client waits
+    /// that long on top of its usual bound.
+    pub(crate) fn long_poll_ms(mut self, ms: u64) -> Call {
+        self.long_poll_ms = Some(ms);
+        self
+    }
+
     pub(crate) fn not_found_ok(mut self) -> Call {
         self.not_found_ok = true;
         self
+    }
+
+    /// Gives the call an `Idempotency-Key` of its own. The retry loop replays the call's
+    /// headers, so every attempt carries the same key: a retry after an indeterminate
+    /// 503 or a lost answer is then answered as the first attempt was instead of being
+    /// applied a second time (docs/api.md, Idempotency-Key). 128 random bits make a
+    /// collision with another call's key negligible.
+    pub(crate) fn idempotent(self) -> Call {
+        let key = format!("sdk-{:032x}", rand::random::<u128>());
+        match HeaderValue::from_str(&key) {
+            Ok(v) => self.header(IDEMPOTENCY_KEY, v),
+            Err(_) => unreachable!("hex digits are a valid header value"),
+        }
     }
 }
 
@@ -664,6 +812,47 @@ mod tests {
             assert!(late >= Duration::from_millis(250) && late <= Duration::from_millis(500));
         }
         assert_eq!(RetryPolicy::none().backoff(3), Duration::ZERO);
+    }
+
+    // Goal: a server's Retry-After is the least wait before the retry, cut to
+    // max_backoff; without one the backoff alone decides.
+    #[test]
+    fn retry_after_is_a_floor_capped_by_max_backoff() {
+        let p = RetryPolicy {
+            max_retries: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(2),
+        };
+        for _ in 0..100 {
+            assert_eq!(p.wait(0, Some(Duration::from_secs(1))), Duration::from_secs(1));
+            assert_eq!(p.wait(0, Some(Duration::from_secs(3600))), Duration::from_secs(2));
+            assert!(p.wait(0, None) <= Duration::from_millis(10));
+            // A backoff already longer than the server asks for is kept.
+            assert!(p.wait(9, Some(Duration::ZERO)) >= Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn builder_takes_several_endpoints_and_checks_each() {
+        let c = Client::builder("http://unused")
+            .endpoints(["http://a:1/", "https://b:2"])
+            .build()
+            .expect("client");
+        assert_eq!(c.endpoints(), ["http://a:1", "https://b:2"]);
+        assert_eq!(c.endpoint(), "http://a:1", "the first one is used first");
+        assert!(format!("{c:?}").contains("https://b:2"));
+
+        let bad = Client::builder("http://a")
+            .endpoints(["http://a", "ftp://b"])
+            .build();
+        assert!(
+            matches!(&bad, Err(ClientError::Config { message }) if message.contains("ftp://b")),
+            "{bad:?}"
+        );
+        let none = Client::builder("http://a")
+            .endpoints(Vec::<String>::new())
+            .build();
+        assert!(matches!(none, Err(ClientError::Config { .. })));
     }
 
     #[test]

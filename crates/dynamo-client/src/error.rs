@@ -25,7 +25,8 @@ pub enum ClientError {
         request_id: Option<String>,
     },
     /// The SDK refused the call before sending it: the input can never succeed (an
-    /// invalid bucket name or key, a context that cannot be a header value).
+    /// invalid bucket name or key, a context that cannot be a header value, a CRDT
+    /// remove from a key its read found without a value).
     #[error("{message}")]
     InvalidInput {
         /// The code the server would have answered.
@@ -56,6 +57,20 @@ pub enum ClientError {
         status: u16,
         /// What did not match.
         message: String,
+    },
+    /// A stored value is not what the caller asked to read it as: a sibling that is not
+    /// JSON of the requested type ([`crate::Client::get_json`],
+    /// [`crate::Client::update_merge`], [`crate::resolve::union`]). Never silently
+    /// skipped: a sibling dropped from a merge would be lost by the write that follows.
+    #[error("sibling {sibling} ({content_type}) does not decode as the requested type")]
+    ValueDecode {
+        /// The sibling's index in the read's siblings (0 for the first).
+        sibling: usize,
+        /// The sibling's media type, as its writer sent it.
+        content_type: String,
+        /// What the JSON decoder refused.
+        #[source]
+        source: serde_json::Error,
     },
     /// The client was configured wrongly (an endpoint that is not an `http(s)` URL, a
     /// zero timeout).

@@ -20,7 +20,7 @@ use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, ETAG, HeaderValue, IF_MATCH, IF_NONE_MATCH};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{CONTEXT_HEADER, Call, Client, IDEMPOTENCY_KEY, Reply, segment};
+use crate::client::{CONTEXT_HEADER, Call, Client, Reply, segment};
 use crate::error::ClientError;
 
 /// The opaque causal context (`X-Dynamo-Context`) of a read, to hand back with the next
@@ -47,7 +47,7 @@ impl Context {
         self.0
     }
 
-    fn header_value(&self) -> Result<HeaderValue, ClientError> {
+    pub(crate) fn header_value(&self) -> Result<HeaderValue, ClientError> {
         HeaderValue::from_str(&self.0).map_err(|_| ClientError::InvalidInput {
             code: ErrorCode::InvalidContext,
             message: "the context is not a valid header value".into(),
@@ -316,6 +316,12 @@ impl RequestOptions {
 
 /// The encoded path of a key, after checking the bucket and key as the server would.
 fn object_path(bucket: &str, key: &str) -> Result<String, ClientError> {
+    key_path("/v1/kv", bucket, key)
+}
+
+/// The encoded path `{route}/{bucket}/{key}` of a key under a per-key route (`/v1/kv`,
+/// `/v1/crdt`), after checking the bucket and key as the server would.
+pub(crate) fn key_path(route: &str, bucket: &str, key: &str) -> Result<String, ClientError> {
     BucketName::new(bucket).map_err(|e| ClientError::InvalidInput {
         code: e.code(),
         message: e.to_string(),
@@ -332,7 +338,7 @@ fn object_path(bucket: &str, key: &str) -> Result<String, ClientError> {
             message: format!("the key {key:?} cannot be sent in a URL path"),
         });
     }
-    Ok(format!("/v1/kv/{}/{}", segment(bucket), segment(key)))
+    Ok(format!("{route}/{}/{}", segment(bucket), segment(key)))
 }
 
 /// Decodes a `200`/`300` envelope answer.
@@ -671,6 +677,11 @@ impl Client {
     /// has siblings: check [`Object::has_siblings`]. A deleted key's tombstone context is
     /// carried, so the write supersedes the delete.
     ///
+    /// [`crate::resolve`] has ready-made resolvers: [`crate::resolve::lww`] keeps the
+    /// newest sibling, [`crate::resolve::union`] merges JSON sets, and
+    /// [`Client::update_merge`] decodes every sibling as a type that knows how to
+    /// [`crate::resolve::Merge`] itself.
+    ///
     /// # Errors
     /// As [`Client::put`]; an error from any read or write ends the update (earlier
     /// writes stay stored).
@@ -696,12 +707,29 @@ impl Client {
     where
         F: FnMut(Option<&Object>) -> Value,
     {
+        self.try_update_with(bucket, key, opts, |current| Ok(merge(current)))
+            .await
+    }
+
+    /// The loop of [`Client::update_with`], for a `merge` that may refuse what it reads
+    /// (a sibling that does not decode, [`Client::update_merge`]): its error ends the
+    /// update before that round writes anything.
+    pub(crate) async fn try_update_with<F>(
+        &self,
+        bucket: &str,
+        key: &str,
+        opts: &RequestOptions,
+        mut merge: F,
+    ) -> Result<Object, ClientError>
+    where
+        F: FnMut(Option<&Object>) -> Result<Value, ClientError>,
+    {
         let mut current = self.lookup(bucket, key, opts).await?;
         let mut attempt = 1;
         loop {
             let value = match &current {
-                Lookup::Found(object) => merge(Some(object)),
-                Lookup::NotFound { .. } => merge(None),
+                Lookup::Found(object) => merge(Some(object))?,
+                Lookup::NotFound { .. } => merge(None)?,
             };
             let stored = self
                 .put_returning_body(
@@ -736,19 +764,11 @@ impl Client {
         if let Some(context) = context {
             call = call.header(CONTEXT_HEADER, context.header_value()?);
         }
-        // One key per call, the same on each of its retries: a retry after an
-        // indeterminate 503 or a lost answer is then answered as the first attempt was
-        // instead of storing the value a second time (docs/api.md, Idempotency-Key).
-        let key = format!("sdk-{:032x}", rand::random::<u128>());
-        match HeaderValue::from_str(&key) {
-            Ok(v) => call = call.header(IDEMPOTENCY_KEY, v),
-            Err(_) => unreachable!("hex digits are a valid header value"),
-        }
-        Ok(call)
+        Ok(call.idempotent())
     }
 }
 
-fn with_precondition(call: Call, precondition: &Precondition) -> Result<Call, ClientError> {
+pub(crate) fn with_precondition(call: Call, precondition: &Precondition) -> Result<Call, ClientError> {
     Ok(match precondition {
         Precondition::IfMatch(etag) => call.header(IF_MATCH, etag.header_value()?),
         Precondition::IfAbsent => call.header(IF_NONE_MATCH, HeaderValue::from_static("*")),

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynamo_core::crdt::{CrdtOp, CrdtType};
 use dynamo_core::quorum::Slot;
 use dynamo_core::ring::Ring;
 use dynamo_core::round::{
@@ -56,6 +57,23 @@ pub struct WriteRequest {
     /// [`ReplicaOp::Replay`]), applying nothing: a conditional write whose precondition
     /// failed may repeat one that succeeded. Without a claim this is never set.
     pub replay_only: bool,
+    /// A CRDT operation instead of a value (`value`, `content_type`, `tombstone` and
+    /// `context` are then unused): coordinated as a [`ReplicaOp::CoordinateCrdt`].
+    pub crdt: Option<CrdtWrite>,
+}
+
+/// A CRDT operation as a write carries it.
+#[derive(Debug, Clone)]
+pub struct CrdtWrite {
+    /// The bucket's type.
+    pub crdt_type: CrdtType,
+    /// The operation.
+    pub op: CrdtOp,
+    /// The CRDT context the client observed.
+    pub observed: Option<DotSet>,
+    /// A copy for the coordinating replica to merge first (read from the replicas after
+    /// it answered `context_not_seen`).
+    pub merge: Option<VersionedObject>,
 }
 
 /// An accepted write.
@@ -126,7 +144,8 @@ impl Coordinator {
         ring.members().get(id).and_then(|m| m.address.clone())
     }
 
-    fn is_up(&self, ring: &Ring, id: &NodeId) -> bool {
+    /// True while the failure detector thinks `id` answers.
+    pub(crate) fn is_up(&self, ring: &Ring, id: &NodeId) -> bool {
         Self::address(ring, id).is_some_and(|a| self.peers.handle(id, &a).is_up())
     }
 
@@ -244,12 +263,23 @@ impl Coordinator {
                 match action {
                     WriteAction::Coordinate { slot, deadline_ms } => {
                         self.count_fallback(&slot, "put");
-                        let op = match req.idempotency {
-                            Some(claim) if req.replay_only => ReplicaOp::Replay {
+                        let op = match (req.idempotency, &req.crdt) {
+                            (Some(claim), _) if req.replay_only => ReplicaOp::Replay {
                                 bucket: req.bucket.clone(),
                                 key: req.key.clone(),
                                 hint: Self::hint(&ring, &slot),
                                 idempotency: claim,
+                            },
+                            (_, Some(c)) => ReplicaOp::CoordinateCrdt {
+                                bucket: req.bucket.clone(),
+                                key: req.key.clone(),
+                                crdt_type: c.crdt_type,
+                                operation: c.op.clone(),
+                                observed: c.observed.clone(),
+                                merge: c.merge.clone(),
+                                hint: Self::hint(&ring, &slot),
+                                deadline_ms: Some(deadline_ms),
+                                idempotency: req.idempotency,
                             },
                             _ => ReplicaOp::CoordinatePut {
                                 bucket: req.bucket.clone(),

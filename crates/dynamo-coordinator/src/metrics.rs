@@ -148,7 +148,7 @@ impl CoordinatorMetrics {
         };
         // The series of every known operation exist from the start, so dashboards and
         // alerts see zeros rather than nothing before the first request or failure.
-        for op in ["get", "put", "delete"] {
+        for op in ["get", "put", "delete", "crdt", "list", "feed"] {
             m.requests.with_label_values(&[op, "ok"]);
             m.request_duration.with_label_values(&[op]);
         }

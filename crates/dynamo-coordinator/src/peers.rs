@@ -108,9 +108,10 @@ impl Lane {
     fn of(op: &ReplicaOp) -> Lane {
         match op {
             ReplicaOp::Get { .. } | ReplicaOp::TombstoneStatus { .. } => Lane::Read,
-            ReplicaOp::CoordinatePut { .. } | ReplicaOp::Replay { .. } | ReplicaOp::Replicate { .. } => {
-                Lane::Write
-            }
+            ReplicaOp::CoordinatePut { .. }
+            | ReplicaOp::CoordinateCrdt { .. }
+            | ReplicaOp::Replay { .. }
+            | ReplicaOp::Replicate { .. } => Lane::Write,
         }
     }
 }

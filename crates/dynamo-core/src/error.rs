@@ -82,10 +82,20 @@ error_codes! {
     TooManySiblings = ("too_many_siblings", 409),
     /// The bucket's `n` cannot change once it holds data.
     BucketNImmutable = ("bucket_n_immutable", 409),
+    /// A bucket that holds data cannot become a CRDT bucket, stop being one, or change its
+    /// `crdt_type`: its stored values would not be states of the new type.
+    BucketTypeImmutable = ("bucket_type_immutable", 409),
     /// The node is already a member (join) or already leaving (decommission).
     MembershipConflict = ("membership_conflict", 409),
     /// The operation does not fit the bucket's conflict mode (e.g. a CRDT call on a plain bucket).
     WrongBucketType = ("wrong_bucket_type", 409),
+    /// A CRDT remove's context names writes that none of the replicas the coordinator
+    /// reached has seen (the client read from replicas it cannot reach now): read again
+    /// and retry with the new context.
+    ContextNotSeen = ("context_not_seen", 409),
+    /// The change feed's cursor is older than the feed's retention: changes after it
+    /// were dropped. Start again without a cursor (and list the bucket to catch up).
+    CursorExpired = ("cursor_expired", 410),
     /// The write's `If-Match` or `If-None-Match: *` does not hold for the version set read
     /// from R replicas; nothing was changed.
     PreconditionFailed = ("precondition_failed", 412),
@@ -210,7 +220,7 @@ mod tests {
     #[test]
     fn statuses_are_the_api_set() {
         let allowed = [
-            400, 401, 403, 404, 405, 409, 412, 413, 414, 415, 422, 429, 500, 503,
+            400, 401, 403, 404, 405, 409, 410, 412, 413, 414, 415, 422, 429, 500, 503,
         ];
         for &code in ErrorCode::ALL {
             assert!(allowed.contains(&code.http_status()), "{code}");

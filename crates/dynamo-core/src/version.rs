@@ -105,6 +105,15 @@ pub enum ConflictRule {
     /// timestamps; among concurrent writes the later timestamp wins.
     #[serde(rename = "lww")]
     LastWriterWins,
+    /// Each version is a state of a [`crate::crdt::Crdt`] of `crdt_type`: concurrent
+    /// states are kept as siblings like [`ConflictRule::Siblings`] (so every merge path
+    /// stays the plain one), and the next operation coordinated on a copy merges them
+    /// into one ([`StoredCopy::apply_crdt`]); reads merge them too, so no client sees a
+    /// sibling. Plain writes are refused on such a key.
+    Crdt {
+        /// The bucket's CRDT type.
+        crdt_type: crate::crdt::CrdtType,
+    },
 }
 
 /// Why a write was refused.

@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /internal/v1/replicas` | a batch of replica operations (coordinate-put, replicate, get, tombstone-status) |
+//! | `POST /internal/v1/replicas` | a batch of replica operations (coordinate-put, coordinate-crdt, replay, replicate, get, tombstone-status) |
 //! | `GET /internal/v1/node` | identity, durability, partition count, anti-entropy progress |
 //! | `GET /internal/v1/cluster-state` | the node's cached view of the cluster (ring epoch and state), read-only |
 //! | `GET /internal/v1/merkle/{partition}` | the partition's Merkle summary (root) |
@@ -10,6 +10,8 @@
 //! | `GET /internal/v1/partitions/{partition}/digests` | a page of the partition's key digests in a hash range, resumable (anti-entropy compares these before moving values) |
 //! | `GET /internal/v1/partitions/{partition}/objects` | a page of the partition's objects in a hash range, resumable from a cursor (leaf reads and handoff streaming) |
 //! | `POST /internal/v1/partitions/{partition}/pull` | pull the partition from another node and merge it here (handoff, receiving side) |
+//! | `GET /internal/v1/buckets/{bucket}/keys` | a page of a bucket's keys from the listing index, with their versions (values left out) |
+//! | `GET /internal/v1/buckets/{bucket}/changes` | a page of a bucket's change log after a position, long-polling up to `wait_ms` when there is none |
 //!
 //! A batch is validated whole before anything runs: one bad operation refuses the batch
 //! with a 4xx and nothing changes. Failures while applying (e.g. `too_many_siblings`) are
@@ -30,10 +32,11 @@ use dynamo_core::ErrorCode;
 use dynamo_core::ids::validate_key;
 use dynamo_core::limits::{MAX_SIBLINGS_LIMIT, MAX_VALUE_BYTES};
 use dynamo_core::merkle::{MerkleSummary, TreeNode};
-use dynamo_core::version::{NewWrite, VersionedObject};
+use dynamo_core::version::{ConflictRule, NewWrite, VersionedObject};
 use dynamo_core::wire::cluster::ClusterState;
 use dynamo_core::wire::internal::{
-    HintFor, MAX_BATCH_OPS, ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
+    FeedPos, HintFor, ListedKey, MAX_BATCH_OPS, MAX_FEED_PAGE, MAX_LIST_PAGE, NodeFeed, NodeListing,
+    ReplicaBatch, ReplicaBatchResult, ReplicaOp, ReplicaResult,
 };
 use dynamo_core::wire::internal::{PullProgress, PullRequest};
 use dynamo_core::wire::routes::storage;
@@ -89,6 +92,8 @@ pub fn routes(state: AppState) -> Router {
         .route(storage::PARTITION_OBJECTS, get(partition_objects))
         .route(storage::PARTITION_DIGESTS, get(partition_digests))
         .route(storage::PARTITION_PULL, post(partition_pull))
+        .route(storage::BUCKET_KEYS, get(bucket_keys))
+        .route(storage::BUCKET_CHANGES, get(bucket_changes))
         .with_state(state)
 }
 
@@ -155,10 +160,19 @@ fn validate(batch: &ReplicaBatch) -> Result<(), ApiError> {
                 content_type,
                 hint,
                 tombstone,
+                conflict,
                 ..
             } => {
                 check_key(key)?;
                 check_hint(hint)?;
+                // A CRDT key holds only states its operations wrote: a plain value
+                // there would make every later operation and read fail.
+                if matches!(conflict, ConflictRule::Crdt { .. }) {
+                    return Err(invalid(
+                        ErrorCode::WrongBucketType,
+                        "a CRDT bucket's keys change only through CRDT operations",
+                    ));
+                }
                 if value.len() > MAX_VALUE_BYTES {
                     return Err(invalid(
                         ErrorCode::ValueTooLarge,
@@ -183,6 +197,26 @@ fn validate(batch: &ReplicaBatch) -> Result<(), ApiError> {
                 check_key(key)?;
                 check_hint(hint)?;
             }
+            ReplicaOp::CoordinateCrdt {
+                key,
+                crdt_type,
+                operation,
+                merge,
+                hint,
+                ..
+            } => {
+                check_key(key)?;
+                check_hint(hint)?;
+                if operation.kind() != *crdt_type {
+                    return Err(invalid(
+                        ErrorCode::InvalidCrdtOperation,
+                        format!("a {} operation does not apply to a {crdt_type}", operation.name()),
+                    ));
+                }
+                if let Some(m) = merge {
+                    check_object(m)?;
+                }
+            }
             ReplicaOp::Get { key, .. } | ReplicaOp::TombstoneStatus { key, .. } => check_key(key)?,
         }
     }
@@ -192,6 +226,7 @@ fn validate(batch: &ReplicaBatch) -> Result<(), ApiError> {
 fn op_name(op: &ReplicaOp) -> &'static str {
     match op {
         ReplicaOp::CoordinatePut { .. } => "coordinate_put",
+        ReplicaOp::CoordinateCrdt { .. } => "coordinate_crdt",
         ReplicaOp::Replay { .. } => "replay",
         ReplicaOp::Replicate { .. } => "replicate",
         ReplicaOp::Get { .. } => "get",
@@ -252,6 +287,55 @@ fn apply(
             let c = engine.coordinate_idempotent(&k, &context, write, conflict, hint.as_ref(), claim)?;
             // A replay waits for the group commit too: the first attempt's write may
             // still be unsynced (its answer never reached the coordinator).
+            Ok((
+                ReplicaResult::Put {
+                    object: c.object,
+                    dot: c.outcome.dot,
+                    context: c.outcome.context,
+                    idempotency: c.record,
+                    replayed: c.replayed,
+                },
+                true,
+            ))
+        }
+        ReplicaOp::CoordinateCrdt {
+            bucket,
+            key,
+            crdt_type,
+            operation,
+            observed,
+            merge,
+            hint,
+            deadline_ms,
+            idempotency,
+        } => {
+            // At most once, as for a coordinate-put.
+            if let Some(deadline) = deadline_ms
+                && now > deadline
+            {
+                return Err(StorageError::DeadlineExceeded {
+                    late_ms: now - deadline,
+                });
+            }
+            let k = KeyRef {
+                bucket: bucket.as_str(),
+                key: &key,
+            };
+            let claim = idempotency.map(|claim| Claim {
+                claim,
+                window_ms,
+                now_ms: now,
+            });
+            let c = engine.coordinate_crdt(
+                &k,
+                crdt_type,
+                &operation,
+                observed.as_ref(),
+                merge.as_ref(),
+                now,
+                hint.as_ref(),
+                claim,
+            )?;
             Ok((
                 ReplicaResult::Put {
                     object: c.object,
@@ -440,6 +524,9 @@ fn stale(
 ) -> Option<ReplicaResult> {
     let (bucket, key, hinted) = match op {
         ReplicaOp::CoordinatePut {
+            bucket, key, hint, ..
+        }
+        | ReplicaOp::CoordinateCrdt {
             bucket, key, hint, ..
         }
         | ReplicaOp::Replay {
@@ -843,5 +930,136 @@ async fn partition_pull(
         )),
         Ok(Err(crate::handoff::PullError::Storage(e))) => Err(ApiError::from(e)),
         Err(e) => Err(ApiError::from(StorageError::from(e))),
+    }
+}
+
+/// Query of a listing page.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    start_after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Most index entries one listing page looks at: keys whose copies are gone are skipped,
+/// and this bounds the work of a page over many of them.
+const MAX_LIST_SCAN: usize = 4 * MAX_LIST_PAGE;
+
+async fn bucket_keys(
+    State(state): State<AppState>,
+    Path(bucket): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<NodeListing>, ApiError> {
+    let bucket = BucketName::new(bucket).map_err(ApiError::from)?;
+    let limit = q.limit.unwrap_or(MAX_LIST_PAGE);
+    if limit == 0 || limit > MAX_LIST_PAGE {
+        return Err(invalid(
+            ErrorCode::InvalidParameter,
+            format!("limit must be 1..={MAX_LIST_PAGE}"),
+        ));
+    }
+    for k in std::iter::once(&q.prefix).chain(q.start_after.as_ref()) {
+        if k.len() > dynamo_core::limits::MAX_KEY_BYTES {
+            return Err(invalid(
+                ErrorCode::InvalidKey,
+                "prefix and start_after are keys: at most 1024 bytes",
+            ));
+        }
+    }
+    let engine = state.engine.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        engine.list_page(
+            bucket.as_str(),
+            &q.prefix,
+            q.start_after.as_deref(),
+            limit,
+            MAX_LIST_SCAN,
+        )
+    })
+    .await
+    .map_err(StorageError::from)??;
+    Ok(Json(NodeListing {
+        keys: page
+            .entries
+            .into_iter()
+            .map(|(key, object)| ListedKey { key, object })
+            .collect(),
+        stopped_at: page.stopped_at,
+    }))
+}
+
+/// Query of a change-log page.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesQuery {
+    /// Entries after this position (`run.seq`); absent: only the head is answered, unless
+    /// `from_start`.
+    after: Option<FeedPos>,
+    /// Without `after`: every retained entry, from the oldest (a reader that never saw
+    /// this node).
+    #[serde(default)]
+    from_start: bool,
+    limit: Option<usize>,
+    /// Wait up to this long for an entry when there is none yet.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+use dynamo_core::wire::public::MAX_FEED_WAIT_MS;
+
+async fn bucket_changes(
+    State(state): State<AppState>,
+    Path(bucket): Path<String>,
+    Query(q): Query<ChangesQuery>,
+) -> Result<Json<NodeFeed>, ApiError> {
+    let bucket = BucketName::new(bucket).map_err(ApiError::from)?;
+    let limit = q.limit.unwrap_or(MAX_FEED_PAGE);
+    if limit == 0 || limit > MAX_FEED_PAGE {
+        return Err(invalid(
+            ErrorCode::InvalidParameter,
+            format!("limit must be 1..={MAX_FEED_PAGE}"),
+        ));
+    }
+    if q.wait_ms > MAX_FEED_WAIT_MS {
+        return Err(invalid(
+            ErrorCode::InvalidParameter,
+            format!("wait_ms must be at most {MAX_FEED_WAIT_MS}"),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(q.wait_ms);
+    // Subscribed before each read, so a commit between the read and the wait wakes it.
+    let mut signal = state.engine.feed_signal();
+    loop {
+        signal.borrow_and_update();
+        let engine = state.engine.clone();
+        let b = bucket.clone();
+        let (after, from_start) = (q.after, q.from_start);
+        let page = tokio::task::spawn_blocking(move || {
+            if after.is_none() && !from_start {
+                // "From now": only where now is.
+                return Ok((Vec::new(), engine.feed_head()));
+            }
+            engine
+                .feed_page(b.as_str(), after, limit)
+                .map(|p| (p.entries, p.head))
+        })
+        .await
+        .map_err(StorageError::from)??;
+        let (entries, head) = page;
+        let waiting = after.is_some() || from_start;
+        if !entries.is_empty() || !waiting || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(NodeFeed { entries, head }));
+        }
+        tokio::select! {
+            changed = signal.changed() => {
+                if changed.is_err() {
+                    return Ok(Json(NodeFeed { entries, head }));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {}
+            () = state.shutdown.cancelled() => return Ok(Json(NodeFeed { entries, head })),
+        }
     }
 }

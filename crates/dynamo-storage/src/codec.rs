@@ -131,6 +131,43 @@ pub fn parse_object_key(k: &[u8]) -> Result<ObjectKey, CodecError> {
     })
 }
 
+/// Length of an object key's partition and hash prefix: what follows is the listing key.
+const OBJECT_KEY_PREFIX: usize = 12;
+
+/// Returns the listing-index key of `(bucket, key)`: `len(bucket) ‖ bucket ‖ key`, so the
+/// index is in bucket order, then key byte order (the object key without its partition
+/// and hash).
+pub fn listing_key(bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + bucket.len() + key.len());
+    // Bucket names are at most 63 bytes (validated before any key is built).
+    k.push(bucket.len() as u8);
+    k.extend_from_slice(bucket.as_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Returns the listing-index key inside an object key.
+///
+/// # Errors
+/// [`CodecError::Key`] when the key is too short to be an object key.
+pub fn listing_key_of(object_key: &[u8]) -> Result<&[u8], CodecError> {
+    object_key.get(OBJECT_KEY_PREFIX..).ok_or(CodecError::Key)
+}
+
+/// Splits a listing-index key into its bucket and key.
+///
+/// # Errors
+/// [`CodecError::Key`] when the key does not follow the layout.
+pub fn parse_listing_key(k: &[u8]) -> Result<(String, String), CodecError> {
+    let blen = *k.first().ok_or(CodecError::Key)? as usize;
+    let bucket = k.get(1..1 + blen).ok_or(CodecError::Key)?;
+    let key = k.get(1 + blen..).ok_or(CodecError::Key)?;
+    Ok((
+        String::from_utf8(bucket.to_vec()).map_err(|_| CodecError::Key)?,
+        String::from_utf8(key.to_vec()).map_err(|_| CodecError::Key)?,
+    ))
+}
+
 /// Returns the prefix of every hint for `target`.
 pub fn hint_prefix(target: &NodeId) -> Vec<u8> {
     let id = target.as_str().as_bytes();

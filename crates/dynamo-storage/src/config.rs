@@ -98,6 +98,13 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_IDEMPOTENCY_WINDOW_MS", default_value_t = 600_000)]
     pub idempotency_window_ms: u64,
 
+    /// How long the change feed's log keeps an entry, at least (entries are purged each
+    /// GC round, so at most this plus `--gc-interval-ms`). A feed reader whose cursor is
+    /// older gets `410 cursor_expired`. Disk cost: about 100 bytes plus the key per
+    /// change of a copy held here, so one hour at 1000 writes/s per node is ~400 MB.
+    #[arg(long, env = "DYNAMO_FEED_RETENTION_MS", default_value_t = 3_600_000)]
+    pub feed_retention_ms: u64,
+
     /// Pause between tombstone GC rounds (a round walks every object once).
     #[arg(long, env = "DYNAMO_GC_INTERVAL_MS", default_value_t = 600_000)]
     pub gc_interval_ms: u64,
@@ -163,6 +170,7 @@ impl Config {
             ("tombstone-grace-ms", self.tombstone_grace_ms),
             ("gc-interval-ms", self.gc_interval_ms),
             ("idempotency-window-ms", self.idempotency_window_ms),
+            ("feed-retention-ms", self.feed_retention_ms),
             (
                 "anti-entropy-max-bytes-per-sec",
                 self.anti_entropy_max_bytes_per_sec,

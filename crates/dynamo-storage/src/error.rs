@@ -40,12 +40,23 @@ pub enum StorageError {
     /// The write would leave too many siblings.
     #[error(transparent)]
     Version(#[from] dynamo_core::version::VersionError),
+    /// A CRDT operation was refused (or the key holds no state of the bucket's type).
+    #[error(transparent)]
+    Crdt(#[from] dynamo_core::crdt::CrdtWriteError),
     /// A coordinate arrived after its deadline (the coordinator has answered its client
     /// already) and was not applied.
     #[error("the operation arrived {late_ms} ms after its deadline and was not applied")]
     DeadlineExceeded {
         /// How late it was, by this node's clock.
         late_ms: u64,
+    },
+    /// A change-log reader's position is below what retention purged.
+    #[error("the feed position {position} is older than the retained log (purged up to {floor})")]
+    CursorExpired {
+        /// The reader's position.
+        position: String,
+        /// The greatest purged position.
+        floor: String,
     },
     /// The write's `Idempotency-Key` was used within its window for another request.
     #[error("the Idempotency-Key was used for a different request within its window")]
@@ -72,8 +83,10 @@ impl StorageError {
             StorageError::Name(e) => e.code(),
             StorageError::Merkle(e) => e.code(),
             StorageError::Version(e) => e.code(),
+            StorageError::Crdt(e) => e.code(),
             StorageError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
             StorageError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
+            StorageError::CursorExpired { .. } => ErrorCode::CursorExpired,
             _ => ErrorCode::StorageError,
         }
     }

@@ -78,6 +78,8 @@ pub struct GcSettings {
     /// How long idempotency records answer repeats; older ones are purged with the GC
     /// records.
     pub idempotency_window: Duration,
+    /// How long change-log entries are kept; older ones are purged with the GC records.
+    pub feed_retention: Duration,
 }
 
 impl GcSettings {
@@ -387,6 +389,11 @@ async fn purge(engine: &Arc<Engine>, settings: GcSettings, stop: &CancellationTo
     .await?;
     purged += purge_pages(engine, stop, move |e, after| {
         e.purge_idempotency_records(idem_before, after, PURGE_PAGE)
+    })
+    .await?;
+    let feed_before = now.saturating_sub(settings.feed_retention.as_millis() as u64);
+    purged += purge_pages(engine, stop, move |e, after| {
+        e.purge_feed(feed_before, after, PURGE_PAGE)
     })
     .await?;
     Ok(purged)

@@ -206,6 +206,7 @@ pub async fn run(
             grace: Duration::from_millis(config.tombstone_grace_ms),
             interval: Duration::from_millis(config.gc_interval_ms),
             idempotency_window: Duration::from_millis(config.idempotency_window_ms),
+            feed_retention: Duration::from_millis(config.feed_retention_ms),
         },
     });
 

@@ -989,6 +989,46 @@ fn last_tag(writes: &[&Op], seq: u64) -> String {
         .map_or_else(|| "(none)".to_owned(), |o| format!("{} (op #{})", o.tag, o.id))
 }
 
+/// Check 8: every CRDT counter sums its increments exactly, within what their outcomes
+/// allow: at least the acknowledged ones (none lost), at most those plus every
+/// increment that may have been applied again (none counted twice otherwise). Read
+/// through the coordinator after the heal, once the cluster settled.
+pub async fn check_counters(
+    api: &super::client::Api,
+    tally: &super::workload::CounterTally,
+) -> Vec<Violation> {
+    let mut out: Vec<Violation> = tally
+        .refused
+        .iter()
+        .map(|r| Violation {
+            check: "8 counters",
+            bucket: super::workload::COUNTERS.to_owned(),
+            key: String::new(),
+            detail: format!("an increment was refused: {r}"),
+        })
+        .collect();
+    for (key, &(acked, more)) in &tally.keys {
+        let violation = |detail: String| Violation {
+            check: "8 counters",
+            bucket: super::workload::COUNTERS.to_owned(),
+            key: key.clone(),
+            detail,
+        };
+        match api.counter(super::workload::COUNTERS, key).await {
+            Ok(value) => {
+                let value = value.unwrap_or(0);
+                if value < acked || value > acked + more {
+                    out.push(violation(format!(
+                        "the counter reads {value}; acknowledged increments sum to {acked}, and at most {more} more may have been applied"
+                    )));
+                }
+            }
+            Err(e) => out.push(violation(format!("the counter could not be read: {e}"))),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     //! The checks against hand-made histories: each rule flags the history that breaks

@@ -136,6 +136,43 @@ impl Api {
         self.history.record(op)
     }
 
+    /// `POST /v1/crdt/{bucket}/{key}` of `{"increment": by}` under `idempotency_key`, not
+    /// recorded in the history (a counter's value names no single write: its check is
+    /// a sum, `check::check_counters`).
+    pub async fn increment(&self, bucket: &str, key: &str, by: i64, idempotency_key: &str) -> Outcome {
+        let answer = self
+            .request(Method::POST, &format!("/v1/crdt/{bucket}/{key}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", idempotency_key)
+            .body(serde_json::json!({ "increment": by }).to_string())
+            .send()
+            .await;
+        match answer {
+            Err(e) => no_answer(&e),
+            Ok(resp) if resp.status().is_success() => Outcome::Ok,
+            Ok(resp) => error_outcome(resp.status(), resp).await,
+        }
+    }
+
+    /// A counter's value read through the coordinator at the bucket's R: `Ok(None)` for
+    /// a 404, `Err` with what failed otherwise.
+    pub async fn counter(&self, bucket: &str, key: &str) -> Result<Option<i64>, String> {
+        let resp = self
+            .request(Method::GET, &format!("/v1/crdt/{bucket}/{key}"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match resp.status() {
+            StatusCode::OK => resp
+                .json::<i64>()
+                .await
+                .map(Some)
+                .map_err(|e| format!("not a counter: {e}")),
+            StatusCode::NOT_FOUND => Ok(None),
+            s => Err(format!("{s}: {}", resp.text().await.unwrap_or_default())),
+        }
+    }
+
     /// `GET` with `Accept: application/json`, recorded with the sibling values shown.
     pub async fn read(&self, bucket: &str, key: &str) -> Op {
         let mut op = self.blank(bucket, key, Kind::Read);

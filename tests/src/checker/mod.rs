@@ -42,7 +42,7 @@ use self::converge::ConvergeReport;
 use self::epochs::EpochReport;
 use self::faults::{Applied, ChangePlayed, FaultKind, Firewall, Schedule};
 use self::history::{History, Outcome, show_op};
-use self::workload::{LWW, REGS, REGS_DEL, client_rng};
+use self::workload::{COUNTERS, CounterTally, LWW, REGS, REGS_DEL, client_rng};
 
 /// The checker cluster's tombstone grace and GC interval: short, so tombstones are
 /// collected within a run and writes after a collected delete are checked too.
@@ -125,6 +125,10 @@ pub struct Config {
     pub lww_keys: usize,
     /// Blind writers of the siblings bucket.
     pub blind_clients: usize,
+    /// CRDT counter incrementers, sharing `counter_keys` keys.
+    pub counter_clients: usize,
+    /// Keys of the counter bucket.
+    pub counter_keys: usize,
     /// Longest wait for the cluster to come to rest after the heal.
     pub settle_limit: Duration,
     /// Plays a join, a decommission and a replace during the load, each with a fault
@@ -154,6 +158,8 @@ impl Config {
             lww_clients: 2,
             lww_keys: 2,
             blind_clients: 2,
+            counter_clients: 2,
+            counter_keys: 3,
             settle_limit: Duration::from_secs(60),
             membership: false,
             converge_limit: Duration::from_secs(30),
@@ -489,6 +495,13 @@ pub async fn run(config: &Config) -> Report {
         .await
         .expect("set the LWW bucket's properties");
     assert!(r.status().is_success(), "LWW bucket: {}", r.status());
+    let r = cluster
+        .req(reqwest::Method::PUT, &format!("/v1/buckets/{COUNTERS}"))
+        .json(&serde_json::json!({"conflict": "crdt", "crdt_type": "counter"}))
+        .send()
+        .await
+        .expect("set the counter bucket's properties");
+    assert!(r.status().is_success(), "counter bucket: {}", r.status());
 
     let history = History::default();
     let t0 = Instant::now();
@@ -497,7 +510,8 @@ pub async fn run(config: &Config) -> Report {
         .expect("the clock is past 1970")
         .as_millis() as u64;
     let until = t0 + config.duration;
-    let api = |name: String| Api::new(cluster.http.clone(), cluster.url(), t0, history.clone(), name);
+    let (http, base) = (cluster.http.clone(), cluster.url());
+    let api = |name: String| Api::new(http.clone(), base.clone(), t0, history.clone(), name);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let sampled = Arc::new(Mutex::new(
@@ -566,6 +580,17 @@ pub async fn run(config: &Config) -> Report {
         )));
     }
 
+    let counters: Vec<_> = (0..config.counter_clients)
+        .map(|i| {
+            tokio::spawn(workload::counter_incrementer(
+                api(format!("counter-{i}")),
+                config.counter_keys,
+                rng(),
+                until,
+            ))
+        })
+        .collect();
+
     let played = faults::play(
         &mut cluster,
         &schedule,
@@ -583,6 +608,13 @@ pub async fn run(config: &Config) -> Report {
         .expect("the workload clients did not stop within three client timeouts");
     for s in stopped {
         s.expect("a workload client panicked");
+    }
+    let mut tally = CounterTally::default();
+    let counted = tokio::time::timeout(CLIENT_TIMEOUT * 3, futures::future::join_all(counters))
+        .await
+        .expect("the counter clients did not stop within three client timeouts");
+    for t in counted {
+        tally.absorb(t.expect("a counter client panicked"));
     }
     drop(firewall);
 
@@ -634,6 +666,7 @@ pub async fn run(config: &Config) -> Report {
 
     let (checked, lww, notes) = check::check(&ops, &settled, t0_wall_ms);
     violations.extend(checked);
+    violations.extend(check::check_counters(&api("counter-check".into()), &tally).await);
     let (exercised, broken_invariants) = exercised(&cluster).await;
     violations.extend(broken_invariants);
     violations.extend(epochs.violations.iter().map(|v| Violation {

@@ -16,10 +16,14 @@
 //!   seen, yet it was acknowledged). Each client writes [`BLIND_PER_KEY`] values per key
 //!   and moves on, so a key stays under the sibling limit.
 //!
+//! - **counter increments** ([`counter_incrementer`]): CRDT counter increments, each
+//!   retried a few times under its own `Idempotency-Key`; not recorded in the history
+//!   but tallied ([`CounterTally`]), and checked as a sum after the heal.
+//!
 //! Values are unique per write (`<key>:v17`, `set-2-e41`), so a value seen anywhere names
 //! exactly one client request.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -39,6 +43,11 @@ pub const REGS_DEL: &str = "regs-del";
 pub const LWW: &str = "lww";
 /// The blind writers' bucket (siblings).
 pub const BLIND: &str = "blind";
+/// The counter incrementers' bucket (a CRDT counter bucket).
+pub const COUNTERS: &str = "counters";
+
+/// Attempts of one increment (the first and its retries under the same key).
+const INCREMENT_ATTEMPTS: u32 = 3;
 
 /// Writes of one blind writer per key (with two writers, a key holds at most twice this
 /// many siblings, well under the default limit of 32).
@@ -225,4 +234,65 @@ async fn blind_writes(
         .await;
         think(&mut rng).await;
     }
+}
+
+/// What one counter client did to each key: the sum of its acknowledged increments, and
+/// the sum of those that may have been applied once more than acknowledged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CounterTally {
+    /// Per key: (acknowledged, at most this much more).
+    pub keys: BTreeMap<String, (i64, i64)>,
+    /// Increments refused with a 4xx (none is expected: each is a well-formed op).
+    pub refused: Vec<String>,
+}
+
+impl CounterTally {
+    /// Adds another client's tally.
+    pub fn absorb(&mut self, other: CounterTally) {
+        for (k, (acked, unknown)) in other.keys {
+            let e = self.keys.entry(k).or_default();
+            e.0 += acked;
+            e.1 += unknown;
+        }
+        self.refused.extend(other.refused);
+    }
+}
+
+/// A counter client: until `until`, increments one of `keys` counters by 1–9, each
+/// increment retried up to [`INCREMENT_ATTEMPTS`] times under one `Idempotency-Key`.
+///
+/// The tally's bounds: an acknowledged increment counts once; any attempt that failed
+/// without a refusal (a 503, no answer) may have been applied, and its retry may be
+/// applied again when the replica that remembers the key is unreachable (docs/api.md,
+/// "Idempotent retries"), so it adds its amount to the "more" side.
+pub async fn counter_incrementer(api: Api, keys: usize, mut rng: StdRng, until: Instant) -> CounterTally {
+    let mut tally = CounterTally::default();
+    let mut seq = 0;
+    while Instant::now() < until {
+        seq += 1;
+        let key = format!("counter-{}", rng.random_range(0..keys));
+        let by = rng.random_range(1..=9i64);
+        let idempotency_key = format!("{}-i{seq}", api.client);
+        for _ in 0..INCREMENT_ATTEMPTS {
+            let outcome = api.increment(COUNTERS, &key, by, &idempotency_key).await;
+            let entry = tally.keys.entry(key.clone()).or_default();
+            match outcome {
+                Outcome::Ok => {
+                    entry.0 += by;
+                    break;
+                }
+                // A refusal applied nothing; the final check reports it.
+                Outcome::Failed { status, code } => {
+                    tally
+                        .refused
+                        .push(format!("{key} +{by} ({idempotency_key}): {status} {code}"));
+                    break;
+                }
+                _ => entry.1 += by,
+            }
+            think(&mut rng).await;
+        }
+        think(&mut rng).await;
+    }
+    tally
 }

@@ -407,14 +407,12 @@ async fn run_cluster(data_dir: &Path, args: &DevArgs) -> anyhow::Result<()> {
     println!();
     println!("ready; Ctrl-C stops the cluster");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    // The cluster is stopped even when the signal handlers could not be installed, so no
+    // service outlives `dev`; the error is reported after.
+    let interrupted = crate::commands::interrupted().await;
     eprintln!("stopping the cluster");
     stop(&mut services).await;
-    Ok(())
+    interrupted.context("listening for Ctrl-C and SIGTERM")
 }
 
 async fn start(

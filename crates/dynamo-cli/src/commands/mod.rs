@@ -3,13 +3,16 @@
 pub mod bench;
 pub mod bucket;
 pub mod cluster;
+pub mod crdt;
 pub mod delete;
 pub mod dev;
 pub mod get;
 pub mod keygen;
+pub mod list;
 pub mod put;
 pub mod ring;
 pub mod token;
+pub mod watch;
 
 use dynamo_client::{Context, ETag, Precondition};
 
@@ -26,6 +29,9 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Get(args) => get::run(global, args).await,
         Command::Put(args) => put::run(global, args).await,
         Command::Delete(args) => delete::run(global, args).await,
+        Command::List(args) => list::run(global, args).await,
+        Command::Watch(args) => watch::run(global, args).await,
+        Command::Crdt(command) => crdt::run(global, command).await,
         Command::Bucket(command) => bucket::run(global, command).await,
         Command::Cluster(args) => cluster::run(global, args).await,
         Command::Ring(args) => ring::run(global, args).await,
@@ -33,6 +39,20 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Dev(args) => dev::run(global, args).await,
         Command::Bench(args) => bench::run(global, args).await,
         Command::Keygen(args) => keygen::run(args),
+    }
+}
+
+/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM. The handlers
+/// are installed on the first poll; from then on a signal is kept until this resolves,
+/// so it may be polled again and again (in a `tokio::select!` loop) without losing one.
+///
+/// # Errors
+/// When a signal handler cannot be installed.
+pub(crate) async fn interrupted() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        ctrl_c = tokio::signal::ctrl_c() => ctrl_c,
+        _ = term.recv() => Ok(()),
     }
 }
 

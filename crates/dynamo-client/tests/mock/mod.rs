@@ -5,33 +5,49 @@
 //! version rules (`VersionedObject`, the context token), so siblings, contexts and
 //! tombstones behave as the coordinator's will: blind writes become siblings, a write
 //! with a context replaces what it saw, a delete leaves a tombstone whose 404 carries a
-//! context. Tests steer it through [`State`]: scripted error answers, a concurrent write
-//! slipped in before the next `PUT`, a scripted membership change that `GET /v1/cluster`
-//! reports poll by poll (which a retry moves past its failure, and an abort ends), and a
-//! log of every request as it arrived.
+//! context. CRDT buckets (`/v1/crdt`) apply ops with the core's real CRDTs, so a remove
+//! needs and honours the observed context, and an `Idempotency-Key` repeat is answered as
+//! the first attempt without applying again. Tests steer it through [`State`]: scripted
+//! error answers, a concurrent write slipped in before the next `PUT` or CRDT op, a CRDT
+//! op applied but answered with an error (a lost quorum), `context_not_seen` answers, a
+//! scripted membership change that `GET /v1/cluster` reports poll by poll (which a retry
+//! moves past its failure, and an abort ends), and a log of every request as it arrived.
+//! Listings (`GET /v1/kv/{bucket}?list`) page over the live keys as the coordinator
+//! does, including its empty pages: a page reads at most `limit` keys, deleted ones
+//! included, and answers the live ones among them. The change feed (`GET
+//! /v1/feed/{bucket}`) serves a log of every `PUT`, `DELETE` and [`State::seed`] (not
+//! batches or CRDT ops), long-polling up to `wait_ms`; its cursors differ on every page,
+//! so tests can follow how they chain, and tests can script empty pages and expire every
+//! cursor issued so far.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use dynamo_core::context;
+use dynamo_core::crdt::{Crdt, CrdtOp, CrdtType};
 use dynamo_core::etag::{ETag, Preconditions};
 use dynamo_core::version::{ConflictRule, NewWrite, VersionedObject};
 use dynamo_core::wire::cluster::{
     ChangeProgress, ClusterView, KeyPlacement, NodeRegistration, NodeState, NodeStatus,
 };
-use dynamo_core::wire::public::{BatchOpKind, BatchRequest, BatchResponse, BatchResult};
-use dynamo_core::wire::{BucketProps, BucketPropsPatch, SiblingView, SiblingsEnvelope, rfc3339_from_ms};
+use dynamo_core::wire::public::{
+    BatchOpKind, BatchRequest, BatchResponse, BatchResult, FeedChange, FeedPage, KeyList,
+};
+use dynamo_core::wire::{
+    BucketProps, BucketPropsPatch, ConflictMode, SiblingView, SiblingsEnvelope, rfc3339_from_ms,
+};
 use dynamo_core::{ActorId, DotSet, ErrorBody, ErrorCode, NodeId, PartitionId, RingEpoch};
 use serde::Deserialize;
 use serde_json::json;
@@ -40,6 +56,10 @@ use serde_json::json;
 pub const TOKEN: &str = "mock-root-token";
 
 const CONTEXT: &str = "x-dynamo-context";
+const CRDT_TYPE: &str = "x-dynamo-crdt-type";
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The most body bytes the mock records and accepts.
+const MAX_BODY_BYTES: usize = 16 << 20;
 const SIBLINGS: ConflictRule = ConflictRule::Siblings { max_siblings: 32 };
 
 /// A running mock; the server stops when this is dropped.
@@ -80,8 +100,36 @@ pub struct Seen {
     /// The path and query exactly as sent (still percent-encoded).
     pub uri: String,
     pub headers: HeaderMap,
-    /// The decoded path parameters of object routes: `(bucket, key)`.
+    /// The decoded path parameters of object and CRDT routes: `(bucket, key)`.
     pub object: Option<(String, String)>,
+    /// The request body.
+    pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Seen {
+    /// Returns a header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Returns the body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// A CRDT op's answer as the mock sent it, kept to answer a repeat of its
+/// `Idempotency-Key`.
+#[derive(Clone)]
+struct CrdtAnswer {
+    /// What identifies the request: body and context (as the coordinator's fingerprint).
+    fingerprint: (Bytes, Option<HeaderValue>),
+    value: serde_json::Value,
+    crdt_type: CrdtType,
+    context: DotSet,
+    etag: String,
 }
 
 #[derive(Default)]
@@ -97,12 +145,34 @@ pub struct State {
     cluster_failures: Mutex<VecDeque<ErrorCode>>,
     /// `(secret, listing entry)` of tokens created through the admin API.
     tokens: Mutex<Vec<(String, serde_json::Value)>>,
-    /// Error codes answered, one per request, before anything else.
-    failures: Mutex<VecDeque<ErrorCode>>,
+    /// Error codes answered, one per request, before anything else, each with the
+    /// `Retry-After` seconds it carries, if any.
+    failures: Mutex<VecDeque<(ErrorCode, Option<u64>)>>,
     /// Values written blind, as another client would, just before the next `PUT`.
     concurrent: Mutex<VecDeque<Vec<u8>>>,
+    /// CRDT values and their versions (the version makes the `ETag`).
+    crdts: Mutex<HashMap<(String, String), (Crdt, u64)>>,
+    /// Ops applied, as another client would, just before the next CRDT op.
+    concurrent_crdt: Mutex<VecDeque<CrdtOp>>,
+    /// Error codes answered, one per CRDT op, after the op was applied.
+    crdt_failures_after_apply: Mutex<VecDeque<ErrorCode>>,
+    /// CRDT ops carrying a context still to answer `context_not_seen`.
+    context_not_seen: Mutex<usize>,
+    /// CRDT answers by `Idempotency-Key`.
+    crdt_answers: Mutex<HashMap<String, CrdtAnswer>>,
     requests: Mutex<Vec<Seen>>,
     counter: AtomicU64,
+    /// The change feed's log: every change of every bucket, in order; a cursor is a
+    /// position in it.
+    feed: Mutex<Vec<(String, FeedChange)>>,
+    /// Woken when the log grows, for the feed's long polls.
+    feed_grew: tokio::sync::Notify,
+    /// Cursors before this position answer `410 cursor_expired`.
+    feed_expired_before: Mutex<usize>,
+    /// Feed polls with a cursor still to answer with an empty page at once.
+    feed_empty_pages: Mutex<usize>,
+    /// Feed pages answered, to make every page's cursor unique.
+    feed_pages: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,7 +182,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl State {
     /// Answers the next `times` requests with `code`.
     pub fn fail_next(&self, code: ErrorCode, times: usize) {
-        lock(&self.failures).extend(std::iter::repeat_n(code, times));
+        lock(&self.failures).extend(std::iter::repeat_n((code, None), times));
+    }
+
+    /// Answers the next `times` requests with `code` and `Retry-After: retry_after_secs`.
+    pub fn fail_next_with_retry_after(&self, code: ErrorCode, times: usize, retry_after_secs: u64) {
+        lock(&self.failures).extend(std::iter::repeat_n((code, Some(retry_after_secs)), times));
     }
 
     /// Writes `value` blind (another client's concurrent write) just before applying the
@@ -134,6 +209,67 @@ impl State {
                 SIBLINGS,
             )
             .expect("seed");
+        self.log_change(bucket, key, object);
+    }
+
+    /// Appends a change of `key` as it now stands to the feed's log, and wakes the
+    /// feed's long polls.
+    fn log_change(&self, bucket: &str, key: &str, object: &VersionedObject) {
+        let change = FeedChange {
+            key: key.to_owned(),
+            context: mock_keys().seal(object.context(), "mock", "mock"),
+            deleted: object.is_deleted(),
+        };
+        lock(&self.feed).push((bucket.to_owned(), change));
+        self.feed_grew.notify_waiters();
+    }
+
+    /// Answers the next `times` feed polls that carry a cursor with an empty page (and a
+    /// new cursor at the same position) at once, whatever the log holds.
+    pub fn answer_empty_feed_pages(&self, times: usize) {
+        *lock(&self.feed_empty_pages) += times;
+    }
+
+    /// Expires every feed cursor issued before the last change logged, as a purge past
+    /// the feed's retention would: polls with one answer `410 cursor_expired`.
+    pub fn expire_feed_cursors(&self) {
+        *lock(&self.feed_expired_before) = lock(&self.feed).len();
+    }
+
+    /// Makes `bucket` a CRDT bucket of type `crdt_type`.
+    pub fn crdt_bucket(&self, bucket: &str, crdt_type: CrdtType) {
+        let props = BucketProps {
+            conflict: ConflictMode::Crdt,
+            crdt_type: Some(crdt_type),
+            ..BucketProps::default()
+        };
+        lock(&self.buckets).insert(bucket.into(), props);
+    }
+
+    /// Returns a CRDT key's value as a read would answer it.
+    pub fn crdt_value(&self, bucket: &str, key: &str) -> Option<serde_json::Value> {
+        lock(&self.crdts)
+            .get(&(bucket.to_owned(), key.to_owned()))
+            .map(|(crdt, _)| crdt.value())
+    }
+
+    /// Applies `op` as another client would (another replica's actor), just before the
+    /// next CRDT op, whatever that op's fate.
+    pub fn apply_concurrently_before_next_crdt_op(&self, op: CrdtOp) {
+        lock(&self.concurrent_crdt).push_back(op);
+    }
+
+    /// Applies the next `times` CRDT ops and answers them with `code` anyway, as a
+    /// coordinator does when the coordinating replica stored the op but too few others
+    /// acknowledged it.
+    pub fn fail_crdt_ops_after_applying(&self, code: ErrorCode, times: usize) {
+        lock(&self.crdt_failures_after_apply).extend(std::iter::repeat_n(code, times));
+    }
+
+    /// Answers the next `times` CRDT ops that carry a context with `context_not_seen`,
+    /// applying nothing (the replicas reached have not seen the context).
+    pub fn answer_context_not_seen(&self, times: usize) {
+        *lock(&self.context_not_seen) += times;
     }
 
     /// Returns the live values under a key, sorted.
@@ -222,6 +358,9 @@ fn router(state: Arc<State>) -> Router {
             "/v1/kv/{bucket}/{key}",
             get(get_object).put(put_object).delete(delete_object),
         )
+        .route("/v1/kv/{bucket}", get(list_keys))
+        .route("/v1/feed/{bucket}", get(get_feed))
+        .route("/v1/crdt/{bucket}/{key}", get(get_crdt).post(post_crdt))
         .route("/v1/batch", post(batch))
         .route("/v1/buckets/{bucket}", get(get_bucket).put(put_bucket))
         .route("/v1/cluster", get(get_cluster))
@@ -246,19 +385,35 @@ async fn gate(AxState(state): AxState<Arc<State>>, req: Request, next: Next) -> 
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_default();
-    let object = uri.strip_prefix("/v1/kv/").and_then(|rest| {
-        let path = rest.split('?').next().unwrap_or_default();
-        let (b, k) = path.split_once('/')?;
-        Some((percent_decode(b), percent_decode(k)))
-    });
+    let object = uri
+        .strip_prefix("/v1/kv/")
+        .or_else(|| uri.strip_prefix("/v1/crdt/"))
+        .and_then(|rest| {
+            let path = rest.split('?').next().unwrap_or_default();
+            let (b, k) = path.split_once('/')?;
+            Some((percent_decode(b), percent_decode(k)))
+        });
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return error(ErrorCode::BodyTooLarge, "the mock takes at most 16 MiB");
+    };
+    let req = Request::from_parts(parts, Body::from(body.clone()));
     lock(&state.requests).push(Seen {
         method: req.method().to_string(),
         uri,
         headers: req.headers().clone(),
         object,
+        body,
+        at: Instant::now(),
     });
-    if let Some(code) = lock(&state.failures).pop_front() {
-        return error(code, "scripted failure");
+    let failure = lock(&state.failures).pop_front();
+    if let Some((code, retry_after)) = failure {
+        let mut resp = error(code, "scripted failure");
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        return resp;
     }
     let token = req
         .headers()
@@ -450,6 +605,7 @@ async fn put_object(
         Ok(matched) => matched.unwrap_or(context),
         Err(resp) => return resp,
     };
+    let (slot_bucket, slot_key) = (bucket.clone(), key.clone());
     let object = objects.entry((bucket, key)).or_default();
     let outcome = match object.put(
         &context,
@@ -460,6 +616,7 @@ async fn put_object(
         Ok(o) => o,
         Err(e) => return error(e.code(), &e.to_string()),
     };
+    state.log_change(&slot_bucket, &slot_key, object);
     if q.returnbody == Some(true) {
         return envelope(object);
     }
@@ -484,13 +641,155 @@ async fn delete_object(
         Ok(matched) => matched.unwrap_or(context),
         Err(resp) => return resp,
     };
+    let (slot_bucket, slot_key) = (bucket.clone(), key.clone());
     let object = objects.entry((bucket, key)).or_default();
     match object.put(&context, ActorId(1), NewWrite::tombstone(now), SIBLINGS) {
-        Ok(outcome) => with_etag(
-            with_context(StatusCode::NO_CONTENT.into_response(), &outcome.context),
-            object,
-        ),
+        Ok(outcome) => {
+            state.log_change(&slot_bucket, &slot_key, object);
+            with_etag(
+                with_context(StatusCode::NO_CONTENT.into_response(), &outcome.context),
+                object,
+            )
+        }
         Err(e) => error(e.code(), &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    list: Option<String>,
+    prefix: Option<String>,
+    start_after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/kv/{bucket}?list`: the keys after `start_after` with `prefix`, in byte order.
+/// A page reads at most `limit` keys, deleted ones included, and answers the live ones,
+/// so a run of deleted keys gives a page with fewer keys, or none, and a `next`: the last
+/// key read, while keys remain.
+async fn list_keys(
+    AxState(state): AxState<Arc<State>>,
+    Path(bucket): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if q.list.is_none() {
+        return error(ErrorCode::InvalidParameter, "add ?list");
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return error(ErrorCode::InvalidParameter, "limit must be 1..=1000");
+    }
+    let prefix = q.prefix.unwrap_or_default();
+    let objects = lock(&state.objects);
+    let mut candidates: Vec<(&String, bool)> = objects
+        .iter()
+        .filter(|((b, k), _)| {
+            *b == bucket && k.starts_with(&prefix) && q.start_after.as_ref().is_none_or(|after| k > after)
+        })
+        .map(|((_, k), o)| (k, !o.is_deleted()))
+        .collect();
+    candidates.sort();
+    let read = &candidates[..candidates.len().min(limit)];
+    let keys: Vec<String> = read
+        .iter()
+        .filter(|(_, live)| *live)
+        .map(|(k, _)| (*k).clone())
+        .collect();
+    let next = (candidates.len() > limit)
+        .then(|| read.last().map(|(k, _)| (*k).clone()))
+        .flatten();
+    Json(KeyList { keys, next }).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+    wait_ms: Option<u64>,
+}
+
+/// A mock feed cursor: `<bucket>.<position in the log>.<page number>` (the page number
+/// only makes every page's cursor unique).
+fn feed_cursor(state: &State, bucket: &str, pos: usize) -> String {
+    let page = state.feed_pages.fetch_add(1, Ordering::Relaxed);
+    format!("{bucket}.{pos}.{page}")
+}
+
+/// `GET /v1/feed/{bucket}`: without a cursor, an empty page from the log's end; with
+/// one, the bucket's changes after it (at most `limit`), waiting up to `wait_ms` for one.
+async fn get_feed(
+    AxState(state): AxState<Arc<State>>,
+    Path(bucket): Path<String>,
+    Query(q): Query<FeedQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return error(ErrorCode::InvalidParameter, "limit must be 1..=1000");
+    }
+    let wait_ms = q.wait_ms.unwrap_or(0);
+    if wait_ms > 30_000 {
+        return error(ErrorCode::InvalidParameter, "wait_ms must be at most 30000");
+    }
+    let Some(cursor) = q.cursor else {
+        let pos = lock(&state.feed).len();
+        let cursor = feed_cursor(&state, &bucket, pos);
+        return Json(FeedPage {
+            changes: vec![],
+            cursor,
+        })
+        .into_response();
+    };
+    let mut parts = cursor.rsplitn(3, '.');
+    let (_page, pos, issued_for) = (parts.next(), parts.next(), parts.next());
+    let Some(pos) = pos.and_then(|p| p.parse::<usize>().ok()) else {
+        return error(ErrorCode::InvalidParameter, "cursor: not a cursor");
+    };
+    if issued_for != Some(bucket.as_str()) {
+        return error(ErrorCode::InvalidParameter, "cursor: issued for another bucket");
+    }
+    if pos < *lock(&state.feed_expired_before) {
+        return error(ErrorCode::CursorExpired, "the cursor is older than the retention");
+    }
+    {
+        let mut empty = lock(&state.feed_empty_pages);
+        if *empty > 0 {
+            *empty -= 1;
+            let cursor = feed_cursor(&state, &bucket, pos);
+            return Json(FeedPage {
+                changes: vec![],
+                cursor,
+            })
+            .into_response();
+        }
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    loop {
+        // Registered before the log is read, so a change logged in between still wakes it.
+        let grew = state.feed_grew.notified();
+        tokio::pin!(grew);
+        grew.as_mut().enable();
+        let (changes, next) = {
+            let log = lock(&state.feed);
+            let mut changes = Vec::new();
+            let mut next = log.len();
+            for (i, (b, change)) in log.iter().enumerate().skip(pos) {
+                if changes.len() == limit {
+                    next = i;
+                    break;
+                }
+                if *b == bucket {
+                    changes.push(change.clone());
+                }
+            }
+            (changes, next)
+        };
+        let timed_out = changes.is_empty() && tokio::time::timeout_at(deadline, grew).await.is_err();
+        if !changes.is_empty() || timed_out {
+            let cursor = feed_cursor(&state, &bucket, next);
+            return Json(FeedPage { changes, cursor }).into_response();
+        }
     }
 }
 
@@ -571,6 +870,165 @@ async fn batch(AxState(state): AxState<Arc<State>>, Json(req): Json<BatchRequest
         results.push(result);
     }
     Json(BatchResponse { results }).into_response()
+}
+
+/// The CRDT type of `bucket`, or the `409 wrong_bucket_type` answer.
+#[allow(clippy::result_large_err)] // A test mock: the error is the answer itself.
+fn crdt_type_of(state: &State, bucket: &str) -> Result<CrdtType, Response> {
+    match lock(&state.buckets).get(bucket) {
+        Some(BucketProps {
+            conflict: ConflictMode::Crdt,
+            crdt_type: Some(t),
+            ..
+        }) => Ok(*t),
+        _ => Err(error(ErrorCode::WrongBucketType, "not a CRDT bucket")),
+    }
+}
+
+fn crdt_etag(version: u64) -> String {
+    format!("\"crdt-{version}\"")
+}
+
+fn crdt_answer(value: &serde_json::Value, crdt_type: CrdtType, context: &DotSet, etag: &str) -> Response {
+    let mut resp = with_context(Json(value.clone()).into_response(), context);
+    let headers = resp.headers_mut();
+    headers.insert(CRDT_TYPE, HeaderValue::from_static(crdt_type.as_str()));
+    headers.insert(header::ETAG, HeaderValue::from_str(etag).expect("a tag is ASCII"));
+    resp
+}
+
+async fn get_crdt(
+    AxState(state): AxState<Arc<State>>,
+    Path((bucket, key)): Path<(String, String)>,
+) -> Response {
+    if let Err(resp) = crdt_type_of(&state, &bucket) {
+        return resp;
+    }
+    match lock(&state.crdts).get(&(bucket, key)) {
+        Some((crdt, version)) => crdt_answer(
+            &crdt.value(),
+            crdt.crdt_type(),
+            &crdt.context(),
+            &crdt_etag(*version),
+        ),
+        None => error(ErrorCode::NotFound, "no value under the key"),
+    }
+}
+
+/// `POST /v1/crdt/{bucket}/{key}`, checked in the coordinator's order: the bucket, the
+/// media type, the op, the context, then the `Idempotency-Key`, the preconditions and
+/// the op itself.
+async fn post_crdt(
+    AxState(state): AxState<Arc<State>>,
+    Path((bucket, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let crdt_type = match crdt_type_of(&state, &bucket) {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    let media = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if media.is_some_and(|m| !m.starts_with("application/json")) {
+        return error(
+            ErrorCode::UnsupportedMediaType,
+            "a CRDT operation is application/json",
+        );
+    }
+    let op = match CrdtOp::from_json(&body) {
+        Ok(op) if op.kind() == crdt_type => op,
+        Ok(op) => {
+            let message = format!("a {} operation does not apply to a {crdt_type}", op.name());
+            return error(ErrorCode::InvalidCrdtOperation, &message);
+        }
+        Err(e) => return error(e.code(), &e.to_string()),
+    };
+    let observed = match headers.get(CONTEXT) {
+        None => None,
+        Some(_) => match request_context(&headers) {
+            Ok(c) => Some(c),
+            Err(message) => return error(ErrorCode::InvalidContext, &message),
+        },
+    };
+    if op.needs_context() && observed.is_none() {
+        return error(
+            ErrorCode::InvalidCrdtOperation,
+            "a remove needs the context the client observed",
+        );
+    }
+    let fingerprint = (body.clone(), headers.get(CONTEXT).cloned());
+    let idempotency = headers
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(k) = &idempotency
+        && let Some(first) = lock(&state.crdt_answers).get(k).cloned()
+    {
+        if first.fingerprint != fingerprint {
+            return error(
+                ErrorCode::IdempotencyKeyReused,
+                "the key came with another request",
+            );
+        }
+        return crdt_answer(&first.value, first.crdt_type, &first.context, &first.etag);
+    }
+    let slot = (bucket, key);
+    let concurrent = lock(&state.concurrent_crdt).pop_front();
+    if let Some(other) = concurrent {
+        let now = state.now_ms();
+        let mut crdts = lock(&state.crdts);
+        let (crdt, version) = crdts
+            .entry(slot.clone())
+            .or_insert_with(|| (Crdt::new(crdt_type), 0));
+        crdt.apply(&other, ActorId(2), None, now)
+            .expect("a concurrent op applies");
+        *version += 1;
+    }
+    if observed.is_some() {
+        let mut pending = lock(&state.context_not_seen);
+        if *pending > 0 {
+            *pending -= 1;
+            return error(
+                ErrorCode::ContextNotSeen,
+                "no reachable replica has seen the context",
+            );
+        }
+    }
+    let now = state.now_ms();
+    let mut crdts = lock(&state.crdts);
+    let current = crdts.get(&slot);
+    let tag = current.map(|(_, version)| crdt_etag(*version));
+    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let holds = match (text(header::IF_MATCH), text(header::IF_NONE_MATCH)) {
+        (Some("*"), _) => current.is_some(),
+        (Some(wanted), _) => tag.as_deref() == Some(wanted),
+        (None, Some("*")) => current.is_none(),
+        (None, _) => true,
+    };
+    if !holds {
+        return error(ErrorCode::PreconditionFailed, "the precondition does not hold");
+    }
+    // Applied to a copy, so a refused op leaves a missing key missing.
+    let (mut crdt, version) = current.cloned().unwrap_or_else(|| (Crdt::new(crdt_type), 0));
+    if let Err(e) = crdt.apply(&op, ActorId(1), observed.as_ref(), now) {
+        return error(e.code(), &e.to_string());
+    }
+    let answer = CrdtAnswer {
+        fingerprint,
+        value: crdt.value(),
+        crdt_type,
+        context: crdt.context(),
+        etag: crdt_etag(version + 1),
+    };
+    crdts.insert(slot, (crdt, version + 1));
+    drop(crdts);
+    if let Some(k) = idempotency {
+        lock(&state.crdt_answers).insert(k, answer.clone());
+    }
+    if let Some(code) = lock(&state.crdt_failures_after_apply).pop_front() {
+        return error(code, "scripted failure after applying");
+    }
+    crdt_answer(&answer.value, answer.crdt_type, &answer.context, &answer.etag)
 }
 
 async fn get_bucket(AxState(state): AxState<Arc<State>>, Path(bucket): Path<String>) -> Response {

@@ -15,10 +15,9 @@ pub const BATCH_CONCURRENCY: usize = 16;
     request_body(content = BatchRequest, description = "1 to 100 operations; the body at most the request limit (`--max-body-bytes`)"),
     responses(
         (status = 200, description = "One result per operation, in order; each with the status its own call would answer", body = BatchResponse),
-        (status = 400, description = "A malformed batch (not the JSON schema, no or more than 100 operations, a bad bucket or key, a field the operation does not take); nothing was run", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 413, description = "The body is larger than the request limit", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`", body = ErrorBody)))]
+        (status = 400, description = "A malformed batch (not the JSON schema, no or more than 100 operations, a bad bucket or key, a field the operation does not take), or a body that did not arrive in time (`request_timeout`); nothing was run", body = ErrorBody),
+        (status = 413, description = "The body is larger than the request limit (`body_too_large`)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = ErrorBody)))]
 pub async fn batch(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,

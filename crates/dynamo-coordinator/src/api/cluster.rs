@@ -51,8 +51,8 @@ async fn with_progress(
 /// cached state, so it answers while the ring service is away; each node's anti-entropy
 /// progress is asked of the node itself.
 #[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
-    responses((status = 200, description = "Nodes, their state, the ring epoch, handoffs in progress"),
-        (status = 403, description = "The token lacks cluster-wide admin", body = ErrorBody)))]
+    responses((status = 200, description = "Nodes, their state, the ring epoch, handoffs in progress", body = ClusterView),
+        (status = 403, description = "The token lacks cluster-wide `admin`", body = ErrorBody)))]
 pub async fn get_cluster(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -64,19 +64,24 @@ pub async fn get_cluster(
 
 /// Query of `GET /v1/ring`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RingQuery {
     /// With `key`: show that key's placement.
+    #[param(pattern = "^[a-z0-9._-]{1,63}$")]
     pub bucket: Option<String>,
     /// With `bucket`: show that key's placement.
+    #[param(min_length = 1, max_length = 1024)]
     pub key: Option<String>,
 }
 
 /// `GET /v1/ring` (cluster-wide admin), or a key's placement with `?bucket=&key=` (read
 /// on the bucket).
 #[utoipa::path(get, path = "/v1/ring", tag = "cluster", params(RingQuery),
-    responses((status = 200, description = "The ring, or the key's partition, preference list and fallbacks"),
-        (status = 403, description = "The token lacks the permission", body = ErrorBody)))]
+    responses((status = 200, description = "The ring (`RingView`), or with `bucket` and `key` the key's partition, preference list and fallbacks (`KeyPlacement`)", body = crate::openapi::RingAnswer),
+        (status = 400, description = "Only one of `bucket` and `key`, an unknown or malformed parameter (`invalid_parameter`), a bad bucket or key (`invalid_bucket`, `invalid_key`)", body = ErrorBody),
+        (status = 403, description = "The token lacks cluster-wide `admin` (the ring), or `read` on the bucket (a key's placement)", body = ErrorBody),
+        (status = 503, description = "No node has joined the cluster yet (`ring_unavailable`)", body = ErrorBody)))]
 pub async fn get_ring(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -120,8 +125,13 @@ pub async fn get_ring(
 
 /// `POST /v1/cluster/nodes` (admin): join a node; the ring changes once its data is in.
 #[utoipa::path(post, path = "/v1/cluster/nodes", tag = "cluster", request_body = NodeRegistration,
-    responses((status = 202, description = "Accepted: handoff to the new node runs, then the ring changes"),
-        (status = 409, description = "Already a member, or another change is in progress", body = ErrorBody)))]
+    responses((status = 202, description = "Accepted: handoff to the new node runs, then the ring changes; the body is the cluster view", body = ClusterView),
+        (status = 400, description = "A body that is not the schema, a bad node id (`invalid_json`), or a bad address or zone (`invalid_request`)", body = ErrorBody),
+        (status = 403, description = "The token lacks cluster-wide `admin`", body = ErrorBody),
+        (status = 409, description = "Already a member, or another change is in progress (`membership_conflict`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the request limit (`body_too_large`)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 503, description = "The ring service did not answer (`ring_unavailable`)", body = ErrorBody)))]
 pub async fn join_node(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -138,9 +148,14 @@ pub async fn join_node(
 }
 
 /// `DELETE /v1/cluster/nodes/{node}` (admin): decommission; its data is handed off first.
-#[utoipa::path(delete, path = "/v1/cluster/nodes/{node}", tag = "cluster", params(("node" = String, Path)),
-    responses((status = 202, description = "Accepted: the node's data is handed off, then it leaves the ring"),
-        (status = 404, description = "Not a member", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/cluster/nodes/{node}", tag = "cluster",
+    params(("node" = String, Path, pattern = "^[a-z0-9._-]{1,63}$", description = "The member to decommission")),
+    responses((status = 202, description = "Accepted: the node's data is handed off, then it leaves the ring; the body is the cluster view", body = ClusterView),
+        (status = 400, description = "Bad node id (`invalid_node_id`, `invalid_request`)", body = ErrorBody),
+        (status = 403, description = "The token lacks cluster-wide `admin`", body = ErrorBody),
+        (status = 404, description = "Not a member (`node_not_found`)", body = ErrorBody),
+        (status = 409, description = "The last member, too few would be left for a bucket's `n`, or another change is in progress (`membership_conflict`)", body = ErrorBody),
+        (status = 503, description = "The ring service did not answer (`ring_unavailable`)", body = ErrorBody)))]
 pub async fn decommission_node(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -162,14 +177,16 @@ pub async fn decommission_node(
 /// data is in. The body is the new node's registration, as for a join; the ring service
 /// validates its address and zone, and refuses a new node that is already a member.
 #[utoipa::path(post, path = "/v1/cluster/nodes/{node}/replace", tag = "cluster",
-    params(("node" = String, Path, description = "The member to replace")),
+    params(("node" = String, Path, pattern = "^[a-z0-9._-]{1,63}$", description = "The member to replace")),
     request_body(content = NodeRegistration, description = "The new node"),
-    responses((status = 202, description = "Accepted: handoff to the new node runs, then the ring changes"),
+    responses((status = 202, description = "Accepted: handoff to the new node runs, then the ring changes; the body is the cluster view", body = ClusterView),
         (status = 400, description = "Bad node id (`invalid_node_id`, `invalid_json`), address or zone (`invalid_request`)", body = ErrorBody),
-        (status = 403, description = "The token lacks cluster-wide admin", body = ErrorBody),
-        (status = 404, description = "`{node}` is not a member", body = ErrorBody),
-        (status = 409, description = "The new node is already a member or its address is taken, or another change is in progress", body = ErrorBody),
-        (status = 503, description = "The ring service did not answer", body = ErrorBody)))]
+        (status = 403, description = "The token lacks cluster-wide `admin`", body = ErrorBody),
+        (status = 404, description = "`{node}` is not a member (`node_not_found`)", body = ErrorBody),
+        (status = 409, description = "The new node is already a member or its address is taken, or another change is in progress (`membership_conflict`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the request limit (`body_too_large`)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 503, description = "The ring service did not answer (`ring_unavailable`)", body = ErrorBody)))]
 pub async fn replace_node(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -214,10 +231,10 @@ fn change_object(state: &AppState) -> String {
 /// `POST /v1/cluster/change/retry` (admin): runs a failed membership change again; the
 /// copies already done are kept. The ring service decides whether there is one to retry.
 #[utoipa::path(post, path = "/v1/cluster/change/retry", tag = "cluster",
-    responses((status = 202, description = "Accepted: the change runs again; the body is the cluster view"),
-        (status = 403, description = "The token lacks cluster-wide admin", body = ErrorBody),
+    responses((status = 202, description = "Accepted: the change runs again; the body is the cluster view", body = ClusterView),
+        (status = 403, description = "The token lacks cluster-wide `admin`", body = ErrorBody),
         (status = 409, description = "`membership_conflict`: no change is in progress, or it has not failed", body = ErrorBody),
-        (status = 503, description = "The ring service did not answer", body = ErrorBody)))]
+        (status = 503, description = "The ring service did not answer (`ring_unavailable`)", body = ErrorBody)))]
 pub async fn retry_change(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -249,10 +266,10 @@ async fn relay_change(
 /// member again, the ring is untouched. After the publish the ring service refuses (the
 /// change can then only go forward, by a retry).
 #[utoipa::path(post, path = "/v1/cluster/change/abort", tag = "cluster",
-    responses((status = 200, description = "Aborted: the body is the cluster view, without the change"),
-        (status = 403, description = "The token lacks cluster-wide admin", body = ErrorBody),
+    responses((status = 200, description = "Aborted: the body is the cluster view, without the change", body = ClusterView),
+        (status = 403, description = "The token lacks cluster-wide `admin`", body = ErrorBody),
         (status = 409, description = "`membership_conflict`: no change is in progress, or its new ring is already published", body = ErrorBody),
-        (status = 503, description = "The ring service did not answer", body = ErrorBody)))]
+        (status = 503, description = "The ring service did not answer (`ring_unavailable`)", body = ErrorBody)))]
 pub async fn abort_change(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,

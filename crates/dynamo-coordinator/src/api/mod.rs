@@ -2,6 +2,8 @@
 //! endpoints documented in `docs/api.md`.
 //!
 //! By concept: `objects` (the key-value calls, their idempotency and preconditions),
+//! `crdt` (operations on CRDT buckets and their merged reads), `list` (a bucket's keys),
+//! `feed` (the change feed),
 //! `batch` (many object calls in one request), `buckets`,
 //! `cluster` (the cluster view, the ring, joins, decommissions, replacements, and the
 //! retry or abort of a failed change) and `tokens`; this file holds the router, the
@@ -51,17 +53,22 @@ use crate::state::ClusterCache;
 mod batch;
 mod buckets;
 mod cluster;
+mod crdt;
+mod feed;
+mod list;
 mod objects;
 mod tokens;
 
 pub use batch::*;
 pub use buckets::*;
 pub use cluster::*;
+pub use crdt::*;
+pub use feed::*;
+pub use list::*;
 pub use objects::*;
 pub use tokens::*;
 
-/// The context header.
-pub const CONTEXT_HEADER: &str = "x-dynamo-context";
+pub use dynamo_core::wire::{CONTEXT_HEADER, CRDT_TYPE_HEADER};
 /// Longest request URI accepted (a 1024-byte key percent-encoded is at most 3 KiB).
 pub const MAX_URI_BYTES: usize = 8192;
 /// Longest `Content-Type` stored with a value.
@@ -99,6 +106,9 @@ pub fn routes(state: AppState, auth: Arc<AuthState>) -> Router {
             "/v1/kv/{bucket}/{*key}",
             get(get_object).put(put_object).delete(delete_object),
         )
+        .route("/v1/kv/{bucket}", get(list_keys))
+        .route("/v1/feed/{bucket}", get(get_feed))
+        .route("/v1/crdt/{bucket}/{*key}", get(get_crdt).post(post_crdt))
         .route("/v1/batch", post(batch))
         .route("/v1/buckets/{bucket}", get(get_bucket).put(put_bucket))
         .route("/v1/cluster", get(get_cluster))

@@ -5,27 +5,36 @@ use super::*;
 
 /// Query of a read.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadParams {
-    /// Read quorum for this request (1 ≤ r ≤ n).
+    /// Read quorum for this request (1 ≤ r ≤ n; more than the bucket's `n` is `400
+    /// invalid_quorum`).
+    #[param(minimum = 1, maximum = 7)]
     pub r: Option<u8>,
     /// Most milliseconds to wait for the quorum (capped by the server).
+    #[param(minimum = 1)]
     pub timeout_ms: Option<u64>,
 }
 
 /// Query of a write.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WriteParams {
-    /// Write quorum for this request (1 ≤ w ≤ n).
+    /// Write quorum for this request (1 ≤ w ≤ n; more than the bucket's `n` is `400
+    /// invalid_quorum`).
+    #[param(minimum = 1, maximum = 7)]
     pub w: Option<u8>,
     /// Most milliseconds to wait for the quorum (capped by the server).
+    #[param(minimum = 1)]
     pub timeout_ms: Option<u64>,
     /// Answer `200` with the stored object instead of `204`.
     pub returnbody: Option<bool>,
 }
 
-pub(crate) fn object_target(
+/// Checks a key's target (names, permission) and looks up its bucket, of any type.
+pub(crate) fn checked_target(
     state: &AppState,
     principal: &Principal,
     bucket: String,
@@ -36,13 +45,29 @@ pub(crate) fn object_target(
     validate_key(&key).map_err(ApiError::from)?;
     principal.require(permission, Some(&bucket))?;
     let (props, has_data) = state.cache.bucket(&bucket, &state.config.default_props());
-    if props.conflict == ConflictMode::Crdt {
+    Ok((bucket, key, props, has_data))
+}
+
+/// Checks the target of an object call: a CRDT bucket's keys change only through
+/// `/v1/crdt` (a plain value there would not be a state its operations can merge).
+pub(crate) fn object_target(
+    state: &AppState,
+    principal: &Principal,
+    bucket: String,
+    key: String,
+    permission: Permission,
+) -> Result<Target, ApiError> {
+    let target = checked_target(state, principal, bucket, key, permission)?;
+    if target.2.conflict == ConflictMode::Crdt {
         return Err(ApiError::new(
             ErrorCode::WrongBucketType,
-            format!("bucket {bucket} holds CRDTs; CRDT operations are not served by this version"),
+            format!(
+                "bucket {} holds CRDTs: change its keys with POST /v1/crdt/{}/..., read them with GET",
+                target.0, target.0
+            ),
         ));
     }
-    Ok((bucket, key, props, has_data))
+    Ok(target)
 }
 
 /// A key's target, checked: the bucket, the key, the bucket's properties and whether it
@@ -79,19 +104,22 @@ pub(crate) fn attach_etag(mut resp: Response, etag: ETag) -> Response {
 
 /// `GET /v1/kv/{bucket}/{key}`.
 #[utoipa::path(get, path = "/v1/kv/{bucket}/{key}", tag = "objects",
-    params(("bucket" = String, Path, pattern = "^[a-z0-9._-]{1,63}$"), ("key" = String, Path), ReadParams),
+    params(("bucket" = String, Path, pattern = "^[a-z0-9._-]{1,63}$"), ("key" = String, Path, min_length = 1, max_length = 1024, description = "1-1024 bytes of UTF-8, percent-encoded; may hold `/`"), ReadParams),
     responses(
-        (status = 200, description = "One value (raw body), or the envelope with `Accept: application/json`",
+        (status = 200, description = "One value: the raw bytes with the media type they were written with; the envelope (`SiblingsEnvelope`) with `Accept: application/json`; on a CRDT bucket, the merged value as JSON (as `GET /v1/crdt/{bucket}/{key}` answers)",
+            content(("*/*")),
             headers(("ETag" = String, description = "Strong validator of the version set read (quoted)"),
                     ("X-Dynamo-Context" = String, description = "The context to write with"))),
         (status = 300, description = "Siblings", body = SiblingsEnvelope,
             headers(("ETag" = String, description = "Strong validator of the version set read (quoted)"),
                     ("X-Dynamo-Context" = String, description = "The context covering every sibling"))),
-        (status = 400, description = "Bad bucket, key or query", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 400, description = "Bad bucket, key or query (`invalid_bucket`, `invalid_key`, `invalid_quorum`, `invalid_parameter`, `invalid_request`)", body = ErrorBody),
         (status = 403, description = "The token lacks `read` on the bucket", body = ErrorBody),
-        (status = 404, description = "No live value (over a tombstone it carries `X-Dynamo-Context` and `ETag`)", body = ErrorBody),
-        (status = 503, description = "Fewer than R replicas answered", body = ErrorBody)))]
+        (status = 404, description = "No live value (`not_found`; over a tombstone it carries `X-Dynamo-Context` and `ETag`)", body = ErrorBody,
+            headers(("ETag" = String, description = "The tombstone's version set (quoted)"),
+                    ("X-Dynamo-Context" = String, description = "The tombstone's context: a write with it replaces the delete"))),
+        (status = 409, description = "A CRDT bucket's key holds a value that is not a state of its type (`wrong_bucket_type`)", body = ErrorBody),
+        (status = 503, description = "Fewer than R replicas answered (`quorum_unavailable`)", body = ErrorBody)))]
 pub async fn get_object(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -101,13 +129,22 @@ pub async fn get_object(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let r = async {
-        let target = object_target(&state, &principal, bucket, key, Permission::Read)?;
+        let target = checked_target(&state, &principal, bucket, key, Permission::Read)?;
+        if let (ConflictMode::Crdt, Some(t)) = (target.2.conflict, target.2.crdt_type) {
+            return read_crdt(&state, target, t, params.r, params.timeout_ms)
+                .await
+                .map(Err);
+        }
         let found = read_object(&state, &target, params.r, params.timeout_ms).await?;
-        Ok::<_, ApiError>((target, found))
+        Ok::<_, ApiError>(Ok((target, found)))
     }
     .await;
     observe(&state.metrics, "get", start, &r);
-    let ((bucket, key, _, _), obj) = r?;
+    let ((bucket, key, _, _), obj) = match r? {
+        Ok(read) => read,
+        // A CRDT bucket's key: its merged value, answered whole.
+        Err(answer) => return Ok(answer),
+    };
     let contexts = KeyContexts::new(&state, &bucket, &key);
     let obj = match obj {
         Some(o) if !o.is_deleted() => o,
@@ -151,7 +188,7 @@ pub async fn get_object(
     Ok(attach_etag(contexts.attach(resp, &ctx), etag))
 }
 
-fn mark_written(state: &AppState, bucket: &BucketName, has_data: bool) {
+pub(crate) fn mark_written(state: &AppState, bucket: &BucketName, has_data: bool) {
     if has_data
         || !state
             .marked
@@ -387,6 +424,7 @@ pub(crate) async fn write_object(
         tombstone,
         idempotency: input.idempotency,
         replay_only,
+        crdt: None,
     };
     let outcome = state.coord.write(req, &props, w, t).await?;
     mark_written(state, &bucket, has_data);
@@ -460,11 +498,11 @@ async fn write(
 
 /// `PUT /v1/kv/{bucket}/{key}`.
 #[utoipa::path(put, path = "/v1/kv/{bucket}/{key}", tag = "objects",
-    params(("bucket" = String, Path, pattern = "^[a-z0-9._-]{1,63}$"), ("key" = String, Path), WriteParams,
-        ("X-Dynamo-Context" = Option<String>, Header, description = "The context of a previous read: the write replaces exactly the siblings it saw"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-128 visible ASCII: a repeat of the same request within the window answers as the first did and applies nothing"),
-        ("If-Match" = Option<String>, Header, description = "`*` or a list of quoted ETags: applied only if the version set read from R replicas has one of them (`*`: a live value exists), else 412"),
-        ("If-None-Match" = Option<String>, Header, description = "Only `*`: applied only if no live value exists (tombstones do not count), else 412")),
+    params(("bucket" = String, Path, pattern = "^[a-z0-9._-]{1,63}$"), ("key" = String, Path, min_length = 1, max_length = 1024, description = "1-1024 bytes of UTF-8, percent-encoded; may hold `/`"), WriteParams,
+        ("X-Dynamo-Context" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9_-]{1,4096}$", description = "The context of a previous read: the write replaces exactly the siblings it saw"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,128}$", description = "1-128 visible ASCII: a repeat of the same request within the window answers as the first did and applies nothing"),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[!#-~]*"([ \t]*,[ \t]*(W/)?"[!#-~]*")*)$"#, description = "`*` or a list of quoted ETags: applied only if the version set read from R replicas has one of them (`*`: a live value exists), else 412"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, pattern = "^\\*$", description = "Only `*`: applied only if no live value exists (tombstones do not count), else 412")),
     request_body(content = Vec<u8>, description = "The value, at most 1 MiB", content_type = "application/octet-stream"),
     responses(
         (status = 204, description = "Stored",
@@ -472,14 +510,13 @@ async fn write(
                     ("ETag" = String, description = "The version set as the coordinating replica stored it (quoted)"))),
         (status = 200, description = "Stored, with `?returnbody=true`", body = SiblingsEnvelope,
             headers(("X-Dynamo-Context" = String), ("ETag" = String))),
-        (status = 400, description = "Bad bucket, key, query, context, Content-Type, Idempotency-Key, If-Match or If-None-Match", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 400, description = "Bad bucket, key, query, context, Content-Type, Idempotency-Key, If-Match or If-None-Match, or a body that did not arrive in time (`request_timeout`)", body = ErrorBody),
         (status = 403, description = "The token lacks `write` on the bucket", body = ErrorBody),
-        (status = 409, description = "Too many siblings (read, resolve, write with the context), or a CRDT bucket", body = ErrorBody),
+        (status = 409, description = "Too many siblings (`too_many_siblings`: read, resolve, write with the context), or a CRDT bucket (`wrong_bucket_type`)", body = ErrorBody),
         (status = 412, description = "The If-Match or If-None-Match precondition does not hold; nothing changed", body = ErrorBody),
-        (status = 413, description = "Value larger than 1 MiB", body = ErrorBody),
+        (status = 413, description = "Value larger than 1 MiB (`value_too_large`), or a body over the request limit (`body_too_large`)", body = ErrorBody),
         (status = 422, description = "The Idempotency-Key was used for another request within its window", body = ErrorBody),
-        (status = 503, description = "Fewer than W replicas stored it", body = ErrorBody)))]
+        (status = 503, description = "Fewer than W replicas stored it (`quorum_unavailable`)", body = ErrorBody)))]
 pub async fn put_object(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -496,22 +533,21 @@ pub async fn put_object(
 
 /// `DELETE /v1/kv/{bucket}/{key}`.
 #[utoipa::path(delete, path = "/v1/kv/{bucket}/{key}", tag = "objects",
-    params(("bucket" = String, Path, pattern = "^[a-z0-9._-]{1,63}$"), ("key" = String, Path), WriteParams,
-        ("X-Dynamo-Context" = Option<String>, Header, description = "The context of a previous read; without one the coordinator reads the key first and deletes what it found"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-128 visible ASCII: a repeat of the same request within the window answers as the first did and applies nothing"),
-        ("If-Match" = Option<String>, Header, description = "`*` or a list of quoted ETags: applied only if the version set read from R replicas has one of them (`*`: a live value exists), else 412"),
-        ("If-None-Match" = Option<String>, Header, description = "Only `*`: applied only if no live value exists, else 412")),
+    params(("bucket" = String, Path, pattern = "^[a-z0-9._-]{1,63}$"), ("key" = String, Path, min_length = 1, max_length = 1024, description = "1-1024 bytes of UTF-8, percent-encoded; may hold `/`"), WriteParams,
+        ("X-Dynamo-Context" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9_-]{1,4096}$", description = "The context of a previous read; without one the coordinator reads the key first and deletes what it found"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,128}$", description = "1-128 visible ASCII: a repeat of the same request within the window answers as the first did and applies nothing"),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[!#-~]*"([ \t]*,[ \t]*(W/)?"[!#-~]*")*)$"#, description = "`*` or a list of quoted ETags: applied only if the version set read from R replicas has one of them (`*`: a live value exists), else 412"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, pattern = "^\\*$", description = "Only `*`: applied only if no live value exists, else 412")),
     responses(
         (status = 204, description = "A tombstone was written",
             headers(("X-Dynamo-Context" = String, description = "Covers what the writer had seen plus the tombstone"),
                     ("ETag" = String, description = "The version set as the coordinating replica stored it (quoted)"))),
         (status = 400, description = "Bad bucket, key, query, context, Idempotency-Key, If-Match or If-None-Match", body = ErrorBody),
-        (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "The token lacks `write` on the bucket", body = ErrorBody),
-        (status = 409, description = "Too many siblings, or a CRDT bucket", body = ErrorBody),
+        (status = 409, description = "Too many siblings (`too_many_siblings`), or a CRDT bucket (`wrong_bucket_type`)", body = ErrorBody),
         (status = 412, description = "The If-Match or If-None-Match precondition does not hold; nothing changed", body = ErrorBody),
         (status = 422, description = "The Idempotency-Key was used for another request within its window", body = ErrorBody),
-        (status = 503, description = "Fewer than W replicas stored it", body = ErrorBody)))]
+        (status = 503, description = "Fewer than R replicas answered the read that finds what to delete, or fewer than W stored the tombstone (`quorum_unavailable`)", body = ErrorBody)))]
 pub async fn delete_object(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,

@@ -4,7 +4,14 @@ use super::*;
 
 /// `POST /v1/admin/tokens` (admin).
 #[utoipa::path(post, path = "/v1/admin/tokens", tag = "admin", request_body = TokenRequest,
-    responses((status = 201, description = "Created; the secret is in the answer, once", body = NewToken)))]
+    responses(
+        (status = 201, description = "Created; the secret is in the answer, once", body = NewToken),
+        (status = 400, description = "A body that is not the schema (`invalid_json`) or did not arrive in time (`request_timeout`); no permission, a `ttl_s` or `rate_limit_rps` out of range, no bucket or more than 1000 (`invalid_request`)", body = ErrorBody),
+        (status = 403, description = "The token lacks cluster-wide `admin`", body = ErrorBody),
+        (status = 413, description = "The body is larger than the request limit (`body_too_large`)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 429, description = "The cluster already stores as many tokens as it may (`rate_limited`)", body = ErrorBody),
+        (status = 503, description = "The ring service did not answer (`ring_unavailable`)", body = ErrorBody)))]
 pub async fn create_token(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -78,7 +85,9 @@ pub async fn create_token(
 
 /// `GET /v1/admin/tokens` (admin).
 #[utoipa::path(get, path = "/v1/admin/tokens", tag = "admin",
-    responses((status = 200, description = "Every token, without secrets", body = TokenList)))]
+    responses(
+        (status = 200, description = "Every token, without secrets", body = TokenList),
+        (status = 403, description = "The token lacks cluster-wide `admin`", body = ErrorBody)))]
 pub async fn list_tokens(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -102,8 +111,14 @@ pub async fn list_tokens(
 }
 
 /// `DELETE /v1/admin/tokens/{id}` (admin).
-#[utoipa::path(delete, path = "/v1/admin/tokens/{id}", tag = "admin", params(("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, description = "No such token", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/admin/tokens/{id}", tag = "admin",
+    params(("id" = String, Path, description = "The token's public id (1-64 ASCII letters and digits; any other is no token)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A path that is not UTF-8 once decoded (`invalid_request`)", body = ErrorBody),
+        (status = 403, description = "The token lacks cluster-wide `admin`", body = ErrorBody),
+        (status = 404, description = "No such token (`token_not_found`)", body = ErrorBody),
+        (status = 503, description = "The ring service did not answer (`ring_unavailable`)", body = ErrorBody)))]
 pub async fn delete_token(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,

@@ -1,11 +1,12 @@
 //! CRDT types: counters, sets, registers and maps whose replicas merge without siblings.
 //!
 //! A bucket whose `crdt_type` is set stores one [`Crdt`] per key instead of siblings.
-//! Storage nodes merge the states they hold and receive with [`Crdt::merge`], which is
-//! commutative, associative and idempotent (property-tested in this module), so replicas
-//! converge whatever the order of delivery. `POST /v1/crdt/{bucket}/{key}` sends a
-//! [`CrdtOp`]; the coordinating storage node applies it with [`Crdt::apply`], passing its
-//! own actor, the context the client observed and the time, then replicates the state.
+//! States merge with [`Crdt::merge`], which is commutative, associative and idempotent
+//! (property-tested in this module), so replicas converge whatever the order of
+//! delivery. `POST /v1/crdt/{bucket}/{key}` sends a [`CrdtOp`]; the coordinating storage
+//! node applies it with [`Crdt::apply`], passing its copy's minting actor, the context the
+//! client observed and the time, then the state is replicated. How states sit inside a
+//! key's version set, and who merges them when, is [`stored`]'s.
 //!
 //! This module owns the types, their merges, their JSON views and state formats, the op
 //! shapes and their validation. It does not own the bucket property, the context token or
@@ -78,6 +79,7 @@ mod map;
 mod op;
 mod register;
 mod set;
+pub mod stored;
 
 #[cfg(test)]
 mod laws;
@@ -92,6 +94,7 @@ pub use map::OrMap;
 pub use op::CrdtOp;
 pub use register::{Assignment, LwwRegister};
 pub use set::OrSet;
+pub use stored::{CRDT_CONTENT_TYPE, CrdtOutcome, CrdtWriteError, state_of};
 
 use crate::dots::DotSet;
 use crate::ids::ActorId;
@@ -242,13 +245,15 @@ pub enum CrdtError {
 
 impl CrdtError {
     /// Returns the wire error code: [`crate::ErrorCode::InvalidCrdtOperation`] for a
-    /// refused operation (the client's to fix, or, for
-    /// [`CrdtError::ContextNotSeen`], the service's to retry after merging a fresher
-    /// replica), and [`crate::ErrorCode::Internal`] for [`CrdtError::TypeMismatch`],
-    /// which no request can cause: it means replicas hold different types for one key.
+    /// refused operation (the client's to fix), [`crate::ErrorCode::ContextNotSeen`] for
+    /// [`CrdtError::ContextNotSeen`] (the service's to retry after merging a fresher
+    /// replica, then the client's to read again), and [`crate::ErrorCode::Internal`] for
+    /// [`CrdtError::TypeMismatch`], which no request can cause: it means replicas hold
+    /// different types for one key.
     pub fn code(&self) -> crate::ErrorCode {
         match self {
             CrdtError::TypeMismatch { .. } => crate::ErrorCode::Internal,
+            CrdtError::ContextNotSeen => crate::ErrorCode::ContextNotSeen,
             _ => crate::ErrorCode::InvalidCrdtOperation,
         }
     }

@@ -24,7 +24,7 @@ use super::{CrdtError, CrdtType};
 /// `add`/`remove` a set, `assign` a register, `update`/`remove_fields` a nested map.
 /// Deserializing refuses unknown ops, an object with more than one op, and a repeated
 /// field name in one `update`. Sizes and fit to the target are checked when applied.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CrdtOp {
     /// Adds to a counter; negative subtracts.

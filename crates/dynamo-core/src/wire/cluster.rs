@@ -20,12 +20,15 @@ pub const MAX_BUCKETS: usize = 100_000;
 #[serde(deny_unknown_fields)]
 pub struct NodeRegistration {
     /// The node's id (its StatefulSet pod name, or the id on its volume).
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[a-z0-9._-]{1,63}$"))]
     pub node_id: NodeId,
-    /// Its internal API address, `http://host:port`.
+    /// Its internal API address, `http://host:port`: an http(s) URL with a host and no
+    /// path, at most 256 bytes (the ring service's rule).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub address: String,
-    /// Its failure domain, if known.
+    /// Its failure domain, if known: 1-63 bytes of `[A-Za-z0-9._-]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]{1,63}$"))]
     pub zone: Option<String>,
 }
 
@@ -51,6 +54,7 @@ pub struct ReplaceRequest {
 
 /// A node's state as the cluster sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     /// Registered; its partitions are being handed to it.
@@ -65,8 +69,10 @@ pub enum NodeState {
 
 /// One node in the cluster view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStatus {
     /// The node.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[a-z0-9._-]{1,63}$"))]
     pub node_id: NodeId,
     /// Its internal API address.
     pub address: String,
@@ -86,6 +92,7 @@ pub struct NodeStatus {
 
 /// A storage node's anti-entropy progress.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AntiEntropyStatus {
     /// False when the node runs without anti-entropy (`--anti-entropy-interval-ms 0`).
     pub enabled: bool,
@@ -113,12 +120,16 @@ pub struct AntiEntropyStatus {
 
 /// A partition being copied to a node that will hold it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Handoff {
     /// The partition.
+    #[cfg_attr(feature = "openapi", schema(value_type = u32))]
     pub partition: PartitionId,
     /// The node it is copied from.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[a-z0-9._-]{1,63}$"))]
     pub from: NodeId,
     /// The node receiving it.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[a-z0-9._-]{1,63}$"))]
     pub to: NodeId,
     /// Objects copied so far.
     pub objects: u64,
@@ -155,6 +166,7 @@ impl Handoff {
 
 /// What kind of membership change runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKindName {
     /// A node joins.
@@ -167,17 +179,21 @@ pub enum ChangeKindName {
 
 /// Where a membership change stands, as every follower of the ring service sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangeSummary {
     /// The kind.
     pub kind: ChangeKindName,
     /// The node that joins, leaves or is replaced.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[a-z0-9._-]{1,63}$"))]
     pub node: NodeId,
     /// The replacement, for a replace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, pattern = "^[a-z0-9._-]{1,63}$"))]
     pub replacement: Option<NodeId>,
     /// `copy` (before the new ring is published) or `catch_up` (after).
     pub phase: String,
     /// The ring epoch the change publishes.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub epoch: RingEpoch,
     /// Set when the change failed and waits for a retry or an abort: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,6 +227,7 @@ pub struct ReleaseDone {
 
 /// Progress of the membership change in progress, for `GET /v1/cluster`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangeProgress {
     /// The change.
     pub change: ChangeSummary,
@@ -257,8 +274,10 @@ impl ChangeProgress {
 
 /// `GET /v1/cluster`: nodes, their state, the ring epoch, handoffs in progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterView {
     /// The current ring epoch (0 before the first node joined).
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub epoch: RingEpoch,
     /// Every known node.
     pub nodes: Vec<NodeStatus>,
@@ -286,6 +305,7 @@ pub struct BucketRecord {
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Permission {
     /// Read objects and bucket properties.
@@ -313,6 +333,41 @@ pub enum AllBuckets {
     #[serde(rename = "*")]
     Star,
 }
+
+/// Most buckets a token may name (the ring service refuses more).
+pub const MAX_TOKEN_BUCKETS: usize = 1000;
+
+/// The schema of a [`BucketScope`] as it is on the wire: `"*"`, or 1 to
+/// [`MAX_TOKEN_BUCKETS`] bucket names (written by hand: the derive cannot give the
+/// names of an untagged variant their pattern).
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for BucketScope {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let star = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["*"]))
+            .description(Some("Every bucket"));
+        let name = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(super::BUCKET_NAME_PATTERN));
+        let list = ArrayBuilder::new()
+            .items(name)
+            .min_items(Some(1))
+            .max_items(Some(MAX_TOKEN_BUCKETS))
+            .description(Some("These buckets"));
+        OneOfBuilder::new()
+            .item(star)
+            .item(list)
+            .description(Some(
+                "`\"*\"` for every bucket, or a list of 1 to 1000 bucket names",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for BucketScope {}
 
 impl BucketScope {
     /// Returns true when the scope covers `bucket`.
@@ -477,14 +532,19 @@ pub fn decide(floor: RingEpoch, current: Option<&ClusterState>, incoming: &Clust
 
 /// `ring` view for `GET /v1/ring` with `?bucket=&key=`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyPlacement {
     /// The ring epoch.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub epoch: RingEpoch,
     /// The key's partition.
+    #[cfg_attr(feature = "openapi", schema(value_type = u32))]
     pub partition: PartitionId,
     /// The N node ids, in order.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub preference_list: Vec<NodeId>,
     /// The sloppy-quorum fallbacks, in order.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub fallbacks: Vec<NodeId>,
 }
 

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ErrorCode;
+use crate::crdt::{CrdtOp, CrdtType};
 use crate::dots::{Dot, DotSet};
 use crate::ids::{BucketName, NodeId, RingEpoch};
 use crate::version::{ConflictRule, VersionedObject};
@@ -78,24 +79,141 @@ impl ReplicaOp {
                 idempotency,
                 ..
             } => {
-                let h = object.context();
                 let record = idempotency.as_ref().map_or(0, |r| {
                     OVERHEAD + PER_DOT * (r.context.vector_len() + r.context.cloud_len())
                 });
+                OVERHEAD + record + key.len() + object_len(object)
+            }
+            ReplicaOp::CoordinateCrdt {
+                key,
+                operation,
+                observed,
+                merge,
+                idempotency,
+                ..
+            } => {
+                // Ops are small JSON; measuring one is cheaper than the call it rides.
                 OVERHEAD
-                    + record
+                    + idempotency.map_or(0, |_| 128)
                     + key.len()
-                    + PER_DOT * (h.vector_len() + h.cloud_len())
-                    + object
-                        .siblings()
-                        .iter()
-                        .map(|s| OVERHEAD + s.content_type.len() + b64(s.value.len()))
-                        .sum::<usize>()
+                    + serde_json::to_vec(operation).map_or(0, |v| v.len())
+                    + observed
+                        .as_ref()
+                        .map_or(0, |c| PER_DOT * (c.vector_len() + c.cloud_len()))
+                    + merge.as_ref().map_or(0, object_len)
             }
             ReplicaOp::Replay { key, .. } => OVERHEAD + 128 + key.len(),
             ReplicaOp::Get { key, .. } | ReplicaOp::TombstoneStatus { key, .. } => OVERHEAD + key.len(),
         }
     }
+}
+
+/// An upper estimate of `object`'s JSON size (see [`ReplicaOp::estimated_len`]).
+fn object_len(object: &VersionedObject) -> usize {
+    const OVERHEAD: usize = 256;
+    const PER_DOT: usize = 48;
+    let h = object.context();
+    PER_DOT * (h.vector_len() + h.cloud_len())
+        + object
+            .siblings()
+            .iter()
+            .map(|s| OVERHEAD + s.content_type.len() + s.value.len().div_ceil(3) * 4)
+            .sum::<usize>()
+}
+
+/// Most keys in one page of a node's listing ([`NodeListing`]), and in one page of the
+/// public listing.
+pub const MAX_LIST_PAGE: usize = 1000;
+
+/// One key of a node's listing, with its versions as the node holds them (own copy and
+/// hints merged), values left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedKey {
+    /// The key.
+    pub key: String,
+    /// Its versions, every value empty (tombstones included).
+    pub object: VersionedObject,
+}
+
+/// A page of a bucket's keys from one storage node's listing index, in key byte order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeListing {
+    /// The keys.
+    pub keys: Vec<ListedKey>,
+    /// Set when the node stopped before the end of the range (a full page, or its scan
+    /// bound): the last key it looked at. Keys after it are unknown from this page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+}
+
+/// A position in one storage node's change log: the node's start count (`run`, new at
+/// every start, so a crash that lost unsynced entries never reuses their numbers) and
+/// the sequence number within that run. Ordered by `(run, seq)`; written `"run.seq"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FeedPos {
+    /// The node's start count.
+    pub run: u32,
+    /// The sequence number within the run (the first entry is 1).
+    pub seq: u64,
+}
+
+impl std::fmt::Display for FeedPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.run, self.seq)
+    }
+}
+
+impl std::str::FromStr for FeedPos {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<FeedPos, &'static str> {
+        let (run, seq) = s.split_once('.').ok_or("a feed position is run.seq")?;
+        Ok(FeedPos {
+            run: run.parse().map_err(|_| "a feed position's run is a u32")?,
+            seq: seq.parse().map_err(|_| "a feed position's seq is a u64")?,
+        })
+    }
+}
+
+impl Serialize for FeedPos {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FeedPos {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<FeedPos, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Most entries in one page of a node's change log.
+pub const MAX_FEED_PAGE: usize = 1000;
+
+/// One entry of a node's change log: a key's copy here changed (a write, a replica
+/// merge, a repair or a handoff brought something new), and what it holds now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    /// Where it sits in the node's log.
+    pub pos: FeedPos,
+    /// The key.
+    pub key: String,
+    /// The copy's causal history after the change.
+    pub context: DotSet,
+    /// True when the copy holds no live value after the change.
+    pub deleted: bool,
+    /// When the node logged it (ms since the Unix epoch).
+    pub at_ms: u64,
+}
+
+/// A page of a node's change log for one bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeFeed {
+    /// Entries after the asked position, in log order.
+    pub entries: Vec<FeedEntry>,
+    /// The node's newest position for the bucket when it answered (where a reader that
+    /// starts "from now" starts). Entries up to it are all committed.
+    pub head: FeedPos,
 }
 
 /// A batch of replica operations for one storage node.
@@ -158,6 +276,36 @@ pub enum ReplicaOp {
         deadline_ms: Option<u64>,
         /// The client's `Idempotency-Key`: a repeat of a write this node remembers is
         /// answered as the first was and applies nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency: Option<IdempotencyClaim>,
+    },
+    /// Coordinate a CRDT operation: merge `merge` into this node's copy when given (a
+    /// fresher copy the coordinator read, so a remove finds what its client observed),
+    /// merge the copy's states, apply `op` as the copy's minting actor and store the
+    /// result as one version (`StoredCopy::apply_crdt`). Answered as
+    /// [`ReplicaOp::CoordinatePut`] is.
+    CoordinateCrdt {
+        /// The bucket.
+        bucket: BucketName,
+        /// The key.
+        key: String,
+        /// The bucket's CRDT type.
+        crdt_type: CrdtType,
+        /// The operation (`op` is the variant's tag).
+        operation: CrdtOp,
+        /// The CRDT context the client observed (removes need it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed: Option<DotSet>,
+        /// A copy to merge before applying.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        merge: Option<VersionedObject>,
+        /// Set when this node holds the write for another (sloppy quorum).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hint: Option<HintFor>,
+        /// As [`ReplicaOp::CoordinatePut`]'s: not applied past it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<u64>,
+        /// As [`ReplicaOp::CoordinatePut`]'s.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency: Option<IdempotencyClaim>,
     },
@@ -288,6 +436,22 @@ enum ReplicaOpDef {
         // Named `resolution` before 0.1's first release; still read.
         #[serde(alias = "resolution")]
         conflict: ConflictRule,
+        #[serde(default)]
+        hint: Option<HintFor>,
+        #[serde(default)]
+        deadline_ms: Option<u64>,
+        #[serde(default)]
+        idempotency: Option<IdempotencyClaim>,
+    },
+    CoordinateCrdt {
+        bucket: BucketName,
+        key: String,
+        crdt_type: CrdtType,
+        operation: CrdtOp,
+        #[serde(default)]
+        observed: Option<DotSet>,
+        #[serde(default)]
+        merge: Option<VersionedObject>,
         #[serde(default)]
         hint: Option<HintFor>,
         #[serde(default)]
@@ -656,6 +820,30 @@ mod tests {
                 conflict: ConflictRule::Siblings { max_siblings: 3 },
                 hint: None,
                 idempotency: None,
+            },
+            ReplicaOp::Replicate {
+                bucket: b.clone(),
+                key: "k".into(),
+                object: sample_object(),
+                conflict: ConflictRule::Crdt {
+                    crdt_type: CrdtType::Map,
+                },
+                hint: None,
+                idempotency: None,
+            },
+            ReplicaOp::CoordinateCrdt {
+                bucket: b.clone(),
+                key: "k".into(),
+                crdt_type: CrdtType::Set,
+                operation: CrdtOp::Remove(vec!["x".into()]),
+                observed: Some(sample_object().context().clone()),
+                merge: Some(sample_object()),
+                hint: None,
+                deadline_ms: Some(1),
+                idempotency: Some(IdempotencyClaim {
+                    id: 2,
+                    fingerprint: 3,
+                }),
             },
             ReplicaOp::Get {
                 bucket: b.clone(),

@@ -10,6 +10,24 @@ use crate::crdt::CrdtType;
 use crate::limits::{DEFAULT_MAX_SIBLINGS, MAX_N, MAX_SIBLINGS_LIMIT};
 use crate::version::ConflictRule;
 
+/// A bucket name as the API describes it (the OpenAPI `pattern` of every bucket in a
+/// path, a query or a body): the rule [`crate::BucketName::new`] enforces, 1 to
+/// [`crate::limits::MAX_BUCKET_BYTES`] bytes of `[a-z0-9._-]`. Schema attributes need a
+/// literal, so they repeat it; the coordinator's OpenAPI tests hold every copy to this.
+pub const BUCKET_NAME_PATTERN: &str = "^[a-z0-9._-]{1,63}$";
+
+/// A node id as the API describes it: the rule [`crate::NodeId::new`] enforces, 1 to
+/// [`crate::limits::MAX_NODE_ID_BYTES`] bytes of `[a-z0-9._-]`.
+pub const NODE_ID_PATTERN: &str = "^[a-z0-9._-]{1,63}$";
+
+/// The header carrying the opaque causal context between a read and the next write (an
+/// object's version set, or a CRDT's own context), lowercase as HTTP/2 sends it.
+pub const CONTEXT_HEADER: &str = "x-dynamo-context";
+
+/// The header naming a CRDT value's type (`counter`, `set`, `register`, `map`) on CRDT
+/// reads and operation answers.
+pub const CRDT_TYPE_HEADER: &str = "x-dynamo-crdt-type";
+
 pub mod cluster;
 pub mod internal;
 pub mod public;
@@ -54,18 +72,22 @@ pub enum ConflictMode {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BucketProps {
-    /// Replicas per key.
+    /// Replicas per key (1 to 7).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 7))]
     pub n: u8,
-    /// Default read quorum.
+    /// Default read quorum (1 to `n`).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 7))]
     pub r: u8,
-    /// Default write quorum.
+    /// Default write quorum (1 to `n`).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 7))]
     pub w: u8,
     /// Conflict resolution.
     pub conflict: ConflictMode,
     /// The CRDT type, required when `conflict` is `crdt` and absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crdt_type: Option<CrdtType>,
-    /// Most siblings a write may leave.
+    /// Most siblings a write may leave (1 to 256).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 256))]
     pub max_siblings: u32,
 }
 
@@ -90,12 +112,15 @@ impl Default for BucketProps {
 pub struct BucketPropsPatch {
     /// See [`BucketProps::n`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 7))]
     pub n: Option<u8>,
     /// See [`BucketProps::r`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 7))]
     pub r: Option<u8>,
     /// See [`BucketProps::w`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 7))]
     pub w: Option<u8>,
     /// See [`BucketProps::conflict`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,6 +130,7 @@ pub struct BucketPropsPatch {
     pub crdt_type: Option<CrdtType>,
     /// See [`BucketProps::max_siblings`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 256))]
     pub max_siblings: Option<u32>,
 }
 
@@ -182,14 +208,16 @@ impl BucketProps {
         }
     }
 
-    /// Returns how puts and merges resolve versions in this bucket (CRDT buckets merge
-    /// their values elsewhere; their version sets keep one sibling per write, like LWW).
+    /// Returns how puts and merges resolve versions in this bucket.
     pub fn conflict_rule(&self) -> ConflictRule {
-        match self.conflict {
-            ConflictMode::Siblings => ConflictRule::Siblings {
+        match (self.conflict, self.crdt_type) {
+            (ConflictMode::Crdt, Some(crdt_type)) => ConflictRule::Crdt { crdt_type },
+            (ConflictMode::Lww, _) => ConflictRule::LastWriterWins,
+            // A CRDT bucket without a type is refused when its properties are set, so the
+            // second arm is never taken; keeping every version is the safe reading.
+            (ConflictMode::Siblings, _) | (ConflictMode::Crdt, None) => ConflictRule::Siblings {
                 max_siblings: self.max_siblings,
             },
-            ConflictMode::Lww | ConflictMode::Crdt => ConflictRule::LastWriterWins,
         }
     }
 }
@@ -205,6 +233,7 @@ pub struct SiblingView {
     /// The value's media type.
     pub content_type: String,
     /// When the write was accepted, RFC 3339.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub last_modified: String,
 }
 
@@ -256,6 +285,29 @@ mod tests {
         assert_eq!(rfc3339_from_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(rfc3339_from_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339_from_ms(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+
+    // Goal: the patterns the API description gives for bucket names and node ids are
+    // the rules the newtypes enforce: the same byte class and the same length limit.
+    #[test]
+    fn name_patterns_are_the_newtypes_rules() {
+        use crate::limits::{MAX_BUCKET_BYTES, MAX_NODE_ID_BYTES};
+        use crate::{BucketName, NodeId};
+        assert_eq!(
+            BUCKET_NAME_PATTERN,
+            format!("^[a-z0-9._-]{{1,{MAX_BUCKET_BYTES}}}$")
+        );
+        assert_eq!(NODE_ID_PATTERN, format!("^[a-z0-9._-]{{1,{MAX_NODE_ID_BYTES}}}$"));
+        let class: String = ('a'..='z').chain('0'..='9').chain(['.', '_', '-']).collect();
+        assert!(BucketName::new(class.clone()).is_ok());
+        assert!(NodeId::new(class).is_ok());
+        for bad in ["", "A", "a/b", "a b", "é"] {
+            assert!(BucketName::new(bad).is_err(), "{bad:?}");
+            assert!(NodeId::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(BucketName::new("a".repeat(MAX_BUCKET_BYTES)).is_ok());
+        assert!(BucketName::new("a".repeat(MAX_BUCKET_BYTES + 1)).is_err());
+        assert!(NodeId::new("a".repeat(MAX_NODE_ID_BYTES + 1)).is_err());
     }
 
     #[test]

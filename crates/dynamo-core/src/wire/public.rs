@@ -48,18 +48,19 @@ impl RingView {
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// `"*"` for every bucket, or a list of names.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub buckets: BucketScope,
-    /// Any of `read`, `write`, `admin`.
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    /// Any of `read`, `write`, `admin`, at least one (repeats are dropped).
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub permissions: Vec<Permission>,
     /// Seconds until the token stops being accepted (1 to ten years); none for a token
     /// that lives until it is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 315_360_000))]
     pub ttl_s: Option<u64>,
     /// Requests per second the token may make through each coordinator (1 to
     /// 1 000 000); none for the coordinators' default (`--token-rate-limit-rps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub rate_limit_rps: Option<u32>,
 }
 
@@ -85,16 +86,16 @@ pub struct NewToken {
     /// The secret to send as `Authorization: Bearer <token>`.
     pub token: String,
     /// The buckets it covers.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub buckets: BucketScope,
     /// What it may do there.
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub permissions: Vec<Permission>,
     /// When it expires, RFC 3339 (UTC, milliseconds); absent for a token without a TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub expires: Option<String>,
     /// Its own rate limit, when it was given one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub rate_limit_rps: Option<u32>,
 }
 
@@ -118,19 +119,20 @@ pub struct TokenInfo {
     /// The public id.
     pub id: String,
     /// The buckets it covers.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub buckets: BucketScope,
     /// What it may do there.
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub permissions: Vec<Permission>,
     /// When it was created, RFC 3339 (UTC, milliseconds).
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created: String,
     /// When it expires, RFC 3339; absent for a token without a TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub expires: Option<String>,
     /// Its own rate limit (requests per second per coordinator); absent where the
     /// coordinators' default applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub rate_limit_rps: Option<u32>,
 }
 
@@ -169,29 +171,111 @@ pub enum BatchOpKind {
 /// One operation of a batch: the fields its own call would take. `value` (required) and
 /// `content_type` only on a put, `context` on a put or a delete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BatchOp {
     /// The operation.
     pub op: BatchOpKind,
     /// The bucket.
-    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9._-]{1,63}$"))]
     pub bucket: String,
     /// The key (UTF-8, not percent-encoded).
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 1024))]
     pub key: String,
     /// The value of a put, base64 (at most 1 MiB decoded).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_base64")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Byte))]
     pub value: Option<Vec<u8>>,
     /// The value's media type (default `application/octet-stream`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub content_type: Option<String>,
     /// The context of a previous read, as `X-Dynamo-Context` carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
 }
+
+/// The schema of a [`BatchOp`]: one object per operation kind, each with exactly the
+/// fields that kind takes (a field it does not take may only be `null`, which reads as
+/// absent), as the coordinator checks a batch before running it. Written by hand: the
+/// derive cannot tie the fields to the kind.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for BatchOp {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use crate::limits::{MAX_CONTEXT_TOKEN_BYTES, MAX_KEY_BYTES};
+        use utoipa::openapi::schema::{
+            AdditionalProperties, KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, SchemaType, Type,
+        };
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let or_null = || SchemaType::from_iter([Type::String, Type::Null]);
+        let null = || ObjectBuilder::new().schema_type(Type::Null);
+        let context = || {
+            ObjectBuilder::new()
+                .schema_type(or_null())
+                .pattern(Some(format!("^[A-Za-z0-9_-]{{1,{MAX_CONTEXT_TOKEN_BYTES}}}$")))
+                .description(Some(
+                    "The context of a previous read, as `X-Dynamo-Context` carries it",
+                ))
+        };
+        let op = |kind: &str, description: &str| {
+            ObjectBuilder::new()
+                .description(Some(description))
+                .property("op", string().enum_values(Some([kind])))
+                .required("op")
+                .property(
+                    "bucket",
+                    string()
+                        .pattern(Some(super::BUCKET_NAME_PATTERN))
+                        .description(Some("The bucket")),
+                )
+                .required("bucket")
+                .property(
+                    "key",
+                    string()
+                        .min_length(Some(1))
+                        .max_length(Some(MAX_KEY_BYTES))
+                        .description(Some("The key: 1-1024 bytes of UTF-8, not percent-encoded")),
+                )
+                .required("key")
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        let get = op(
+            "get",
+            "A read, as `GET /v1/kv/{bucket}/{key}` with `Accept: application/json`",
+        )
+        .property("value", null())
+        .property("content_type", null())
+        .property("context", null());
+        let put = op("put", "A write, as `PUT /v1/kv/{bucket}/{key}`")
+            .property(
+                "value",
+                string()
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Byte)))
+                    .description(Some("The value, base64 (at most 1 MiB decoded)")),
+            )
+            .required("value")
+            .property(
+                "content_type",
+                ObjectBuilder::new()
+                    .schema_type(or_null())
+                    .max_length(Some(255))
+                    .description(Some(
+                        "The value's media type (default `application/octet-stream`)",
+                    )),
+            )
+            .property("context", context());
+        let delete = op("delete", "A delete, as `DELETE /v1/kv/{bucket}/{key}`")
+            .property("value", null())
+            .property("content_type", null())
+            .property("context", context());
+        OneOfBuilder::new()
+            .item(get)
+            .item(put)
+            .item(delete)
+            .description(Some(
+                "One operation: the fields its own call would take (`value`, required, and `content_type` only on a put; `context` on a put or a delete)",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for BatchOp {}
 
 impl BatchOp {
     /// A read of `key`.
@@ -281,6 +365,44 @@ mod optional_base64 {
     }
 }
 
+/// A page of a listing (`GET /v1/kv/{bucket}?list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeyList {
+    /// The keys with a live value, in byte order.
+    pub keys: Vec<String>,
+    /// Pass as `start_after` for the next page; `null` on the last page. A page may hold
+    /// fewer than `limit` keys (even none) and still have a next one.
+    pub next: Option<String>,
+}
+
+/// One change of the change feed (`GET /v1/feed/{bucket}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FeedChange {
+    /// The key.
+    pub key: String,
+    /// The key's context after the change (as a read of the replica that logged it would
+    /// answer): write with it to build on what the change held.
+    pub context: String,
+    /// True when the key held no live value after the change.
+    pub deleted: bool,
+}
+
+/// The longest long poll of the change feed (`wait_ms`), at the coordinator and at each
+/// storage node.
+pub const MAX_FEED_WAIT_MS: u64 = 30_000;
+
+/// A page of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FeedPage {
+    /// The changes, each key's in causal order within the page.
+    pub changes: Vec<FeedChange>,
+    /// Pass as `cursor` for the next page.
+    pub cursor: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +475,30 @@ mod tests {
             .map(|(n, c)| (n.as_str(), c))
             .collect();
         assert_eq!(counts, vec![("a", 2), ("b", 1), ("c", 1)]);
+    }
+
+    #[test]
+    fn listing_and_feed_pages_golden_json() {
+        let list: KeyList = serde_json::from_str(r#"{"keys":["a","b"],"next":"b"}"#).expect("parse");
+        assert_eq!(list.next.as_deref(), Some("b"));
+        assert_eq!(
+            serde_json::to_string(&KeyList {
+                keys: vec![],
+                next: None
+            })
+            .expect("serialize"),
+            r#"{"keys":[],"next":null}"#
+        );
+        let page = FeedPage {
+            changes: vec![FeedChange {
+                key: "k".into(),
+                context: "c".into(),
+                deleted: true,
+            }],
+            cursor: "x".into(),
+        };
+        let json = r#"{"changes":[{"key":"k","context":"c","deleted":true}],"cursor":"x"}"#;
+        assert_eq!(serde_json::to_string(&page).expect("serialize"), json);
+        assert_eq!(serde_json::from_str::<FeedPage>(json).expect("parse"), page);
     }
 }

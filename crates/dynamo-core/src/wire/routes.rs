@@ -25,6 +25,22 @@ pub mod storage {
     pub const PARTITION_DIGESTS: &str = "/internal/v1/partitions/{partition}/digests";
     /// Copy a partition from another node (`POST`, [`crate::wire::internal::PullRequest`]).
     pub const PARTITION_PULL: &str = "/internal/v1/partitions/{partition}/pull";
+    /// A page of a bucket's keys from the node's listing index (`GET`,
+    /// [`crate::wire::internal::NodeListing`]).
+    pub const BUCKET_KEYS: &str = "/internal/v1/buckets/{bucket}/keys";
+
+    /// A page of a bucket's change log (`GET`, [`crate::wire::internal::NodeFeed`]).
+    pub const BUCKET_CHANGES: &str = "/internal/v1/buckets/{bucket}/changes";
+
+    /// The path of [`BUCKET_CHANGES`] for `bucket`.
+    pub fn bucket_changes(bucket: &crate::BucketName) -> String {
+        format!("/internal/v1/buckets/{bucket}/changes")
+    }
+
+    /// The path of [`BUCKET_KEYS`] for `bucket`.
+    pub fn bucket_keys(bucket: &crate::BucketName) -> String {
+        format!("/internal/v1/buckets/{bucket}/keys")
+    }
 
     /// The path of [`MERKLE`] for `p`.
     pub fn merkle(p: PartitionId) -> String {

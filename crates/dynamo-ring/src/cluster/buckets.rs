@@ -29,7 +29,9 @@ impl Cluster {
     ///
     /// # Errors
     /// `invalid_bucket_properties` (core's rules), `bucket_n_immutable` (changing `n` of a
-    /// bucket that holds data), `rate_limited` (too many buckets).
+    /// bucket that holds data), `bucket_type_immutable` (making a bucket that holds data a
+    /// CRDT bucket, a plain one, or one of another CRDT type), `rate_limited` (too many
+    /// buckets).
     pub fn patch_bucket(
         &mut self,
         b: &BucketName,
@@ -42,6 +44,19 @@ impl Cluster {
                 bucket: b.clone(),
                 n: current.props.n,
                 asked: props.n,
+            });
+        }
+        // Siblings and LWW store the same opaque values, so a bucket may move between them;
+        // a CRDT bucket's values are states of its type, which no other mode can read.
+        let kind = |p: &dynamo_core::wire::BucketProps| match p.crdt_type {
+            Some(t) if p.conflict == dynamo_core::wire::ConflictMode::Crdt => format!("crdt ({t})"),
+            _ => "a plain mode".to_owned(),
+        };
+        if current.has_data && kind(&props) != kind(&current.props) {
+            return Err(ClusterError::BucketTypeImmutable {
+                bucket: b.clone(),
+                was: kind(&current.props),
+                asked: kind(&props),
             });
         }
         self.ensure_bucket_room(b)?;

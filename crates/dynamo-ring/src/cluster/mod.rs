@@ -88,6 +88,16 @@ pub enum ClusterError {
         /// The `n` asked for.
         asked: u8,
     },
+    /// The bucket holds data, so whether it is a CRDT bucket, and of which type, stays.
+    #[error("bucket {bucket} holds data: its conflict mode stays {was} (asked for {asked})")]
+    BucketTypeImmutable {
+        /// The bucket.
+        bucket: BucketName,
+        /// Its mode (with the CRDT type).
+        was: String,
+        /// The mode asked for.
+        asked: String,
+    },
     /// The cluster already stores as many of these as it may.
     #[error("the cluster already stores {max} {what}; delete some first")]
     Full {
@@ -114,6 +124,7 @@ impl ClusterError {
             ClusterError::Ring(e) => e.code(),
             ClusterError::Props(e) => e.code(),
             ClusterError::BucketNImmutable { .. } => ErrorCode::BucketNImmutable,
+            ClusterError::BucketTypeImmutable { .. } => ErrorCode::BucketTypeImmutable,
             ClusterError::Full { .. } => ErrorCode::RateLimited,
             ClusterError::TokenNotFound => ErrorCode::TokenNotFound,
             ClusterError::Internal(_) => ErrorCode::Internal,

@@ -1,4 +1,6 @@
 use super::*;
+use dynamo_core::crdt::CrdtType;
+use dynamo_core::wire::ConflictMode;
 use dynamo_core::wire::cluster::Permission;
 
 fn settings() -> Settings {
@@ -223,6 +225,41 @@ fn buckets_validate_and_freeze_n_once_written() {
         ErrorCode::BucketNImmutable
     );
     assert!(c.patch_bucket(&b, &n5).is_ok(), "the same n is fine");
+    let lww = BucketPropsPatch {
+        conflict: Some(ConflictMode::Lww),
+        ..Default::default()
+    };
+    assert!(
+        c.patch_bucket(&b, &lww).is_ok(),
+        "plain modes read the same values"
+    );
+    let counter = BucketPropsPatch {
+        conflict: Some(ConflictMode::Crdt),
+        crdt_type: Some(CrdtType::Counter),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.patch_bucket(&b, &counter).expect_err("frozen type").code(),
+        ErrorCode::BucketTypeImmutable
+    );
+    let fresh = BucketName::new("fresh").expect("bucket");
+    assert!(
+        c.patch_bucket(&fresh, &counter).is_ok(),
+        "an empty bucket may become a CRDT bucket"
+    );
+    c.mark_written(&fresh).expect("written");
+    let set = BucketPropsPatch {
+        crdt_type: Some(CrdtType::Set),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.patch_bucket(&fresh, &set).expect_err("frozen crdt type").code(),
+        ErrorCode::BucketTypeImmutable
+    );
+    assert_eq!(
+        c.patch_bucket(&fresh, &lww).expect_err("frozen crdt").code(),
+        ErrorCode::BucketTypeImmutable
+    );
 }
 
 #[test]

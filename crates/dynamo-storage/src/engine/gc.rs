@@ -72,6 +72,8 @@ impl Engine {
         // and forgets the record together, which is the state before the collection.
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         batch.remove(&self.objects, ok.clone());
+        // No hint is held (checked above): this was the node's last copy.
+        batch.remove(&self.listing, codec::listing_key(k.bucket, k.key));
         batch.insert(&self.gc, ok, record);
         batch.commit()?;
         self.metrics.keys.dec();

@@ -85,7 +85,12 @@ impl Engine {
         let _guard = self.stripe(hint.key.hash);
         match self.hints.get(&hk)? {
             Some(v) if v.as_ref() == hint.raw.as_slice() => {
-                self.hints.remove(hk)?;
+                let mut batch = self.db.batch();
+                batch.remove(&self.hints, hk);
+                if !self.objects.contains_key(&ok)? && !self.holds_hint_besides(&ok, target)? {
+                    batch.remove(&self.listing, codec::listing_key(&hint.key.bucket, &hint.key.key));
+                }
+                batch.commit()?;
                 self.metrics.hints_pending.dec();
                 self.metrics.hints_delivered.inc();
                 Ok(true)

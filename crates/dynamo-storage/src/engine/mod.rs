@@ -42,6 +42,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
+use dynamo_core::crdt::{CrdtOp, CrdtType};
+use dynamo_core::limits::MAX_VALUE_BYTES;
 use dynamo_core::merkle::{MerkleItem, MerkleShape, MerkleTree};
 use dynamo_core::version::{ConflictRule, NewWrite, PutOutcome, StoredCopy, VersionedObject};
 use dynamo_core::wire::internal::{IdempotencyClaim, IdempotencyRecord};
@@ -52,10 +54,12 @@ use crate::codec::{self, ObjectKey};
 use crate::error::StorageError;
 use crate::metrics::StorageMetrics;
 
+mod feed;
 mod gc;
 mod hints;
 mod identity;
 mod journal;
+mod listing;
 mod meta;
 mod objects;
 mod scan;
@@ -63,9 +67,11 @@ mod scan;
 mod tests;
 
 pub use dynamo_core::wire::internal::HintFor;
+pub use feed::FeedPage;
 pub use gc::TombstoneStatus;
 pub use hints::PendingHint;
 use journal::JournalFile;
+pub use listing::ListingPage;
 pub use meta::CachedClusterState;
 pub use objects::{Claim, Coordinated};
 pub use scan::merkle_key;
@@ -111,6 +117,11 @@ pub struct Engine {
     gc: Keyspace,
     idem: Keyspace,
     meta: Keyspace,
+    /// The listing index (`listing`).
+    listing: Keyspace,
+    /// The change log (`feed`).
+    feed_space: Keyspace,
+    feed: feed::FeedLog,
     partitioning: Partitioning,
     identity: Identity,
     durability: Durability,
@@ -165,6 +176,9 @@ impl Engine {
         let gc = db.keyspace("gc", KeyspaceCreateOptions::default)?;
         let idem = db.keyspace("idem", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let listing = db.keyspace("listing", KeyspaceCreateOptions::default)?;
+        let feed_space = db.keyspace("feed", KeyspaceCreateOptions::default)?;
+        let feed = feed::FeedLog::open(&db, &meta)?;
 
         let (mut identity, created) = Self::load_identity(&db, &meta, node_id)?;
         // A node can show a dot before it is on disk: a read between commit and fsync, a
@@ -217,6 +231,9 @@ impl Engine {
             gc,
             idem,
             meta,
+            listing,
+            feed,
+            feed_space,
             partitioning,
             identity,
             durability,
@@ -229,6 +246,7 @@ impl Engine {
         };
         engine.rebuild_merkle()?;
         engine.load_hint_targets()?;
+        engine.ensure_listing_index()?;
         Ok(engine)
     }
 

@@ -117,6 +117,67 @@ impl Engine {
         hint: Option<&HintFor>,
         claim: Option<Claim>,
     ) -> Result<Coordinated, StorageError> {
+        let now_ms = write.now_ms;
+        self.coordinate_with(k, hint, claim, now_ms, |copy, incarnation, fresh| {
+            Ok(copy.coordinate(context, incarnation, fresh, write, conflict)?)
+        })
+    }
+
+    /// Coordinates a CRDT operation on the stored copy (the node's own, or the hint for
+    /// `hint`'s owner): merges `merge` into it first when given, then merges its states,
+    /// applies `op` and stores the one resulting version ([`StoredCopy::apply_crdt`]),
+    /// with the same idempotency records as [`Engine::coordinate_idempotent`].
+    ///
+    /// # Errors
+    /// [`StorageError::Crdt`] for a refused operation (nothing is stored, not even
+    /// `merge`), [`StorageError::IdempotencyKeyReused`], engine failures.
+    #[allow(clippy::too_many_arguments)]
+    pub fn coordinate_crdt(
+        &self,
+        k: &KeyRef<'_>,
+        crdt_type: CrdtType,
+        op: &CrdtOp,
+        observed: Option<&DotSet>,
+        merge: Option<&VersionedObject>,
+        now_ms: u64,
+        hint: Option<&HintFor>,
+        claim: Option<Claim>,
+    ) -> Result<Coordinated, StorageError> {
+        self.coordinate_with(k, hint, claim, now_ms, |copy, incarnation, fresh| {
+            let rule = ConflictRule::Crdt { crdt_type };
+            let mut work = copy.clone();
+            if let Some(m) = merge {
+                work.object.sync(m, rule);
+            }
+            let out = work.apply_crdt(
+                incarnation,
+                fresh,
+                crdt_type,
+                op,
+                observed,
+                now_ms,
+                MAX_VALUE_BYTES,
+            )?;
+            *copy = work;
+            Ok(out.put)
+        })
+    }
+
+    /// The frame of every coordinated write: lock the copy, answer a remembered repeat
+    /// of `claim` as the first was, else run `apply` on the copy (with this incarnation
+    /// and a supply of fresh actor ids) and store the copy with the write's record.
+    fn coordinate_with(
+        &self,
+        k: &KeyRef<'_>,
+        hint: Option<&HintFor>,
+        claim: Option<Claim>,
+        now_ms: u64,
+        apply: impl FnOnce(
+            &mut StoredCopy,
+            Incarnation,
+            &mut dyn Iterator<Item = ActorId>,
+        ) -> Result<PutOutcome, StorageError>,
+    ) -> Result<Coordinated, StorageError> {
         let (at, mut copy) = self.lock_copy(k, hint)?;
         if let Some(c) = &claim
             && let Some(first) = self.idempotency_record(&at.ok, c)?
@@ -135,9 +196,8 @@ impl Engine {
                 replayed: true,
             });
         }
-        let now_ms = write.now_ms;
-        let fresh = std::iter::repeat_with(|| ActorId(rand::random::<u64>()));
-        let outcome = copy.coordinate(context, self.identity.incarnation, fresh, write, conflict)?;
+        let mut fresh = std::iter::repeat_with(|| ActorId(rand::random::<u64>()));
+        let outcome = apply(&mut copy, self.identity.incarnation, &mut fresh)?;
         let record = claim.map(|c| IdempotencyRecord {
             claim: c.claim,
             dot: outcome.dot,
@@ -331,6 +391,14 @@ impl Engine {
             );
         }
         batch.insert(at.space, at.stored_key.clone(), encoded);
+        if at.old_raw.is_none() {
+            // The key's first copy here (own or hint): the listing learns it in the same
+            // batch. A second copy's entry is the same one.
+            batch.insert(&self.listing, codec::listing_key(k.bucket, k.key), []);
+        }
+        // The change feed learns of it in the same batch; its position stays "in flight"
+        // until the commit ended, so no reader passes it before it is there.
+        let _logged = self.log_change(&mut batch, k, obj, dynamo_server::clock::now_ms())?;
         // A hinted write holds the targets lock from the check through the commit, so
         // `forget_target_if_done` cannot delete the owner's address record in between
         // (the hint would then be invisible after a restart, which loads targets from

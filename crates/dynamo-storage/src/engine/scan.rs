@@ -138,10 +138,22 @@ impl Engine {
         if codec::stored_digest(&v)? != digest {
             return Ok(false);
         }
-        self.objects.remove(ok)?;
+        self.remove_own_copy(&ok, k.bucket, k.key)?;
         self.metrics.keys.dec();
         lock(&self.merkle[p.0 as usize]).update(hash, &merkle_key(k.bucket, k.key), Some(digest), None)?;
         Ok(true)
+    }
+
+    /// Removes the node's own copy of a key stored at `ok` (the caller holds its stripe
+    /// lock), with its listing entry in the same batch unless a hint still holds a copy.
+    fn remove_own_copy(&self, ok: &[u8], bucket: &str, key: &str) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        batch.remove(&self.objects, ok.to_vec());
+        if !self.holds_hint_for(ok)? {
+            batch.remove(&self.listing, codec::listing_key(bucket, key));
+        }
+        batch.commit()?;
+        Ok(())
     }
 
     /// Deletes up to `limit` objects of partition `p` (a release: after a membership
@@ -161,7 +173,7 @@ impl Engine {
                 continue;
             };
             let digest = codec::stored_digest(&v)?;
-            self.objects.remove(ok)?;
+            self.remove_own_copy(&ok, &k.bucket, &k.key)?;
             self.metrics.keys.dec();
             lock(&self.merkle[p.0 as usize]).update(
                 k.hash,
