@@ -128,8 +128,8 @@ const DOT_SEGMENT: (&str, &str) = (
     "A path parameter of `.` or `..` sent unencoded: clients remove such dot segments, and the path left names no route (`route_not_found`); send it as `%2E`",
 );
 
-/// Adds to every operation the answers its handler cannot help giving ([`COMMON`], and
-/// [`DOT_SEGMENT`] where the path has a parameter), so that handlers list only their own.
+/// Adds to every operation the answers its handler cannot help giving (`COMMON`, and
+/// `DOT_SEGMENT` where the path has a parameter), so that handlers list only their own.
 /// An answer a handler lists itself keeps its description, with the common reason
 /// appended; every `429` and `503` gets its `Retry-After` header.
 pub struct CommonResponses;

@@ -259,7 +259,7 @@ impl CounterTally {
 }
 
 /// A counter client: until `until`, increments one of `keys` counters by 1–9, each
-/// increment retried up to [`INCREMENT_ATTEMPTS`] times under one `Idempotency-Key`.
+/// increment retried up to `INCREMENT_ATTEMPTS` (3) times under one `Idempotency-Key`.
 ///
 /// The tally's bounds: an acknowledged increment counts once; any attempt that failed
 /// without a refusal (a 503, no answer) may have been applied, and its retry may be
