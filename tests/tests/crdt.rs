@@ -1,6 +1,7 @@
 //! End-to-end tests of CRDT buckets over REST (issue 17): `POST /v1/crdt/{bucket}/{key}`
 //! and the merged reads, on a real cluster of processes over loopback, with a node killed
-//! while clients work.
+//! while clients work; and, beside the CRDT cart, the same cart on a siblings bucket with
+//! the application's merge.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -501,6 +502,152 @@ async fn a_crdt_cart_keeps_every_add_and_no_remove_with_a_node_killed() {
         let (status, value, _) = read(&c, url, path).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(value, Value::Array(expected.clone()), "through {url}");
+    }
+    c.nodes[victim].kill9();
+}
+
+/// The siblings cart's value: what was added and what was removed, each merged by union,
+/// so a remove is remembered and no union of siblings brings its item back (a 2P-set:
+/// the app's own answer to the caveat `docs/consistency.md` describes).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct Cart {
+    added: std::collections::BTreeSet<String>,
+    removed: std::collections::BTreeSet<String>,
+}
+
+impl Cart {
+    fn items(&self) -> Vec<String> {
+        self.added.difference(&self.removed).cloned().collect()
+    }
+}
+
+/// Reads the siblings cart at `path` through `url`: every sibling merged, and the
+/// context covering them (`None` before the first write).
+async fn read_cart(c: &Cluster, url: &str, path: &str) -> Option<(Cart, Option<String>)> {
+    let r = c
+        .http
+        .request(Method::GET, format!("{url}{path}"))
+        .bearer_auth(ROOT_TOKEN)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .ok()?;
+    match r.status() {
+        StatusCode::NOT_FOUND => Some((Cart::default(), header(&r, CTX))),
+        StatusCode::OK | StatusCode::MULTIPLE_CHOICES => {
+            let env: Value = r.json().await.ok()?;
+            let mut cart = Cart::default();
+            for v in dynamo_tests::sibling_values(&env) {
+                let sibling: Cart = serde_json::from_str(&v).expect("a cart");
+                cart.added.extend(sibling.added);
+                cart.removed.extend(sibling.removed);
+            }
+            Some((cart, env["context"].as_str().map(str::to_owned)))
+        }
+        _ => None,
+    }
+}
+
+/// Read, merge, change, write with the read's context, until a write is acknowledged
+/// (a 503, or a read that failed, starts over; repeating a change is harmless: both sets
+/// only grow).
+async fn update_cart(c: &Cluster, url: &str, path: &str, change: impl Fn(&mut Cart)) {
+    let started = std::time::Instant::now();
+    loop {
+        assert!(started.elapsed() < OP_DEADLINE, "a cart update not acknowledged");
+        let Some((mut cart, ctx)) = read_cart(c, url, path).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        change(&mut cart);
+        let mut w = c
+            .http
+            .request(Method::PUT, format!("{url}{path}"))
+            .bearer_auth(ROOT_TOKEN)
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(&cart).expect("a cart serializes"));
+        if let Some(ctx) = &ctx {
+            w = w.header(CTX, ctx);
+        }
+        let status = w.send().await.expect("put").status();
+        if status == StatusCode::NO_CONTENT {
+            return;
+        }
+        assert!(
+            status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::CONFLICT,
+            "cart write: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// Goal: the Dynamo paper's cart on a siblings bucket, with the app's merge, keeps every
+// add and brings back no remove, with 10 clients through 2 coordinators and the key's
+// coordinating node killed midway. Method: the cart is {added, removed}, merged by union
+// of each (so removes are remembered); each client adds its own 6 items and removes
+// every other one, each change a read-merge-write with the read's context until
+// acknowledged; the cart read through both coordinators is exactly the items added and
+// not removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_siblings_cart_with_a_merge_keeps_every_add_and_no_remove_with_a_node_killed() {
+    let mut c = Cluster::start(Options::default()).await;
+    let other = c.start_coordinator("coordinator-2").await;
+    let urls = [c.url(), other.url()];
+    let path = "/v1/kv/carts/cart-1";
+    let victim = coordinating_node(&c, "carts", "cart-1").await;
+    let acked = AtomicUsize::new(0);
+    let (cluster, acked_ref) = (&c, &acked);
+    let client = |id: usize| {
+        let urls = urls.clone();
+        async move {
+            for j in 0..6usize {
+                let item = format!("item-{id}-{j}");
+                let url = &urls[(id + j) % 2];
+                update_cart(cluster, url, path, |cart| {
+                    cart.added.insert(item.clone());
+                })
+                .await;
+                acked_ref.fetch_add(1, Ordering::Relaxed);
+                if j % 2 == 0 {
+                    update_cart(cluster, &urls[(id + j + 1) % 2], path, |cart| {
+                        cart.removed.insert(item.clone());
+                    })
+                    .await;
+                    acked_ref.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    let killer = async {
+        dynamo_testkit::eventually("a third of the cart's changes acknowledged", || async {
+            acked.load(Ordering::Relaxed) >= 30
+        })
+        .await;
+        cluster.nodes[victim].crash();
+        acked.load(Ordering::Relaxed)
+    };
+    let ((), killed_at) = tokio::join!(
+        async {
+            futures::future::join_all((0..10).map(client)).await;
+        },
+        killer
+    );
+    assert!(
+        killed_at < 90,
+        "the node was killed while clients ran ({killed_at} acknowledged)"
+    );
+    let expected: Vec<String> = (0..10)
+        .flat_map(|id| {
+            (0..6)
+                .filter(|j| j % 2 == 1)
+                .map(move |j| format!("item-{id}-{j}"))
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for url in &urls {
+        let (cart, _) = read_cart(&c, url, path).await.expect("the cart reads");
+        assert_eq!(cart.items(), expected, "through {url}");
     }
     c.nodes[victim].kill9();
 }
