@@ -666,6 +666,11 @@ pub async fn run(config: &Config) -> Report {
 
     let (checked, lww, notes) = check::check(&ops, &settled, t0_wall_ms);
     violations.extend(checked);
+    let (acked, more): (i64, i64) = tally.keys.values().fold((0, 0), |(a, m), (x, y)| (a + x, m + y));
+    println!(
+        "checker: counters: {} keys, increments acknowledged summing to {acked}, at most {more} more maybe applied",
+        tally.keys.len()
+    );
     violations.extend(check::check_counters(&api("counter-check".into()), &tally).await);
     let (exercised, broken_invariants) = exercised(&cluster).await;
     violations.extend(broken_invariants);
