@@ -397,6 +397,18 @@ async fn every_error_code_is_reachable_and_changes_nothing() {
         "invalid_json",
     )
     .await;
+    // An array of the fields' values is not an object: serde alone would take it.
+    expect_error(
+        c.req(Method::PUT, "/v1/buckets/b")
+            .header("content-type", "application/json")
+            .body("[null, null]")
+            .send()
+            .await
+            .expect("s"),
+        400,
+        "invalid_json",
+    )
+    .await;
     expect_error(
         c.req(Method::PUT, "/v1/buckets/b")
             .json(&json!({"r": 5}))

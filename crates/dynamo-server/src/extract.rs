@@ -49,16 +49,38 @@ fn body_error(status: StatusCode, text: String) -> ApiError {
 }
 
 /// JSON body extractor and responder; rejections become `invalid_json`, `body_too_large`
-/// or `unsupported_media_type`.
+/// or `unsupported_media_type`. Every body of the API is a JSON object, and only an
+/// object is read: serde would read a struct from an array of its fields' values too
+/// (`[null, null]` as a bucket patch), which no client means.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
+
+/// Reads `T` only from a JSON object (see [`Json`]); the object goes to `T` unbuffered.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object(std::marker::PhantomData))
+            .map(ObjectOnly)
+    }
+}
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
+        match axum::Json::<ObjectOnly<T>>::from_request(req, state).await {
+            Ok(axum::Json(ObjectOnly(v))) => Ok(Json(v)),
             Err(e @ JsonRejection::JsonDataError(_)) | Err(e @ JsonRejection::JsonSyntaxError(_)) => {
                 Err(ApiError::new(ErrorCode::InvalidJson, e.body_text()))
             }
@@ -145,5 +167,49 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
             .await
             .map(|axum::extract::Query(v)| Query(v))
             .map_err(|e: QueryRejection| ApiError::new(ErrorCode::InvalidParameter, e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Patch {
+        n: Option<u8>,
+        r: Option<u8>,
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Op {
+        Get { key: String },
+    }
+
+    fn read<T: DeserializeOwned>(json: &str) -> Result<T, serde_json::Error> {
+        serde_json::from_str::<ObjectOnly<T>>(json).map(|o| o.0)
+    }
+
+    #[test]
+    fn only_a_json_object_is_read_as_a_body() {
+        // Goal: serde's struct-from-array reading is closed (a bucket patch of
+        // `[null, null]` was accepted), while objects read as before, enums included.
+        assert_eq!(
+            read::<Patch>(r#"{"n": 3}"#).expect("object"),
+            Patch { n: Some(3), r: None }
+        );
+        assert!(read::<Patch>("[null, null]").is_err());
+        assert!(read::<Patch>("[3, 2]").is_err());
+        assert!(read::<Patch>("null").is_err());
+        assert!(
+            read::<Patch>(r#"{"x": 1}"#).is_err(),
+            "unknown fields still refused"
+        );
+        assert_eq!(
+            read::<Op>(r#"{"get": {"key": "k"}}"#).expect("enum"),
+            Op::Get { key: "k".into() }
+        );
+        assert!(read::<Op>(r#""get""#).is_err());
     }
 }
