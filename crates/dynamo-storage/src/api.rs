@@ -234,6 +234,35 @@ fn op_name(op: &ReplicaOp) -> &'static str {
     }
 }
 
+/// At most once: past its deadline the coordinator has answered the client (an
+/// indeterminate 503), and applying a coordinated write now would bring it back after
+/// the client moved on (a hung node resumed, a request stuck in a cut link). Replicate
+/// needs no deadline: merging a copy late is harmless.
+fn before_deadline(deadline_ms: Option<u64>, now: u64) -> Result<(), StorageError> {
+    match deadline_ms {
+        Some(deadline) if now > deadline => Err(StorageError::DeadlineExceeded {
+            late_ms: now - deadline,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The answer to a coordinated write (or a replay of one), which waits for the group
+/// commit like any write: a replay's first attempt may still be unsynced (its answer
+/// never reached the coordinator).
+fn coordinated(c: crate::engine::Coordinated) -> (ReplicaResult, bool) {
+    (
+        ReplicaResult::Put {
+            object: c.object,
+            dot: c.outcome.dot,
+            context: c.outcome.context,
+            idempotency: c.record,
+            replayed: c.replayed,
+        },
+        true,
+    )
+}
+
 /// Applies one operation (blocking). Returns the result and whether it wrote.
 fn apply(
     engine: &Engine,
@@ -254,17 +283,7 @@ fn apply(
             deadline_ms,
             idempotency,
         } => {
-            // At most once: past its deadline the coordinator has answered the client
-            // (an indeterminate 503), and applying the write now would bring it back
-            // after the client moved on (a hung node resumed, a request stuck in a cut
-            // link). Replicate needs no deadline: merging a copy late is harmless.
-            if let Some(deadline) = deadline_ms
-                && now > deadline
-            {
-                return Err(StorageError::DeadlineExceeded {
-                    late_ms: now - deadline,
-                });
-            }
+            before_deadline(deadline_ms, now)?;
             let k = KeyRef {
                 bucket: bucket.as_str(),
                 key: &key,
@@ -285,18 +304,7 @@ fn apply(
                 now_ms: now,
             });
             let c = engine.coordinate_idempotent(&k, &context, write, conflict, hint.as_ref(), claim)?;
-            // A replay waits for the group commit too: the first attempt's write may
-            // still be unsynced (its answer never reached the coordinator).
-            Ok((
-                ReplicaResult::Put {
-                    object: c.object,
-                    dot: c.outcome.dot,
-                    context: c.outcome.context,
-                    idempotency: c.record,
-                    replayed: c.replayed,
-                },
-                true,
-            ))
+            Ok(coordinated(c))
         }
         ReplicaOp::CoordinateCrdt {
             bucket,
@@ -309,14 +317,7 @@ fn apply(
             deadline_ms,
             idempotency,
         } => {
-            // At most once, as for a coordinate-put.
-            if let Some(deadline) = deadline_ms
-                && now > deadline
-            {
-                return Err(StorageError::DeadlineExceeded {
-                    late_ms: now - deadline,
-                });
-            }
+            before_deadline(deadline_ms, now)?;
             let k = KeyRef {
                 bucket: bucket.as_str(),
                 key: &key,
@@ -336,16 +337,7 @@ fn apply(
                 hint.as_ref(),
                 claim,
             )?;
-            Ok((
-                ReplicaResult::Put {
-                    object: c.object,
-                    dot: c.outcome.dot,
-                    context: c.outcome.context,
-                    idempotency: c.record,
-                    replayed: c.replayed,
-                },
-                true,
-            ))
+            Ok(coordinated(c))
         }
         ReplicaOp::Replay {
             bucket,
@@ -363,18 +355,8 @@ fn apply(
                 now_ms: now,
             };
             match engine.replay(&k, hint.as_ref(), claim)? {
-                // As for a replay of a coordinate: wait for the group commit, since the
-                // first attempt's write may still be unsynced.
-                Some(c) => Ok((
-                    ReplicaResult::Put {
-                        object: c.object,
-                        dot: c.outcome.dot,
-                        context: c.outcome.context,
-                        idempotency: c.record,
-                        replayed: true,
-                    },
-                    true,
-                )),
+                // `replay` marks the answer replayed.
+                Some(c) => Ok(coordinated(c)),
                 None => Ok((
                     ReplicaResult::Error {
                         code: ErrorCode::PreconditionFailed,

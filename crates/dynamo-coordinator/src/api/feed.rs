@@ -130,12 +130,7 @@ async fn feed(
         .map(|t| Cursor::decode(t, &bucket))
         .transpose()?;
     let ring = state.cache.ring()?;
-    let nodes: Vec<(NodeId, String)> = ring
-        .members()
-        .iter()
-        .filter(|(id, _)| state.coord.is_up(&ring, id))
-        .filter_map(|(id, m)| m.address.clone().map(|a| (id.clone(), a)))
-        .collect();
+    let nodes = super::list::up_nodes(state, &ring);
 
     let Some(mut cursor) = cursor else {
         // From now: every node's head, nothing delivered.

@@ -100,14 +100,8 @@ async fn list(
     }
     let ring = state.cache.ring()?;
     let (props, _) = state.cache.bucket(&bucket, &state.config.default_props());
-    // Nodes the failure detector holds down are not asked (a hung one would hold the page
-    // for its whole timeout); the coverage check decides whether the rest suffice.
-    let nodes: Vec<(NodeId, String)> = ring
-        .members()
-        .iter()
-        .filter(|(id, _)| state.coord.is_up(&ring, id))
-        .filter_map(|(id, m)| m.address.clone().map(|a| (id.clone(), a)))
-        .collect();
+    // The coverage check decides whether the nodes believed up suffice.
+    let nodes = up_nodes(state, &ring);
 
     let mut keys: Vec<String> = Vec::new();
     let mut after = params.start_after;
@@ -132,6 +126,16 @@ async fn list(
     }
     let next = keys.last().cloned().max(after);
     Ok(KeyList { keys, next })
+}
+
+/// The members the failure detector believes up, with their addresses: the nodes a
+/// coverage query asks (a hung one would hold the page for its whole timeout).
+pub(crate) fn up_nodes(state: &AppState, ring: &dynamo_core::ring::Ring) -> Vec<(NodeId, String)> {
+    ring.members()
+        .iter()
+        .filter(|(id, _)| state.coord.is_up(ring, id))
+        .filter_map(|(id, m)| m.address.clone().map(|a| (id.clone(), a)))
+        .collect()
 }
 
 /// Asks every node for its page; the answers of those that answered, by node.
