@@ -99,7 +99,7 @@ pub struct AppState {
     pub marked: Arc<std::sync::Mutex<std::collections::HashSet<BucketName>>>,
 }
 
-/// Builds the `/v1` routes behind authentication.
+/// Builds the `/v1` routes: all behind authentication but the OpenAPI document.
 pub fn routes(state: AppState, auth: Arc<AuthState>) -> Router {
     Router::new()
         .route(
@@ -120,8 +120,11 @@ pub fn routes(state: AppState, auth: Arc<AuthState>) -> Router {
         .route("/v1/ring", get(get_ring))
         .route("/v1/admin/tokens", post(create_token).get(list_tokens))
         .route("/v1/admin/tokens/{id}", delete(delete_token))
-        .route("/v1/openapi.json", get(crate::openapi::serve))
         .layer(middleware::from_fn_with_state(auth, auth::authenticate))
+        // Added after the authentication layer, so outside it: the document describes
+        // the API and reveals no data (as `/healthz`), and clients are generated from
+        // it before they hold a token.
+        .route("/v1/openapi.json", get(crate::openapi::serve))
         .layer(middleware::from_fn(limit_uri))
         // Behind an Arc: axum clones the state for every request, and a plain clone of
         // this one was a few dozen reference counts and a string.
