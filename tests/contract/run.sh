@@ -125,38 +125,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Free loopback ports: the coordinator's, the ring service's, and a run of consecutive
-# ones for the storage nodes (node i listens on base + i).
-read -r port ring_port storage_port < <(python3 - "$nodes" <<'EOF'
-import socket, sys
-
-def free():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-def run(count):
-    for _ in range(200):
-        base = free()
-        if base + count > 65535:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    sys.exit(f"no {count} consecutive free ports")
-
-print(free(), free(), run(int(sys.argv[1])))
-EOF
-)
+# Free loopback ports below the ephemeral range (tests/free_ports.py says why): the
+# coordinator's, the ring service's, and a run of consecutive ones for the storage nodes
+# (node i listens on base + i).
+read -r port ring_port storage_port < <(python3 "$root/tests/free_ports.py" 2 "$nodes")
 
 echo "contract: starting a cluster in $work (coordinator on 127.0.0.1:$port)"
 "$bin_dir/dynamo" --data-dir "$work/data" dev --nodes "$nodes" --port "$port" \

@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,10 @@ from pathlib import Path
 
 import promql_parser
 import yaml
+
+# The shared port picker (below the ephemeral range: tests/free_ports.py says why).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from free_ports import free_port, free_port_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = [REPO / "deploy/grafana/overview.json", REPO / "deploy/grafana/node.json"]
@@ -318,40 +321,16 @@ class Scrape:
         return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_run(count: int) -> int:
-    """Returns the first of `count` consecutive free ports (storage node i listens on base + i)."""
-    for _ in range(200):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
 class Cluster:
     """`dynamo dev` in a temporary directory, in a process group of its own."""
 
     def __init__(self, bin_dir: Path):
         self.bin = bin_dir / "dynamo"
-        self.port, self.ring_port = free_port(), free_port()
-        self.storage_port = free_port_run(STORAGE_NODES)
+        taken: set[int] = set()
+        for _ in range(2):
+            taken.add(free_port(taken))
+        self.port, self.ring_port = sorted(taken)
+        self.storage_port = free_port_run(STORAGE_NODES, taken)
         self.dir = Path(tempfile.mkdtemp(prefix="dynamo-obs-"))
         self.proc: subprocess.Popen | None = None
         self.out = self.dir / "dev.out"
