@@ -433,6 +433,61 @@ async fn concurrent_counter_increments_with_a_node_killed_sum_exactly() {
     c.nodes[victim].kill9();
 }
 
+/// The shoppers of both cart tests: 10 clients, each adding its own 6 items with `add`
+/// and removing every other one with `remove` (through the two coordinators in turn, each
+/// call acknowledged before the next), while node `victim` is killed once a third of the
+/// 90 changes are acknowledged. Returns the items that must remain, in byte order.
+async fn shop_while_a_node_dies(
+    c: &Cluster,
+    urls: &[String; 2],
+    victim: usize,
+    add: impl AsyncFn(&str, &str),
+    remove: impl AsyncFn(&str, &str),
+) -> Vec<String> {
+    let acked = AtomicUsize::new(0);
+    let client = |id: usize| {
+        let (add, remove, acked) = (&add, &remove, &acked);
+        async move {
+            for j in 0..6usize {
+                let item = format!("item-{id}-{j}");
+                add(&urls[(id + j) % 2], &item).await;
+                acked.fetch_add(1, Ordering::Relaxed);
+                if j % 2 == 0 {
+                    remove(&urls[(id + j + 1) % 2], &item).await;
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    let killer = async {
+        dynamo_testkit::eventually("a third of the cart's changes acknowledged", || async {
+            acked.load(Ordering::Relaxed) >= 30
+        })
+        .await;
+        c.nodes[victim].crash();
+        acked.load(Ordering::Relaxed)
+    };
+    let ((), killed_at) = tokio::join!(
+        async {
+            futures::future::join_all((0..10).map(client)).await;
+        },
+        killer
+    );
+    assert!(
+        killed_at < 90,
+        "the node was killed while clients ran ({killed_at} acknowledged)"
+    );
+    let mut expected: Vec<String> = (0..10)
+        .flat_map(|id| {
+            (0..6)
+                .filter(|j| j % 2 == 1)
+                .map(move |j| format!("item-{id}-{j}"))
+        })
+        .collect();
+    expected.sort();
+    expected
+}
+
 // Goal: the Dynamo paper's shopping cart as a CRDT set keeps every add and brings back no
 // remove, with 10 clients through 2 coordinators and a storage node killed midway.
 // Method: each client adds its own 6 items to one cart (each add retried under its own
@@ -448,56 +503,17 @@ async fn a_crdt_cart_keeps_every_add_and_no_remove_with_a_node_killed() {
     make_bucket(&c, &urls, "carts", "set").await;
     let path = "/v1/crdt/carts/cart-1";
     let victim = coordinating_node(&c, "carts", "cart-1").await;
-    let acked = AtomicUsize::new(0);
-    let (cluster, acked_ref) = (&c, &acked);
-    let client = |id: usize| {
-        let urls = urls.clone();
-        async move {
-            for j in 0..6usize {
-                let item = format!("item-{id}-{j}");
-                let url = &urls[(id + j) % 2];
-                apply_acked(
-                    cluster,
-                    url,
-                    path,
-                    &json!({"add": [item]}),
-                    &format!("add-{id}-{j}"),
-                )
-                .await;
-                acked_ref.fetch_add(1, Ordering::Relaxed);
-                if j % 2 == 0 {
-                    remove_acked(cluster, &urls[(id + j + 1) % 2], path, &item).await;
-                    acked_ref.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    };
-    let killer = async {
-        dynamo_testkit::eventually("a third of the cart's operations acknowledged", || async {
-            acked.load(Ordering::Relaxed) >= 30
-        })
-        .await;
-        cluster.nodes[victim].crash();
-        acked.load(Ordering::Relaxed)
-    };
-    let ((), killed_at) = tokio::join!(
-        async {
-            futures::future::join_all((0..10).map(client)).await;
+    let expected = shop_while_a_node_dies(
+        &c,
+        &urls,
+        victim,
+        async |url: &str, item: &str| {
+            apply_acked(&c, url, path, &json!({"add": [item]}), &format!("add-{item}")).await;
         },
-        killer
-    );
-    assert!(
-        killed_at < 90,
-        "the node was killed while clients ran ({killed_at} acknowledged)"
-    );
-    let mut expected: Vec<Value> = (0..10)
-        .flat_map(|id| {
-            (0..6)
-                .filter(|j| j % 2 == 1)
-                .map(move |j| json!(format!("item-{id}-{j}")))
-        })
-        .collect();
-    expected.sort_by_key(|v| v.as_str().map(str::to_owned));
+        async |url: &str, item: &str| remove_acked(&c, url, path, item).await,
+    )
+    .await;
+    let expected: Vec<Value> = expected.into_iter().map(Value::from).collect();
     for url in &urls {
         let (status, value, _) = read(&c, url, path).await;
         assert_eq!(status, StatusCode::OK);
@@ -595,56 +611,24 @@ async fn a_siblings_cart_with_a_merge_keeps_every_add_and_no_remove_with_a_node_
     let urls = [c.url(), other.url()];
     let path = "/v1/kv/carts/cart-1";
     let victim = coordinating_node(&c, "carts", "cart-1").await;
-    let acked = AtomicUsize::new(0);
-    let (cluster, acked_ref) = (&c, &acked);
-    let client = |id: usize| {
-        let urls = urls.clone();
-        async move {
-            for j in 0..6usize {
-                let item = format!("item-{id}-{j}");
-                let url = &urls[(id + j) % 2];
-                update_cart(cluster, url, path, |cart| {
-                    cart.added.insert(item.clone());
-                })
-                .await;
-                acked_ref.fetch_add(1, Ordering::Relaxed);
-                if j % 2 == 0 {
-                    update_cart(cluster, &urls[(id + j + 1) % 2], path, |cart| {
-                        cart.removed.insert(item.clone());
-                    })
-                    .await;
-                    acked_ref.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    };
-    let killer = async {
-        dynamo_testkit::eventually("a third of the cart's changes acknowledged", || async {
-            acked.load(Ordering::Relaxed) >= 30
-        })
-        .await;
-        cluster.nodes[victim].crash();
-        acked.load(Ordering::Relaxed)
-    };
-    let ((), killed_at) = tokio::join!(
-        async {
-            futures::future::join_all((0..10).map(client)).await;
+    let expected = shop_while_a_node_dies(
+        &c,
+        &urls,
+        victim,
+        async |url: &str, item: &str| {
+            update_cart(&c, url, path, |cart| {
+                cart.added.insert(item.to_owned());
+            })
+            .await;
         },
-        killer
-    );
-    assert!(
-        killed_at < 90,
-        "the node was killed while clients ran ({killed_at} acknowledged)"
-    );
-    let expected: Vec<String> = (0..10)
-        .flat_map(|id| {
-            (0..6)
-                .filter(|j| j % 2 == 1)
-                .map(move |j| format!("item-{id}-{j}"))
-        })
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+        async |url: &str, item: &str| {
+            update_cart(&c, url, path, |cart| {
+                cart.removed.insert(item.to_owned());
+            })
+            .await;
+        },
+    )
+    .await;
     for url in &urls {
         let (cart, _) = read_cart(&c, url, path).await.expect("the cart reads");
         assert_eq!(cart.items(), expected, "through {url}");

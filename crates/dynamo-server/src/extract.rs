@@ -140,6 +140,20 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::By
     })
 }
 
+/// The page size a paged call asked for (`?limit=`), `default` when it asked none.
+///
+/// # Errors
+/// `400 invalid_parameter` outside `1..=max`.
+pub fn page_limit(asked: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match asked.unwrap_or(default) {
+        limit @ 1.. if limit <= max => Ok(limit),
+        limit => Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("limit must be 1..={max}, got {limit}"),
+        )),
+    }
+}
+
 /// Path extractor; a malformed segment becomes `invalid_request`.
 #[derive(Debug, Clone)]
 pub struct Path<T>(pub T);
@@ -211,5 +225,16 @@ mod tests {
             Op::Get { key: "k".into() }
         );
         assert!(read::<Op>(r#""get""#).is_err());
+    }
+
+    #[test]
+    fn a_page_limit_is_the_default_or_within_one_to_max() {
+        assert_eq!(page_limit(None, 100, 1000).expect("default"), 100);
+        assert_eq!(page_limit(Some(1), 100, 1000).expect("one"), 1);
+        assert_eq!(page_limit(Some(1000), 100, 1000).expect("max"), 1000);
+        for bad in [0, 1001] {
+            let e = page_limit(Some(bad), 100, 1000).expect_err("out of range");
+            assert_eq!(e.code, ErrorCode::InvalidParameter);
+        }
     }
 }

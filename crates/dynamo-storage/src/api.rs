@@ -42,7 +42,7 @@ use dynamo_core::wire::internal::{PullProgress, PullRequest};
 use dynamo_core::wire::routes::storage;
 use dynamo_core::{BucketName, PartitionId};
 use dynamo_server::ApiError;
-use dynamo_server::extract::{Json, Path, Query};
+use dynamo_server::extract::{Json, Path, Query, page_limit};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ClusterCache, NodeClusterView};
@@ -752,13 +752,7 @@ fn scan_range(engine: &Engine, p: u32, q: ScanQuery, max_page: usize) -> Result<
             "the hash range must lie inside the partition",
         ));
     }
-    let limit = q.limit.unwrap_or(max_page);
-    if limit == 0 || limit > max_page {
-        return Err(invalid(
-            ErrorCode::InvalidParameter,
-            format!("limit must be 1..={max_page}"),
-        ));
-    }
+    let limit = page_limit(q.limit, max_page, max_page)?;
     let after = match q.after {
         Some(c) => Some(
             URL_SAFE_NO_PAD
@@ -935,13 +929,7 @@ async fn bucket_keys(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<NodeListing>, ApiError> {
     let bucket = BucketName::new(bucket).map_err(ApiError::from)?;
-    let limit = q.limit.unwrap_or(MAX_LIST_PAGE);
-    if limit == 0 || limit > MAX_LIST_PAGE {
-        return Err(invalid(
-            ErrorCode::InvalidParameter,
-            format!("limit must be 1..={MAX_LIST_PAGE}"),
-        ));
-    }
+    let limit = page_limit(q.limit, MAX_LIST_PAGE, MAX_LIST_PAGE)?;
     for k in std::iter::once(&q.prefix).chain(q.start_after.as_ref()) {
         if k.len() > dynamo_core::limits::MAX_KEY_BYTES {
             return Err(invalid(
@@ -997,13 +985,7 @@ async fn bucket_changes(
     Query(q): Query<ChangesQuery>,
 ) -> Result<Json<NodeFeed>, ApiError> {
     let bucket = BucketName::new(bucket).map_err(ApiError::from)?;
-    let limit = q.limit.unwrap_or(MAX_FEED_PAGE);
-    if limit == 0 || limit > MAX_FEED_PAGE {
-        return Err(invalid(
-            ErrorCode::InvalidParameter,
-            format!("limit must be 1..={MAX_FEED_PAGE}"),
-        ));
-    }
+    let limit = page_limit(q.limit, MAX_FEED_PAGE, MAX_FEED_PAGE)?;
     if q.wait_ms > MAX_FEED_WAIT_MS {
         return Err(invalid(
             ErrorCode::InvalidParameter,

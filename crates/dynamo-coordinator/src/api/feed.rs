@@ -110,13 +110,7 @@ async fn feed(
 ) -> Result<FeedAnswer, ApiError> {
     let bucket = bucket_name(bucket)?;
     principal.require(Permission::Read, Some(&bucket))?;
-    let limit = params.limit.unwrap_or(DEFAULT_FEED_LIMIT);
-    if limit == 0 || limit > MAX_FEED_PAGE {
-        return Err(ApiError::new(
-            ErrorCode::InvalidParameter,
-            format!("limit must be 1..={MAX_FEED_PAGE}, got {limit}"),
-        ));
-    }
+    let limit = page_limit(params.limit, DEFAULT_FEED_LIMIT, MAX_FEED_PAGE)?;
     let wait_ms = params.wait_ms.unwrap_or(0);
     if wait_ms > MAX_FEED_WAIT_MS {
         return Err(ApiError::new(

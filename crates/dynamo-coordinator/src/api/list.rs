@@ -82,13 +82,7 @@ async fn list(
             "add ?list to list the bucket's keys",
         ));
     }
-    let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT);
-    if limit == 0 || limit > MAX_LIST_PAGE {
-        return Err(ApiError::new(
-            ErrorCode::InvalidParameter,
-            format!("limit must be 1..={MAX_LIST_PAGE}, got {limit}"),
-        ));
-    }
+    let limit = page_limit(params.limit, DEFAULT_LIST_LIMIT, MAX_LIST_PAGE)?;
     let prefix = params.prefix.unwrap_or_default();
     for k in std::iter::once(&prefix).chain(params.start_after.as_ref()) {
         if k.len() > dynamo_core::limits::MAX_KEY_BYTES {

@@ -41,7 +41,7 @@ use dynamo_core::wire::{
 };
 use dynamo_core::{BucketName, DotSet, ErrorBody, ErrorCode, NodeId, PartitionId, RingEpoch, key_hash};
 use dynamo_server::ApiError;
-use dynamo_server::extract::{Body, Json, Path, Query};
+use dynamo_server::extract::{Body, Json, Path, Query, page_limit};
 use serde::Deserialize;
 
 use crate::auth::{self, AuthState, Principal};
