@@ -301,6 +301,7 @@ impl Cluster {
         };
         if cluster.opts.join {
             cluster.wait_routable(cluster.opts.nodes).await;
+            cluster.wait_volumes_bound().await;
         }
         cluster
     }
@@ -345,6 +346,19 @@ impl Cluster {
         self.http
             .request(method, format!("{}{path}", self.url()))
             .bearer_auth(ROOT_TOKEN)
+    }
+
+    /// Waits until every running storage node's volume gate is open (the ring service
+    /// bound its new volume, which its first heartbeat as a member does), so that direct
+    /// reads of a node answer from its data.
+    pub async fn wait_volumes_bound(&self) {
+        for node in self.nodes.iter().filter(|n| n.id().is_some()) {
+            let url = node.url();
+            dynamo_testkit::eventually(&format!("{url}: volume bound"), || async {
+                self.metric(&url, "dynamo_storage_volume_unconfirmed").await == 0.0
+            })
+            .await;
+        }
     }
 
     /// Waits until the coordinator's ring holds `n` members.

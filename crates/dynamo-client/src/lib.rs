@@ -113,7 +113,7 @@ pub use bytes::Bytes;
 pub use dynamo_core::ErrorCode;
 pub use dynamo_core::crdt::{CrdtOp, CrdtType};
 pub use dynamo_core::error::ErrorDetail;
-pub use dynamo_core::ids::{BucketName, NodeId, PartitionId, RingEpoch};
+pub use dynamo_core::ids::{BucketName, NodeId, PartitionId, RingEpoch, VolumeId};
 pub use dynamo_core::wire::cluster::{
     AllBuckets, AntiEntropyStatus, BucketScope, ChangeKindName, ChangeProgress, ChangeSummary, ClusterView,
     Handoff, KeyPlacement, NodeRegistration, NodeState, NodeStatus, Permission,

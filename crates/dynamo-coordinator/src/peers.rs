@@ -999,6 +999,8 @@ mod tests {
                     state: *st,
                     last_heartbeat_ms_ago: None,
                     anti_entropy: None,
+                    volume: None,
+                    volume_refused: None,
                 })
                 .collect(),
             ..super::ClusterState::default()

@@ -88,6 +88,8 @@ impl FakeRing {
                 state: NodeState::Up,
                 last_heartbeat_ms_ago: None,
                 anti_entropy: None,
+                volume: None,
+                volume_refused: None,
             })
             .collect();
         let reader = TokenRecord {
@@ -229,6 +231,8 @@ fn begin_replace(s: &mut ClusterState, old: &str, new_node: &NodeRegistration) {
         state: NodeState::Joining,
         last_heartbeat_ms_ago: None,
         anti_entropy: None,
+        volume: None,
+        volume_refused: None,
     });
     let new = new_node.node_id.clone();
     s.handoffs = vec![

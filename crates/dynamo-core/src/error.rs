@@ -87,6 +87,10 @@ error_codes! {
     BucketTypeImmutable = ("bucket_type_immutable", 409),
     /// The node is already a member (join) or already leaving (decommission).
     MembershipConflict = ("membership_conflict", 409),
+    /// Internal: a heartbeat came from another volume than the one the member is bound
+    /// to (its disk was lost or swapped). The node is kept `down` until a replace in
+    /// place refills the new volume.
+    VolumeMismatch = ("volume_mismatch", 409),
     /// The operation does not fit the bucket's conflict mode (e.g. a CRDT call on a plain bucket).
     WrongBucketType = ("wrong_bucket_type", 409),
     /// A CRDT remove's context names writes that none of the replicas the coordinator
@@ -134,6 +138,10 @@ error_codes! {
     /// Internal: the node has not yet seen the ring epoch the request needs (a catch-up
     /// copy waits until its source knows the new ring); retry shortly.
     RingBehind = ("ring_behind", 503),
+    /// Internal: the node's volume is not (yet) the one the ring binds to its member id,
+    /// or is being refilled, so it holds none or only part of the member's data and takes
+    /// no part in reads, writes, listings or the feed.
+    VolumeUnconfirmed = ("volume_unconfirmed", 503),
     /// Storage failed; the message says what, never internals.
     StorageError = ("storage_error", 500),
     /// An unexpected internal failure.

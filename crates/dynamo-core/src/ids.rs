@@ -27,6 +27,9 @@ pub enum NameError {
         /// Length of the refused id in bytes.
         len: usize,
     },
+    /// The volume id is not 16 lowercase hex digits.
+    #[error("volume id must be 16 lowercase hex digits")]
+    InvalidVolumeId,
 }
 
 impl NameError {
@@ -36,6 +39,7 @@ impl NameError {
             NameError::InvalidBucket { .. } => crate::ErrorCode::InvalidBucket,
             NameError::InvalidKey { .. } => crate::ErrorCode::InvalidKey,
             NameError::InvalidNodeId { .. } => crate::ErrorCode::InvalidNodeId,
+            NameError::InvalidVolumeId => crate::ErrorCode::InvalidRequest,
         }
     }
 }
@@ -169,6 +173,45 @@ pub struct Incarnation(pub u64);
 impl fmt::Display for Incarnation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A storage node's data directory: drawn at random when the directory is created and
+/// kept for its whole life (unlike [`Incarnation`], which a crash renews). The ring
+/// service binds each member to the volume that first heartbeats under its id, so a pod
+/// that comes back with an empty volume under a member's name is told apart from a
+/// restart, and refilled by a replace instead of silently serving nothing.
+///
+/// Written as 16 lowercase hex digits (a JSON number would lose bits in some clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VolumeId(pub u64);
+
+impl fmt::Display for VolumeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl From<VolumeId> for String {
+    fn from(v: VolumeId) -> String {
+        v.to_string()
+    }
+}
+
+impl TryFrom<String> for VolumeId {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, NameError> {
+        if s.len() != 16
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(NameError::InvalidVolumeId);
+        }
+        u64::from_str_radix(&s, 16)
+            .map(VolumeId)
+            .map_err(|_| NameError::InvalidVolumeId)
     }
 }
 

@@ -51,4 +51,4 @@ pub mod wire;
 pub use dots::{Dot, DotSet};
 pub use error::{ErrorBody, ErrorCode};
 pub use hash::{KeyHash, Partitioning, key_hash};
-pub use ids::{ActorId, BucketName, Incarnation, NodeId, PartitionId, RingEpoch};
+pub use ids::{ActorId, BucketName, Incarnation, NodeId, PartitionId, RingEpoch, VolumeId};

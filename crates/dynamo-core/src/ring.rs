@@ -359,6 +359,23 @@ impl Ring {
         Ok(next)
     }
 
+    /// Returns a ring where `node` (placed as `member`) keeps every partition it owns
+    /// under a new epoch: the ring of a replace in place, which refills a member's lost
+    /// volume. The epoch grows even though no partition moves, so the catch-up round of
+    /// the refill can wait for every source to know it (as any change's does).
+    ///
+    /// # Errors
+    /// [`RingError::NotMember`].
+    pub fn with_member_refilled(&self, node: &NodeId, member: Member) -> Result<Ring, RingError> {
+        if !self.members.contains_key(node) {
+            return Err(RingError::NotMember(node.clone()));
+        }
+        let mut next = self.clone();
+        next.epoch = RingEpoch(self.epoch.0 + 1);
+        next.members.insert(node.clone(), member);
+        Ok(next)
+    }
+
     /// Returns the partitions whose owner differs between `self` and a newer ring.
     pub fn transfers_to(&self, newer: &Ring) -> Vec<Transfer> {
         self.owners

@@ -114,6 +114,9 @@ pub enum Step {
     Decommission(NodeId),
     /// Run the failed change of one of the cluster's own nodes again.
     RetryChange(NodeId),
+    /// Replace this member in place: its pod came back with a new, empty volume (the
+    /// ring refuses its heartbeats), which the replace refills from the other replicas.
+    ReplaceInPlace(NodeRegistration),
 }
 
 /// The rolling update of the storage pods, while one runs.
@@ -282,6 +285,7 @@ fn plan_membership(obs: &Observed) -> Plan {
             let verb = match c.kind {
                 ChangeKindName::Join => "joining",
                 ChangeKindName::Decommission => "decommissioning",
+                ChangeKindName::Replace if c.replacement.as_ref() == Some(&c.node) => "refilling (in place)",
                 ChangeKindName::Replace => "replacing",
             };
             let mut line = format!(
@@ -292,6 +296,38 @@ fn plan_membership(obs: &Observed) -> Plan {
                 line.push_str(&format!(" (retrying: {stuck})"));
             }
             plan.waiting_for = Some(line);
+        }
+        plan.degraded = join_lines(degraded);
+        return plan;
+    }
+
+    // A member whose pod lost its volume holds nothing and is kept down: refilling it
+    // comes before growing, as it restores copies the cluster already counts on. Not for
+    // a pod about to be decommissioned: its partitions are handed off from the others.
+    let lost = obs.sets.iter().zip(&target).find_map(|(s, t)| {
+        (0..(*t).min(s.current.unwrap_or(0))).find_map(|i| {
+            let pod = pod_name(&s.name, i);
+            let m = members.get(pod.as_str())?;
+            m.volume_refused.is_some().then_some((s, pod, *m))
+        })
+    });
+    if let Some((s, pod, m)) = lost {
+        let address = obs.address(&pod);
+        plan.scaling = true;
+        if m.address != address {
+            degraded.push(format!(
+                "{pod} lost its volume but is a member at {}, not at {address}; replace it by hand",
+                m.address
+            ));
+        } else {
+            plan.step = Step::ReplaceInPlace(NodeRegistration {
+                node_id: m.node_id.clone(),
+                address,
+                zone: s.zone.clone(),
+            });
+            plan.waiting_for = Some(format!(
+                "replacing {pod} in place: it came back with a new, empty volume"
+            ));
         }
         plan.degraded = join_lines(degraded);
         return plan;
@@ -582,6 +618,8 @@ mod tests {
             state,
             last_heartbeat_ms_ago: None,
             anti_entropy: None,
+            volume: None,
+            volume_refused: None,
         }
     }
 
@@ -646,6 +684,72 @@ mod tests {
         let p = plan(&observed(vec![set(3, Some(3), &[0, 2])], Ok(view(&[0]))));
         assert_eq!(p.waiting_for.as_deref(), Some("pod dc-storage-1 to be ready"));
         assert!(p.scaling);
+    }
+
+    #[test]
+    fn a_pod_that_lost_its_volume_is_replaced_in_place_never_silently_rejoined() {
+        // Goal: a member whose pod came back with a new volume (the ring refuses it) is
+        // replaced in place, before any join; one beyond the desired count is
+        // decommissioned instead; a running change is followed first; a member at
+        // another address is only reported.
+        let lost = |mut v: ClusterView, i: usize| {
+            v.nodes[i].volume_refused = Some(dynamo_client::VolumeId(7));
+            v.nodes[i].state = NodeState::Down;
+            v
+        };
+        let p = plan(&observed(
+            vec![set(4, Some(4), &[0, 1, 2, 3])],
+            Ok(lost(view(&[0, 1, 2]), 1)),
+        ));
+        match &p.step {
+            Step::ReplaceInPlace(r) => {
+                assert_eq!(r.node_id, node(1));
+                assert_eq!(r.address, format!("http://dc-storage-1.{SUFFIX}"));
+            }
+            other => panic!("expected a replace in place before joining dc-storage-3, got {other:?}"),
+        }
+        assert!(p.scaling);
+        assert!(
+            p.waiting_for
+                .as_deref()
+                .is_some_and(|w| w.contains("dc-storage-1"))
+        );
+
+        let p = plan(&observed(
+            vec![set(3, Some(4), &[0, 1, 2, 3])],
+            Ok(lost(view(&[0, 1, 2, 3]), 3)),
+        ));
+        assert_eq!(
+            p.step,
+            Step::Decommission(node(3)),
+            "leaving anyway: handed off from the others"
+        );
+
+        let mut running = lost(view(&[0, 1, 2]), 1);
+        running.change = Some(change(ChangeKindName::Join, 3, 10, None));
+        let p = plan(&observed(vec![set(3, Some(3), &[0, 1, 2])], Ok(running)));
+        assert_eq!(p.step, Step::None);
+
+        let mut refilling = view(&[0, 1, 2]);
+        let mut c = change(ChangeKindName::Replace, 1, 10, None);
+        c.change.replacement = Some(node(1));
+        refilling.change = Some(c);
+        let p = plan(&observed(vec![set(3, Some(3), &[0, 1, 2])], Ok(refilling)));
+        assert_eq!(p.step, Step::None);
+        assert_eq!(
+            p.waiting_for.as_deref(),
+            Some("refilling (in place) dc-storage-1: 10/64 partitions handed off")
+        );
+
+        let mut moved = lost(view(&[0, 1, 2]), 1);
+        moved.nodes[1].address = "http://elsewhere:7100".into();
+        let p = plan(&observed(vec![set(3, Some(3), &[0, 1, 2])], Ok(moved)));
+        assert_eq!(p.step, Step::None);
+        assert!(
+            p.degraded
+                .as_deref()
+                .is_some_and(|d| d.contains("lost its volume"))
+        );
     }
 
     #[test]
@@ -958,6 +1062,8 @@ mod tests {
                     passes: 1,
                     ..Default::default()
                 }),
+                volume: None,
+                volume_refused: None,
             });
         }
         let mut obs = observed(vec![a.clone(), b.clone()], Ok(v));
@@ -1031,6 +1137,8 @@ mod tests {
                 state: NodeState::Up,
                 last_heartbeat_ms_ago: None,
                 anti_entropy: None,
+                volume: None,
+                volume_refused: None,
             });
         }
         assert_eq!(

@@ -302,7 +302,7 @@ async fn begin(
 ) -> Option<String> {
     let node = match step {
         Step::None => return None,
-        Step::Join(reg) => &reg.node_id,
+        Step::Join(reg) | Step::ReplaceInPlace(reg) => &reg.node_id,
         Step::Decommission(node) | Step::RetryChange(node) => node,
     };
     let (kind, reason, note, result) = match step {
@@ -324,6 +324,15 @@ async fn begin(
             "RetryingChange",
             format!("running the failed change of {node} again"),
             client.retry_change().await,
+        ),
+        Step::ReplaceInPlace(reg) => (
+            "replace",
+            "ReplacingInPlace",
+            format!(
+                "replacing {} in place: its volume was lost, the new one is refilled from the other replicas",
+                reg.node_id
+            ),
+            client.replace_node(&reg.node_id, reg).await,
         ),
     };
     match result {

@@ -218,6 +218,8 @@ struct Dynamo {
     ring_down: bool,
     joins: Vec<NodeRegistration>,
     decommissions: Vec<String>,
+    /// `(old, new)` of each replace.
+    replaces: Vec<(String, NodeRegistration)>,
     /// The bearer tokens seen.
     tokens: Vec<String>,
 }
@@ -277,10 +279,33 @@ async fn fake_dynamo(state: Shared) -> String {
         view.change = Some(progress(ChangeKindName::Decommission, &id, 0));
         Ok(Json(view.clone()))
     }
+    async fn replace(
+        State(s): State<Shared>,
+        Path(id): Path<String>,
+        Json(reg): Json<NodeRegistration>,
+    ) -> Result<Json<ClusterView>, (StatusCode, Json<Value>)> {
+        let mut d = s.lock().expect("dynamo");
+        if d.ring_down {
+            return Err(unavailable());
+        }
+        d.replaces.push((id.clone(), reg.clone()));
+        let view = d.view.as_mut().expect("a view");
+        for n in &mut view.nodes {
+            if n.node_id.as_str() == id && reg.node_id.as_str() == id {
+                n.volume = n.volume_refused.take();
+                n.state = NodeState::Joining;
+            }
+        }
+        let mut p = progress(ChangeKindName::Replace, &id, 0);
+        p.change.replacement = Some(reg.node_id.clone());
+        view.change = Some(p);
+        Ok(Json(view.clone()))
+    }
     let app = Router::new()
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/nodes", post(join))
         .route("/v1/cluster/nodes/{id}", delete(decommission))
+        .route("/v1/cluster/nodes/{id}/replace", post(replace))
         .with_state(state);
     dynamo_testkit::serve(app).await
 }
@@ -293,6 +318,8 @@ fn node(id: &str, state: NodeState) -> NodeStatus {
         state,
         last_heartbeat_ms_ago: None,
         anti_entropy: None,
+        volume: None,
+        volume_refused: None,
     }
 }
 
@@ -608,6 +635,67 @@ async fn scale_up_grows_the_statefulset_then_joins_each_new_pod_after_the_last_h
         .map(|j| j.node_id.to_string())
         .collect();
     assert_eq!(joined, ["dc-storage-3", "dc-storage-4"]);
+}
+
+#[tokio::test]
+async fn a_pod_back_with_a_lost_volume_is_replaced_in_place_once_and_followed_to_its_end() {
+    // Goal: a member whose pod came back with a new, empty volume (the ring refuses its
+    // heartbeats: `volume_refused`) is replaced in place through the ring service (never
+    // rejoined), with an Event; while the refill runs nothing else begins and the status
+    // says what it waits for; once it finished the cluster settles.
+    let h = harness(dc_json(3, true), true).await;
+    let all = ["dc-storage-0", "dc-storage-1", "dc-storage-2"];
+    h.world
+        .lock()
+        .expect("world")
+        .statefulsets
+        .insert("dc-storage".into(), 3);
+    h.world.lock().expect("world").ready_pods = all.iter().map(|s| (*s).to_owned()).collect();
+    let mut lost = view(&all);
+    lost.nodes[1].state = NodeState::Down;
+    lost.nodes[1].volume_refused = Some(dynamo_client::VolumeId(0xfeed));
+    h.set_view(lost);
+
+    h.reconcile().await.expect("reconcile");
+    let log = h.take_log();
+    assert_eq!(reasons(&log), vec!["ReplacingInPlace"]);
+    let replaces = h.dynamo.lock().expect("dynamo").replaces.clone();
+    assert_eq!(replaces.len(), 1);
+    assert_eq!(replaces[0].0, "dc-storage-1");
+    assert_eq!(
+        replaces[0].1.node_id.as_str(),
+        "dc-storage-1",
+        "in place: the same id"
+    );
+    assert_eq!(replaces[0].1.address, format!("http://dc-storage-1.{SUFFIX}"));
+    assert!(
+        h.dynamo.lock().expect("dynamo").joins.is_empty(),
+        "never a rejoin"
+    );
+    assert_eq!(sts_patches(&log), vec![3], "no pod is touched");
+
+    {
+        let mut d = h.dynamo.lock().expect("dynamo");
+        if let Some(c) = d.view.as_mut().and_then(|v| v.change.as_mut()) {
+            c.partitions_done = 12;
+        }
+    }
+    h.reconcile().await.expect("reconcile");
+    assert_eq!(
+        h.dynamo.lock().expect("dynamo").replaces.len(),
+        1,
+        "followed, not begun again"
+    );
+    assert_eq!(
+        h.stored_status()["waitingFor"],
+        "refilling (in place) dc-storage-1: 12/64 partitions handed off"
+    );
+    assert_eq!(h.stored_status()["phase"], "Scaling");
+
+    h.set_view(view(&all));
+    h.reconcile().await.expect("reconcile");
+    assert_eq!(h.stored_status()["phase"], "Running");
+    assert_eq!(h.dynamo.lock().expect("dynamo").replaces.len(), 1);
 }
 
 #[tokio::test]

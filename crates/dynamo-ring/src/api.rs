@@ -24,7 +24,7 @@ use dynamo_server::extract::{Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::cluster::{validate_address, validate_registration};
+use crate::cluster::{Beat, validate_address, validate_registration, volume_verdict};
 use crate::plan::{ChangeKind, PendingChange};
 use crate::service::Service;
 
@@ -218,7 +218,8 @@ async fn replace(
 }
 
 /// `POST /internal/v1/heartbeat`: records the beat; commits only a transition (`down` →
-/// `up`) or an address change.
+/// `up`), an address change, or the member's volume (bound on its first beat, or refused:
+/// `409 volume_mismatch`, committed once per new volume).
 async fn heartbeat(State(svc): State<AppState>, Json(hb): Json<Heartbeat>) -> Result<StatusCode, ApiError> {
     validate_address(&hb.address)?;
     let snap = svc.snapshot();
@@ -228,10 +229,34 @@ async fn heartbeat(State(svc): State<AppState>, Json(hb): Json<Heartbeat>) -> Re
             format!("node {} is not a member", hb.node_id),
         ));
     };
-    // Recorded before the commit, so a liveness tick racing with it already sees it.
-    svc.liveness.lock().beat(&hb.node_id, Instant::now());
-    if node.address != hb.address || node.state == NodeState::Down {
-        svc.mutate(move |c| c.heartbeat(&hb)).await?;
+    let node_id = hb.node_id.clone();
+    let refused = move || {
+        ApiError::new(
+            ErrorCode::VolumeMismatch,
+            format!(
+                "node {node_id} is bound to another volume: this one is new (its disk was lost or swapped), and serves only after a replace in place refills it"
+            ),
+        )
+    };
+    match volume_verdict(node, hb.volume) {
+        Beat::Refused => {
+            if node.volume_refused != hb.volume || node.state == NodeState::Up {
+                let (id, volume) = (hb.node_id.clone(), hb.volume);
+                if svc.mutate(move |c| c.heartbeat(&hb)).await? == Beat::Refused {
+                    tracing::warn!(node_id = %id, volume = ?volume, "heartbeat from a new volume refused: the member's volume was lost; replace it in place");
+                }
+            }
+            return Err(refused());
+        }
+        beat => {
+            // Recorded before the commit, so a liveness tick racing with it already sees it.
+            svc.liveness.lock().beat(&hb.node_id, Instant::now());
+            let commit = beat == Beat::Binds || node.address != hb.address || node.state == NodeState::Down;
+            // The state machine judges again on the current state, which may have moved.
+            if commit && svc.mutate(move |c| c.heartbeat(&hb)).await? == Beat::Refused {
+                return Err(refused());
+            }
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -33,8 +33,8 @@
 //! | `GET /internal/v1/cluster` | `200` ClusterView (epoch, nodes joining/up/down/leaving with ms since the last heartbeat, handoffs) | |
 //! | `POST /internal/v1/nodes` (NodeRegistration) | `202` ClusterView; the join completes in the background | `409 membership_conflict` (already a member, address in use, a change in progress), `400 invalid_request`/`invalid_json` |
 //! | `DELETE /internal/v1/nodes/{node}` | `202` ClusterView; decommission after handing off its data | `404 node_not_found`, `409 membership_conflict` (last member, a change in progress) |
-//! | `POST /internal/v1/nodes/{node}/replace` (ReplaceRequest) | `202` ClusterView; the new node takes exactly the old one's partitions | `404 node_not_found`, `409 membership_conflict` |
-//! | `POST /internal/v1/heartbeat` (Heartbeat) | `204` | `404 node_not_found`, `400 invalid_request` |
+//! | `POST /internal/v1/nodes/{node}/replace` (ReplaceRequest) | `202` ClusterView; the new node takes exactly the old one's partitions (with `{node}`'s own id: the refill in place of its lost volume) | `404 node_not_found`, `409 membership_conflict` |
+//! | `POST /internal/v1/heartbeat` (Heartbeat) | `204`; the first volume binds the member | `404 node_not_found`, `400 invalid_request`, `409 volume_mismatch` (another volume than the bound one) |
 //! | `GET /internal/v1/buckets/{bucket}` | `200` BucketRecord (defaults if none stored) | `400 invalid_bucket` |
 //! | `PUT /internal/v1/buckets/{bucket}` (BucketPropsPatch) | `200` BucketRecord | `422 invalid_bucket_properties`, `409 bucket_n_immutable`, `429 rate_limited` |
 //! | `POST /internal/v1/buckets/{bucket}/written` | `204` (idempotent) | `400 invalid_bucket`, `429 rate_limited` |

@@ -25,7 +25,10 @@ pub enum ChangeKind {
         /// The leaver.
         node: NodeId,
     },
-    /// A new node takes exactly the partitions of a member, which then leaves.
+    /// A new node takes exactly the partitions of a member, which then leaves. With the
+    /// member's own id as the new node's, a replace *in place*: the member's volume was
+    /// lost, and the new (empty) volume that heartbeats under its id is refilled from the
+    /// other holders of each of its partitions; no partition moves.
     Replace {
         /// The member being replaced.
         old: NodeId,
@@ -35,7 +38,15 @@ pub enum ChangeKind {
 }
 
 impl ChangeKind {
-    /// Returns the node that enters the ring, if any.
+    /// Returns the member a replace in place refills, if this is one.
+    pub fn refills(&self) -> Option<&NodeId> {
+        match self {
+            ChangeKind::Replace { old, new } if new.node_id == *old => Some(old),
+            _ => None,
+        }
+    }
+
+    /// Returns the node that enters the ring (or, in place, is refilled), if any.
     pub fn joiner(&self) -> Option<&NodeRegistration> {
         match self {
             ChangeKind::Join { node } | ChangeKind::Replace { new: node, .. } => Some(node),
@@ -43,8 +54,12 @@ impl ChangeKind {
         }
     }
 
-    /// Returns the member that leaves the ring, if any.
+    /// Returns the member that leaves the ring, if any (none for a replace in place: the
+    /// member stays, with a new volume).
     pub fn leaver(&self) -> Option<&NodeId> {
+        if self.refills().is_some() {
+            return None;
+        }
         match self {
             ChangeKind::Decommission { node } | ChangeKind::Replace { old: node, .. } => Some(node),
             ChangeKind::Join { .. } => None,
@@ -165,6 +180,9 @@ pub fn candidate_ring(
         }
         (Some(r), ChangeKind::Join { node }) => r.with_member_added(node.node_id.clone(), member),
         (Some(r), ChangeKind::Decommission { node }) => r.with_member_removed(node),
+        (Some(r), ChangeKind::Replace { old, new }) if new.node_id == *old => {
+            r.with_member_refilled(old, member)
+        }
         (Some(r), ChangeKind::Replace { old, new }) => {
             r.with_member_replaced(old, new.node_id.clone(), member)
         }
@@ -198,6 +216,25 @@ pub fn plan(old: Option<&Ring>, new: &Ring, n: usize, unavailable: &BTreeSet<Nod
             for from in sources(&before, to, unavailable) {
                 out.push(Handoff::new(p, from, to.clone()));
             }
+        }
+    }
+    out
+}
+
+/// Returns the handoffs of a replace in place of `node` (its volume lost): for every
+/// partition whose first `n` holders include it, a copy into it from each of the others
+/// (available ones first), as a join's receiver copies from every holder: any of them
+/// may hold writes the others lack. Never from `node` itself, which holds nothing.
+pub fn refill_plan(ring: &Ring, node: &NodeId, n: usize, unavailable: &BTreeSet<NodeId>) -> Vec<Handoff> {
+    let mut out = Vec::new();
+    for p in 0..ring.partitioning().count() {
+        let p = PartitionId(p);
+        let holders = ring.preference_list(p, n).preference_list;
+        if !holders.contains(node) {
+            continue;
+        }
+        for from in sources(&holders, node, unavailable) {
+            out.push(Handoff::new(p, from, node.clone()));
         }
     }
     out
@@ -353,6 +390,41 @@ mod tests {
             );
         }
         assert!(p.iter().all(|h| h.to == id(9)));
+    }
+
+    #[test]
+    fn a_refill_copies_each_partition_of_the_node_from_its_other_holders_and_moves_nothing() {
+        let r = ring(32, 5);
+        let kind = ChangeKind::Replace {
+            old: id(2),
+            new: reg(2),
+        };
+        assert_eq!(kind.refills(), Some(&id(2)));
+        assert_eq!(kind.leaver(), None, "the member stays");
+        let next = candidate_ring(Some(&r), &kind, None, r.partitioning(), 3).expect("refill");
+        assert_eq!(next.owners(), r.owners(), "no partition moves");
+        assert_eq!(
+            next.epoch(),
+            RingEpoch(r.epoch().0 + 1),
+            "a new epoch all the same"
+        );
+        assert!(plan(Some(&r), &next, 3, &BTreeSet::new()).is_empty());
+        assert!(releases(&r, &next, 3).is_empty(), "nobody lets anything go");
+
+        let p = refill_plan(&r, &id(2), 3, &BTreeSet::from([id(3)]));
+        let held: BTreeSet<PartitionId> = (0..32)
+            .map(PartitionId)
+            .filter(|&q| r.preference_list(q, 3).preference_list.contains(&id(2)))
+            .collect();
+        assert_eq!(p.iter().map(|h| h.partition).collect::<BTreeSet<_>>(), held);
+        assert!(p.iter().all(|h| h.to == id(2) && h.from != id(2)));
+        for q in &held {
+            let from: Vec<&NodeId> = p.iter().filter(|h| h.partition == *q).map(|h| &h.from).collect();
+            assert_eq!(from.len(), 2, "both other holders of partition {q}");
+            if from.contains(&&id(3)) {
+                assert_eq!(from.last(), Some(&&id(3)), "the unavailable holder is tried last");
+            }
+        }
     }
 
     #[test]

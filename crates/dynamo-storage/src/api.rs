@@ -101,6 +101,14 @@ fn invalid(code: ErrorCode, message: impl Into<String>) -> ApiError {
     ApiError::new(code, message)
 }
 
+/// `503 volume_unconfirmed` while the node's volume gate is closed ([`crate::volume`]).
+fn refuse_unconfirmed(state: &AppState) -> Result<(), ApiError> {
+    match state.cluster.volume_refusal() {
+        Some(why) => Err(ApiError::new(ErrorCode::VolumeUnconfirmed, why)),
+        None => Ok(()),
+    }
+}
+
 fn check_key(key: &str) -> Result<(), ApiError> {
     validate_key(key).map_err(ApiError::from)
 }
@@ -548,6 +556,19 @@ async fn replicas(
     validate(&batch)?;
     let engine = &state.engine;
     engine.metrics().batch_ops.observe(batch.ops.len() as f64);
+    // Answered per operation, as a fenced one is: each is provably not applied, so a
+    // coordinator moves on to the next replica or a fallback at once.
+    if let Some(why) = state.cluster.volume_refusal() {
+        let results = batch
+            .ops
+            .iter()
+            .map(|_| ReplicaResult::Error {
+                code: ErrorCode::VolumeUnconfirmed,
+                message: why.clone(),
+            })
+            .collect();
+        return Ok(Json(ReplicaBatchResult { results }));
+    }
     let admission = state.cluster.admit();
     let (ops, mut fenced) = fence(engine, &admission, batch.ring_epoch, batch.ops);
     let now = now_ms();
@@ -584,6 +605,10 @@ struct NodeInfo {
     durability: crate::engine::Durability,
     partitions: u32,
     anti_entropy: dynamo_core::wire::cluster::AntiEntropyStatus,
+    volume: dynamo_core::VolumeId,
+    /// Why the volume gate is closed, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    volume_refusal: Option<String>,
 }
 
 async fn node(State(state): State<AppState>) -> Json<NodeInfo> {
@@ -594,6 +619,8 @@ async fn node(State(state): State<AppState>) -> Json<NodeInfo> {
         durability: e.durability(),
         partitions: e.partitioning().count(),
         anti_entropy: state.anti_entropy.status(),
+        volume: e.identity().volume,
+        volume_refusal: state.cluster.volume_refusal(),
     })
 }
 
@@ -928,6 +955,7 @@ async fn bucket_keys(
     Path(bucket): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<NodeListing>, ApiError> {
+    refuse_unconfirmed(&state)?;
     let bucket = BucketName::new(bucket).map_err(ApiError::from)?;
     let limit = page_limit(q.limit, MAX_LIST_PAGE, MAX_LIST_PAGE)?;
     for k in std::iter::once(&q.prefix).chain(q.start_after.as_ref()) {
@@ -984,6 +1012,7 @@ async fn bucket_changes(
     Path(bucket): Path<String>,
     Query(q): Query<ChangesQuery>,
 ) -> Result<Json<NodeFeed>, ApiError> {
+    refuse_unconfirmed(&state)?;
     let bucket = BucketName::new(bucket).map_err(ApiError::from)?;
     let limit = page_limit(q.limit, MAX_FEED_PAGE, MAX_FEED_PAGE)?;
     if q.wait_ms > MAX_FEED_WAIT_MS {

@@ -16,9 +16,11 @@
 //! if the document one day fails to decode.
 //!
 //! # Protocol with the ring service
-//! - `POST {ring}/internal/v1/heartbeat` with a [`Heartbeat`] every heartbeat interval;
-//!   `404` means the node is not a member yet (logged at debug; beats go on); failures
-//!   back off with jitter up to [`MAX_BACKOFF`].
+//! - `POST {ring}/internal/v1/heartbeat` with a [`Heartbeat`] (node id, address, volume)
+//!   every heartbeat interval; `404` means the node is not a member yet (logged at debug;
+//!   beats go on); `409 volume_mismatch` means the member is bound to another volume
+//!   (logged once; beats go on, the state's `volume_refused` closes the volume gate);
+//!   failures back off with jitter up to [`MAX_BACKOFF`].
 //! - The state is followed by [`dynamo_server::follow`], the coordinators' follower too,
 //!   into a [`StateSink`] that fsyncs what it adopts.
 
@@ -39,6 +41,7 @@ use crate::codec::CodecError;
 use crate::engine::Engine;
 use crate::error::StorageError;
 use crate::metrics::StorageMetrics;
+use crate::volume::{self, Standing};
 
 /// Longest pause between retries after failures.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -57,6 +60,12 @@ pub struct NodeClusterView {
 /// The node's cached cluster state.
 pub struct ClusterCache {
     current: Mutex<Cached>,
+    /// Whether the node follows a ring service (and so has a member to be bound to).
+    follows_ring: bool,
+    /// Woken when the node sees itself listed without a volume (just joined): the
+    /// heartbeat that binds it goes at once, not an interval later, so the node's volume
+    /// gate opens before the join publishes its ring.
+    beat_now: tokio::sync::Notify,
     /// Serialises offers, so the check and the durable store of one offer are not
     /// interleaved with another's; `current` itself is only locked for short copies.
     offers: Mutex<()>,
@@ -66,6 +75,9 @@ pub struct ClusterCache {
 struct Cached {
     floor: RingEpoch,
     state: Option<Arc<ClusterState>>,
+    /// The volume gate as of `state` ([`crate::volume`]); always serving for a node that
+    /// follows no ring service.
+    standing: Standing,
     /// Replica batches being applied, by the ring epoch the node knew when it admitted
     /// them (see [`ClusterCache::admit`]).
     admitted: BTreeMap<RingEpoch, usize>,
@@ -151,7 +163,11 @@ impl ClusterCache {
     ///
     /// # Errors
     /// Engine failures.
-    pub fn load(engine: &Engine, metrics: StorageMetrics) -> Result<ClusterCache, StorageError> {
+    pub fn load(
+        engine: &Engine,
+        metrics: StorageMetrics,
+        follows_ring: bool,
+    ) -> Result<ClusterCache, StorageError> {
         let cached = engine.cached_cluster_state()?;
         let state = match cached.document.as_deref().map(decode_document) {
             Some(Ok(s)) => Some(Arc::new(s)),
@@ -167,15 +183,30 @@ impl ClusterCache {
         if let Some(s) = &state {
             tracing::info!(ring_epoch = %floor, version = s.version, "cached cluster state loaded");
         }
+        let standing = judge_volume(engine, &metrics, follows_ring, state.as_deref())?;
         Ok(ClusterCache {
             current: Mutex::new(Cached {
                 floor,
                 state,
+                standing,
                 admitted: BTreeMap::new(),
             }),
+            follows_ring,
+            beat_now: tokio::sync::Notify::new(),
             offers: Mutex::new(()),
             metrics,
         })
+    }
+
+    /// Resolves when a heartbeat should go now ([`ClusterCache::offer`] saw the node
+    /// listed but not yet bound to a volume).
+    pub async fn beat_requested(&self) {
+        self.beat_now.notified().await;
+    }
+
+    /// Why the node refuses data-path requests now (its volume gate), if it does.
+    pub fn volume_refusal(&self) -> Option<String> {
+        lock(&self.current).standing.refusal().map(str::to_owned)
     }
 
     /// Returns the current state, if any.
@@ -287,13 +318,55 @@ impl ClusterCache {
                     tracing::debug!(version = incoming.version, "cluster state adopted");
                 }
                 self.metrics.ring_epoch.set(epoch.0 as i64);
+                let standing = judge_volume(engine, &self.metrics, self.follows_ring, Some(&incoming))?;
+                let me = &engine.identity().node_id;
+                if incoming
+                    .nodes
+                    .iter()
+                    .any(|n| n.node_id == *me && n.volume.is_none() && n.volume_refused.is_none())
+                {
+                    self.beat_now.notify_one();
+                }
                 let mut c = lock(&self.current);
+                if c.standing != standing {
+                    match standing.refusal() {
+                        Some(why) => tracing::warn!(
+                            reason = why,
+                            "volume gate closed: this node takes no part in the data path"
+                        ),
+                        None => tracing::info!("volume gate open: this node serves the data path"),
+                    }
+                }
                 c.floor = epoch;
                 c.state = Some(Arc::new(incoming));
+                c.standing = standing;
             }
         }
         Ok(decision)
     }
+}
+
+/// The volume gate for `state`, with its effects: a volume seen bound is confirmed for
+/// good (durably, before the gate opens on it), and the gauge follows.
+fn judge_volume(
+    engine: &Engine,
+    metrics: &StorageMetrics,
+    follows_ring: bool,
+    state: Option<&ClusterState>,
+) -> Result<Standing, StorageError> {
+    let id = engine.identity();
+    let standing = if follows_ring {
+        volume::standing(&id.node_id, id.volume, engine.volume_unconfirmed(), state)
+    } else {
+        Standing::Serving
+    };
+    if standing == Standing::Bound {
+        engine.confirm_volume()?;
+    }
+    metrics
+        .volume_unconfirmed
+        .set(i64::from(standing.refusal().is_some()));
+    Ok(standing)
 }
 
 /// Where and how to reach the ring service.
@@ -321,6 +394,8 @@ pub enum HeartbeatError {
 pub struct HeartbeatSender {
     /// The client for the ring service.
     pub client: InternalClient,
+    /// The cached state, which asks for a beat at once when the node was just listed.
+    pub cache: Arc<ClusterCache>,
     /// The ring service.
     pub ring: RingService,
     /// What each heartbeat says.
@@ -329,6 +404,8 @@ pub struct HeartbeatSender {
     pub interval: Duration,
     /// Where results are counted.
     pub metrics: StorageMetrics,
+    /// A refusal was logged (once: the gauge and the counter carry the rest).
+    pub refused_logged: bool,
 }
 
 impl Worker for HeartbeatSender {
@@ -347,13 +424,26 @@ impl Worker for HeartbeatSender {
         let result = match &sent {
             Ok(r) if r.status().is_success() => "ok",
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => "not_member",
+            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => "volume_refused",
             _ => "error",
         };
         self.metrics.heartbeats.with_label_values(&[result]).inc();
         match sent {
-            Ok(r) if r.status().is_success() => {}
+            Ok(r) if r.status().is_success() => self.refused_logged = false,
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
                 tracing::debug!("heartbeat: not a member of the ring yet");
+            }
+            // Beats go on at the usual pace: the first one after a replace in place began
+            // is taken, and the node is up again without a backoff's delay.
+            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                if !self.refused_logged {
+                    tracing::warn!(
+                        volume = ?self.beat.volume,
+                        "heartbeat refused: the ring service binds this member to another volume (this one is new); replace the node in place to refill it"
+                    );
+                    self.refused_logged = true;
+                }
+                return Ok(Next::Idle);
             }
             Ok(r) => return Err(HeartbeatError::Refused(r.status())),
             Err(e) => return Err(HeartbeatError::Unreachable(e.without_url())),
@@ -362,7 +452,10 @@ impl Worker for HeartbeatSender {
     }
 
     async fn wait_for_work(&mut self) {
-        tokio::time::sleep(self.interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(self.interval) => {}
+            () = self.cache.beat_requested() => {}
+        }
     }
 
     fn retry(&self) -> Backoff {

@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod peer;
 pub mod release;
 pub mod syncer;
+pub mod volume;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,7 +108,10 @@ pub async fn run(
 
     let m = metrics.clone();
     let e = engine.clone();
-    let cluster = Arc::new(tokio::task::spawn_blocking(move || cluster::ClusterCache::load(&e, m)).await??);
+    let follows_ring = config.ring_url.is_some();
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(move || cluster::ClusterCache::load(&e, m, follows_ring)).await??,
+    );
     let advertise = config.advertise_address_for(listener.local_addr()?);
 
     let syncer = match durability {
@@ -161,13 +165,16 @@ pub async fn run(
         tracing::info!(ring_url = %url, advertise = %advertise, "following the ring service");
         workers.spawn(cluster::HeartbeatSender {
             client: client.clone(),
+            cache: cluster.clone(),
             ring: ring.clone(),
             beat: dynamo_core::wire::cluster::Heartbeat {
                 node_id: engine.identity().node_id.clone(),
                 address: advertise,
+                volume: Some(engine.identity().volume),
             },
             interval: Duration::from_millis(config.heartbeat_interval_ms),
             metrics: metrics.clone(),
+            refused_logged: false,
         });
         let sink = cluster::StateSink {
             engine: engine.clone(),

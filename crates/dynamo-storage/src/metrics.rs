@@ -53,8 +53,12 @@ pub struct StorageMetrics {
     pub gc_rounds: IntCounter,
     /// The ring epoch of the node's cached cluster state (0 before it learned one).
     pub ring_epoch: IntGauge,
-    /// Heartbeats sent to the ring service, by result (`ok`, `not_member`, `error`).
+    /// Heartbeats sent to the ring service, by result (`ok`, `not_member`,
+    /// `volume_refused`, `error`).
     pub heartbeats: IntCounterVec,
+    /// 1 while the node's volume takes no part in the data path (new and not yet bound
+    /// to its member by the ring service, refused, or being refilled), else 0.
+    pub volume_unconfirmed: IntGauge,
     /// Anti-entropy exchanges (one partition with one peer), by result: `in_sync` (the
     /// roots matched), `repaired` (keys moved), `differed` (leaves differed but no key
     /// needed moving: keys of buckets the pair does not both replicate), `failed`.
@@ -179,6 +183,10 @@ impl StorageMetrics {
                 ),
                 &["result"],
             )?,
+            volume_unconfirmed: IntGauge::new(
+                "dynamo_storage_volume_unconfirmed",
+                "1 while the node's volume takes no part in the data path (not bound to its member, refused, or being refilled)",
+            )?,
             ae_exchanges: IntCounterVec::new(
                 Opts::new(
                     "dynamo_storage_anti_entropy_exchanges_total",
@@ -230,7 +238,7 @@ impl StorageMetrics {
             m.ops.with_label_values(&[op, "ok"]);
             m.op_duration.with_label_values(&[op]);
         }
-        for result in ["ok", "not_member", "error"] {
+        for result in ["ok", "not_member", "volume_refused", "error"] {
             m.heartbeats.with_label_values(&[result]);
         }
         for direction in ["pulled", "pushed"] {
@@ -258,6 +266,7 @@ impl StorageMetrics {
         registry.register(Box::new(m.gc_rounds.clone()))?;
         registry.register(Box::new(m.ring_epoch.clone()))?;
         registry.register(Box::new(m.heartbeats.clone()))?;
+        registry.register(Box::new(m.volume_unconfirmed.clone()))?;
         registry.register(Box::new(m.ae_exchanges.clone()))?;
         registry.register(Box::new(m.ae_keys.clone()))?;
         registry.register(Box::new(m.ae_bytes.clone()))?;

@@ -6,9 +6,10 @@ mod common;
 
 use common::fake_ring::{FakeRing, ring_of, state_of};
 use common::*;
-use dynamo_core::NodeId;
 use dynamo_core::ring::{Member, Ring};
-use dynamo_core::wire::cluster::ClusterState;
+use dynamo_core::wire::cluster::{ChangeKindName, ChangeSummary, ClusterState};
+use dynamo_core::wire::internal::ReplicaResult;
+use dynamo_core::{DotSet, ErrorCode, NodeId, VolumeId};
 
 const VIOLATIONS: &str = "dynamo_invariant_violations_total{invariant=\"ring_epoch_monotonic\"}";
 
@@ -116,6 +117,12 @@ async fn a_restarted_node_has_the_last_ring_without_the_ring_service() {
         view(&node.url()).await.ring_epoch == 2
     })
     .await;
+    // The node's first heartbeat binds its volume, a newer version of the same state.
+    eventually("volume bound", || async {
+        metric(&node.url(), "dynamo_storage_volume_unconfirmed").await == 0.0
+    })
+    .await;
+    let seen = view(&node.url()).await.state.expect("state").version;
     node.shutdown().await;
     ring.stop();
 
@@ -124,7 +131,7 @@ async fn a_restarted_node_has_the_last_ring_without_the_ring_service() {
     let v = view(&node.url()).await;
     assert_eq!(v.ring_epoch, 2);
     let s = v.state.expect("cached state");
-    assert_eq!((s.version, s.ring.as_ref()), (7, Some(&r2)));
+    assert_eq!((s.version, s.ring.as_ref()), (seen, Some(&r2)));
     assert_eq!(metric(&node.url(), "dynamo_storage_ring_epoch").await, 2.0);
     node.shutdown().await;
 
@@ -193,6 +200,117 @@ async fn heartbeats_arrive_with_the_advertised_address() {
             .any(|b| b.node_id.as_str() == "node-b" && b.address == "http://node-b.storage:7100")
     })
     .await;
+    node.shutdown().await;
+    ring.stop();
+}
+
+/// The code a coordinated write on `url` is answered with (`None`: stored).
+async fn write_refusal(url: &str) -> Option<ErrorCode> {
+    let r = batch(url, vec![put_op("b", "k", b"v", DotSet::new())]).await;
+    match r.results.into_iter().next() {
+        Some(ReplicaResult::Put { .. }) => None,
+        Some(ReplicaResult::Error { code, .. }) => Some(code),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn listing_status(url: &str) -> u16 {
+    client()
+        .get(format!("{url}/internal/v1/buckets/b/keys"))
+        .send()
+        .await
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
+// Goal: a node whose new (empty) volume stands in for a member bound to another volume
+// (the member's disk was lost) takes no part in the data path: replica operations answer
+// `volume_unconfirmed` (each provably not applied), listings 503, also after a restart
+// (the marker is durable); once the ring binds the new volume it still refuses while the
+// replace in place copies into it, and serves from the catch-up on. Method: a fake ring
+// service publishes each stage; a write and a listing probe the gate, each wait bounded.
+#[tokio::test]
+async fn a_new_volume_under_a_bound_member_serves_only_once_its_refill_copied() {
+    let ring = FakeRing::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_following(dir.path(), "node-a", &ring.url).await;
+    let r = ring_of(&[("node-a", node.url()), ("node-b", "http://127.0.0.1:2".into())]);
+    let me = NodeId::new("node-a").expect("id");
+    let with = |version: u64, volume: VolumeId, phase: Option<&str>| {
+        let mut s = state_of(version, &r);
+        for n in &mut s.nodes {
+            if n.node_id == me {
+                n.volume = Some(volume);
+            }
+        }
+        s.change = phase.map(|phase| ChangeSummary {
+            kind: ChangeKindName::Replace,
+            node: me.clone(),
+            replacement: Some(me.clone()),
+            phase: phase.into(),
+            epoch: dynamo_core::RingEpoch(2),
+            failed: None,
+        });
+        s
+    };
+    let lost = VolumeId(1);
+    ring.publish(with(1, lost, None));
+    eventually("state adopted", || async {
+        view(&node.url()).await.ring_epoch == 1
+    })
+    .await;
+    assert_eq!(
+        write_refusal(&node.url()).await,
+        Some(ErrorCode::VolumeUnconfirmed)
+    );
+    assert_eq!(listing_status(&node.url()).await, 503);
+    assert_eq!(
+        metric(&node.url(), "dynamo_storage_volume_unconfirmed").await,
+        1.0
+    );
+
+    node.shutdown().await;
+    let node = start_following(dir.path(), "node-a", &ring.url).await;
+    assert_eq!(
+        write_refusal(&node.url()).await,
+        Some(ErrorCode::VolumeUnconfirmed),
+        "a restart does not make the new volume trusted"
+    );
+
+    #[derive(serde::Deserialize)]
+    struct Info {
+        volume: VolumeId,
+    }
+    let info: Info = client()
+        .get(format!("{}/internal/v1/node", node.url()))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_ne!(info.volume, lost);
+    ring.publish(with(2, info.volume, Some("copy")));
+    eventually("refill seen", || async {
+        view(&node.url()).await.state.is_some_and(|s| s.change.is_some())
+    })
+    .await;
+    assert_eq!(
+        write_refusal(&node.url()).await,
+        Some(ErrorCode::VolumeUnconfirmed),
+        "bound, but still being copied into"
+    );
+    ring.publish(with(3, info.volume, Some("catch_up")));
+    eventually("serves from the catch-up on", || async {
+        write_refusal(&node.url()).await.is_none()
+    })
+    .await;
+    assert_eq!(listing_status(&node.url()).await, 200);
+    assert_eq!(
+        metric(&node.url(), "dynamo_storage_volume_unconfirmed").await,
+        0.0
+    );
     node.shutdown().await;
     ring.stop();
 }

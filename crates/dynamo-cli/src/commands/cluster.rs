@@ -50,7 +50,10 @@ pub enum ClusterAction {
         wait: WaitArgs,
     },
     /// Replace a member by a new node, which takes over exactly its partitions, filled
-    /// from the surviving replicas (for a node that is lost for good).
+    /// from the surviving replicas (for a node that is lost for good). With the member's
+    /// own id as `--node-id`, a replace in place: for a member whose volume was lost and
+    /// whose new, empty volume the cluster refuses (the view says "volume lost"); it is
+    /// refilled from the other replicas and serves again.
     Replace {
         /// The member to replace.
         old: String,
@@ -140,7 +143,11 @@ pub async fn run(global: &GlobalArgs, args: &ClusterArgs) -> Result<(), CliError
                 zone: zone.clone(),
             };
             let began = client.replace_node(&old_id, &registration).await?;
-            eprintln!("{new} is replacing {old}");
+            if registration.node_id == old_id {
+                eprintln!("{old} is being refilled in place");
+            } else {
+                eprintln!("{new} is replacing {old}");
+            }
             let started = wait::Started::new(
                 ChangeKindName::Replace,
                 old_id,
@@ -237,9 +244,17 @@ fn view_text(view: &ClusterView, now_ms: u64) -> String {
         .nodes
         .iter()
         .map(|n| {
+            let state = match n.volume_refused {
+                // The one state an admin must act on: say what to do.
+                Some(v) => format!(
+                    "{} (volume lost: new volume {v} refused; replace in place)",
+                    state_name(n.state)
+                ),
+                None => state_name(n.state).into(),
+            };
             vec![
                 n.node_id.to_string(),
-                state_name(n.state).into(),
+                state,
                 n.zone.clone().unwrap_or_else(|| "-".into()),
                 n.address.clone(),
                 n.last_heartbeat_ms_ago
@@ -311,6 +326,31 @@ mod tests {
     }
 
     #[test]
+    fn a_member_whose_volume_was_lost_says_what_to_do() {
+        let view = ClusterView {
+            epoch: RingEpoch(3),
+            nodes: vec![NodeStatus {
+                node_id: id("node-b"),
+                address: "http://b:7070".into(),
+                zone: None,
+                state: NodeState::Down,
+                last_heartbeat_ms_ago: None,
+                anti_entropy: None,
+                volume: Some(dynamo_client::VolumeId(1)),
+                volume_refused: Some(dynamo_client::VolumeId(0xab)),
+            }],
+            handoffs: Vec::new(),
+            change: None,
+            max_n: None,
+        };
+        let text = view_text(&view, 0);
+        assert!(
+            text.contains("down (volume lost: new volume 00000000000000ab refused; replace in place)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_view_reads_as_tables() {
         let view = ClusterView {
             epoch: RingEpoch(3),
@@ -329,6 +369,8 @@ mod tests {
                         oldest_partition_ms: Some(90_000),
                         ..AntiEntropyStatus::default()
                     }),
+                    volume: None,
+                    volume_refused: None,
                 },
                 NodeStatus {
                     node_id: id("node-b"),
@@ -337,6 +379,8 @@ mod tests {
                     state: NodeState::Down,
                     last_heartbeat_ms_ago: None,
                     anti_entropy: None,
+                    volume: None,
+                    volume_refused: None,
                 },
             ],
             handoffs: vec![Handoff {

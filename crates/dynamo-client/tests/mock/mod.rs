@@ -1064,6 +1064,8 @@ fn node(id: &str, zone: &str, state: NodeState) -> NodeStatus {
         state,
         last_heartbeat_ms_ago: Some(120),
         anti_entropy: None,
+        volume: None,
+        volume_refused: None,
     }
 }
 
@@ -1088,6 +1090,8 @@ fn joining(reg: NodeRegistration) -> NodeStatus {
         state: NodeState::Joining,
         last_heartbeat_ms_ago: None,
         anti_entropy: None,
+        volume: None,
+        volume_refused: None,
     }
 }
 

@@ -175,7 +175,9 @@ pub async fn decommission_node(
 /// `POST /v1/cluster/nodes/{node}/replace` (admin): a new node takes over exactly the
 /// partitions of `{node}`, filled from the surviving replicas; the ring changes once its
 /// data is in. The body is the new node's registration, as for a join; the ring service
-/// validates its address and zone, and refuses a new node that is already a member.
+/// validates its address and zone, and refuses a new node that is already a member. With
+/// `{node}`'s own id, a replace in place: the member's lost volume is refilled into the new
+/// one its pod came back with.
 #[utoipa::path(post, path = "/v1/cluster/nodes/{node}/replace", tag = "cluster",
     params(("node" = String, Path, pattern = "^[a-z0-9._-]{1,63}$", description = "The member to replace")),
     request_body(content = NodeRegistration, description = "The new node"),
@@ -183,7 +185,7 @@ pub async fn decommission_node(
         (status = 400, description = "Bad node id (`invalid_node_id`, `invalid_json`), address or zone (`invalid_request`)", body = ErrorBody),
         (status = 403, description = "The token lacks cluster-wide `admin`", body = ErrorBody),
         (status = 404, description = "`{node}` is not a member (`node_not_found`)", body = ErrorBody),
-        (status = 409, description = "The new node is already a member or its address is taken, or another change is in progress (`membership_conflict`)", body = ErrorBody),
+        (status = 409, description = "The new node is already a member or its address is taken, or another change is in progress; in place: the member presents no new volume, or the zone differs (`membership_conflict`)", body = ErrorBody),
         (status = 413, description = "The body is larger than the request limit (`body_too_large`)", body = ErrorBody),
         (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = ErrorBody),
         (status = 503, description = "The ring service did not answer (`ring_unavailable`)", body = ErrorBody)))]

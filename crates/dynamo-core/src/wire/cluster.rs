@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::BucketProps;
-use crate::ids::{BucketName, NodeId, PartitionId, RingEpoch};
+use crate::ids::{BucketName, NodeId, PartitionId, RingEpoch, VolumeId};
 use crate::ring::Ring;
 
 /// Most tokens the cluster stores.
@@ -41,6 +41,10 @@ pub struct Heartbeat {
     pub node_id: NodeId,
     /// Where it answers now.
     pub address: String,
+    /// Its data directory. Absent from nodes older than volume binding, whose beats are
+    /// taken as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeId>,
 }
 
 /// An admin-made replacement of a member by a new node, which takes exactly its
@@ -88,6 +92,17 @@ pub struct NodeStatus {
     /// coordinator asks each node; absent when the node did not answer). Never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anti_entropy: Option<AntiEntropyStatus>,
+    /// The data directory this member is bound to: the first that heartbeated under its
+    /// id (or the one a replace in place refilled). Absent until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, pattern = "^[0-9a-f]{16}$"))]
+    pub volume: Option<VolumeId>,
+    /// Another data directory that heartbeated under this member's id and was refused:
+    /// the member's volume was lost. The node stays `down` until an admin (or the
+    /// operator) replaces it in place, which refills this volume from the other replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, pattern = "^[0-9a-f]{16}$"))]
+    pub volume_refused: Option<VolumeId>,
 }
 
 /// A storage node's anti-entropy progress.

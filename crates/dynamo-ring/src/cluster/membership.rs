@@ -44,6 +44,7 @@ impl Cluster {
                     return Err(node_not_found(node));
                 }
             }
+            ChangeKind::Replace { old, new } if new.node_id == *old => self.ensure_refillable(new)?,
             ChangeKind::Replace { old, new } => {
                 if self.node(old).is_none() {
                     return Err(node_not_found(old));
@@ -66,7 +67,10 @@ impl Cluster {
             .map(|n| n.node_id.clone())
             .collect();
         unavailable.extend(kind.leaver().cloned());
-        let handoffs = plan(current, &next, n, &unavailable);
+        let handoffs = match (kind.refills(), current) {
+            (Some(node), Some(ring)) => refill_plan(ring, node, n, &unavailable),
+            _ => plan(current, &next, n, &unavailable),
+        };
         // A node that has not yet deleted a partition it let go would merge a fresh copy
         // into its stale one, and bring back deletes collected meanwhile.
         if let Some(h) = handoffs.iter().find(|h| {
@@ -80,7 +84,14 @@ impl Cluster {
             )));
         }
         self.state.handoffs = handoffs;
-        if let Some(r) = kind.joiner() {
+        if let Some(node) = kind.refills()
+            && let Some(n) = self.node_mut(node)
+        {
+            // From now on the new volume is the member's: its heartbeats are taken, and
+            // it serves again once the copy phase ends (the storage node's volume gate).
+            n.volume = n.volume_refused.take();
+            n.state = NodeState::Joining;
+        } else if let Some(r) = kind.joiner() {
             self.state.nodes.push(NodeStatus {
                 node_id: r.node_id.clone(),
                 address: r.address.clone(),
@@ -88,6 +99,8 @@ impl Cluster {
                 state: NodeState::Joining,
                 last_heartbeat_ms_ago: None,
                 anti_entropy: None,
+                volume: None,
+                volume_refused: None,
             });
             self.state.nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         }
@@ -107,6 +120,40 @@ impl Cluster {
             failed_attempts: 0,
             releases: Vec::new(),
         });
+        Ok(())
+    }
+
+    /// A replace in place refills a member whose volume was lost: one that a new volume
+    /// heartbeated for and was refused, at an address no other node uses, in its zone.
+    fn ensure_refillable(&self, r: &NodeRegistration) -> Result<(), ClusterError> {
+        validate_registration(r)?;
+        let Some(n) = self.node(&r.node_id) else {
+            return Err(node_not_found(&r.node_id));
+        };
+        if n.volume_refused.is_none() {
+            return Err(conflict(format!(
+                "node {} presents no new volume: a replace in place refills a member whose volume was lost (to replace a healthy node, give the new node another id)",
+                r.node_id
+            )));
+        }
+        if n.zone != r.zone {
+            return Err(conflict(format!(
+                "a replace in place keeps node {}'s zone ({}); moving a node to another zone is a replace by a new node",
+                r.node_id,
+                n.zone.as_deref().unwrap_or("none")
+            )));
+        }
+        if let Some(other) = self
+            .state
+            .nodes
+            .iter()
+            .find(|o| o.address == r.address && o.node_id != r.node_id)
+        {
+            return Err(conflict(format!(
+                "address {} is already used by node {}",
+                r.address, other.node_id
+            )));
+        }
         Ok(())
     }
 
@@ -305,7 +352,14 @@ impl Cluster {
                 "the new ring is already published; the change can only be retried",
             ));
         }
-        if let Some(r) = change.kind.joiner() {
+        if let Some(node) = change.kind.refills() {
+            // Not refilled: the new volume is refused again, and the member is down
+            // until a replace in place runs to its end.
+            if let Some(n) = self.node_mut(node) {
+                n.volume_refused = n.volume.take();
+                n.state = NodeState::Down;
+            }
+        } else if let Some(r) = change.kind.joiner() {
             self.state.nodes.retain(|n| n.node_id != r.node_id);
         }
         if let Some(leaver) = change.kind.leaver() {
@@ -318,15 +372,29 @@ impl Cluster {
 
     /// Applies a heartbeat: a `down` member comes back `up`, and a changed address is
     /// recorded (and, for a ring member, put in the ring with a new epoch). Joining and
-    /// leaving nodes keep their state.
+    /// leaving nodes keep their state. The first volume that beats binds the member; a
+    /// beat from another is refused ([`Beat::Refused`], recorded as `volume_refused`, the
+    /// member `down`), which nothing but a replace in place undoes.
     ///
     /// # Errors
     /// `node_not_found`, `invalid_request` (bad address).
-    pub fn heartbeat(&mut self, hb: &Heartbeat) -> Result<(), ClusterError> {
+    pub fn heartbeat(&mut self, hb: &Heartbeat) -> Result<Beat, ClusterError> {
         validate_address(&hb.address)?;
         let Some(n) = self.node_mut(&hb.node_id) else {
             return Err(node_not_found(&hb.node_id));
         };
+        let verdict = volume_verdict(n, hb.volume);
+        match verdict {
+            Beat::Refused => {
+                n.volume_refused = hb.volume;
+                if n.state == NodeState::Up {
+                    n.state = NodeState::Down;
+                }
+                return Ok(Beat::Refused);
+            }
+            Beat::Binds => n.volume = hb.volume,
+            Beat::Taken => {}
+        }
         if n.state == NodeState::Down {
             n.state = NodeState::Up;
         }
@@ -342,7 +410,7 @@ impl Cluster {
                 self.state.ring = Some(ring.with_member_updated(&hb.node_id, member)?);
             }
         }
-        Ok(())
+        Ok(verdict)
     }
 
     /// Re-evaluates liveness: each `up`/`down` node takes the state `live` gives it.
@@ -353,7 +421,8 @@ impl Cluster {
             if !matches!(n.state, NodeState::Up | NodeState::Down) {
                 continue;
             }
-            let now = if live(&n.node_id) {
+            // Beats of the lost volume may still be within the timeout.
+            let now = if live(&n.node_id) && n.volume_refused.is_none() {
                 NodeState::Up
             } else {
                 NodeState::Down
@@ -370,7 +439,33 @@ impl Cluster {
     fn set_state_by_liveness(&mut self, id: &NodeId, live: &dyn Fn(&NodeId) -> bool) {
         let state = if live(id) { NodeState::Up } else { NodeState::Down };
         if let Some(n) = self.node_mut(id) {
-            n.state = state;
+            n.state = if n.volume_refused.is_some() {
+                NodeState::Down
+            } else {
+                state
+            };
         }
+    }
+}
+
+/// What a heartbeat's volume means for the member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The member's own volume (or a node too old to say): taken.
+    Taken,
+    /// The first volume to beat for the member: taken, and the member is bound to it.
+    Binds,
+    /// Another volume than the member's: refused.
+    Refused,
+}
+
+/// Judges a heartbeat's volume against the member's record (pure; the API checks it on
+/// its snapshot before committing, the state machine again on the current state).
+pub fn volume_verdict(n: &NodeStatus, volume: Option<VolumeId>) -> Beat {
+    match (volume, n.volume) {
+        (None, _) => Beat::Taken,
+        (Some(v), Some(bound)) if v == bound => Beat::Taken,
+        (Some(_), None) if n.volume_refused.is_none() => Beat::Binds,
+        _ => Beat::Refused,
     }
 }

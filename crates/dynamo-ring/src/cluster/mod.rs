@@ -21,13 +21,16 @@ use dynamo_core::wire::cluster::{
     MAX_TOKEN_TTL_S, MAX_TOKENS, NodeRegistration, NodeState, NodeStatus, Release, ReleaseDone, TokenRecord,
 };
 use dynamo_core::wire::{BucketProps, BucketPropsPatch};
-use dynamo_core::{BucketName, ErrorCode, NodeId, Partitioning, RingEpoch};
+use dynamo_core::{BucketName, ErrorCode, NodeId, Partitioning, RingEpoch, VolumeId};
 use dynamo_server::ApiError;
 
-use crate::plan::{ChangeKind, ChangePhase, ChangeStatus, PendingChange, candidate_ring, plan, releases};
+use crate::plan::{
+    ChangeKind, ChangePhase, ChangeStatus, PendingChange, candidate_ring, plan, refill_plan, releases,
+};
 
 mod buckets;
 mod membership;
+pub use membership::{Beat, volume_verdict};
 #[cfg(test)]
 mod tests;
 mod tokens;

@@ -153,6 +153,7 @@ fn publish_needs_every_copy_and_keeps_address_updates() {
     c.heartbeat(&Heartbeat {
         node_id: id("a"),
         address: "http://127.0.0.1:8888".into(),
+        volume: None,
     })
     .expect("heartbeat");
     assert_eq!(c.epoch(), RingEpoch(2), "an address update is a new ring");
@@ -191,6 +192,7 @@ fn liveness_transitions_never_touch_the_ring() {
     c.heartbeat(&Heartbeat {
         node_id: id("b"),
         address: "http://127.0.0.1:7101".into(),
+        volume: None,
     })
     .expect("heartbeat");
     assert_eq!(c.node(&id("b")).map(|n| n.state), Some(NodeState::Up));
@@ -442,4 +444,156 @@ fn a_node_with_a_pending_release_cannot_receive_that_partition_again() {
             .any(|r| r.node == h.to && r.partitions.contains(&h.partition))),
         "the change does give a released partition back"
     );
+}
+
+fn beat(node: &str, port: u16, volume: u64) -> Heartbeat {
+    Heartbeat {
+        node_id: id(node),
+        address: format!("http://127.0.0.1:{port}"),
+        volume: Some(VolumeId(volume)),
+    }
+}
+
+#[test]
+fn the_first_volume_binds_a_member_and_another_is_refused_and_kept_down() {
+    let mut c = joined(&["a", "b", "c"]);
+    assert_eq!(c.heartbeat(&beat("b", 7101, 1)).expect("first"), Beat::Binds);
+    assert_eq!(c.node(&id("b")).and_then(|n| n.volume), Some(VolumeId(1)));
+    assert_eq!(c.heartbeat(&beat("b", 7101, 1)).expect("again"), Beat::Taken);
+    let old_node = Heartbeat {
+        volume: None,
+        ..beat("b", 7101, 0)
+    };
+    assert_eq!(
+        c.heartbeat(&old_node).expect("legacy"),
+        Beat::Taken,
+        "a node too old to say is taken"
+    );
+
+    let ring = c.state.ring.clone();
+    assert_eq!(
+        c.heartbeat(&beat("b", 7101, 2)).expect("lost volume"),
+        Beat::Refused
+    );
+    let b = c.node(&id("b")).expect("b").clone();
+    assert_eq!(
+        (b.state, b.volume, b.volume_refused),
+        (NodeState::Down, Some(VolumeId(1)), Some(VolumeId(2)))
+    );
+    assert_eq!(c.state.ring, ring, "a refusal moves no partition");
+    assert!(
+        c.apply_liveness(&|_| true).is_empty(),
+        "beats still within the timeout do not bring the refused volume up"
+    );
+    assert_eq!(c.heartbeat(&beat("b", 7101, 2)).expect("again"), Beat::Refused);
+    assert_eq!(
+        c.heartbeat(&beat("b", 7101, 1)).expect("the old disk is back"),
+        Beat::Taken,
+        "the bound volume is still the member's"
+    );
+    assert_eq!(c.node(&id("b")).map(|n| n.state), Some(NodeState::Up));
+}
+
+#[test]
+fn a_replace_in_place_needs_a_refused_volume_refills_the_member_and_binds_the_new_volume() {
+    let mut c = joined(&["a", "b", "c", "d"]);
+    for (i, n) in ["a", "b", "c", "d"].iter().enumerate() {
+        c.heartbeat(&beat(n, 7100 + i as u16, 10 + i as u64))
+            .expect("bind");
+    }
+    let in_place = ChangeKind::Replace {
+        old: id("b"),
+        new: reg("b", 7101),
+    };
+    let e = c.begin(in_place.clone(), settings()).expect_err("healthy");
+    assert_eq!(e.code(), ErrorCode::MembershipConflict, "{e}");
+
+    assert_eq!(c.heartbeat(&beat("b", 7101, 99)).expect("lost"), Beat::Refused);
+    let other_zone = ChangeKind::Replace {
+        old: id("b"),
+        new: NodeRegistration {
+            zone: Some("z9".into()),
+            ..reg("b", 7101)
+        },
+    };
+    assert!(
+        c.begin(other_zone, settings()).is_err(),
+        "a replace in place keeps the zone"
+    );
+    let taken_address = ChangeKind::Replace {
+        old: id("b"),
+        new: reg("b", 7100),
+    };
+    assert!(c.begin(taken_address, settings()).is_err(), "a's address");
+
+    let owners = c.state.ring.as_ref().expect("ring").owners().to_vec();
+    let epoch = c.epoch();
+    let releases = c.state.releases.clone();
+    c.begin(in_place, settings()).expect("refill");
+    c.state.version += 1;
+    let b = c.node(&id("b")).expect("b").clone();
+    assert_eq!(
+        (b.state, b.volume, b.volume_refused),
+        (NodeState::Joining, Some(VolumeId(99)), None)
+    );
+    assert!(!c.state.handoffs.is_empty());
+    assert!(
+        c.state
+            .handoffs
+            .iter()
+            .all(|h| h.to == id("b") && h.from != id("b"))
+    );
+    assert_eq!(
+        c.heartbeat(&beat("b", 7101, 99)).expect("new volume"),
+        Beat::Taken
+    );
+    assert_eq!(
+        c.node(&id("b")).map(|n| n.state),
+        Some(NodeState::Joining),
+        "joining until the refill ends"
+    );
+
+    let change = c.change.clone().expect("change").id;
+    let done = all_done(&c);
+    c.record_progress(change, ChangePhase::Copy, &done, 0)
+        .expect("progress");
+    assert_eq!(
+        c.publish(change, settings()).expect("publish"),
+        RingEpoch(epoch.0 + 1)
+    );
+    catch_up_and_finish(&mut c, change);
+    let ring = c.state.ring.as_ref().expect("ring");
+    assert_eq!(ring.owners(), owners.as_slice(), "no partition moved");
+    assert!(ring.members().contains_key(&id("b")));
+    let b = c.node(&id("b")).expect("b stays a member").clone();
+    assert_eq!(
+        (b.state, b.volume, b.volume_refused),
+        (NodeState::Up, Some(VolumeId(99)), None)
+    );
+    assert_eq!(c.state.releases, releases, "nobody lets anything more go");
+    c.check_consistent().expect("consistent");
+}
+
+#[test]
+fn an_aborted_replace_in_place_refuses_the_new_volume_again() {
+    let mut c = joined(&["a", "b", "c"]);
+    c.heartbeat(&beat("b", 7101, 1)).expect("bind");
+    c.heartbeat(&beat("b", 7101, 2)).expect("lost");
+    c.begin(
+        ChangeKind::Replace {
+            old: id("b"),
+            new: reg("b", 7101),
+        },
+        settings(),
+    )
+    .expect("refill");
+    c.state.version += 1;
+    c.abort(&|_| true).expect("abort");
+    let b = c.node(&id("b")).expect("b stays a member").clone();
+    assert_eq!(
+        (b.state, b.volume, b.volume_refused),
+        (NodeState::Down, None, Some(VolumeId(2)))
+    );
+    assert_eq!(c.heartbeat(&beat("b", 7101, 2)).expect("again"), Beat::Refused);
+    c.check_consistent().expect("consistent");
 }

@@ -47,7 +47,9 @@ use dynamo_core::limits::MAX_VALUE_BYTES;
 use dynamo_core::merkle::{MerkleItem, MerkleShape, MerkleTree};
 use dynamo_core::version::{ConflictRule, NewWrite, PutOutcome, StoredCopy, VersionedObject};
 use dynamo_core::wire::internal::{IdempotencyClaim, IdempotencyRecord};
-use dynamo_core::{ActorId, DotSet, Incarnation, KeyHash, NodeId, PartitionId, Partitioning, key_hash};
+use dynamo_core::{
+    ActorId, DotSet, Incarnation, KeyHash, NodeId, PartitionId, Partitioning, VolumeId, key_hash,
+};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::codec::{self, ObjectKey};
@@ -98,6 +100,8 @@ pub struct Identity {
     pub node_id: NodeId,
     /// This life of the data directory (new after every unclean stop).
     pub incarnation: Incarnation,
+    /// The data directory itself (kept for its whole life).
+    pub volume: VolumeId,
 }
 
 /// One key, validated.
@@ -134,6 +138,8 @@ pub struct Engine {
     dir: PathBuf,
     /// The active journal file, opened for [`Engine::sync_journal`].
     journal: Mutex<Option<JournalFile>>,
+    /// Mirrors the `volume_unconfirmed` marker in `meta`.
+    volume_unconfirmed: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,6 +157,11 @@ const META_RING_EPOCH: &[u8] = b"ring_epoch";
 const META_CLUSTER_STATE: &[u8] = b"cluster_state";
 /// Present only between a clean shutdown and the next start.
 const META_CLEAN: &[u8] = b"clean_shutdown";
+/// The volume id ([`VolumeId`]), drawn once when the directory is created.
+const META_VOLUME: &[u8] = b"volume";
+/// Present from the volume's creation until the ring service is seen binding it to this
+/// node's member (`Engine::confirm_volume`).
+const META_VOLUME_UNCONFIRMED: &[u8] = b"volume_unconfirmed";
 
 impl Engine {
     /// Opens (or creates) the engine in `dir`.
@@ -218,6 +229,7 @@ impl Engine {
             }
         }
 
+        let meta_unconfirmed = meta.get(META_VOLUME_UNCONFIRMED)?.is_some();
         let shape = MerkleShape::default();
         let merkle = (0..partitioning.count())
             .map(|p| MerkleTree::new(partitioning, PartitionId(p), shape).map(Mutex::new))
@@ -243,6 +255,7 @@ impl Engine {
             metrics,
             dir: dir.to_path_buf(),
             journal: Mutex::new(None),
+            volume_unconfirmed: std::sync::atomic::AtomicBool::new(meta_unconfirmed),
         };
         engine.rebuild_merkle()?;
         engine.load_hint_targets()?;

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dynamo_core::ring::{Member, Ring};
 use dynamo_core::wire::cluster::{ClusterState, Heartbeat, NodeState, NodeStatus, ReleaseDone};
-use dynamo_core::{NodeId, Partitioning};
+use dynamo_core::{NodeId, Partitioning, VolumeId};
 
 /// The longest this fake holds a long poll (shorter than the node's 20 s ask, so tests
 /// never wait on it).
@@ -23,6 +23,11 @@ const MAX_HOLD: Duration = Duration::from_millis(500);
 #[derive(Default)]
 struct Inner {
     state: Option<ClusterState>,
+    /// The volume each node first heartbeated with: bound into every state served, as
+    /// the ring service binds members.
+    volumes: BTreeMap<NodeId, VolumeId>,
+    /// Versions added to the served state by binds.
+    bumps: u64,
     members: BTreeSet<NodeId>,
     heartbeats: Vec<Heartbeat>,
     state_polls: usize,
@@ -48,6 +53,20 @@ async fn heartbeat(
 ) -> StatusCode {
     let mut i = inner.lock().expect("lock");
     let member = i.members.contains(&beat.node_id);
+    if let Some(v) = beat.volume
+        && !i.volumes.contains_key(&beat.node_id)
+    {
+        i.volumes.insert(beat.node_id.clone(), v);
+        let volumes = i.volumes.clone();
+        let mut bumped = false;
+        if let Some(s) = &mut i.state
+            && bind(s, &volumes)
+        {
+            s.version += 1;
+            bumped = true;
+        }
+        i.bumps += u64::from(bumped);
+    }
     i.heartbeats.push(beat);
     if member {
         StatusCode::NO_CONTENT
@@ -110,9 +129,13 @@ impl FakeRing {
     }
 
     /// Serves `state` from now on (the node sees it if its version is newer than the
-    /// node's).
-    pub fn publish(&self, state: ClusterState) {
-        self.inner.lock().expect("lock").state = Some(state);
+    /// node's), with the volumes nodes heartbeated with bound to their entries.
+    pub fn publish(&self, mut state: ClusterState) {
+        let mut i = self.inner.lock().expect("lock");
+        bind(&mut state, &i.volumes);
+        // Binds bumped the served versions: later states stay newer by as many.
+        state.version += i.bumps;
+        i.state = Some(state);
     }
 
     /// Answers heartbeats from `node` with 204 from now on (404 before: not a member).
@@ -142,6 +165,35 @@ impl FakeRing {
     }
 }
 
+/// Binds each listed node without a volume to the one it heartbeated with; true when
+/// anything changed.
+fn bind(state: &mut ClusterState, volumes: &BTreeMap<NodeId, VolumeId>) -> bool {
+    let mut changed = false;
+    for n in &mut state.nodes {
+        if n.volume.is_none()
+            && let Some(v) = volumes.get(&n.node_id)
+        {
+            n.volume = Some(*v);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// A node `up` at `address`, not yet bound to a volume.
+pub fn up(id: &str, address: &str) -> NodeStatus {
+    NodeStatus {
+        node_id: NodeId::new(id).expect("id"),
+        address: address.to_owned(),
+        zone: None,
+        state: NodeState::Up,
+        last_heartbeat_ms_ago: Some(0),
+        anti_entropy: None,
+        volume: None,
+        volume_refused: None,
+    }
+}
+
 /// A first ring (epoch 1, Q = 256 like the nodes' default) over `(id, address)` members.
 pub fn ring_of(members: &[(&str, String)]) -> Ring {
     let members: BTreeMap<NodeId, Member> = members
@@ -167,14 +219,7 @@ pub fn state_of(version: u64, ring: &Ring) -> ClusterState {
         nodes: ring
             .members()
             .iter()
-            .map(|(id, m)| NodeStatus {
-                node_id: id.clone(),
-                address: m.address.clone().unwrap_or_default(),
-                zone: None,
-                state: NodeState::Up,
-                last_heartbeat_ms_ago: Some(0),
-                anti_entropy: None,
-            })
+            .map(|(id, m)| up(id.as_str(), m.address.as_deref().unwrap_or_default()))
             .collect(),
         buckets: BTreeMap::new(),
         ..ClusterState::default()

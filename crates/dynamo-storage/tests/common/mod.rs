@@ -68,6 +68,7 @@ pub async fn start_with(config: dynamo_storage::Config) -> InProcess {
 pub struct Followers {
     pub ring: fake_ring::FakeRing,
     pub nodes: Vec<InProcess>,
+    names: Vec<String>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -87,11 +88,33 @@ impl Followers {
             nodes.push(start_with(config).await);
             dirs.push(dir);
         }
-        Followers {
+        let f = Followers {
             ring,
             nodes,
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
             _dirs: dirs,
+        };
+        // As in a real cluster, where the nodes joined (and so were bound to their
+        // volumes) before anything was written: a state without a ring listing them, so
+        // each node's first heartbeat binds its new volume and its volume gate opens.
+        let listing = dynamo_core::wire::cluster::ClusterState {
+            nodes: f
+                .names
+                .iter()
+                .zip(&f.nodes)
+                .map(|(name, n)| fake_ring::up(name, &n.url()))
+                .collect(),
+            ..Default::default()
+        };
+        f.ring.publish(listing);
+        for n in &f.nodes {
+            let url = n.url();
+            eventually("volume bound", || async {
+                metric(&url, "dynamo_storage_volume_unconfirmed").await == 0.0
+            })
+            .await;
         }
+        f
     }
 
     pub fn url(&self, i: usize) -> String {

@@ -217,6 +217,8 @@ mod tests {
             state,
             last_heartbeat_ms_ago: None,
             anti_entropy: None,
+            volume: None,
+            volume_refused: None,
         }
     }
 
