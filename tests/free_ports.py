@@ -6,8 +6,9 @@ range can be handed to any outgoing connection (the cluster's own, to the ring s
 between the check and the service's bind, which made a storage node fail to start with
 "address already in use".
 
-As a script: `free_ports.py SINGLES RUN` prints SINGLES separate ports, then the first of
-RUN consecutive ones (storage node i listens on base + i).
+As a script: `free_ports.py SINGLES RUN [RUN ...]` prints SINGLES separate ports, then
+the first port of each run of RUN consecutive ones (ring replica i and storage node i
+listen on their base + i).
 """
 
 from __future__ import annotations
@@ -58,15 +59,17 @@ def free_port(taken: set[int] | None = None) -> int:
 
 
 def main() -> None:
-    singles, run = int(sys.argv[1]), int(sys.argv[2])
+    singles, runs = int(sys.argv[1]), [int(a) for a in sys.argv[2:]]
     taken: set[int] = set()
     out = []
     for _ in range(singles):
         p = free_port(taken)
         taken.add(p)
         out.append(p)
-    base = free_port_run(run, taken)
-    out.append(base)
+    for run in runs:
+        base = free_port_run(run, taken)
+        taken.update(range(base, base + run))
+        out.append(base)
     print(" ".join(str(p) for p in out))
 
 

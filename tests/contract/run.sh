@@ -126,9 +126,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free loopback ports below the ephemeral range (tests/free_ports.py says why): the
-# coordinator's, the ring service's, and a run of consecutive ones for the storage nodes
-# (node i listens on base + i).
-read -r port ring_port storage_port < <(python3 "$root/tests/free_ports.py" 2 "$nodes")
+# coordinator's, a run of three for the ring replicas and a run for the storage nodes
+# (replica and node i listen on base + i).
+read -r port ring_port storage_port < <(python3 "$root/tests/free_ports.py" 1 3 "$nodes")
 
 echo "contract: starting a cluster in $work (coordinator on 127.0.0.1:$port)"
 "$bin_dir/dynamo" --data-dir "$work/data" dev --nodes "$nodes" --port "$port" \

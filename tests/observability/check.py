@@ -327,9 +327,11 @@ class Cluster:
     def __init__(self, bin_dir: Path):
         self.bin = bin_dir / "dynamo"
         taken: set[int] = set()
-        for _ in range(2):
-            taken.add(free_port(taken))
-        self.port, self.ring_port = sorted(taken)
+        self.port = free_port(taken)
+        taken.add(self.port)
+        # Ring replica i listens on ring_port + i (three by default).
+        self.ring_port = free_port_run(3, taken)
+        taken.update(range(self.ring_port, self.ring_port + 3))
         self.storage_port = free_port_run(STORAGE_NODES, taken)
         self.dir = Path(tempfile.mkdtemp(prefix="dynamo-obs-"))
         self.proc: subprocess.Popen | None = None

@@ -206,8 +206,12 @@ async fn spawn_coordinator(opts: &Options, name: &str, ring_url: &str, logs: &Pa
 pub struct Cluster {
     /// Where every service keeps its data and logs.
     pub dir: tempfile::TempDir,
-    /// The ring service.
+    /// The ring service (replica 0 of its group).
     pub ring: Proc,
+    /// The other replicas of the ring group (`Options::ring_replicas` − 1).
+    pub ring_others: Vec<Proc>,
+    /// Every ring replica's URL, comma-separated: what the nodes and coordinators follow.
+    pub ring_urls: String,
     /// The storage nodes, `node-0`…
     pub nodes: Vec<Proc>,
     /// The coordinator.
@@ -237,6 +241,8 @@ pub struct Options {
     /// False: the nodes are started but nobody joins them (the test does, e.g. with
     /// `dynamo cluster bootstrap`), and the coordinator starts before any ring exists.
     pub join: bool,
+    /// Replicas of the ring service (one Raft group).
+    pub ring_replicas: usize,
 }
 
 impl Default for Options {
@@ -249,6 +255,7 @@ impl Default for Options {
             storage_args: Vec::new(),
             ring_args: Vec::new(),
             join: true,
+            ring_replicas: 1,
         }
     }
 }
@@ -259,24 +266,65 @@ impl Cluster {
     pub async fn start(opts: Options) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let logs = dir.path().to_path_buf();
-        let ring_port = free_port();
-        let mut ring_args: Vec<String> = vec![
-            "--listen".into(),
-            format!("127.0.0.1:{ring_port}"),
-            "--data-dir".into(),
-            dir.path().join("ring").display().to_string(),
-            "--partitions".into(),
-            opts.partitions.to_string(),
-            "--heartbeat-timeout-ms".into(),
-            "2000".into(),
-        ];
-        ring_args.extend(opts.ring_args.iter().cloned());
-        let ring = Proc::spawn("dynamo-ring", "ring", ring_port, ring_args, &logs);
+        let ring_ports: Vec<u16> = (0..opts.ring_replicas.max(1))
+            .map(|_| dynamo_testkit::stable_port())
+            .collect();
+        let replicas = ring_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut rings: Vec<Proc> = ring_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let mut ring_args: Vec<String> = vec![
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--data-dir".into(),
+                    dir.path()
+                        .join(if i == 0 {
+                            "ring".to_owned()
+                        } else {
+                            format!("ring-{i}")
+                        })
+                        .display()
+                        .to_string(),
+                    "--partitions".into(),
+                    opts.partitions.to_string(),
+                    "--heartbeat-timeout-ms".into(),
+                    "2000".into(),
+                    "--replica-id".into(),
+                    i.to_string(),
+                    "--replicas".into(),
+                    replicas.clone(),
+                    "--election-timeout-ms".into(),
+                    "300".into(),
+                ];
+                ring_args.extend(opts.ring_args.iter().cloned());
+                let name = if i == 0 {
+                    "ring".to_owned()
+                } else {
+                    format!("ring-{i}")
+                };
+                Proc::spawn("dynamo-ring", &name, *port, ring_args, &logs)
+            })
+            .collect();
+        let ring = rings.remove(0);
+        let ring_others = rings;
+        let ring_urls = std::iter::once(&ring)
+            .chain(&ring_others)
+            .map(Proc::url)
+            .collect::<Vec<_>>()
+            .join(",");
         let http = dynamo_testkit::http();
-        wait_ready(&ring.url()).await;
+        for r in std::iter::once(&ring).chain(&ring_others) {
+            wait_ready(&r.url()).await;
+        }
         let mut nodes = Vec::new();
         for i in 0..opts.nodes {
-            let node = spawn_storage(&opts, i, dir.path(), &ring.url());
+            let node = spawn_storage(&opts, i, dir.path(), &ring_urls);
             wait_ready(&node.url()).await;
             nodes.push(node);
         }
@@ -290,10 +338,12 @@ impl Cluster {
             assert!(resp.status().is_success(), "join node-{i}: {}", resp.status());
             wait_members(&http, &ring.url(), i + 1).await;
         }
-        let coordinator = spawn_coordinator(&opts, "coordinator", &ring.url(), &logs).await;
+        let coordinator = spawn_coordinator(&opts, "coordinator", &ring_urls, &logs).await;
         let cluster = Cluster {
             dir,
             ring,
+            ring_others,
+            ring_urls,
             nodes,
             coordinator,
             http,
@@ -309,7 +359,7 @@ impl Cluster {
     /// Starts one more coordinator of this cluster (same flags, same context key), named
     /// `name` in its log, and waits until it routes over every node.
     pub async fn start_coordinator(&self, name: &str) -> Proc {
-        let c = spawn_coordinator(&self.opts, name, &self.ring.url(), self.dir.path()).await;
+        let c = spawn_coordinator(&self.opts, name, &self.ring_urls, self.dir.path()).await;
         let url = c.url();
         dynamo_testkit::eventually(&format!("{name} routes to every node"), || async {
             let Ok(r) = self

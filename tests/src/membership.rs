@@ -67,7 +67,7 @@ impl Cluster {
     /// not a member until it is joined (or replaces one). Returns its index.
     pub async fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        let node = spawn_storage(&self.opts, i, self.dir.path(), &self.ring.url());
+        let node = spawn_storage(&self.opts, i, self.dir.path(), &self.ring_urls);
         wait_ready(&node.url()).await;
         self.nodes.push(node);
         i

@@ -96,8 +96,8 @@ async fn put_get(port: u16, token: &str, put: Option<&str>) -> String {
     r.text().await.expect("body")
 }
 
-/// Three free ports in a row (storage nodes take base, base+1, base+2), by a bounded
-/// search.
+/// Three free ports in a row (storage nodes, and the ring replicas, take base, base+1,
+/// base+2), by a bounded search.
 fn three_free_ports() -> u16 {
     let start = free_port();
     (0..50)
@@ -115,7 +115,7 @@ fn three_free_ports() -> u16 {
 async fn dev_tls_runs_every_hop_over_tls_with_a_throw_away_ca() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    let (port, ring) = (free_port(), free_port());
+    let (port, ring) = (free_port(), three_free_ports());
     let storage = three_free_ports();
     let dev = start_dev_with(&data, port, ring, storage, &["--tls"]);
     let ca = data.join("tls").join("ca.pem");
@@ -189,13 +189,8 @@ async fn dev_tls_runs_every_hop_over_tls_with_a_throw_away_ca() {
 async fn dev_runs_a_cluster_that_keeps_its_data_across_restarts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    let (port, ring, storage) = (free_port(), free_port(), free_port());
-    // Storage nodes take storage, storage+1, storage+2: pick a base whose neighbours are
-    // free too (bounded search).
-    let storage = (0..50)
-        .map(|i| storage.wrapping_add(i * 7))
-        .find(|&p| (0..3).all(|d| std::net::TcpListener::bind(("127.0.0.1", p + d)).is_ok()))
-        .expect("three free ports in a row");
+    // The ring replicas and the storage nodes each take base, base+1, base+2.
+    let (port, ring, storage) = (free_port(), three_free_ports(), three_free_ports());
 
     let dev = start_dev(&data, port, ring, storage);
     let token = std::fs::read_to_string(data.join("root-token")).expect("root token written");

@@ -5,6 +5,7 @@ pub use dynamo_server::config::Secret;
 use dynamo_server::config::ServeArgs;
 use dynamo_server::internal::testing::{TEST_CONTROL_KEY, TEST_MEMBER_KEY};
 use dynamo_server::internal::{ControlArgs, MemberArgs};
+use dynamo_server::ring_urls::RingUrls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,7 +63,10 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// The ring service's internal address.
+    /// The ring service's internal address: one URL or several, comma-separated
+    /// (`http://ring-0:7000,http://ring-1:7000,http://ring-2:7000`); any replica, as each
+    /// answers reads and forwards writes to its leader. Calls go to one replica and move
+    /// on to the next when it does not answer.
     #[arg(long, env = "DYNAMO_RING_URL", default_value = "http://127.0.0.1:7000")]
     pub ring_url: String,
 
@@ -197,9 +201,7 @@ impl Config {
         if let Err(e) = self.default_props().validate() {
             return bad("default-n", e.to_string());
         }
-        if !(self.ring_url.starts_with("http://") || self.ring_url.starts_with("https://")) {
-            return bad("ring-url", "must be an http(s) URL".into());
-        }
+        self.ring_urls()?;
         if self.max_body_bytes <= dynamo_core::limits::MAX_VALUE_BYTES {
             return bad("max-body-bytes", "must exceed the 1 MiB value limit".into());
         }
@@ -310,6 +312,15 @@ impl Config {
         }
     }
 
+    /// Parses `--ring-url` into the list of ring-service replicas.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for `ring-url` when the list is empty, too long, repeats a URL, or
+    /// holds an entry that is not an http(s) base URL.
+    pub fn ring_urls(&self) -> Result<RingUrls, ConfigError> {
+        RingUrls::parse(&self.ring_url).map_err(|e| ConfigError::new("ring-url", e.to_string()))
+    }
+
     /// The default quorum wait.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
@@ -359,6 +370,30 @@ mod tests {
             c.read_fanout(),
             dynamo_core::round::ReadFanout::First { hedge_ms: 20 }
         );
+    }
+
+    // Goal: `--ring-url` takes one URL or several, comma-separated, and refuses a list
+    // with an empty or non-http(s) entry, naming the flag.
+    #[test]
+    fn the_ring_url_is_a_list_of_http_urls() {
+        let mut c = Config::for_ring("http://ring-0:7000", "root-token-for-tests-0123");
+        assert!(c.validate().is_ok());
+        c.ring_url = "http://ring-0:7000, http://ring-1:7000/,https://ring-2:7000".into();
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.ring_urls().expect("a list").as_slice(),
+            ["http://ring-0:7000", "http://ring-1:7000", "https://ring-2:7000"]
+        );
+        for bad in [
+            "",
+            "ring-0:7000",
+            "http://ring-0:7000,,http://ring-1:7000",
+            "http://ring-0:7000,",
+        ] {
+            c.ring_url = bad.into();
+            let e = c.validate().expect_err(bad).to_string();
+            assert!(e.starts_with("invalid --ring-url"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 
     let tracker = TaskTracker::new();
     let workers = Workers::new(&registry, "coordinator", CancellationToken::new())?;
-    let cache = state::ClusterCache::new(config.ring_url.clone(), client.clone(), metrics.clone());
+    let cache = state::ClusterCache::new(config.ring_urls()?, client.clone(), metrics.clone());
     if let Err(e) = cache.refresh(Duration::from_secs(2)).await {
         tracing::warn!(error = %e.message, "ring service not reachable at start; will keep trying");
     }

@@ -17,6 +17,7 @@ use dynamo_core::{BucketName, ErrorCode, RingEpoch};
 use dynamo_server::ApiError;
 use dynamo_server::follow;
 use dynamo_server::internal::InternalClient;
+use dynamo_server::ring_urls::RingUrls;
 use tokio::sync::watch;
 
 use crate::metrics::CoordinatorMetrics;
@@ -39,19 +40,21 @@ pub struct ClusterCache {
     /// When the ring service last answered (wall clock ms; 0: never).
     heard_ms: Arc<AtomicU64>,
     changed: watch::Sender<u64>,
-    ring_url: String,
+    /// The ring service's replicas, shared by the follower and every admin relay: a
+    /// replica one of them found away is skipped by the others.
+    ring_urls: RingUrls,
     client: InternalClient,
     metrics: CoordinatorMetrics,
 }
 
 impl ClusterCache {
-    /// Builds an empty cache for the ring service at `ring_url`.
-    pub fn new(ring_url: String, client: InternalClient, metrics: CoordinatorMetrics) -> Self {
+    /// Builds an empty cache for the ring service at `ring_urls` (any of its replicas).
+    pub fn new(ring_urls: RingUrls, client: InternalClient, metrics: CoordinatorMetrics) -> Self {
         ClusterCache {
             state: Arc::new(RwLock::new(None)),
             heard_ms: Arc::new(AtomicU64::new(0)),
             changed: watch::channel(0).0,
-            ring_url: ring_url.trim_end_matches('/').to_owned(),
+            ring_urls,
             client,
             metrics,
         }
@@ -75,9 +78,9 @@ impl ClusterCache {
         }
     }
 
-    /// Returns the ring service's address.
-    pub fn ring_url(&self) -> &str {
-        &self.ring_url
+    /// Returns the ring service's replicas (calls start at the current one).
+    pub fn ring_urls(&self) -> &RingUrls {
+        &self.ring_urls
     }
 
     /// Returns the last state seen, or `ring_unavailable` before the first.
@@ -158,14 +161,16 @@ impl ClusterCache {
     }
 
     /// Fetches the state now (after an admin change this coordinator made), waiting at
-    /// most `timeout`.
+    /// most `timeout` for each replica. It asks the current replica first (the one that
+    /// just took the change) and moves on to the next ones, each at most once, when one
+    /// does not answer: a read may go to any replica.
     ///
     /// # Errors
-    /// `503 ring_unavailable` when the ring service does not answer.
+    /// `503 ring_unavailable` when no replica answers.
     pub async fn refresh(&self, timeout: Duration) -> Result<(), ApiError> {
-        let state = follow::fetch_state(&self.client, &self.ring_url, None, Duration::ZERO, timeout)
+        let state = follow::fetch_state_from_any(&self.client, &self.ring_urls, timeout)
             .await
-            .map_err(|e| ApiError::new(ErrorCode::RingUnavailable, format!("ring service: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorCode::RingUnavailable, e.to_string()))?;
         self.mark_heard();
         if let Some(s) = state {
             self.install(s);
@@ -176,8 +181,8 @@ impl ClusterCache {
     /// Follows the ring service until `stop` ([`dynamo_server::follow`]), each long poll
     /// held for at most `wait`.
     pub fn follower(self, wait: Duration) -> follow::Follower<ClusterCache> {
-        let (client, url) = (self.client.clone(), self.ring_url.clone());
-        follow::Follower::with_wait(client, url, wait, RING_SLACK, self)
+        let (client, urls) = (self.client.clone(), self.ring_urls.clone());
+        follow::Follower::with_wait(client, urls, wait, RING_SLACK, self)
     }
 
     /// Returns a receiver that sees the version of every state installed from now on.

@@ -171,6 +171,7 @@ fn view_of(s: &ClusterState) -> ClusterView {
         handoffs: s.handoffs.clone(),
         change: s.change.as_ref().map(|c| ChangeProgress::of(c, &s.handoffs)),
         max_n: None,
+        ring_group: None,
     }
 }
 
@@ -644,5 +645,65 @@ async fn retry_and_abort_are_refused_without_cluster_wide_admin() {
         .change
         .expect("the change is still there");
     assert!(change.change.failed.is_some(), "and still failed");
+    coordinator.stop().await;
+}
+
+// Goal: `--ring-url` takes several replicas and the coordinator passes one it cannot
+// connect to: with a closed address first and a working ring service second, it follows
+// the state (it serves the ring and the failed change) and relays an admin call, which
+// reaches the working replica exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_first_replica_is_passed_for_the_next() {
+    let fake = FakeRing::new().with_failed_replace("copy");
+    let ring_urls = format!("{},{}", dynamo_testkit::closed_address(), fake.serve().await);
+    let coordinator = Coordinator::start(ring_urls, |_| {}).await;
+    let url = coordinator.url.clone();
+    let change = cluster_view(&url).await.change.expect("the state was followed");
+    assert!(change.change.failed.is_some());
+
+    let (status, body) = post_control(&url, TOKEN, "retry").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        fake.controls(),
+        vec![Control {
+            route: routes::ring::CHANGE_RETRY,
+            role: Some(Role::Control),
+        }]
+    );
+    coordinator.stop().await;
+}
+
+/// A retry that reached a replica which died before answering: the handler panics, so
+/// the replica closes the connection with the request taken and no answer.
+async fn take_and_die(State(f): State<FakeRing>, headers: HeaderMap) -> Response {
+    f.controls.lock().expect("lock").push(Control {
+        route: routes::ring::CHANGE_RETRY,
+        role: signed_role(&headers),
+    });
+    panic!("the replica dies after taking the retry (expected by the test)");
+}
+
+// Goal: a relayed write that a replica may have applied is not sent to another one: the
+// first replica takes a retry and closes the connection without answering, so the
+// caller gets `503 ring_unavailable` and the second replica never sees the retry (it
+// would run the change a second time). Method: two fake replicas sharing nothing; the
+// first serves the state (so it stays current) and dies on the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_a_replica_may_have_applied_is_not_sent_to_another() {
+    let dying = FakeRing::new().with_failed_replace("copy");
+    let dying_url = dynamo_testkit::serve(
+        Router::new()
+            .route(routes::ring::STATE, get(fake_state))
+            .route(routes::ring::CHANGE_RETRY, post(take_and_die))
+            .with_state(dying.clone()),
+    )
+    .await;
+    let other = FakeRing::new().with_failed_replace("copy");
+    let coordinator = Coordinator::start(format!("{dying_url},{}", other.serve().await), |_| {}).await;
+
+    let (status, body) = post_control(&coordinator.url, TOKEN, "retry").await;
+    assert_eq!((status, code(&body)), (503, "ring_unavailable"), "{body}");
+    assert_eq!(dying.controls().len(), 1, "the first replica took the retry");
+    assert!(other.controls().is_empty(), "and no other replica saw it");
     coordinator.stop().await;
 }

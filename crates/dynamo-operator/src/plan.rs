@@ -630,6 +630,7 @@ mod tests {
             handoffs: Vec::new(),
             change: None,
             max_n: None,
+            ring_group: None,
         }
     }
 

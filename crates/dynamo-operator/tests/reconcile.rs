@@ -348,6 +348,7 @@ fn view(members: &[&str]) -> ClusterView {
         handoffs: Vec::new(),
         change: None,
         max_n: None,
+        ring_group: None,
     }
 }
 

@@ -15,7 +15,7 @@ use dynamo_core::signature::Role;
 use dynamo_core::wire::BucketPropsPatch;
 use dynamo_core::wire::cluster::{
     BucketRecord, ClusterView, Handoff, Heartbeat, KeyPlacement, NodeRegistration, NodeState, ReleaseDone,
-    ReplaceRequest, TokenRecord,
+    ReplaceRequest, RingGroupStatus, RingReplicaStatus, TokenRecord,
 };
 use dynamo_core::wire::routes::ring;
 use dynamo_core::{BucketName, ErrorCode, NodeId, key_hash};
@@ -56,6 +56,7 @@ pub(crate) fn routes(svc: Arc<Service>) -> Router {
         .route(ring::STATE, get(get_state))
         .route(ring::RING, get(get_ring))
         .route(ring::CLUSTER, get(get_cluster))
+        .route(ring::RING_GROUP, get(get_ring_group))
         .route(ring::NODES, post(join))
         .route(ring::NODE, delete(decommission))
         .route(ring::NODE_REPLACE, post(replace))
@@ -68,7 +69,100 @@ pub(crate) fn routes(svc: Arc<Service>) -> Router {
         .route(ring::CHANGE_RETRY, post(retry_change))
         .route(ring::CHANGE_ABORT, post(abort_change))
         .route(ring::RELEASES, post(release_done))
+        .layer(axum::middleware::from_fn_with_state(svc.clone(), to_leader))
         .with_state(svc)
+}
+
+/// Marks a request one replica forwarded to another, so it is forwarded at most once.
+pub const FORWARDED_HEADER: &str = "x-dynamo-forwarded-by";
+/// How long a forwarded request may take at the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves a request here, or forwards it to the leader. Reads of the applied state
+/// (every `GET` but the cluster view, whose heartbeat ages only the leader knows, and the
+/// ring group's status, whose replication progress only it knows) are answered by any
+/// replica; everything else changes the state or needs the leader's
+/// liveness, so a follower forwards it as it came (the caller's signature included, which
+/// the leader checks again) and answers what the leader answered. Runs after the
+/// signature check: nothing unsigned is forwarded.
+async fn to_leader(
+    State(svc): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let local =
+        req.method() == Method::GET && !matches!(route.as_deref(), Some(ring::CLUSTER | ring::RING_GROUP));
+    if local || svc.is_leader() {
+        return next.run(req).await;
+    }
+    let unavailable = |why: String| ApiError::new(ErrorCode::RingUnavailable, why).into_response();
+    if req.headers().contains_key(FORWARDED_HEADER) {
+        return unavailable(format!(
+            "replica {} was forwarded a request but does not lead the ring group; retry shortly",
+            svc.group.me
+        ));
+    }
+    let Some((leader, url)) = svc.leader_url().await else {
+        return unavailable("the ring group has no leader; retry shortly".into());
+    };
+    if leader == svc.group.me {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, svc.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                ErrorCode::BodyTooLarge,
+                "the body is larger than the request limit",
+            )
+            .into_response();
+        }
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = svc
+        .forward
+        .request(parts.method.clone(), format!("{url}{path}"))
+        .timeout(FORWARD_TIMEOUT)
+        .header(FORWARDED_HEADER, svc.group.me.to_string())
+        .body(bytes);
+    for (k, v) in &parts.headers {
+        if !matches!(
+            *k,
+            axum::http::header::HOST | axum::http::header::CONTENT_LENGTH | axum::http::header::CONNECTION
+        ) {
+            out = out.header(k, v);
+        }
+    }
+    let resp = match out.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return unavailable(format!(
+                "the ring group's leader (replica {leader}) did not answer: {}",
+                e.without_url()
+            ));
+        }
+    };
+    let status = resp.status();
+    let content_type = resp.headers().get(axum::http::header::CONTENT_TYPE).cloned();
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            return unavailable(format!(
+                "the ring group's leader (replica {leader}) broke off its answer: {}",
+                e.without_url()
+            ));
+        }
+    };
+    let mut answer = (status, body).into_response();
+    if let Some(ct) = content_type {
+        answer.headers_mut().insert(axum::http::header::CONTENT_TYPE, ct);
+    }
+    answer
 }
 
 fn node_id(raw: String) -> Result<NodeId, ApiError> {
@@ -259,6 +353,47 @@ async fn heartbeat(State(svc): State<AppState>, Json(hb): Json<Heartbeat>) -> Re
         }
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /internal/v1/ring-group`: the replicas, the leader and how far each follower
+/// got, from the leader's consensus metrics (followers forward it there).
+async fn get_ring_group(State(svc): State<AppState>) -> Result<Json<RingGroupStatus>, ApiError> {
+    let m = svc.raft.metrics().borrow().clone();
+    let Some(leader) = m.current_leader else {
+        return Err(ApiError::new(
+            ErrorCode::RingUnavailable,
+            "the ring group has no leader",
+        ));
+    };
+    let last = m.last_log_index;
+    let replicas = svc
+        .group
+        .replicas
+        .iter()
+        .map(|(id, url)| {
+            let matched = if *id == svc.group.me {
+                last
+            } else {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).copied().flatten())
+                    .map(|l| l.index)
+            };
+            RingReplicaStatus {
+                id: *id,
+                url: url.clone(),
+                leader: *id == leader,
+                matched_index: matched,
+                lag: matched.zip(last).map(|(m, l)| l.saturating_sub(m)),
+            }
+        })
+        .collect();
+    Ok(Json(RingGroupStatus {
+        leader,
+        term: m.current_term,
+        applied_index: m.last_applied.map(|l| l.index),
+        replicas,
+    }))
 }
 
 async fn get_bucket(

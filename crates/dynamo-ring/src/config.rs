@@ -4,6 +4,7 @@ pub use dynamo_server::config::ConfigError;
 use dynamo_server::config::{Secret, ServeArgs};
 use dynamo_server::internal::testing::{TEST_CONTROL_KEY, TEST_MEMBER_KEY};
 use dynamo_server::internal::{ControlArgs, MemberArgs};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +12,11 @@ use std::time::Duration;
 use clap::Parser;
 use dynamo_core::Partitioning;
 use dynamo_core::limits::MAX_N;
+
+use crate::raft::Group;
+
+/// Most replicas of a ring group (a majority of 7 is 4: more only slows commits).
+pub const MAX_REPLICAS: usize = 7;
 
 /// Smallest accepted `--max-body-bytes`: a registration or a token with a long bucket
 /// list must fit.
@@ -76,6 +82,23 @@ pub struct Config {
     )]
     pub unsafe_early_release: bool,
 
+    /// This replica's id in the ring group (`--replicas`); on Kubernetes the ordinal of
+    /// its StatefulSet pod.
+    #[arg(long, env = "DYNAMO_REPLICA_ID", default_value_t = 0)]
+    pub replica_id: u64,
+
+    /// Every replica of the ring group, this one included: `id=url,id=url,...` (e.g.
+    /// `0=http://ring-0:7000,1=http://ring-1:7000,2=http://ring-2:7000`). Empty: a
+    /// group of this one replica. Fixed for the group's life: all replicas must be given
+    /// the same list.
+    #[arg(long, env = "DYNAMO_REPLICAS", default_value = "")]
+    pub replicas: String,
+
+    /// Minimum election timeout of the ring group: a follower that heard nothing from a
+    /// leader for this long (randomised up to twice it) starts an election.
+    #[arg(long, env = "DYNAMO_ELECTION_TIMEOUT_MS", default_value_t = 500)]
+    pub election_timeout_ms: u64,
+
     /// Serving and telemetry flags every service shares.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -122,9 +145,68 @@ impl Config {
                 return bad(field, "must be greater than 0".into());
             }
         }
+        if !(50..=60_000).contains(&self.election_timeout_ms) {
+            return bad("election-timeout-ms", "must be 50..=60000".into());
+        }
+        self.group()?;
         self.serve.validate()?;
         self.member.validate()?;
         Ok(())
+    }
+
+    /// The ring group `--replica-id` and `--replicas` describe.
+    ///
+    /// # Errors
+    /// A malformed list, a duplicate id, a URL that is not http(s), more than
+    /// [`MAX_REPLICAS`] replicas, or a list without this replica's id.
+    pub fn group(&self) -> Result<Group, ConfigError> {
+        let bad = |reason: String| ConfigError {
+            field: "replicas",
+            reason,
+        };
+        let mut replicas = BTreeMap::new();
+        for item in self.replicas.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (id, url) = item
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{item:?} is not id=url")))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("{id:?} is not a replica id (an integer)")))?;
+            let url = url.trim().trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(format!("{url:?} is not an http(s) URL")));
+            }
+            if replicas.insert(id, url.to_owned()).is_some() {
+                return Err(bad(format!("replica {id} is listed twice")));
+            }
+        }
+        if replicas.is_empty() {
+            let scheme = if self.serve.tls.tls_cert_file.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            replicas.insert(self.replica_id, format!("{scheme}://{}", self.listen));
+        }
+        if replicas.len() > MAX_REPLICAS {
+            return Err(bad(format!("at most {MAX_REPLICAS} replicas")));
+        }
+        if !replicas.contains_key(&self.replica_id) {
+            return Err(bad(format!(
+                "the list does not hold this replica's id {}",
+                self.replica_id
+            )));
+        }
+        Ok(Group {
+            me: self.replica_id,
+            replicas,
+        })
+    }
+
+    /// The election timeout.
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_ms)
     }
 
     /// Builds a configuration for tests: defaults with `data_dir` and the public test

@@ -39,6 +39,9 @@ pub enum RingServiceError {
     /// The metrics could not be registered, or the HTTP client built.
     #[error("cannot set up the service: {0}")]
     Setup(String),
+    /// The ring group's consensus could not be set up (its store, its configuration).
+    #[error("ring group: {0}")]
+    Raft(String),
     /// The listener failed.
     #[error("serving failed")]
     Serve(#[from] std::io::Error),

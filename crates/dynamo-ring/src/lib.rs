@@ -73,6 +73,7 @@ pub mod error;
 pub mod liveness;
 pub mod metrics;
 pub mod plan;
+pub mod raft;
 pub mod store;
 
 mod api;
@@ -82,7 +83,6 @@ mod service;
 use std::sync::Arc;
 
 use dynamo_core::signature::Role;
-use dynamo_core::wire::cluster::NodeState;
 use dynamo_server::internal;
 use dynamo_server::metrics::HttpMetrics;
 use dynamo_server::serve::{self, Limits, Readiness};
@@ -138,17 +138,21 @@ pub async fn run(
     let metrics = metrics::RingMetrics::new(&registry).map_err(setup)?;
     let http_metrics = HttpMetrics::new(&registry, "ring").map_err(setup)?;
 
+    let group = config.group()?;
     let dir = config.data_dir.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
+    let (legacy, db) = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir).map_err(|source| RingServiceError::DataDir {
             path: dir.clone(),
             source,
         })?;
-        store::load(&dir).map_err(RingServiceError::from)
+        let legacy = store::load(&dir).map_err(RingServiceError::from)?;
+        let db = fjall::Database::builder(dir.join(raft::DB_DIR))
+            .open()
+            .map_err(|e| RingServiceError::Raft(format!("cannot open the raft store: {e}")))?;
+        Ok::<_, RingServiceError>((legacy, db))
     })
     .await??;
-    let cluster = loaded.unwrap_or_else(Cluster::empty);
-    if let Some(ring) = &cluster.state.ring
+    if let Some(ring) = legacy.as_ref().and_then(|c| c.state.ring.as_ref())
         && u64::from(ring.partitioning().count()) != config.partitions
     {
         return Err(RingServiceError::PartitionMismatch {
@@ -156,25 +160,13 @@ pub async fn run(
             configured: config.partitions,
         });
     }
-
-    // Nodes not known to be down get a grace period from now: this restart must not
-    // mark the whole cluster down before its nodes had a chance to beat.
-    let liveness = SharedLiveness::new(Liveness::new(config.heartbeat_timeout()));
-    {
-        let now = tokio::time::Instant::now();
-        let mut l = liveness.lock();
-        for n in cluster.state.nodes.iter().filter(|n| n.state != NodeState::Down) {
-            l.grace(&n.node_id, now);
-        }
-    }
-    tracing::info!(
-        version = cluster.state.version,
-        epoch = cluster.epoch().0,
-        nodes = cluster.state.nodes.len(),
-        change = cluster.change.as_ref().map(|c| c.kind.name()),
-        listen = %listener.local_addr()?,
-        "ring service starting"
-    );
+    let (published, _) = tokio::sync::watch::channel(Arc::new(Cluster::empty()));
+    let log = raft::log::LogStore::open(&db).map_err(|e| RingServiceError::Raft(e.to_string()))?;
+    let pristine = log
+        .is_pristine()
+        .map_err(|e| RingServiceError::Raft(e.to_string()))?;
+    let state_machine = raft::sm::StateMachine::open(&db, published.clone(), metrics.clone())
+        .map_err(RingServiceError::Raft)?;
 
     let member_keys = config.member.keys()?;
     let control_keys = config.control.keys()?;
@@ -191,7 +183,53 @@ pub async fn run(
         ))
         .build()
         .map_err(|e| RingServiceError::Setup(e.to_string()))?;
+    let forward = http.clone();
+    let control_signer = internal::Signer::new(&control_keys, Role::Control, "ring")
+        .map_err(|e| RingServiceError::Setup(e.to_string()))?;
+    let control_client = internal::client(http.clone(), control_signer);
     let client = internal::client(http, signer);
+    let raft_config =
+        raft::raft_config("dynamo-ring", config.election_timeout()).map_err(RingServiceError::Raft)?;
+    let raft = raft::Raft::new(
+        group.me,
+        raft_config,
+        raft::net::Network {
+            client: control_client,
+            group: group.canonical(),
+        },
+        log,
+        state_machine,
+    )
+    .await
+    .map_err(|e| RingServiceError::Raft(e.to_string()))?;
+    if pristine && group.initializer() {
+        match raft.initialize(group.nodes()).await {
+            Ok(()) => tracing::info!(replicas = group.replicas.len(), "ring group initialized"),
+            Err(e) => tracing::info!(error = %e, "ring group already initialized"),
+        }
+    }
+    let applied = published.borrow().clone();
+    if let Some(ring) = &applied.state.ring
+        && u64::from(ring.partitioning().count()) != config.partitions
+    {
+        return Err(RingServiceError::PartitionMismatch {
+            stored: ring.partitioning().count(),
+            configured: config.partitions,
+        });
+    }
+    // Nodes not known to be down get a grace period from now: this restart must not
+    // mark the whole cluster down before its nodes had a chance to beat.
+    let liveness = SharedLiveness::new(Liveness::new(config.heartbeat_timeout()));
+    tracing::info!(
+        replica = group.me,
+        replicas = group.replicas.len(),
+        version = applied.state.version,
+        epoch = applied.epoch().0,
+        nodes = applied.state.nodes.len(),
+        change = applied.change.as_ref().map(|c| c.kind.name()),
+        listen = %listener.local_addr()?,
+        "ring service starting"
+    );
     let door = internal::Door::new(
         &config.member,
         member_keys,
@@ -205,20 +243,45 @@ pub async fn run(
     };
     let serve_args = config.serve.clone();
     let workers = Workers::new(&registry, "ring", shutdown.child_token()).map_err(setup)?;
+    let single = group.replicas.len() == 1;
     let svc = Service::new(
         Arc::new(config),
-        cluster,
+        published,
+        raft,
+        group,
+        forward,
         liveness,
         metrics,
         client,
         workers.clone(),
     );
-    svc.resume().await;
     workers.spawn(liveness::LivenessTicker { svc: svc.clone() });
+    workers.spawn(raft::Leadership::new(svc.clone()));
+    if let Some(file) = legacy {
+        raft::migrate(&svc, file, pristine).await?;
+    }
+    // A group of one elects itself: wait for that before answering ready, so a restart
+    // of a single ring service takes writes as soon as it is ready. A larger group needs
+    // the others' answers, which only serving can get.
+    if single {
+        svc.leader_url().await;
+    }
 
     let readiness = Readiness::new();
+    let raft_door = internal::Door::new(
+        &svc.config.member,
+        svc.config.member.keys()?,
+        Some(svc.config.control.keys()?),
+        |_, _| Role::Control,
+        raft::MAX_RPC_BODY_BYTES,
+    );
+    let raft_routes = internal::guard(
+        raft::net::routes(svc.raft.clone(), svc.group.canonical()),
+        raft_door,
+    )
+    .layer(axum::extract::DefaultBodyLimit::max(raft::MAX_RPC_BODY_BYTES));
     let app = serve::with_common_layers(
-        internal::guard(api::routes(svc.clone()), door),
+        internal::guard(api::routes(svc.clone()), door).merge(raft_routes),
         serve::health_routes(readiness.clone(), registry),
         limits,
         http_metrics,
@@ -229,6 +292,9 @@ pub async fn run(
     workers.shutdown().await;
     svc.tasks.close();
     svc.tasks.wait().await;
+    if let Err(e) = svc.raft.shutdown().await {
+        tracing::warn!(error = %e, "the ring group's consensus did not stop cleanly");
+    }
     tracing::info!("ring service stopped");
     served.map_err(RingServiceError::from)
 }

@@ -118,6 +118,11 @@ impl Worker for LivenessTicker {
 
     async fn work(&mut self, _stop: &CancellationToken) -> Result<Next, ApiError> {
         let svc = &self.svc;
+        // Heartbeats reach the leader (followers forward them): only it can judge, and
+        // only once it gave every node its grace period.
+        if !svc.in_office() {
+            return Ok(Next::Idle);
+        }
         let snap = svc.snapshot();
         let now = Instant::now();
         let due = {

@@ -22,6 +22,19 @@ pub struct RingMetrics {
     pub pulls: IntCounterVec,
     /// Runtime checks of a core invariant that failed, by invariant.
     pub invariant_violations: InvariantViolations,
+    /// The ring group's current term.
+    pub raft_term: IntGauge,
+    /// The id of the replica this one knows as leader (-1: none known).
+    pub raft_leader: IntGauge,
+    /// 1 while this replica leads the group.
+    pub raft_is_leader: IntGauge,
+    /// Index of the last entry in this replica's log (-1: none).
+    pub raft_last_log_index: IntGauge,
+    /// Index of the last entry applied to this replica's state (-1: none); on the leader,
+    /// entries are applied once committed, so this is its commit index.
+    pub raft_applied_index: IntGauge,
+    /// On the leader: entries each follower lacks behind the leader's last log index.
+    pub raft_replication_lag: prometheus::IntGaugeVec,
 }
 
 impl RingMetrics {
@@ -60,6 +73,30 @@ impl RingMetrics {
                     invariant::PLAN_MATCHES_PUBLISHED_RING,
                 ],
             )?,
+            raft_term: IntGauge::new("dynamo_ring_raft_term", "The ring group's current term")?,
+            raft_leader: IntGauge::new(
+                "dynamo_ring_raft_leader",
+                "The replica id this replica knows as the ring group's leader (-1: none)",
+            )?,
+            raft_is_leader: IntGauge::new(
+                "dynamo_ring_raft_is_leader",
+                "1 while this replica leads the ring group",
+            )?,
+            raft_last_log_index: IntGauge::new(
+                "dynamo_ring_raft_last_log_index",
+                "Index of the last entry in this replica's log (-1: none)",
+            )?,
+            raft_applied_index: IntGauge::new(
+                "dynamo_ring_raft_applied_index",
+                "Index of the last entry applied to this replica's state (-1: none)",
+            )?,
+            raft_replication_lag: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "dynamo_ring_raft_replication_lag",
+                    "On the leader: log entries each follower lacks",
+                ),
+                &["replica"],
+            )?,
         };
         // Every result's series exists from the start, so a dashboard shows 0 rather
         // than nothing.
@@ -71,6 +108,12 @@ impl RingMetrics {
         registry.register(Box::new(m.state_version.clone()))?;
         registry.register(Box::new(m.handoffs_pending.clone()))?;
         registry.register(Box::new(m.pulls.clone()))?;
+        registry.register(Box::new(m.raft_term.clone()))?;
+        registry.register(Box::new(m.raft_leader.clone()))?;
+        registry.register(Box::new(m.raft_is_leader.clone()))?;
+        registry.register(Box::new(m.raft_last_log_index.clone()))?;
+        registry.register(Box::new(m.raft_applied_index.clone()))?;
+        registry.register(Box::new(m.raft_replication_lag.clone()))?;
         Ok(m)
     }
 

@@ -1,20 +1,27 @@
-//! The service core: the current [`Cluster`] behind one writer lock, the published
-//! snapshot, liveness, and the one way to change anything ([`Service::mutate`]).
+//! The service core: the applied [`Cluster`] (published by the replica's state machine),
+//! liveness, the ring group's openraft handle, and the one way to change anything
+//! ([`Service::mutate`]).
 //!
-//! **Invariant (persist before publish):** a change becomes visible (to readers,
-//! long-pollers and the caller that asked for it) only after `state.json` holds it. A
-//! change that cannot be persisted is refused and nothing changes.
+//! **Invariant (replicate before publish):** a change becomes visible (to readers,
+//! long-pollers and the caller that asked for it) only once the group committed it: a
+//! majority of the ring replicas holds it on disk. A change that cannot be committed is
+//! refused and nothing changes.
 //!
-//! **Invariant (monotonic versions):** every commit has version = previous + 1, and the
-//! ring epoch never decreases; a ring with other content always has a larger epoch.
-//! Breaches are counted in `dynamo_invariant_violations_total` and refused.
+//! **Invariant (monotonic versions):** every applied state has version = previous + 1,
+//! and the ring epoch never decreases; a ring with other content always has a larger
+//! epoch. Breaches are counted in `dynamo_invariant_violations_total` and refused, by the
+//! leader before proposing and by every replica before applying.
+//!
+//! Only the leader changes anything: mutations, the liveness ticker and the handoff
+//! worker run there; a follower forwards every write it receives to the leader
+//! ([`crate::api`]).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use dynamo_core::ErrorCode;
-use dynamo_core::wire::cluster::ClusterView;
+use dynamo_core::wire::cluster::{ClusterView, NodeState};
 use dynamo_server::ApiError;
-use dynamo_server::metrics::invariant;
 use dynamo_server::worker::Workers;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -26,7 +33,11 @@ use crate::config::Config;
 use crate::liveness::SharedLiveness;
 use crate::metrics::RingMetrics;
 use crate::plan::{ChangeStatus, PendingChange};
-use crate::store::{self, StateFile};
+use crate::raft::{Group, Proposal, Raft, ReplicaId, sm};
+use crate::store::StateFile;
+
+/// How long a mutation waits for the group to have a leader before it is refused.
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything the handlers and workers share.
 pub(crate) struct Service {
@@ -34,11 +45,22 @@ pub(crate) struct Service {
     pub config: Arc<Config>,
     /// Q and the ring's N.
     pub settings: Settings,
-    /// The current state; only [`Service::mutate`] takes it (a tokio lock, since a
-    /// commit awaits the fsync while holding it: commits are serialised in order).
-    core: tokio::sync::Mutex<Cluster>,
-    /// The last committed state, for readers and long-polls.
+    /// Serialises this replica's proposals (each is computed from the applied state, and
+    /// the next one only after it was applied).
+    propose: tokio::sync::Mutex<()>,
+    /// The applied state, for readers and long-polls; written by the state machine.
     published: watch::Sender<Arc<Cluster>>,
+    /// The ring group's consensus.
+    pub raft: Raft,
+    /// The ring group.
+    pub group: Group,
+    /// A plain client (no signing) to forward a request to the leader with its caller's
+    /// own signature.
+    pub forward: reqwest::Client,
+    /// True once this replica, as leader, gave every node its liveness grace period
+    /// (the liveness ticker judges nobody before: it would mark down nodes whose beats
+    /// went to the previous leader).
+    in_office: std::sync::atomic::AtomicBool,
     /// Heartbeats and grace periods.
     pub liveness: SharedLiveness,
     /// The service's metrics.
@@ -56,27 +78,33 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    /// Builds the service around a loaded (or empty) state.
+    /// Builds the service around the replica's state machine's `published` state.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
-        cluster: Cluster,
+        published: watch::Sender<Arc<Cluster>>,
+        raft: Raft,
+        group: Group,
+        forward: reqwest::Client,
         liveness: SharedLiveness,
         metrics: RingMetrics,
         client: dynamo_server::internal::InternalClient,
         workers: Workers,
     ) -> Arc<Service> {
-        metrics.observe(&cluster);
         let settings = Settings {
             partitioning: config.partitioning(),
             n: config.n,
             early_release: config.unsafe_early_release,
         };
-        let (published, _) = watch::channel(Arc::new(cluster.clone()));
         Arc::new(Service {
             config,
             settings,
-            core: tokio::sync::Mutex::new(cluster),
+            propose: tokio::sync::Mutex::new(()),
             published,
+            raft,
+            group,
+            forward,
+            in_office: std::sync::atomic::AtomicBool::new(false),
             liveness,
             metrics,
             tasks: TaskTracker::new(),
@@ -105,16 +133,61 @@ impl Service {
         snap.view(|n| l.ms_ago(n, now))
     }
 
-    /// Applies `f` to a copy of the current state; if `f` succeeds and changed anything,
-    /// persists the copy, makes it current and publishes it, then starts or stops the
-    /// handoff worker as the new state asks. If `f` fails, nothing changes.
+    /// The leader's id, as this replica knows it.
+    pub fn leader(&self) -> Option<ReplicaId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// True while this replica leads the group.
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.group.me)
+    }
+
+    /// True while this replica leads and has taken office ([`Service::take_office`]).
+    pub fn in_office(&self) -> bool {
+        self.in_office.load(std::sync::atomic::Ordering::Acquire) && self.is_leader()
+    }
+
+    /// Called when this replica starts or stops leading: a new leader gives every node a
+    /// liveness grace period (their beats went elsewhere until now) before it judges
+    /// liveness, and drives a running change; a follower drives nothing.
+    pub fn take_office(self: &Arc<Self>, leading: bool) {
+        if leading {
+            self.grace_all();
+        }
+        self.in_office
+            .store(leading, std::sync::atomic::Ordering::Release);
+        self.lead_or_follow();
+    }
+
+    /// The leader's base URL, waiting up to [`LEADER_WAIT`] for the group to have one.
+    pub async fn leader_url(&self) -> Option<(ReplicaId, String)> {
+        let mut m = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = m.borrow().current_leader;
+            if let Some(id) = leader
+                && let Some(url) = self.group.replicas.get(&id)
+            {
+                return Some((id, url.clone()));
+            }
+            if tokio::time::timeout_at(deadline, m.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Applies `f` to a copy of the applied state; if `f` succeeds and changed anything,
+    /// proposes the copy (version + 1) to the group and returns once it is committed and
+    /// applied here, then starts or stops the handoff worker as the new state asks. If `f`
+    /// fails, nothing changes. Only the leader proposes; elsewhere this is refused with
+    /// `503 ring_unavailable` (requests are forwarded to the leader before they get here).
     ///
-    /// Runs in a tracked task, so a caller that hangs up cannot interrupt a commit
-    /// between the fsync and the publish.
+    /// Runs in a tracked task, so a caller that hangs up cannot interrupt a proposal.
     ///
     /// # Errors
-    /// What `f` returned; `storage_error` when the state cannot be persisted; `internal`
-    /// for a breached invariant.
+    /// What `f` returned; `ring_unavailable` when this replica does not lead or the group
+    /// could not commit; `internal` for a breached invariant.
     pub async fn mutate<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
@@ -122,15 +195,21 @@ impl Service {
     {
         let me = self.clone();
         let task = self.tasks.spawn(async move {
-            let mut current = me.core.lock().await;
-            let mut draft = current.clone();
+            let _turn = me.propose.lock().await;
+            // Every entry committed before this replica's leadership is applied here first,
+            // so the draft is computed from the latest state.
+            if let Err(e) = me.raft.ensure_linearizable().await {
+                return Err(not_leader(&e.to_string()));
+            }
+            let current = me.snapshot();
+            let mut draft = (*current).clone();
             let out = f(&mut draft)?;
             // Followers see the change as the state carries it; it is derived here, once
             // per commit, so no method can forget it.
             draft.state.change = draft.change.as_ref().map(PendingChange::summary);
             if draft != *current {
-                me.commit(&mut current, draft).await?;
-                me.steer_worker(&current);
+                me.commit(&current, draft).await?;
+                me.steer_worker(&me.snapshot());
             }
             Ok(out)
         });
@@ -178,70 +257,68 @@ impl Service {
         }
     }
 
-    /// Starts the worker for a change loaded from disk (resume after a restart).
-    pub async fn resume(self: &Arc<Self>) {
-        let current = self.core.lock().await;
-        self.steer_worker(&current);
+    /// Steers the handoff worker after a change of leadership: the leader drives a
+    /// running change (resumed from the applied plan), a follower drives none.
+    pub fn lead_or_follow(self: &Arc<Self>) {
+        if self.is_leader() {
+            self.steer_worker(&self.snapshot());
+        } else {
+            let mut worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, stop)) = worker.take() {
+                stop.cancel();
+            }
+        }
     }
 
-    async fn commit(&self, current: &mut Cluster, mut next: Cluster) -> Result<(), ApiError> {
+    async fn commit(&self, current: &Cluster, mut next: Cluster) -> Result<(), ApiError> {
         next.state.version = current.state.version + 1;
-        self.check_invariants(current, &next)?;
-        let file = StateFile::of(&next);
-        let dir = self.config.data_dir.clone();
-        let saved = tokio::task::spawn_blocking(move || store::save(&dir, &file)).await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, dir = %self.config.data_dir.display(), "cannot persist the cluster state");
-                return Err(ApiError::new(
-                    ErrorCode::StorageError,
-                    "cannot persist the cluster state; nothing changed",
-                ));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "the persisting task failed");
-                return Err(ApiError::new(ErrorCode::Internal, "the state change failed"));
-            }
-        }
-        if next.epoch() != current.epoch() {
-            tracing::info!(
-                epoch = next.epoch().0,
-                members = next.state.ring.as_ref().map_or(0, |r| r.members().len()),
-                "ring published"
+        if let Some(inv) = sm::breach(current, &next) {
+            self.metrics.invariant_violations.record(inv);
+            tracing::error!(
+                invariant = inv,
+                from = current.epoch().0,
+                to = next.epoch().0,
+                "refusing a state change that breaks an invariant"
             );
+            debug_assert!(false, "invariant {inv} breached");
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("invariant {inv} breached"),
+            ));
         }
-        *current = next;
-        self.metrics.observe(current);
-        self.published.send_replace(Arc::new(current.clone()));
-        Ok(())
+        let proposal = Proposal {
+            base: Some(current.state.version),
+            file: StateFile::of(&next),
+        };
+        match self.raft.client_write(proposal).await {
+            Ok(r) if r.data.applied => Ok(()),
+            // Another proposal was applied in between (one of a deposed leader): nothing
+            // of this one changed; the caller may retry on the new state.
+            Ok(_) => Err(not_leader("the state changed under this proposal; retry")),
+            Err(e) => {
+                tracing::warn!(error = %e, "the ring group did not commit a change");
+                Err(not_leader(&e.to_string()))
+            }
+        }
     }
 
-    fn check_invariants(&self, current: &Cluster, next: &Cluster) -> Result<(), ApiError> {
-        let breach = match (&current.state.ring, &next.state.ring) {
-            (Some(_), None) => Some(invariant::RING_NEVER_DISAPPEARS),
-            (Some(a), Some(b)) if b.epoch() < a.epoch() => Some(invariant::RING_EPOCH_MONOTONIC),
-            (Some(a), Some(b)) if b.epoch() == a.epoch() && a != b => {
-                Some(invariant::RING_CHANGE_BUMPS_EPOCH)
-            }
-            _ => None,
-        };
-        match breach {
-            None => Ok(()),
-            Some(invariant) => {
-                self.metrics.invariant_violations.record(invariant);
-                tracing::error!(
-                    invariant,
-                    from = current.epoch().0,
-                    to = next.epoch().0,
-                    "refusing a state change that breaks an invariant"
-                );
-                debug_assert!(false, "invariant {invariant} breached");
-                Err(ApiError::new(
-                    ErrorCode::Internal,
-                    format!("invariant {invariant} breached"),
-                ))
-            }
+    /// Gives every node not known to be down a liveness grace period from now: a new
+    /// leader has seen no heartbeat yet, and must not mark the cluster down before its
+    /// nodes had a chance to beat (their beats now come to it).
+    pub fn grace_all(&self) {
+        let now = Instant::now();
+        let snap = self.snapshot();
+        let mut l = self.liveness.lock();
+        for n in snap.state.nodes.iter().filter(|n| n.state != NodeState::Down) {
+            l.grace(&n.node_id, now);
         }
     }
+}
+
+/// `503 ring_unavailable`: this replica cannot change the state now.
+fn not_leader(why: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::RingUnavailable,
+        format!("the ring group cannot commit a change now ({why}); retry shortly"),
+    )
 }

@@ -4,8 +4,12 @@ mod common;
 
 use axum::http::StatusCode;
 use common::*;
+use dynamo_core::wire::cluster::{Handoff, NodeRegistration};
+use dynamo_core::{BucketName, NodeId, Partitioning};
 use dynamo_ring::RingServiceError;
-use dynamo_ring::store::{LoadError, STATE_FILE, TEMP_FILE};
+use dynamo_ring::cluster::{Cluster, Settings};
+use dynamo_ring::plan::{ChangeKind, ChangePhase};
+use dynamo_ring::store::{LoadError, STATE_FILE, StateFile, save};
 use dynamo_server::internal::testing::{TEST_CONTROL_KEY, TEST_MEMBER_KEY};
 use serde_json::{Value, json};
 
@@ -53,7 +57,6 @@ async fn invariant_5_ring_epoch_never_goes_backwards_across_restarts() {
     assert_eq!(s, StatusCode::CREATED);
     let before = state(&ring.url).await;
     ring.shutdown().await;
-    assert!(!dir.path().join(TEMP_FILE).exists(), "no temp file left behind");
 
     let ring = start(config(dir.path())).await;
     let after = state(&ring.url).await;
@@ -86,38 +89,98 @@ async fn invariant_5_ring_epoch_never_goes_backwards_across_restarts() {
     ring.shutdown().await;
 }
 
-// Goal: the state file is the one source of truth: a file restored from an older copy
-// is loaded as it is (the service keeps no other record to compare with; callers that
-// cached a newer epoch refuse the older ring, by invariant 5 on their side).
+/// Writes the `state.json` a single-instance ring service of before kept: nodes a and b
+/// joined (ring epoch 2, Q = 32), a bucket and a token; returns the cluster it holds.
+fn legacy_state_file(dir: &std::path::Path) -> Cluster {
+    let settings = Settings {
+        partitioning: Partitioning::with_count(32).expect("q"),
+        n: 3,
+        early_release: false,
+    };
+    let mut c = Cluster::empty();
+    for (i, name) in ["node-a", "node-b"].iter().enumerate() {
+        let reg = NodeRegistration {
+            node_id: NodeId::new(*name).expect("id"),
+            address: format!("http://127.0.0.1:{}", 9100 + i),
+            zone: None,
+        };
+        c.begin(ChangeKind::Join { node: reg }, settings).expect("join");
+        c.state.version += 1;
+        let id = c.change.as_ref().expect("change").id;
+        let done = |c: &Cluster| -> Vec<Handoff> {
+            c.state
+                .handoffs
+                .iter()
+                .map(|h| Handoff {
+                    done: true,
+                    ..h.clone()
+                })
+                .collect()
+        };
+        c.record_progress(id, ChangePhase::Copy, &done(&c), 0)
+            .expect("copied");
+        c.publish(id, settings).expect("publish");
+        c.record_progress(id, ChangePhase::CatchUp, &done(&c), 0)
+            .expect("caught up");
+        c.finish(id, &|_| true).expect("finish");
+        c.state.version += 1;
+    }
+    c.patch_bucket(
+        &BucketName::new("photos").expect("bucket"),
+        &serde_json::from_value(json!({"n": 2})).expect("patch"),
+    )
+    .expect("bucket");
+    c.add_token(serde_json::from_value(token("t1", 'a')).expect("token"))
+        .expect("token");
+    c.state.version += 1;
+    c.state.change = None;
+    save(dir, &StateFile::of(&c)).expect("save");
+    c
+}
+
+// Goal (issue 15): the state file of a single-instance ring service is migrated into the
+// ring group on its first start, once: the group serves its ring, buckets and tokens at
+// its version, the file is renamed `state.json.migrated`, the next change is the next
+// version, and a restart neither loses nor re-applies anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restored_older_state_file_is_what_is_loaded() {
+async fn a_single_instance_state_file_is_migrated_once_into_the_group() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let legacy = legacy_state_file(dir.path());
     let ring = start(config(dir.path())).await;
-    let a = FakeNode::start("node-a", &ring.url).await;
-    let b = FakeNode::start("node-b", &ring.url).await;
-    join_and_wait(&ring.url, &a, 1).await;
-    let old = state(&ring.url).await;
-    let old_file = std::fs::read(dir.path().join(STATE_FILE)).expect("read");
-    join_and_wait(&ring.url, &b, 2).await;
+    let migrated = state(&ring.url).await;
+    assert_eq!(migrated.version, legacy.state.version);
+    assert_eq!(migrated.ring, legacy.state.ring);
+    assert_eq!(migrated.buckets, legacy.state.buckets);
+    assert_eq!(migrated.tokens, legacy.state.tokens);
+    assert!(!dir.path().join(STATE_FILE).exists(), "the file is moved aside");
+    assert!(dir.path().join(format!("{STATE_FILE}.migrated")).exists());
+    let (s, _) = call(
+        "PUT",
+        &format!("{}/internal/v1/buckets/docs", ring.url),
+        Some(json!({"r": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let next = state(&ring.url).await;
+    assert_eq!(next.version, legacy.state.version + 1);
     ring.shutdown().await;
 
-    std::fs::write(dir.path().join(STATE_FILE), old_file).expect("restore");
     let ring = start(config(dir.path())).await;
-    assert_eq!(state(&ring.url).await, old);
+    assert_eq!(
+        state(&ring.url).await,
+        next,
+        "a restart loses and re-applies nothing"
+    );
     ring.shutdown().await;
 }
 
-// Goal: a tampered or corrupt state file stops the service at start-up with an error
-// naming the file, never a panic and never an empty ring; the file is left as it was.
+// Goal: a tampered or corrupt single-instance state file (the migration's input) stops
+// the service at start-up with an error naming the file, never a panic and never an
+// empty ring; the file is left as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ring = start(config(dir.path())).await;
-    let a = FakeNode::start("node-a", &ring.url).await;
-    let b = FakeNode::start("node-b", &ring.url).await;
-    join_and_wait(&ring.url, &a, 1).await;
-    join_and_wait(&ring.url, &b, 2).await;
-    ring.shutdown().await;
+    legacy_state_file(dir.path());
     let path = dir.path().join(STATE_FILE);
     let good = std::fs::read_to_string(&path).expect("read");
     let good_json: Value = serde_json::from_str(&good).expect("json");
@@ -249,7 +312,7 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
     .await;
     assert_eq!(s, StatusCode::OK);
     assert!(
-        dir.path().join(STATE_FILE).exists(),
+        dir.path().join(dynamo_ring::raft::DB_DIR).exists(),
         "state in --data-dir (from the env)"
     );
 

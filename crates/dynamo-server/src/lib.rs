@@ -9,6 +9,8 @@
 //!   rejections go through it.
 //! - [`follow`]: the one follower of the ring service's cluster state (long poll, rules,
 //!   backoff) that coordinators and storage nodes share.
+//! - [`ring_urls`]: the ring service's replicas as a client holds them, and the one rule
+//!   for moving on to the next when one does not answer.
 //! - [`internal`]: the door of internal routes: member and control keys from flags, the
 //!   client that signs every internal request, the layer that admits only signed ones.
 //! - [`metrics`]: a per-service Prometheus registry, HTTP request metrics, `/metrics`.
@@ -31,6 +33,7 @@ pub mod extract;
 pub mod follow;
 pub mod internal;
 pub mod metrics;
+pub mod ring_urls;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

@@ -16,15 +16,22 @@
 //! if the document one day fails to decode.
 //!
 //! # Protocol with the ring service
+//! - `{ring}` is one replica of the ring service, taken from the node's one
+//!   [`RingUrls`] list (`--ring-url`), which the heartbeats, the state follower and the
+//!   release worker share: a replica one of them found away, the others skip too.
 //! - `POST {ring}/internal/v1/heartbeat` with a [`Heartbeat`] (node id, address, volume)
 //!   every heartbeat interval; `404` means the node is not a member yet (logged at debug;
 //!   beats go on); `409 volume_mismatch` means the member is bound to another volume
-//!   (logged once; beats go on, the state's `volume_refused` closes the volume gate);
-//!   failures back off with jitter up to [`MAX_BACKOFF`].
+//!   (logged once; beats go on, the state's `volume_refused` closes the volume gate).
+//!   A beat that gets no answer or a `5xx` from a replica goes to the next one at once,
+//!   each replica at most once per beat ([`RingUrls::call`]): a heartbeat is idempotent,
+//!   so one a replica may have taken can be sent again. When every replica failed, the
+//!   beats back off with jitter up to [`MAX_BACKOFF`].
 //! - The state is followed by [`dynamo_server::follow`], the coordinators' follower too,
 //!   into a [`StateSink`] that fsyncs what it adopts.
 
 use dynamo_server::internal::{InternalClient, SendError};
+use dynamo_server::ring_urls::RingUrls;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -372,8 +379,8 @@ fn judge_volume(
 /// Where and how to reach the ring service.
 #[derive(Debug, Clone)]
 pub struct RingService {
-    /// Its base URL (`http://host:port`).
-    pub url: String,
+    /// Its replicas' base URLs (`http://host:port`), shared by every caller of the node.
+    pub urls: RingUrls,
     /// Timeout of a heartbeat, and the slack added to a long poll's wait.
     pub timeout: Duration,
 }
@@ -387,6 +394,38 @@ pub enum HeartbeatError {
     /// It answered with an error status.
     #[error("the ring service answered the heartbeat with {0}")]
     Refused(reqwest::StatusCode),
+}
+
+impl HeartbeatError {
+    /// Returns whether the next replica may take the beat: this one did not answer, or
+    /// answered a `5xx`. Any other refusal is what every replica would answer.
+    fn moves_on(&self) -> bool {
+        match self {
+            HeartbeatError::Unreachable(_) => true,
+            HeartbeatError::Refused(s) => s.is_server_error(),
+        }
+    }
+}
+
+/// Sends one heartbeat to the replica at `base`: its status, or the failure that may
+/// move on to the next replica (no answer, a `5xx`).
+async fn beat_once(
+    client: &InternalClient,
+    base: &str,
+    beat: &Heartbeat,
+    timeout: Duration,
+) -> Result<reqwest::StatusCode, HeartbeatError> {
+    let sent = client
+        .post(routes::url(base, routes::ring::HEARTBEAT))
+        .json(beat)
+        .timeout(timeout)
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_server_error() => Err(HeartbeatError::Refused(r.status())),
+        Ok(r) => Ok(r.status()),
+        Err(e) => Err(HeartbeatError::Unreachable(e.without_url())),
+    }
 }
 
 /// The `heartbeat` worker: one [`Heartbeat`] per `interval`, backing off from `interval`
@@ -416,26 +455,29 @@ impl Worker for HeartbeatSender {
     }
 
     async fn work(&mut self, stop: &CancellationToken) -> Result<Next, HeartbeatError> {
-        let url = routes::url(&self.ring.url, routes::ring::HEARTBEAT);
+        let (client, beat, timeout) = (&self.client, &self.beat, self.ring.timeout);
         let sent = tokio::select! {
             () = stop.cancelled() => return Ok(Next::Done),
-            r = self.client.post(&url).json(&self.beat).timeout(self.ring.timeout).send() => r,
+            r = self.ring.urls.call(
+                |base| beat_once(client, base, beat, timeout),
+                HeartbeatError::moves_on,
+            ) => r,
         };
         let result = match &sent {
-            Ok(r) if r.status().is_success() => "ok",
-            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => "not_member",
-            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => "volume_refused",
+            Ok(s) if s.is_success() => "ok",
+            Ok(s) if *s == reqwest::StatusCode::NOT_FOUND => "not_member",
+            Ok(s) if *s == reqwest::StatusCode::CONFLICT => "volume_refused",
             _ => "error",
         };
         self.metrics.heartbeats.with_label_values(&[result]).inc();
         match sent {
-            Ok(r) if r.status().is_success() => self.refused_logged = false,
-            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+            Ok(s) if s.is_success() => self.refused_logged = false,
+            Ok(s) if s == reqwest::StatusCode::NOT_FOUND => {
                 tracing::debug!("heartbeat: not a member of the ring yet");
             }
             // Beats go on at the usual pace: the first one after a replace in place began
             // is taken, and the node is up again without a backoff's delay.
-            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+            Ok(s) if s == reqwest::StatusCode::CONFLICT => {
                 if !self.refused_logged {
                     tracing::warn!(
                         volume = ?self.beat.volume,
@@ -445,8 +487,8 @@ impl Worker for HeartbeatSender {
                 }
                 return Ok(Next::Idle);
             }
-            Ok(r) => return Err(HeartbeatError::Refused(r.status())),
-            Err(e) => return Err(HeartbeatError::Unreachable(e.without_url())),
+            Ok(s) => return Err(HeartbeatError::Refused(s)),
+            Err(e) => return Err(e),
         }
         Ok(Next::Idle)
     }

@@ -4,6 +4,7 @@ pub use dynamo_server::config::ConfigError;
 use dynamo_server::config::{Secret, ServeArgs};
 use dynamo_server::internal::MemberArgs;
 use dynamo_server::internal::testing::TEST_MEMBER_KEY;
+use dynamo_server::ring_urls::RingUrls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -66,7 +67,10 @@ pub struct Config {
     #[arg(long, env = "DYNAMO_BACKGROUND_FSYNC_MS", default_value_t = 1_000)]
     pub background_fsync_ms: u64,
 
-    /// Base URL of the ring service (`http://host:port`). When set, the node sends
+    /// Base URL of the ring service (`http://host:port`): one URL or several,
+    /// comma-separated (`http://ring-0:7000,http://ring-1:7000,http://ring-2:7000`); any
+    /// replica, as each answers reads and forwards writes to its leader. Calls go to one
+    /// replica and move on to the next when it does not answer. When set, the node sends
     /// heartbeats there and follows the cluster state (the ring), which it caches on its
     /// volume. Without it the node uses the last cached ring, if any.
     #[arg(long, env = "DYNAMO_RING_URL")]
@@ -180,19 +184,28 @@ impl Config {
                 return bad(field, "must be greater than 0".into());
             }
         }
-        for (field, url) in [
-            ("ring-url", &self.ring_url),
-            ("advertise-address", &self.advertise_address),
-        ] {
-            if let Some(u) = url
-                && !is_http_url(u)
-            {
-                return bad(field, format!("must be an http(s) URL, got {u:?}"));
-            }
+        self.ring_urls()?;
+        if let Some(u) = &self.advertise_address
+            && !is_http_url(u)
+        {
+            return bad("advertise-address", format!("must be an http(s) URL, got {u:?}"));
         }
         self.serve.validate()?;
         self.member.validate()?;
         Ok(())
+    }
+
+    /// Parses `--ring-url` into the list of ring-service replicas; `None` without it.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for `ring-url` when the list is empty, too long, repeats a URL, or
+    /// holds an entry that is not an http(s) base URL.
+    pub fn ring_urls(&self) -> Result<Option<RingUrls>, ConfigError> {
+        self.ring_url
+            .as_deref()
+            .map(RingUrls::parse)
+            .transpose()
+            .map_err(|e| ConfigError::new("ring-url", e.to_string()))
     }
 
     /// Returns the address to advertise: the configured one, else `http://` (`https://`
@@ -269,6 +282,12 @@ mod tests {
         assert!(c.validate().is_err());
         c.ring_url = Some("http://".into());
         assert!(c.validate().is_err());
+        // Several replicas, comma-separated; an empty entry is refused.
+        c.ring_url = Some("http://ring-0:7000, http://ring-1:7000,https://ring-2:7000/".into());
+        assert!(c.validate().is_ok());
+        assert_eq!(c.ring_urls().expect("valid").map(|u| u.len()), Some(3));
+        c.ring_url = Some("http://ring-0:7000,,http://ring-1:7000".into());
+        assert_eq!(c.validate().map_err(|e| e.field), Err("ring-url"));
         c.ring_url = None;
         c.advertise_address = Some("ftp://x".into());
         assert!(c.validate().is_err());

@@ -157,12 +157,12 @@ pub async fn run(
         engine: engine.clone(),
         every: Duration::from_millis(config.background_fsync_ms),
     });
-    if let Some(url) = &config.ring_url {
+    if let Some(urls) = config.ring_urls()? {
         let ring = cluster::RingService {
-            url: url.clone(),
+            urls,
             timeout: Duration::from_millis(config.ring_timeout_ms),
         };
-        tracing::info!(ring_url = %url, advertise = %advertise, "following the ring service");
+        tracing::info!(ring_url = %ring.urls, advertise = %advertise, "following the ring service");
         workers.spawn(cluster::HeartbeatSender {
             client: client.clone(),
             cache: cluster.clone(),
@@ -184,9 +184,9 @@ pub async fn run(
             engine: engine.clone(),
             cluster: cluster.clone(),
             client: client.clone(),
-            ring_url: ring.url.clone(),
+            ring: ring.urls.clone(),
         });
-        workers.spawn(Follower::new(client.clone(), ring.url, ring.timeout, sink));
+        workers.spawn(Follower::new(client.clone(), ring.urls, ring.timeout, sink));
     }
     let ae_progress = Arc::new(antientropy::AeProgress::new(
         engine.partitioning().count(),

@@ -17,6 +17,7 @@ use std::time::Duration;
 use dynamo_core::wire::cluster::ReleaseDone;
 use dynamo_core::wire::routes;
 use dynamo_server::internal::{InternalClient, SendError};
+use dynamo_server::ring_urls::RingUrls;
 use dynamo_server::worker::{Next, Worker};
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,19 @@ impl From<reqwest::Error> for ReleaseError {
     }
 }
 
+impl ReleaseError {
+    /// Returns whether the next ring-service replica may take the acknowledgement: this
+    /// one did not answer, or answered a `5xx`. The acknowledgement is idempotent (the
+    /// ring service drops the releases up to its epoch), so one a replica may have taken
+    /// can be sent again.
+    fn moves_on(&self) -> bool {
+        match self {
+            ReleaseError::Ack(e) => !e.is_middleware() && e.status().is_none_or(|s| s.is_server_error()),
+            ReleaseError::Storage(_) => false,
+        }
+    }
+}
+
 /// The `release` worker.
 pub struct Releaser {
     /// The node's engine.
@@ -54,8 +68,8 @@ pub struct Releaser {
     pub cluster: Arc<ClusterCache>,
     /// The client for the ring service.
     pub client: InternalClient,
-    /// The ring service's base URL.
-    pub ring_url: String,
+    /// The ring service's replicas (shared with the node's other callers).
+    pub ring: RingUrls,
 }
 
 impl Worker for Releaser {
@@ -66,7 +80,7 @@ impl Worker for Releaser {
     }
 
     async fn work(&mut self, stop: &CancellationToken) -> Result<Next, ReleaseError> {
-        match release_once(&self.engine, &self.cluster, &self.client, &self.ring_url, stop).await? {
+        match release_once(&self.engine, &self.cluster, &self.client, &self.ring, stop).await? {
             Some(deleted) => {
                 tracing::info!(deleted, "released partitions a membership change moved away");
                 Ok(Next::Busy)
@@ -81,7 +95,8 @@ impl Worker for Releaser {
 }
 
 /// Carries out this node's release, if the state lists one and the node's ring is at
-/// least its epoch: deletes the partitions it no longer holds, then acknowledges.
+/// least its epoch: deletes the partitions it no longer holds, then acknowledges to a
+/// replica of `ring` (the next ones, each at most once, when one does not answer).
 /// Returns the objects deleted, or `None` when there was nothing to do (or `stop` fired).
 ///
 /// # Errors
@@ -90,7 +105,7 @@ pub async fn release_once(
     engine: &Arc<Engine>,
     cluster: &ClusterCache,
     client: &InternalClient,
-    ring_url: &str,
+    ring: &RingUrls,
     stop: &CancellationToken,
 ) -> Result<Option<u64>, ReleaseError> {
     let Some(state) = cluster.current() else {
@@ -130,14 +145,20 @@ pub async fn release_once(
     tokio::task::spawn_blocking(move || e.persist())
         .await
         .map_err(StorageError::from)??;
-    client
-        .post(routes::url(ring_url, routes::ring::RELEASES))
-        .json(&ReleaseDone {
-            node: me,
-            epoch: release.epoch,
-        })
-        .send()
-        .await?
-        .error_for_status()?;
+    let done = ReleaseDone {
+        node: me,
+        epoch: release.epoch,
+    };
+    ring.call(
+        |base| {
+            let ack = client.post(routes::url(base, routes::ring::RELEASES)).json(&done);
+            async move {
+                ack.send().await?.error_for_status()?;
+                Ok::<(), ReleaseError>(())
+            }
+        },
+        ReleaseError::moves_on,
+    )
+    .await?;
     Ok(Some(deleted))
 }

@@ -314,3 +314,50 @@ async fn a_new_volume_under_a_bound_member_serves_only_once_its_refill_copied() 
     node.shutdown().await;
     ring.stop();
 }
+
+// Goal: `--ring-url` takes several replicas and the node passes one it cannot connect
+// to: with a closed address first and the fake ring service second, heartbeats reach the
+// fake (and are answered once the node is a member), the state it publishes is adopted,
+// and a release is acknowledged there. Method: one node following "closed,fake"; each
+// wait bounded.
+#[tokio::test]
+async fn a_closed_first_ring_replica_is_passed_for_the_next() {
+    let ring = FakeRing::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let urls = format!("{},{}", dynamo_testkit::closed_address(), ring.url);
+    let node = start_following(dir.path(), "node-a", &urls).await;
+
+    ring.accept("node-a");
+    eventually("a heartbeat accepted", || async {
+        metric_opt(&node.url(), "dynamo_storage_heartbeats_total{result=\"ok\"}")
+            .await
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(
+        ring.heartbeats().iter().all(|b| b.node_id.as_str() == "node-a"),
+        "the fake took the node's heartbeats"
+    );
+
+    let (_, r2, _) = rings();
+    let mut state = state_of(1, &r2);
+    // A release of a partition the node still holds: nothing to delete, acknowledged.
+    state.releases = vec![dynamo_core::wire::cluster::Release {
+        node: NodeId::new("node-a").expect("id"),
+        epoch: r2.epoch(),
+        partitions: vec![dynamo_core::PartitionId(0)],
+    }];
+    ring.publish(state);
+    eventually("epoch 2 adopted", || async {
+        view(&node.url()).await.ring_epoch == 2
+    })
+    .await;
+    eventually("the release acknowledged", || async {
+        ring.releases_done()
+            .iter()
+            .any(|d| d.node.as_str() == "node-a" && d.epoch == r2.epoch())
+    })
+    .await;
+    node.shutdown().await;
+    ring.stop();
+}

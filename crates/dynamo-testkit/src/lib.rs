@@ -142,6 +142,30 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("finding a free port: {e}"))
 }
 
+/// Returns a loopback port below the kernel's ephemeral range that is free right now.
+///
+/// For a service started some time after its port was chosen (a group whose members
+/// must all know each other's ports first): a free port inside the ephemeral range may be
+/// handed to any outgoing connection in between, one below it only to a deliberate bind.
+/// Random within the range, so concurrent tests rarely pick the same one.
+///
+/// # Panics
+/// When no port can be bound after a bounded search.
+pub fn stable_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32_768);
+    let (from, to) = (10_000u16, low.max(10_001));
+    for _ in 0..1000 {
+        let port = rand::random_range(from..to);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
+
 /// Returns an address where nothing listens (a killed node: connection refused).
 ///
 /// # Panics

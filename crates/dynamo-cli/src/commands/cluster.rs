@@ -342,6 +342,7 @@ mod tests {
             handoffs: Vec::new(),
             change: None,
             max_n: None,
+            ring_group: None,
         };
         let text = view_text(&view, 0);
         assert!(
@@ -390,6 +391,7 @@ mod tests {
             }],
             change: None,
             max_n: None,
+            ring_group: None,
         };
         let text = view_text(&view, 100_000);
         assert!(text.starts_with("ring epoch: 3\n"));
@@ -464,6 +466,7 @@ mod tests {
             handoffs,
             change: Some(progress),
             max_n: None,
+            ring_group: None,
         };
         let text = view_text(&view, 0);
         assert!(

@@ -1,10 +1,11 @@
 //! `dynamo dev`: a whole cluster on loopback in one command.
 //!
-//! Starts the ring service, the storage nodes and a coordinator as separate processes of
-//! the real binaries (found beside `dynamo` itself), so any one of them can be killed or
-//! stopped as in a real cluster. All data lives under one directory; started again on the
-//! same directory, the cluster has the same data and the same root token. Ctrl-C stops
-//! everything cleanly: the coordinator first, then the nodes, then the ring service.
+//! Starts the ring service (three replicas of one Raft group by default, `--ring-replicas
+//! 1` for one), the storage nodes and a coordinator as separate processes of the real
+//! binaries (found beside `dynamo` itself), so any one of them can be killed or stopped as
+//! in a real cluster. All data lives under one directory; started again on the same
+//! directory, the cluster has the same data and the same root token. Ctrl-C stops
+//! everything cleanly: the coordinator first, then the nodes, then the ring replicas.
 
 use dynamo_core::signature::Role;
 use dynamo_core::wire::cluster::{ClusterState, NodeRegistration};
@@ -37,9 +38,13 @@ pub struct DevArgs {
     /// Port of the coordinator (the public API).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Port of the ring service.
+    /// Port of the first ring-service replica; replica i listens on this + i.
     #[arg(long, default_value_t = 7000)]
     pub ring_port: u16,
+    /// Replicas of the ring service (a Raft group: 3 tolerates the loss of one; 1 runs
+    /// the single instance).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=7))]
+    pub ring_replicas: u16,
     /// Port of the first storage node; node i listens on this + i.
     #[arg(long, default_value_t = 7100)]
     pub storage_port: u16,
@@ -372,8 +377,8 @@ async fn run_cluster(data_dir: &Path, args: &DevArgs) -> anyhow::Result<()> {
     }
     let endpoint = transport.url(args.port);
     println!(
-        "dynamo dev: {} storage nodes, ring service and coordinator are up",
-        args.nodes
+        "dynamo dev: {} storage nodes, {} ring-service replica(s) and a coordinator are up",
+        args.nodes, args.ring_replicas
     );
     for s in &services {
         println!("  {:<12} pid {}", s.name, s.child.id().unwrap_or(0));
@@ -424,29 +429,56 @@ async fn start(
     http: &InternalClient,
     services: &mut Vec<Service>,
 ) -> anyhow::Result<()> {
-    let ring_url = transport.url(args.ring_port);
-    let mut ring = spawn(
-        "ring",
-        "dynamo-ring",
-        &[
-            "--listen".into(),
-            format!("127.0.0.1:{}", args.ring_port),
-            "--data-dir".into(),
-            data_dir.join("ring").display().to_string(),
-            "--partitions".into(),
-            args.partitions.to_string(),
-            "--n".into(),
-            args.n.to_string(),
-        ]
-        .into_iter()
-        .chain(secrets.key_args(true))
-        .chain(transport.args())
-        .collect::<Vec<_>>(),
-        logs,
-    )?;
-    let ready = wait_ready(http, &mut ring, &ring_url, logs).await;
-    services.push(ring);
-    ready?;
+    // Replica 0 keeps the single instance's directory, so a data directory from before
+    // ring groups is migrated into the group on its first start.
+    let ring_urls: Vec<String> = (0..args.ring_replicas)
+        .map(|i| transport.url(args.ring_port + i))
+        .collect();
+    let replicas = ring_urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| format!("{i}={u}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut rings = Vec::new();
+    for (i, url) in ring_urls.iter().enumerate() {
+        let (name, dir) = match i {
+            0 => ("ring".to_owned(), data_dir.join("ring")),
+            i => (format!("ring-{i}"), data_dir.join(format!("ring-{i}"))),
+        };
+        let ring = spawn(
+            &name,
+            "dynamo-ring",
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{}", args.ring_port + i as u16),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--partitions".into(),
+                args.partitions.to_string(),
+                "--n".into(),
+                args.n.to_string(),
+                "--replica-id".into(),
+                i.to_string(),
+                "--replicas".into(),
+                replicas.clone(),
+            ]
+            .into_iter()
+            .chain(secrets.key_args(true))
+            .chain(transport.args())
+            .collect::<Vec<_>>(),
+            logs,
+        )?;
+        rings.push((ring, url.clone()));
+    }
+    // Started together: a replica of a group answers ready while it waits for the others.
+    for (mut ring, url) in rings {
+        let ready = wait_ready(http, &mut ring, &url, logs).await;
+        services.push(ring);
+        ready?;
+    }
+    let ring_url = ring_urls[0].clone();
+    let ring_list = ring_urls.join(",");
 
     let mut members = Vec::new();
     for i in 0..args.nodes {
@@ -466,7 +498,7 @@ async fn start(
                 "--partitions".into(),
                 args.partitions.to_string(),
                 "--ring-url".into(),
-                ring_url.clone(),
+                ring_list.clone(),
                 "--durability".into(),
                 args.durability.clone(),
             ]
@@ -491,7 +523,7 @@ async fn start(
             "--listen".into(),
             format!("127.0.0.1:{}", args.port),
             "--ring-url".into(),
-            ring_url,
+            ring_list,
             "--root-token-file".into(),
             secrets.root_token.display().to_string(),
             "--context-key-file".into(),

@@ -315,6 +315,7 @@ impl State {
             handoffs: vec![],
             change,
             max_n: None,
+            ring_group: None,
         }
     }
 

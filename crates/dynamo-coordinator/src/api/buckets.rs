@@ -55,16 +55,9 @@ pub async fn put_bucket(
             crdt_type: next.crdt_type,
             max_siblings: Some(next.max_siblings),
         };
-        ring_change(
-            &state,
-            state
-                .client
-                .put(routes::url(
-                    state.cache.ring_url(),
-                    &routes::ring::bucket(&bucket),
-                ))
-                .json(&full),
-        )
+        ring_change(&state, &routes::ring::bucket(&bucket), |url| {
+            state.client.put(url).json(&full)
+        })
         .await?;
         Ok(Json(next))
     }

@@ -2,7 +2,9 @@
 //! decommissions and replacements, and the retry or abort of a failed change.
 
 use super::*;
-use dynamo_core::wire::cluster::{AntiEntropyStatus, ChangeKindName, ChangeProgress, ReplaceRequest};
+use dynamo_core::wire::cluster::{
+    AntiEntropyStatus, ChangeKindName, ChangeProgress, ReplaceRequest, RingGroupStatus,
+};
 
 fn view(s: &ClusterState) -> ClusterView {
     ClusterView {
@@ -12,6 +14,7 @@ fn view(s: &ClusterState) -> ClusterView {
         change: s.change.as_ref().map(|c| ChangeProgress::of(c, &s.handoffs)),
         // `max_n` is at most a `u8` (every `n` it compares is one).
         max_n: Some(u8::try_from(s.max_n()).unwrap_or(u8::MAX)),
+        ring_group: None,
     }
 }
 
@@ -59,7 +62,37 @@ pub async fn get_cluster(
 ) -> Result<Json<ClusterView>, ApiError> {
     principal.require(Permission::Admin, None)?;
     let s = state.cache.current()?;
-    Ok(Json(with_progress(&state.member_client, view(&s)).await))
+    let (mut view, group) = tokio::join!(with_progress(&state.member_client, view(&s)), ring_group(&state));
+    view.ring_group = group;
+    Ok(Json(view))
+}
+
+/// The ring service's replicas and leader, asked of any replica (it forwards to the
+/// leader) within [`NODE_STATUS_TIMEOUT`]; `None` when none answered.
+async fn ring_group(state: &AppState) -> Option<RingGroupStatus> {
+    let client = &state.member_client;
+    state
+        .cache
+        .ring_urls()
+        .call(
+            |base| async move {
+                let r = client
+                    .get(routes::url(base, routes::ring::RING_GROUP))
+                    .timeout(NODE_STATUS_TIMEOUT)
+                    .send()
+                    .await
+                    .map_err(|_| ())?;
+                r.error_for_status()
+                    .map_err(|_| ())?
+                    .json::<RingGroupStatus>()
+                    .await
+                    .map_err(|_| ())
+            },
+            // A read: any other replica may answer it.
+            |_| true,
+        )
+        .await
+        .ok()
 }
 
 /// Query of `GET /v1/ring`.
@@ -139,8 +172,10 @@ pub async fn join_node(
 ) -> Result<Response, ApiError> {
     let outcome = async {
         principal.require(Permission::Admin, None)?;
-        let url = routes::url(state.cache.ring_url(), routes::ring::NODES);
-        relay(&state, state.client.post(url).json(&reg)).await
+        relay(&state, routes::ring::NODES, |url| {
+            state.client.post(url).json(&reg)
+        })
+        .await
     }
     .await;
     audit_relayed(&principal, "node.join", reg.node_id.as_str(), &outcome);
@@ -164,8 +199,7 @@ pub async fn decommission_node(
     let outcome = async {
         principal.require(Permission::Admin, None)?;
         let node = NodeId::new(node.clone()).map_err(|e| ApiError::new(e.code(), e.to_string()))?;
-        let url = routes::url(state.cache.ring_url(), &routes::ring::node(&node));
-        relay(&state, state.client.delete(url)).await
+        relay(&state, &routes::ring::node(&node), |url| state.client.delete(url)).await
     }
     .await;
     audit_relayed(&principal, "node.decommission", &node, &outcome);
@@ -199,8 +233,11 @@ pub async fn replace_node(
     let outcome = async {
         principal.require(Permission::Admin, None)?;
         let old = NodeId::new(node.clone()).map_err(|e| ApiError::new(e.code(), e.to_string()))?;
-        let url = routes::url(state.cache.ring_url(), &routes::ring::node_replace(&old));
-        relay(&state, state.client.post(url).json(&ReplaceRequest { new_node })).await
+        let body = ReplaceRequest { new_node };
+        relay(&state, &routes::ring::node_replace(&old), |url| {
+            state.client.post(url).json(&body)
+        })
+        .await
     }
     .await;
     audit_relayed(&principal, "node.replace", &object, &outcome);
@@ -255,8 +292,7 @@ async fn relay_change(
     let object = change_object(state);
     let outcome = async {
         principal.require(Permission::Admin, None)?;
-        let url = routes::url(state.cache.ring_url(), route);
-        relay(state, state.client.post(url)).await
+        relay(state, route, |url| state.client.post(url)).await
     }
     .await;
     audit_relayed(principal, action, &object, &outcome);

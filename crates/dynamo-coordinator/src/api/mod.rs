@@ -42,6 +42,7 @@ use dynamo_core::wire::{
 use dynamo_core::{BucketName, DotSet, ErrorBody, ErrorCode, NodeId, PartitionId, RingEpoch, key_hash};
 use dynamo_server::ApiError;
 use dynamo_server::extract::{Body, Json, Path, Query, page_limit};
+use dynamo_server::internal::SendError;
 use serde::Deserialize;
 
 use crate::auth::{self, AuthState, Principal};
@@ -286,25 +287,54 @@ async fn ring_error(resp: reqwest::Response) -> ApiError {
     }
 }
 
-fn ring_unreachable(e: dynamo_server::internal::SendError) -> ApiError {
+fn ring_unreachable(e: SendError) -> ApiError {
     ApiError::new(
         ErrorCode::RingUnavailable,
         format!("ring service unreachable: {}", e.without_url()),
     )
 }
 
-/// Sends an admin change to the ring service and, once it accepted it, refreshes the
-/// cached state so this coordinator serves the change at once.
+/// Sends a write to the ring service at `route` on one of its replicas: `request` makes
+/// the request for a replica's full URL (the method, the body).
+///
+/// It goes to the current replica; when no connection to it could be made (nothing was
+/// sent), to the next one, each replica at most once. Any other failure is final: a
+/// timeout or a broken connection after sending may have been applied, and another
+/// replica would apply it a second time (a join, a token), so the caller answers
+/// `503 ring_unavailable`, as it did with a single replica.
+///
+/// # Errors
+/// The [`SendError`] of the last attempt.
+async fn send_to_ring(
+    state: &AppState,
+    route: &str,
+    request: impl Fn(String) -> reqwest_middleware::RequestBuilder,
+) -> Result<reqwest::Response, SendError> {
+    state
+        .cache
+        .ring_urls()
+        .call(
+            |base| {
+                request(routes::url(base, route))
+                    .timeout(RING_CALL_TIMEOUT)
+                    .send()
+            },
+            SendError::is_connect,
+        )
+        .await
+}
+
+/// Sends an admin change to the ring service ([`send_to_ring`]) and, once it accepted
+/// it, refreshes the cached state so this coordinator serves the change at once.
 ///
 /// # Errors
 /// The ring service's own error, or `503 ring_unavailable` when it does not answer.
 async fn ring_change(
     state: &AppState,
-    req: reqwest_middleware::RequestBuilder,
+    route: &str,
+    request: impl Fn(String) -> reqwest_middleware::RequestBuilder,
 ) -> Result<reqwest::Response, ApiError> {
-    let resp = req
-        .timeout(RING_CALL_TIMEOUT)
-        .send()
+    let resp = send_to_ring(state, route, request)
         .await
         .map_err(ring_unreachable)?;
     if !resp.status().is_success() {
@@ -314,9 +344,14 @@ async fn ring_change(
     Ok(resp)
 }
 
-/// Relays a membership change to the ring service, answering its status and body.
-async fn relay(state: &AppState, req: reqwest_middleware::RequestBuilder) -> Result<Response, ApiError> {
-    let resp = ring_change(state, req).await?;
+/// Relays a membership change to the ring service ([`ring_change`]), answering its
+/// status and body.
+async fn relay(
+    state: &AppState,
+    route: &str,
+    request: impl Fn(String) -> reqwest_middleware::RequestBuilder,
+) -> Result<Response, ApiError> {
+    let resp = ring_change(state, route, request).await?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::OK);
     let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
     Ok((status, Json(body)).into_response())

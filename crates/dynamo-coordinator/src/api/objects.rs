@@ -198,17 +198,26 @@ pub(crate) fn mark_written(state: &AppState, bucket: &BucketName, has_data: bool
     {
         return;
     }
-    let url = routes::url(state.cache.ring_url(), &routes::ring::bucket_written(bucket));
+    let route = routes::ring::bucket_written(bucket);
+    let urls = state.cache.ring_urls().clone();
     let client = state.client.clone();
     let marked = state.marked.clone();
     let bucket = bucket.clone();
     state.coord.tracker.spawn(async move {
         // Best effort: a missed report only means `n` stays changeable a little longer;
-        // the bucket is forgotten here so the next write reports it again.
-        let ok = client
-            .post(url)
-            .timeout(RING_CALL_TIMEOUT)
-            .send()
+        // the bucket is forgotten here so the next write reports it again. A replica
+        // that could not be connected to is passed for the next, as every write to the
+        // ring service is.
+        let ok = urls
+            .call(
+                |base| {
+                    client
+                        .post(routes::url(base, &route))
+                        .timeout(RING_CALL_TIMEOUT)
+                        .send()
+                },
+                SendError::is_connect,
+            )
             .await
             .is_ok_and(|r| r.status().is_success());
         if !ok {

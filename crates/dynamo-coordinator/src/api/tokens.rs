@@ -59,13 +59,9 @@ pub async fn create_token(
         expires_ms: expires_ms.map(|ttl| created_ms + ttl),
         rate_limit_rps: req.rate_limit_rps,
     };
-    let created = ring_change(
-        &state,
-        state
-            .client
-            .post(routes::url(state.cache.ring_url(), routes::ring::TOKENS))
-            .json(&record),
-    )
+    let created = ring_change(&state, routes::ring::TOKENS, |url| {
+        state.client.post(url).json(&record)
+    })
     .await;
     audit(&principal, "token.create", &id, &created);
     created?;
@@ -131,13 +127,7 @@ pub async fn delete_token(
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(ApiError::new(ErrorCode::TokenNotFound, "no such token"));
     }
-    let deleted = ring_change(
-        &state,
-        state
-            .client
-            .delete(routes::url(state.cache.ring_url(), &routes::ring::token(&id))),
-    )
-    .await;
+    let deleted = ring_change(&state, &routes::ring::token(&id), |url| state.client.delete(url)).await;
     audit(&principal, "token.delete", &id, &deleted);
     deleted?;
     Ok(StatusCode::NO_CONTENT)

@@ -306,6 +306,45 @@ pub struct ClusterView {
     /// shrink to. Absent from servers that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_n: Option<u8>,
+    /// The ring service's replicas and which one leads, as its leader reported them when
+    /// the view was made (absent when no replica answered in time, and from servers that
+    /// predate ring groups). Never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_group: Option<RingGroupStatus>,
+}
+
+/// The ring service's replicas (one Raft group), as its leader sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RingGroupStatus {
+    /// The leading replica's id.
+    pub leader: u64,
+    /// The leader's term.
+    pub term: u64,
+    /// Index of the last entry the leader applied (its commit index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
+    /// Every replica, by id.
+    pub replicas: Vec<RingReplicaStatus>,
+}
+
+/// One ring replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RingReplicaStatus {
+    /// Its id in the group.
+    pub id: u64,
+    /// Its base URL.
+    pub url: String,
+    /// True for the leader.
+    pub leader: bool,
+    /// The last log index the leader knows it holds (absent before the first append
+    /// reached it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_index: Option<u64>,
+    /// Entries it lacks behind the leader's log (0 for the leader itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
 }
 
 /// A bucket's stored record.
@@ -515,7 +554,9 @@ pub enum Decision {
 }
 
 /// Decides whether `incoming` may replace `current`: the one rule of every follower of
-/// the ring service (invariant 5: a ring epoch never goes backwards on any node).
+/// the ring service, coordinators and storage nodes alike (invariant 5: a ring epoch
+/// never goes backwards on any node; nor does the state's version under one ring, so a
+/// lagging ring replica cannot undo a change another one served).
 ///
 /// `floor` is the highest epoch ever adopted. A state without a ring counts as epoch 0,
 /// so it never replaces a ring.
@@ -540,6 +581,16 @@ pub fn decide(floor: RingEpoch, current: Option<&ClusterState>, incoming: &Clust
         return refused;
     }
     if current == Some(incoming) {
+        return Decision::Unchanged;
+    }
+    // An older version under the same ring comes from a ring replica that lags behind
+    // the one this follower heard last (the group's versions only grow): keeping the newer
+    // copy means a revoked token or a bucket change never comes back. Not a breach: a
+    // lagging replica is normal.
+    if let Some(c) = current
+        && incoming.version < c.version
+        && offered == floor
+    {
         return Decision::Unchanged;
     }
     Decision::Adopted
@@ -695,5 +746,16 @@ mod tests {
             },
         );
         assert_eq!(decide(RingEpoch(1), Some(&s1), &s1b), Decision::Adopted);
+        // An older version of the same ring (a lagging ring replica) is not taken: what
+        // the newer one changed (a revoked token) does not come back.
+        let mut older = s1b.clone();
+        older.version = 3;
+        older.buckets.clear();
+        assert_eq!(decide(RingEpoch(1), Some(&s1b), &older), Decision::Unchanged);
+        // A newer ring is taken whatever its version says.
+        assert_eq!(
+            decide(RingEpoch(1), Some(&s1b), &state(1, Some(r2))),
+            Decision::Adopted
+        );
     }
 }

@@ -78,6 +78,8 @@ pub mod ring {
     pub const RING: &str = "/internal/v1/ring";
     /// The cluster view (`GET`).
     pub const CLUSTER: &str = "/internal/v1/cluster";
+    /// The ring service's own replicas and their leader (`GET`, answered by the leader).
+    pub const RING_GROUP: &str = "/internal/v1/ring-group";
     /// Join a node (`POST`).
     pub const NODES: &str = "/internal/v1/nodes";
     /// Decommission a node (`DELETE`).

@@ -211,6 +211,7 @@ impl Cluster {
                 .as_ref()
                 .map(|c| ChangeProgress::of(&c.summary(), &self.state.handoffs)),
             max_n: Some(u8::try_from(self.state.max_n()).unwrap_or(u8::MAX)),
+            ring_group: None,
         }
     }
 

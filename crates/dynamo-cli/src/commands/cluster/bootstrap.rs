@@ -229,6 +229,7 @@ mod tests {
             handoffs: Vec::new(),
             change: None,
             max_n: None,
+            ring_group: None,
         }
     }
 

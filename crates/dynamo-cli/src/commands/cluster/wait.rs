@@ -452,6 +452,7 @@ mod tests {
             handoffs: vec![],
             change,
             max_n: None,
+            ring_group: None,
         }
     }
 

@@ -1,0 +1,283 @@
+//! The ring service as a group of replicas that agree on one log ([`openraft`]).
+//!
+//! **What the log holds.** Each entry is a whole new state (a [`Proposal`]): the leader
+//! applies a mutation to its applied state (every rule of [`crate::cluster`] still runs in
+//! one place), bumps the version and proposes the result; every replica applies committed
+//! proposals in log order. State transfer rather than commands: applying cannot diverge
+//! between replicas, and nothing that a rule reads (liveness, the clock) has to be put in
+//! the log. The cost is an entry the size of the state, as `state.json` was rewritten
+//! whole before; the state is bounded (`MAX_BUCKETS`, `MAX_TOKENS`).
+//!
+//! **A proposal names its base version** and is applied only on that version, so a
+//! proposal of a deposed leader that still got committed after a newer one is skipped,
+//! never applied over it. The leader reads its applied state only after
+//! [`openraft::Raft::ensure_linearizable`], so it never computes from a stale base.
+//!
+//! **Persistence.** The log, the vote and the snapshots are in a fjall database in the
+//! data directory (`raft/`), every write fsynced before it is acknowledged; the applied
+//! state is rebuilt at start from the last snapshot and the log after it.
+//!
+//! **The group** is fixed by flags (`--replica-id`, `--replicas`): on Kubernetes the
+//! StatefulSet's stable pod names. The replica with the lowest id initializes a group
+//! whose log is empty (openraft: initializing with the same members is safe to repeat),
+//! and migrates a single-instance `state.json` into it as its first proposal.
+//!
+//! Layout: `log` (the log store), `sm` (the state machine and snapshots), `net` (the
+//! RPCs between replicas, signed with the control key).
+
+// openraft's storage traits return its `StorageError` (large); the helpers that feed
+// them return it too rather than boxing and unboxing at every call.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+
+use crate::store::StateFile;
+
+pub mod log;
+pub mod net;
+pub mod sm;
+
+/// A ring replica's id in the group.
+pub type ReplicaId = u64;
+
+openraft::declare_raft_types!(
+    /// The ring group's types.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+        NodeId = ReplicaId,
+        Node = BasicNode,
+);
+
+/// The ring group's openraft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// One log entry: a whole new state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The version the state was computed from; `None` only for the migration of a
+    /// single-instance state file into a group that applied nothing yet.
+    pub base: Option<u64>,
+    /// The new state.
+    pub file: StateFile,
+}
+
+/// What applying a proposal did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// False when it was skipped (its base is not the applied version, or it would break
+    /// an invariant).
+    pub applied: bool,
+    /// The applied version afterwards.
+    pub version: u64,
+}
+
+/// Most entries in one append request: each is a whole state.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
+/// A snapshot is taken once this many entries were applied since the last one, and the
+/// log before it is purged (each entry is a whole state, so the log is kept short).
+pub const SNAPSHOT_EVERY: u64 = 128;
+/// Largest body of a replica-to-replica request (a snapshot chunk or an append of
+/// [`MAX_PAYLOAD_ENTRIES`] states).
+pub const MAX_RPC_BODY_BYTES: usize = 256 << 20;
+/// Snapshot chunk size.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
+
+/// The group: every replica's id and base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// This replica's id.
+    pub me: ReplicaId,
+    /// Every replica (this one included), by id.
+    pub replicas: BTreeMap<ReplicaId, String>,
+}
+
+impl Group {
+    /// True when this replica initializes a group whose log is empty.
+    pub fn initializer(&self) -> bool {
+        self.replicas.keys().next() == Some(&self.me)
+    }
+
+    /// The replica list in one canonical form (`id=url,...` by id): what the group's
+    /// messages carry to tell groups apart.
+    pub fn canonical(&self) -> String {
+        self.replicas
+            .iter()
+            .map(|(id, url)| format!("{id}={url}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The members as openraft nodes.
+    pub fn nodes(&self) -> BTreeMap<ReplicaId, BasicNode> {
+        self.replicas
+            .iter()
+            .map(|(id, url)| (*id, BasicNode { addr: url.clone() }))
+            .collect()
+    }
+}
+
+/// The openraft configuration of the ring group: elections within about a second of a
+/// leader's loss, heartbeats well inside that, short logs of whole states.
+///
+/// # Errors
+/// openraft's validation (never, for these constants).
+pub fn raft_config(cluster_name: &str, election_timeout: Duration) -> Result<Arc<openraft::Config>, String> {
+    let min = election_timeout.as_millis().max(50) as u64;
+    let config = openraft::Config {
+        cluster_name: cluster_name.to_owned(),
+        election_timeout_min: min,
+        election_timeout_max: min * 2,
+        heartbeat_interval: (min / 5).max(10),
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        max_in_snapshot_log_to_keep: SNAPSHOT_EVERY / 2,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        ..Default::default()
+    };
+    config.validate().map(Arc::new).map_err(|e| e.to_string())
+}
+
+/// The directory of the raft store, inside the data directory.
+pub const DB_DIR: &str = "raft";
+
+/// The `raft-leadership` worker: follows the group's metrics; when this replica becomes
+/// leader it gives every node a liveness grace period and resumes a running change's
+/// handoff, and when it stops leading it stops that worker. It also keeps the
+/// `dynamo_ring_raft_*` gauges.
+pub(crate) struct Leadership {
+    svc: Arc<crate::service::Service>,
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<ReplicaId, BasicNode>>,
+    leading: bool,
+}
+
+impl Leadership {
+    /// The worker for `svc`.
+    pub fn new(svc: Arc<crate::service::Service>) -> Leadership {
+        Leadership {
+            metrics: svc.raft.metrics(),
+            svc,
+            leading: false,
+        }
+    }
+}
+
+fn index(i: Option<u64>) -> i64 {
+    i.map_or(-1, |i| i64::try_from(i).unwrap_or(i64::MAX))
+}
+
+impl dynamo_server::worker::Worker for Leadership {
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "raft-leadership"
+    }
+
+    async fn work(
+        &mut self,
+        _stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<dynamo_server::worker::Next, Self::Error> {
+        let m = self.metrics.borrow_and_update().clone();
+        let me = self.svc.group.me;
+        let g = &self.svc.metrics;
+        g.raft_term.set(i64::try_from(m.current_term).unwrap_or(i64::MAX));
+        g.raft_leader
+            .set(m.current_leader.map_or(-1, |l| i64::try_from(l).unwrap_or(-1)));
+        g.raft_last_log_index.set(index(m.last_log_index));
+        g.raft_applied_index.set(index(m.last_applied.map(|l| l.index)));
+        let leading = m.current_leader == Some(me);
+        g.raft_is_leader.set(i64::from(leading));
+        g.raft_replication_lag.reset();
+        if let Some(repl) = &m.replication {
+            let last = m.last_log_index.unwrap_or(0);
+            for (id, matched) in repl.iter().filter(|(id, _)| **id != me) {
+                let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+                g.raft_replication_lag
+                    .with_label_values(&[&id.to_string()])
+                    .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            }
+        }
+        if leading != self.leading {
+            self.leading = leading;
+            if leading {
+                tracing::info!(
+                    replica = me,
+                    term = m.current_term,
+                    "this replica leads the ring group"
+                );
+            } else {
+                tracing::info!(replica = me, leader = ?m.current_leader, "this replica follows the ring group");
+            }
+            self.svc.take_office(leading);
+        }
+        Ok(dynamo_server::worker::Next::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        if self.metrics.changed().await.is_err() {
+            // The consensus stopped: nothing more will change.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Migrates a single-instance `state.json` into the group, once: on the replica that
+/// initialized a pristine group, as its first proposal (unconditional, on version 0),
+/// after which the file is renamed `state.json.migrated`. On any other replica the file
+/// is ignored with a warning (the group's state wins).
+///
+/// # Errors
+/// [`crate::error::RingServiceError::Raft`] when the group does not commit it.
+pub(crate) async fn migrate(
+    svc: &Arc<crate::service::Service>,
+    legacy: crate::cluster::Cluster,
+    pristine: bool,
+) -> Result<(), crate::error::RingServiceError> {
+    use crate::error::RingServiceError;
+    let path = svc.config.data_dir.join(crate::store::STATE_FILE);
+    if !(pristine && svc.group.initializer()) {
+        tracing::warn!(path = %path.display(), "a single-instance state file is here, but this replica did not start the group: it is ignored");
+        return Ok(());
+    }
+    if svc.leader_url().await.is_none() {
+        return Err(RingServiceError::Raft(
+            "no leader to migrate the single-instance state into".into(),
+        ));
+    }
+    let version = legacy.state.version;
+    let proposal = Proposal {
+        base: None,
+        file: StateFile::of(&legacy),
+    };
+    match svc.raft.client_write(proposal).await {
+        Ok(r) if r.data.applied => {}
+        Ok(_) => {
+            return Err(RingServiceError::Raft(
+                "the migrated state was not applied".into(),
+            ));
+        }
+        Err(e) => {
+            return Err(RingServiceError::Raft(format!(
+                "cannot migrate the state file: {e}"
+            )));
+        }
+    }
+    let done = svc
+        .config
+        .data_dir
+        .join(format!("{}.migrated", crate::store::STATE_FILE));
+    std::fs::rename(&path, &done).map_err(|source| RingServiceError::DataDir {
+        path: done.clone(),
+        source,
+    })?;
+    svc.grace_all();
+    svc.lead_or_follow();
+    tracing::info!(version, from = %path.display(), "single-instance state migrated into the ring group");
+    Ok(())
+}
