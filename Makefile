@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-run: build-release ## build optimised binaries and run a local cluster (3 storage nodes, ring service, coordinator on 127.0.0.1:8080)
+run: build-release ## build optimised binaries and run a local cluster (3 storage nodes, 3 ring-service replicas, coordinator on 127.0.0.1:8080)
 	./target/release/dynamo dev
 
 build-release:
