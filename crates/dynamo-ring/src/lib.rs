@@ -258,7 +258,7 @@ pub async fn run(
     workers.spawn(liveness::LivenessTicker { svc: svc.clone() });
     workers.spawn(raft::Leadership::new(svc.clone()));
     if let Some(file) = legacy {
-        raft::migrate(&svc, file, pristine).await?;
+        raft::migrate(&svc, file).await?;
     }
     // A group of one elects itself: wait for that before answering ready, so a restart
     // of a single ring service takes writes as soon as it is ready. A larger group needs

@@ -287,7 +287,7 @@ impl Service {
             ));
         }
         let proposal = Proposal {
-            base: Some(current.state.version),
+            base: current.state.version,
             file: StateFile::of(&next),
         };
         match self.raft.client_write(proposal).await {

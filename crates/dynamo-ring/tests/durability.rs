@@ -141,7 +141,8 @@ fn legacy_state_file(dir: &std::path::Path) -> Cluster {
 // Goal (issue 15): the state file of a single-instance ring service is migrated into the
 // ring group on its first start, once: the group serves its ring, buckets and tokens at
 // its version, the file is renamed `state.json.migrated`, the next change is the next
-// version, and a restart neither loses nor re-applies anything.
+// version, a restart neither loses nor re-applies anything, and a state file that turns
+// up later is not migrated over the group's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_instance_state_file_is_migrated_once_into_the_group() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -171,6 +172,13 @@ async fn a_single_instance_state_file_is_migrated_once_into_the_group() {
         next,
         "a restart loses and re-applies nothing"
     );
+    ring.shutdown().await;
+
+    // A state file that turns up again is not migrated over the group's state.
+    legacy_state_file(dir.path());
+    let ring = start(config(dir.path())).await;
+    assert_eq!(state(&ring.url).await, next, "the group's state wins");
+    assert!(dir.path().join(STATE_FILE).exists(), "the file is left as it was");
     ring.shutdown().await;
 }
 

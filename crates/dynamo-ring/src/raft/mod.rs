@@ -61,9 +61,9 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// One log entry: a whole new state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
-    /// The version the state was computed from; `None` only for the migration of a
-    /// single-instance state file into a group that applied nothing yet.
-    pub base: Option<u64>,
+    /// The version the state was computed from (0 for the migration of a
+    /// single-instance state file into a group that applied nothing yet).
+    pub base: u64,
     /// The new state.
     pub file: StateFile,
 }
@@ -228,38 +228,54 @@ impl dynamo_server::worker::Worker for Leadership {
 }
 
 /// Migrates a single-instance `state.json` into the group, once: on the replica that
-/// initialized a pristine group, as its first proposal (unconditional, on version 0),
-/// after which the file is renamed `state.json.migrated`. On any other replica the file
-/// is ignored with a warning (the group's state wins).
+/// initializes the group (the lowest id), while it leads and the group applied nothing
+/// yet, as a proposal on version 0; the file is then renamed `state.json.migrated`.
+/// Otherwise the file is kept and a warning says why (another replica's file, or a group
+/// that already holds a state, is never migrated; a start that did not get to lead tries
+/// again at the next start).
 ///
 /// # Errors
-/// [`crate::error::RingServiceError::Raft`] when the group does not commit it.
+/// [`crate::error::RingServiceError`] when the group refused the proposal or the file
+/// cannot be renamed.
 pub(crate) async fn migrate(
     svc: &Arc<crate::service::Service>,
     legacy: crate::cluster::Cluster,
-    pristine: bool,
 ) -> Result<(), crate::error::RingServiceError> {
     use crate::error::RingServiceError;
     let path = svc.config.data_dir.join(crate::store::STATE_FILE);
-    if !(pristine && svc.group.initializer()) {
-        tracing::warn!(path = %path.display(), "a single-instance state file is here, but this replica did not start the group: it is ignored");
+    if !svc.group.initializer() {
+        tracing::warn!(path = %path.display(), "a single-instance state file is here, but only the replica with the lowest id migrates one: it is ignored");
         return Ok(());
     }
-    if svc.leader_url().await.is_none() {
-        return Err(RingServiceError::Raft(
-            "no leader to migrate the single-instance state into".into(),
-        ));
+    let mut m = svc.raft.metrics();
+    let led = tokio::time::timeout(crate::service::LEADER_WAIT, async {
+        while m.borrow_and_update().current_leader != Some(svc.group.me) {
+            if m.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    if !led || svc.raft.ensure_linearizable().await.is_err() {
+        tracing::warn!(path = %path.display(), "this replica does not lead the ring group yet: the single-instance state file is kept, to be migrated at a later start");
+        return Ok(());
+    }
+    if svc.snapshot().state.version != 0 {
+        tracing::warn!(path = %path.display(), "the ring group already holds a state: the single-instance state file is not migrated");
+        return Ok(());
     }
     let version = legacy.state.version;
     let proposal = Proposal {
-        base: None,
+        base: 0,
         file: StateFile::of(&legacy),
     };
     match svc.raft.client_write(proposal).await {
         Ok(r) if r.data.applied => {}
         Ok(_) => {
             return Err(RingServiceError::Raft(
-                "the migrated state was not applied".into(),
+                "the migrated state was not applied (the group changed meanwhile)".into(),
             ));
         }
         Err(e) => {

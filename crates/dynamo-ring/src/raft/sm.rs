@@ -123,7 +123,7 @@ impl StateMachine {
     fn apply_proposal(&self, p: Proposal) -> Applied {
         let current = self.published.borrow().clone();
         let version = current.state.version;
-        if p.base.is_some_and(|b| b != version) {
+        if p.base != version {
             tracing::warn!(base = ?p.base, applied = version, "a proposal computed from another version was skipped");
             return Applied {
                 applied: false,
