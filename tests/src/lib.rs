@@ -279,18 +279,17 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, port)| {
+                // Replica 0 keeps the single instance's name, in its log and its directory.
+                let name = if i == 0 {
+                    "ring".to_owned()
+                } else {
+                    format!("ring-{i}")
+                };
                 let mut ring_args: Vec<String> = vec![
                     "--listen".into(),
                     format!("127.0.0.1:{port}"),
                     "--data-dir".into(),
-                    dir.path()
-                        .join(if i == 0 {
-                            "ring".to_owned()
-                        } else {
-                            format!("ring-{i}")
-                        })
-                        .display()
-                        .to_string(),
+                    dir.path().join(&name).display().to_string(),
                     "--partitions".into(),
                     opts.partitions.to_string(),
                     "--heartbeat-timeout-ms".into(),
@@ -303,11 +302,6 @@ impl Cluster {
                     "300".into(),
                 ];
                 ring_args.extend(opts.ring_args.iter().cloned());
-                let name = if i == 0 {
-                    "ring".to_owned()
-                } else {
-                    format!("ring-{i}")
-                };
                 Proc::spawn("dynamo-ring", &name, *port, ring_args, &logs)
             })
             .collect();

@@ -365,26 +365,18 @@ async fn get_ring_group(State(svc): State<AppState>) -> Result<Json<RingGroupSta
             "the ring group has no leader",
         ));
     };
-    let last = m.last_log_index;
     let replicas = svc
         .group
         .replicas
         .iter()
         .map(|(id, url)| {
-            let matched = if *id == svc.group.me {
-                last
-            } else {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).copied().flatten())
-                    .map(|l| l.index)
-            };
+            let (matched_index, lag) = crate::raft::progress(&m, svc.group.me, *id);
             RingReplicaStatus {
                 id: *id,
                 url: url.clone(),
                 leader: *id == leader,
-                matched_index: matched,
-                lag: matched.zip(last).map(|(m, l)| l.saturating_sub(m)),
+                matched_index,
+                lag,
             }
         })
         .collect();

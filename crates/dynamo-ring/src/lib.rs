@@ -119,6 +119,19 @@ async fn json_body_too_large(resp: axum::response::Response) -> axum::response::
     resp
 }
 
+/// Refuses a stored state made with another partition count than the configured one.
+fn same_partitions(cluster: &Cluster, config: &Config) -> Result<(), RingServiceError> {
+    match &cluster.state.ring {
+        Some(ring) if u64::from(ring.partitioning().count()) != config.partitions => {
+            Err(RingServiceError::PartitionMismatch {
+                stored: ring.partitioning().count(),
+                configured: config.partitions,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Runs the ring service on `listener` until `shutdown` is cancelled: loads the state
 /// from `config.data_dir` (or starts empty), resumes a membership change left in
 /// progress, serves, then shuts down in order: not ready, stop accepting, drain
@@ -152,13 +165,8 @@ pub async fn run(
         Ok::<_, RingServiceError>((legacy, db))
     })
     .await??;
-    if let Some(ring) = legacy.as_ref().and_then(|c| c.state.ring.as_ref())
-        && u64::from(ring.partitioning().count()) != config.partitions
-    {
-        return Err(RingServiceError::PartitionMismatch {
-            stored: ring.partitioning().count(),
-            configured: config.partitions,
-        });
+    if let Some(legacy) = &legacy {
+        same_partitions(legacy, &config)?;
     }
     let (published, _) = tokio::sync::watch::channel(Arc::new(Cluster::empty()));
     let log = raft::log::LogStore::open(&db).map_err(|e| RingServiceError::Raft(e.to_string()))?;
@@ -209,16 +217,9 @@ pub async fn run(
         }
     }
     let applied = published.borrow().clone();
-    if let Some(ring) = &applied.state.ring
-        && u64::from(ring.partitioning().count()) != config.partitions
-    {
-        return Err(RingServiceError::PartitionMismatch {
-            stored: ring.partitioning().count(),
-            configured: config.partitions,
-        });
-    }
-    // Nodes not known to be down get a grace period from now: this restart must not
-    // mark the whole cluster down before its nodes had a chance to beat.
+    same_partitions(&applied, &config)?;
+    // Grace periods are given when this replica takes office as leader
+    // (`Service::take_office`), not here: only the leader judges liveness.
     let liveness = SharedLiveness::new(Liveness::new(config.heartbeat_timeout()));
     tracing::info!(
         replica = group.me,

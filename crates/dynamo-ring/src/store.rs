@@ -1,5 +1,7 @@
-//! The durable copy of the cluster metadata: one JSON file, `state.json`, replaced
-//! atomically on every change.
+//! The single-instance ring service's state file, `state.json`: what a ring group
+//! migrates on its first start ([`crate::raft`]); the group itself keeps its state in its
+//! Raft log and snapshots. [`load`] reads and checks one; [`save`] writes one in that
+//! format (tests make the files a migration starts from with it).
 //!
 //! A save writes `state.json.tmp`, fsyncs it, renames it over `state.json` and fsyncs the
 //! directory, so after a crash the file is either the old or the new state, never a mix,

@@ -219,14 +219,30 @@ fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(name: &str, bin: &str, args: &[String], logs: &Path) -> anyhow::Result<Service> {
+/// Starts `bin` as `name` with its own `flags` and those every service takes: the member
+/// key (and the control key where `control`) and, with `--tls`, the TLS files.
+fn spawn(
+    name: &str,
+    bin: &str,
+    flags: &[String],
+    secrets: &Secrets,
+    transport: &Transport,
+    control: bool,
+    logs: &Path,
+) -> anyhow::Result<Service> {
+    let args: Vec<String> = flags
+        .iter()
+        .cloned()
+        .chain(secrets.key_args(control))
+        .chain(transport.args())
+        .collect();
     let log = File::options()
         .create(true)
         .append(true)
         .open(logs.join(format!("{name}.log")))
         .with_context(|| format!("opening the log of {name}"))?;
     let child = Command::new(binary(bin)?)
-        .args(args)
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
@@ -442,10 +458,11 @@ async fn start(
         .join(",");
     let mut rings = Vec::new();
     for (i, url) in ring_urls.iter().enumerate() {
-        let (name, dir) = match i {
-            0 => ("ring".to_owned(), data_dir.join("ring")),
-            i => (format!("ring-{i}"), data_dir.join(format!("ring-{i}"))),
+        let name = match i {
+            0 => "ring".to_owned(),
+            i => format!("ring-{i}"),
         };
+        let dir = data_dir.join(&name);
         let ring = spawn(
             &name,
             "dynamo-ring",
@@ -462,11 +479,10 @@ async fn start(
                 i.to_string(),
                 "--replicas".into(),
                 replicas.clone(),
-            ]
-            .into_iter()
-            .chain(secrets.key_args(true))
-            .chain(transport.args())
-            .collect::<Vec<_>>(),
+            ],
+            secrets,
+            transport,
+            true,
             logs,
         )?;
         rings.push((ring, url.clone()));
@@ -501,11 +517,10 @@ async fn start(
                 ring_list.clone(),
                 "--durability".into(),
                 args.durability.clone(),
-            ]
-            .into_iter()
-            .chain(secrets.key_args(false))
-            .chain(transport.args())
-            .collect::<Vec<_>>(),
+            ],
+            secrets,
+            transport,
+            false,
             logs,
         )?;
         let ready = wait_ready(http, &mut node, &url, logs).await;
@@ -534,11 +549,10 @@ async fn start(
             args.r.to_string(),
             "--default-w".into(),
             args.w.to_string(),
-        ]
-        .into_iter()
-        .chain(secrets.key_args(true))
-        .chain(transport.args())
-        .collect::<Vec<_>>(),
+        ],
+        secrets,
+        transport,
+        true,
         logs,
     )?;
     let ready = wait_ready(http, &mut coord, &coord_url, logs).await;

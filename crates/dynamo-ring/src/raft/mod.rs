@@ -20,7 +20,8 @@
 //! **The group** is fixed by flags (`--replica-id`, `--replicas`): on Kubernetes the
 //! StatefulSet's stable pod names. The replica with the lowest id initializes a group
 //! whose log is empty (openraft: initializing with the same members is safe to repeat),
-//! and migrates a single-instance `state.json` into it as its first proposal.
+//! and migrates a single-instance `state.json` into it while the group holds nothing
+//! ([`migrate`]).
 //!
 //! Layout: `log` (the log store), `sm` (the state machine and snapshots), `net` (the
 //! RPCs between replicas, signed with the control key).
@@ -168,6 +169,26 @@ impl Leadership {
     }
 }
 
+/// Replica `id`'s matched log index and its lag behind the last entry, as `m` (a
+/// leader's metrics) shows them: this replica matches its own last entry; a follower's
+/// match is known only to a leader, and only once an append reached it.
+pub fn progress(
+    m: &openraft::RaftMetrics<ReplicaId, BasicNode>,
+    me: ReplicaId,
+    id: ReplicaId,
+) -> (Option<u64>, Option<u64>) {
+    let last = m.last_log_index;
+    let matched = if id == me {
+        last
+    } else {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(&id).copied().flatten())
+            .map(|l| l.index)
+    };
+    (matched, matched.zip(last).map(|(m, l)| l.saturating_sub(m)))
+}
+
 fn index(i: Option<u64>) -> i64 {
     i.map_or(-1, |i| i64::try_from(i).unwrap_or(i64::MAX))
 }
@@ -195,9 +216,9 @@ impl dynamo_server::worker::Worker for Leadership {
         g.raft_is_leader.set(i64::from(leading));
         g.raft_replication_lag.reset();
         if let Some(repl) = &m.replication {
-            let last = m.last_log_index.unwrap_or(0);
-            for (id, matched) in repl.iter().filter(|(id, _)| **id != me) {
-                let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+            for id in repl.keys().filter(|id| **id != me) {
+                // A follower no append reached yet lacks the whole log.
+                let lag = progress(&m, me, *id).1.unwrap_or(m.last_log_index.unwrap_or(0));
                 g.raft_replication_lag
                     .with_label_values(&[&id.to_string()])
                     .set(i64::try_from(lag).unwrap_or(i64::MAX));
@@ -247,17 +268,9 @@ pub(crate) async fn migrate(
         tracing::warn!(path = %path.display(), "a single-instance state file is here, but only the replica with the lowest id migrates one: it is ignored");
         return Ok(());
     }
-    let mut m = svc.raft.metrics();
-    let led = tokio::time::timeout(crate::service::LEADER_WAIT, async {
-        while m.borrow_and_update().current_leader != Some(svc.group.me) {
-            if m.changed().await.is_err() {
-                return false;
-            }
-        }
-        true
-    })
-    .await
-    .unwrap_or(false);
+    // In a pristine group only the initializer can be elected first, so the first leader
+    // known is this replica unless the group was formed before.
+    let led = svc.leader_url().await.is_some_and(|(id, _)| id == svc.group.me);
     if !led || svc.raft.ensure_linearizable().await.is_err() {
         tracing::warn!(path = %path.display(), "this replica does not lead the ring group yet: the single-instance state file is kept, to be migrated at a later start");
         return Ok(());
@@ -292,8 +305,8 @@ pub(crate) async fn migrate(
         path: done.clone(),
         source,
     })?;
-    svc.grace_all();
-    svc.lead_or_follow();
+    // The migrated nodes get their grace period, and a change left running resumes.
+    svc.take_office(true);
     tracing::info!(version, from = %path.display(), "single-instance state migrated into the ring group");
     Ok(())
 }
