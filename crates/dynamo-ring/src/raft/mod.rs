@@ -21,7 +21,7 @@
 //! StatefulSet's stable pod names. The replica with the lowest id initializes a group
 //! whose log is empty (openraft: initializing with the same members is safe to repeat),
 //! and migrates a single-instance `state.json` into it while the group holds nothing
-//! ([`migrate`]).
+//! (`migrate`).
 //!
 //! Layout: `log` (the log store), `sm` (the state machine and snapshots), `net` (the
 //! RPCs between replicas, signed with the control key).
