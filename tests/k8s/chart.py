@@ -15,7 +15,7 @@ tested in the layers that can run here:
 4. semantics: small properties no schema states (secrets never in clear, probes,
    resources and a non-root security context on every container, selectors that match,
    a storage PodDisruptionBudget that keeps a quorum, join arguments that match what the
-   nodes advertise, ...);
+   nodes advertise, a ring group whose replicas, ids and URLs agree everywhere, ...);
 5. refusals: each `values/bad-*.yaml` must fail to render with a message naming the bad
    field (its `# expect:` lines).
 
@@ -416,15 +416,75 @@ def storage_sets(r: Rendered) -> list[dict[str, Any]]:
     ]
 
 
+def of_component(docs: list[dict[str, Any]], kind: str, component: str) -> list[dict[str, Any]]:
+    return [d for d in by_kind(docs, kind) if d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+
+
+def check_ring(r: Rendered) -> list[str]:
+    """The ring group: `ring.replicas` pods started together, each with its ordinal as its
+    replica id and the same list of every replica's per-pod URL; a headless Service that
+    names pods before they are ready; spread over machines; a PodDisruptionBudget that
+    keeps a majority; storage nodes and coordinators given every replica."""
+    problems = []
+    v = r.values
+    if v["operator"]["enabled"]:
+        return []
+    n = v["ring"]["replicas"]
+    rings = of_component(r.docs, "StatefulSet", "ring")
+    if len(rings) != 1:
+        return [f"{len(rings)} ring StatefulSets"]
+    sts = rings[0]
+    if sts["spec"]["replicas"] != n:
+        problems.append(f"the ring StatefulSet has {sts['spec']['replicas']} replicas, ring.replicas is {n}")
+    if sts["spec"].get("podManagementPolicy") != "Parallel":
+        problems.append("the ring StatefulSet is not podManagementPolicy Parallel")
+    svc = [s for s in by_kind(r.docs, "Service") if s["metadata"]["name"] == sts["spec"]["serviceName"]]
+    if not svc or svc[0]["spec"].get("publishNotReadyAddresses") is not True:
+        problems.append("the ring's headless Service does not publish not-ready addresses")
+    spread = [
+        c for c in pod_spec(sts).get("topologySpreadConstraints") or []
+        if c.get("topologyKey") == "kubernetes.io/hostname"
+        and c.get("whenUnsatisfiable") == "ScheduleAnyway"
+        and selects(c["labelSelector"]["matchLabels"], sts["spec"]["template"]["metadata"]["labels"])
+    ]
+    if not spread:
+        problems.append("the ring pods are not spread over hosts (ScheduleAnyway)")
+    env = env_of(containers(sts)[0])
+    field_path = (((env.get("DYNAMO_REPLICA_ID") or {}).get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+    if field_path != "metadata.labels['apps.kubernetes.io/pod-index']":
+        problems.append(f"DYNAMO_REPLICA_ID comes from {field_path!r}, not the pod-index label")
+    # Replica i is pod i of the StatefulSet, by its own name under the headless Service.
+    scheme = "https" if v["tls"]["enabled"] else "http"
+    host = f"{sts['spec']['serviceName']}.{NAMESPACE}.svc.{v['cluster']['domain']}"
+    expected = [f"{scheme}://{sts['metadata']['name']}-{i}.{host}:{v['ring']['port']}" for i in range(n)]
+    replicas = (env.get("DYNAMO_REPLICAS") or {}).get("value", "")
+    items = [x.split("=", 1) for x in replicas.split(",") if x]
+    if [x[0] for x in items] != [str(i) for i in range(n)]:
+        problems.append(f"DYNAMO_REPLICAS {replicas!r} does not list ids 0..{n - 1}")
+    urls = [x[1] if len(x) == 2 else "" for x in items]
+    if urls != expected:
+        problems.append(f"DYNAMO_REPLICAS URLs {urls} are not the pods' own names {expected}")
+    for kind, component in (("StatefulSet", "storage"), ("Deployment", "coordinator")):
+        for w in of_component(r.docs, kind, component):
+            got = (env_of(containers(w)[0]).get("DYNAMO_RING_URL") or {}).get("value", "")
+            if got.split(",") != expected:
+                problems.append(f"{kn(w)}: DYNAMO_RING_URL {got!r} does not list the {n} ring replicas {expected}")
+    pdbs = of_component(r.docs, "PodDisruptionBudget", "ring")
+    if v["ring"]["pdb"]["enabled"]:
+        allowed = max(1, (n - 1) // 2)
+        if len(pdbs) != 1 or pdbs[0]["spec"].get("maxUnavailable") != allowed:
+            got = pdbs[0]["spec"] if pdbs else None
+            problems.append(f"the ring PDB {got} is not maxUnavailable {allowed} (a majority of {n} stays)")
+    return problems
+
+
 def check_cluster_shape(r: Rendered) -> list[str]:
-    """Ring: one instance; storage: parallel, a PVC each, zones as asked; quorum-safe PDB."""
+    """Storage: parallel, a PVC each, zones as asked; quorum-safe PDB (the ring: check_ring)."""
     problems = []
     v = r.values
     if v["operator"]["enabled"]:
         return check_operator(r)
-    rings = [s for s in by_kind(r.docs, "StatefulSet") if s["metadata"]["labels"]["app.kubernetes.io/component"] == "ring"]
-    if len(rings) != 1 or rings[0]["spec"]["replicas"] != 1:
-        problems.append("the ring service must be one StatefulSet of one replica")
+    rings = of_component(r.docs, "StatefulSet", "ring")
     sets = storage_sets(r)
     zones = v["storage"]["zones"]
     if len(sets) != max(1, len(zones)):
@@ -544,6 +604,8 @@ def check_operator(r: Rendered) -> list[str]:
     got = (spec["defaults"]["replicas"], spec["defaults"]["readQuorum"], spec["defaults"]["writeQuorum"])
     if got != (v["cluster"]["replicas"], v["cluster"]["readQuorum"], v["cluster"]["writeQuorum"]):
         problems.append(f"the DynamoCluster's N/R/W {got} differ from the values")
+    if spec["ring"]["replicas"] != v["ring"]["replicas"]:
+        problems.append(f"the DynamoCluster's ring replicas {spec['ring']['replicas']} differ from the values")
     secrets = {s["metadata"]["name"] for s in by_kind(r.docs, "Secret")}
     for which, ref in spec["secrets"].items():
         if not v["secrets"][which]["existingSecret"] and ref["name"] not in secrets:
@@ -582,7 +644,8 @@ def check_example() -> list[str]:
         ("a string count", lambda d: d["spec"]["storage"].__setitem__("replicas", "three")),
         ("an unknown field", lambda d: d["spec"].__setitem__("storageNodes", 3)),
         ("a bad retention policy", lambda d: d["spec"]["storage"]["pvcRetentionPolicy"].__setitem__("whenScaled", "Forget")),
-        ("two ring replicas", lambda d: d["spec"]["ring"].__setitem__("replicas", 2)),
+        # An even count is refused by a CEL rule, which only the API server evaluates.
+        ("eight ring replicas", lambda d: d["spec"]["ring"].__setitem__("replicas", 8)),
     ):
         broken = copy.deepcopy(example)
         breaker(broken)
@@ -638,7 +701,8 @@ def check_network_policies(r: Rendered) -> list[str]:
     if not r.values["networkPolicy"]["enabled"]:
         return [f"{kn(p)} rendered with networkPolicy.enabled false" for p in pols]
     by_component = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in pols}
-    allowed = {"storage": {"coordinator", "storage", "ring"}, "ring": {"storage", "coordinator"}}
+    # Ring replicas reach each other on the ring's port (Raft votes and replication).
+    allowed = {"storage": {"coordinator", "storage", "ring"}, "ring": {"storage", "coordinator", "ring"}}
     for component, peers in allowed.items():
         if component not in by_component:
             problems.append(f"no NetworkPolicy for {component}")
@@ -750,16 +814,18 @@ def check_custom_resources(r: Rendered, staged: Path) -> list[str]:
             names = leaf[0]["spec"]["dnsNames"]
             for w in by_kind(r.docs, "StatefulSet") + by_kind(r.docs, "Deployment"):
                 for c in containers(w):
-                    for var in ("DYNAMO_RING_URL", "DYNAMO_ADVERTISE_ADDRESS"):
-                        url = env_of(c).get(var, {}).get("value")
-                        if not url:
+                    for var in ("DYNAMO_RING_URL", "DYNAMO_ADVERTISE_ADDRESS", "DYNAMO_REPLICAS"):
+                        value = env_of(c).get(var, {}).get("value")
+                        if not value:
                             continue
-                        host = url.split("://")[1].rsplit(":", 1)[0].replace("$(POD_NAME)", "x")
-                        ok = host in names or any(
-                            n.startswith("*.") and host.split(".", 1)[1] == n[2:] for n in names
-                        )
-                        if not ok:
-                            problems.append(f"the certificate does not name {host} ({var})")
+                        # A list: comma-separated URLs, or `id=url` items.
+                        for url in value.split(","):
+                            host = url.split("://")[1].rsplit(":", 1)[0].replace("$(POD_NAME)", "x")
+                            ok = host in names or any(
+                                n.startswith("*.") and host.split(".", 1)[1] == n[2:] for n in names
+                            )
+                            if not ok:
+                                problems.append(f"the certificate does not name {host} ({var})")
             if leaf[0]["spec"]["secretName"] not in json.dumps([pod_spec(w) for w in workloads(r.docs)]):
                 problems.append("no pod mounts the certificate's Secret")
         for c in certs:
@@ -771,15 +837,16 @@ def check_custom_resources(r: Rendered, staged: Path) -> list[str]:
         for w in workloads(r.docs):
             for c in containers(w):
                 env = env_of(c)
-                for var in ("DYNAMO_RING_URL", "DYNAMO_ADVERTISE_ADDRESS", "DYNAMO_ENDPOINT"):
-                    if var in env and not env[var]["value"].startswith("https://"):
-                        problems.append(f"{kn(w)}: {var} is not https with TLS on")
+                for var in ("DYNAMO_RING_URL", "DYNAMO_ADVERTISE_ADDRESS", "DYNAMO_ENDPOINT", "DYNAMO_REPLICAS"):
+                    for url in env[var]["value"].split(",") if var in env else []:
+                        if not url.split("=", 1)[-1].startswith("https://"):
+                            problems.append(f"{kn(w)}: {var} {url} is not https with TLS on")
     return problems
 
 
 def semantic_checks(r: Rendered, raw: dict[str, Any], staged: Path) -> list[str]:
     problems = []
-    for fn in (check_basics, check_containers, check_selectors, check_cluster_shape, check_join, check_network_policies):
+    for fn in (check_basics, check_containers, check_selectors, check_cluster_shape, check_ring, check_join, check_network_policies):
         problems += [f"{fn.__name__}: {p}" for p in fn(r)]
     problems += [f"check_secrets_never_in_clear: {p}" for p in check_secrets_never_in_clear(r, raw)]
     problems += [f"check_custom_resources: {p}" for p in check_custom_resources(r, staged)]
@@ -822,8 +889,40 @@ def checks_notice_breakage(chart: helm.Chart, staged: Path) -> list[str]:
     def storage_control_key(docs):
         containers(first(docs, "StatefulSet", "storage"))[0]["env"].append({"name": "DYNAMO_CONTROL_KEY_FILE", "value": "/etc/dynamo/secrets/control-key"})
 
+    def ring_ordered(docs):
+        first(docs, "StatefulSet", "ring")["spec"]["podManagementPolicy"] = "OrderedReady"
+
+    def ring_ready_names_only(docs):
+        del first(docs, "Service", "ring")["spec"]["publishNotReadyAddresses"]
+
+    def ring_replica_missing(docs):
+        env = env_of(containers(first(docs, "StatefulSet", "ring"))[0])
+        env["DYNAMO_REPLICAS"]["value"] = env["DYNAMO_REPLICAS"]["value"].rsplit(",", 1)[0]
+
+    def ring_id_from_name(docs):
+        env = env_of(containers(first(docs, "StatefulSet", "ring"))[0])
+        env["DYNAMO_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] = "metadata.name"
+
+    def ring_service_url(docs):
+        env = env_of(containers(first(docs, "Deployment", "coordinator"))[0])
+        env["DYNAMO_RING_URL"]["value"] = f"http://{RELEASE}-ring.{NAMESPACE}.svc.cluster.local:7000"
+
+    def ring_peers_shut_out(docs):
+        rule = first(docs, "NetworkPolicy", "ring")["spec"]["ingress"][0]
+        rule["from"] = [p for p in rule["from"] if (p.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/component") != "ring"]
+
+    def ring_pdb_takes_majority(docs):
+        first(docs, "PodDisruptionBudget", "ring")["spec"]["maxUnavailable"] = 2
+
+    def ring_unspread(docs):
+        del pod_spec(first(docs, "StatefulSet", "ring"))["topologySpreadConstraints"]
+
     problems = []
-    for breaker in (drop_probe, writable_root, wrong_selector, greedy_pdb, secret_in_env, string_data, wrong_join, open_storage, storage_control_key):
+    for breaker in (
+        drop_probe, writable_root, wrong_selector, greedy_pdb, secret_in_env, string_data, wrong_join, open_storage,
+        storage_control_key, ring_ordered, ring_ready_names_only, ring_replica_missing, ring_id_from_name,
+        ring_service_url, ring_peers_shut_out, ring_pdb_takes_majority, ring_unspread,
+    ):
         broken = copy.deepcopy(base)
         breaker(broken.docs)
         if not semantic_checks(broken, {}, staged):

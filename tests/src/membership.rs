@@ -88,16 +88,27 @@ impl Cluster {
         }
     }
 
-    /// The ring service's current state; `None` when it does not answer.
+    /// The ring service's current state, from the first running replica that answers;
+    /// `None` when none does.
     pub async fn ring_state(&self) -> Option<ClusterState> {
-        let r = self
-            .http
-            .get(format!("{}/internal/v1/state?after=0&wait_ms=0", self.ring.url()))
-            .timeout(CALL_TIMEOUT)
-            .send()
-            .await
-            .ok()?;
-        r.error_for_status().ok()?.json().await.ok()
+        for ring in std::iter::once(&self.ring)
+            .chain(&self.ring_others)
+            .filter(|p| p.id().is_some())
+        {
+            let r = self
+                .http
+                .get(format!("{}/internal/v1/state?after=0&wait_ms=0", ring.url()))
+                .timeout(CALL_TIMEOUT)
+                .send()
+                .await;
+            if let Ok(r) = r
+                && let Ok(r) = r.error_for_status()
+                && let Ok(state) = r.json().await
+            {
+                return Some(state);
+            }
+        }
+        None
     }
 
     /// Joins storage node `i`: `POST /v1/cluster/nodes`.

@@ -1,11 +1,12 @@
 //! The ring service as a group of three replicas under a whole cluster (issue 15): the
-//! leader killed (-9) again and again while clients write, an admin creates tokens and
-//! changes a bucket; the data path never stops.
+//! leader killed (-9) again and again while clients write, an admin creates tokens,
+//! changes a bucket and joins a storage node; the data path never stops.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use dynamo_tests::membership::{ChangeWait, node_name};
 use dynamo_tests::{Cluster, Options, Proc};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -56,13 +57,15 @@ async fn tokens(c: &Cluster) -> Vec<Value> {
     v["tokens"].as_array().cloned().unwrap_or_default()
 }
 
-// Goal: with three ring replicas, the ring leader killed three times (during a token
-// creation, a bucket change and a quiet moment) never stops the data path: every write
-// a client sends meanwhile succeeds. A token creation answered 201 exists exactly once
-// afterwards, one that failed at most once; a bucket change is applied whole or not at
-// all; a new leader is elected each time (the time is printed); each killed replica,
-// restarted, catches up with the others; `GET /v1/cluster` shows the three replicas and
-// the leader.
+// Goal: with three ring replicas, the ring leader killed four times (during a token
+// creation, a bucket change, a storage node's join and a quiet moment) never stops the
+// data path: every write a client sends meanwhile succeeds, and reads back afterwards. A
+// token creation answered 201 exists exactly once afterwards, one that failed at most
+// once; a bucket change is applied whole or not at all; the join is recorded once or not
+// at all, and the new leader carries it through (or it is sent again) until the node is
+// a member; a new leader is elected each time (the time is printed); each killed
+// replica, restarted, catches up with the others; `GET /v1/cluster` shows the three
+// replicas and the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_ring_leader_never_stops_the_data_path() {
     let mut c = Cluster::start(Options {
@@ -70,6 +73,9 @@ async fn killing_the_ring_leader_never_stops_the_data_path() {
         ..Options::default()
     })
     .await;
+
+    // The node the membership round joins, started (not a member) before the writers.
+    let joining = c.add_node().await;
 
     // Writers through the coordinator for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
@@ -80,6 +86,7 @@ async fn killing_the_ring_leader_never_stops_the_data_path() {
         tokio::spawn(async move {
             let mut i = 0u64;
             let mut first_failure = None;
+            let mut acked = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let r = http
                     .put(format!("{url}/v1/kv/ringgroup/k{i}"))
@@ -91,6 +98,7 @@ async fn killing_the_ring_leader_never_stops_the_data_path() {
                 match r {
                     Ok(r) if r.status().is_success() => {
                         ok.fetch_add(1, Ordering::Relaxed);
+                        acked.push(i);
                     }
                     other => {
                         failed.fetch_add(1, Ordering::Relaxed);
@@ -99,11 +107,11 @@ async fn killing_the_ring_leader_never_stops_the_data_path() {
                 }
                 i += 1;
             }
-            first_failure
+            (first_failure, acked)
         })
     };
 
-    for round in ["token creation", "bucket change", "quiet"] {
+    for round in ["token creation", "bucket change", "membership change", "quiet"] {
         let l = leader(&mut c).await;
         let before = tokens(&c).await.len();
         let pid = replicas(&mut c)[l].id().expect("the leader runs");
@@ -125,6 +133,7 @@ async fn killing_the_ring_leader_never_stops_the_data_path() {
                         .await;
                     Some(r.map(|r| r.status().as_u16()).unwrap_or(0))
                 }
+                "membership change" => Some(if c.join(joining).await.is_ok() { 202 } else { 0 }),
                 _ => None,
             }
         };
@@ -168,6 +177,37 @@ async fn killing_the_ring_leader_never_stops_the_data_path() {
                 if status == 200 {
                     assert!(whole, "answered 200, so applied: {props}");
                 }
+            }
+            ("membership change", Some(status)) => {
+                let name = node_name(joining);
+                let s = c.ring_state().await.expect("a replica answers");
+                let recorded = s.change.as_ref().is_some_and(|ch| ch.node.as_str() == name)
+                    || s.ring
+                        .as_ref()
+                        .is_some_and(|r| r.members().keys().any(|m| m.as_str() == name));
+                if status == 202 {
+                    assert!(recorded, "an accepted join is recorded: {:?}", s.change);
+                }
+                if !recorded {
+                    c.join(joining).await.expect("the join, sent again");
+                }
+                // The new leader carries the change through; a change that ran out of
+                // pull attempts while the old leader died is retried.
+                let mut retries = 0;
+                loop {
+                    match c.wait_change(Duration::from_secs(60)).await {
+                        ChangeWait::Finished => break,
+                        ChangeWait::Failed(why) if retries < 3 => {
+                            println!("the join failed ({why}); retrying");
+                            retries += 1;
+                            c.retry_change().await.expect("retry");
+                        }
+                        other => panic!("the join did not finish: {other:?}"),
+                    }
+                }
+                let s = c.ring_state().await.expect("a replica answers");
+                let members = s.ring.as_ref().map(|r| r.members().len());
+                assert_eq!(members, Some(4), "{name} joined once: {s:?}");
             }
             _ => {}
         }
@@ -222,12 +262,23 @@ async fn killing_the_ring_leader_never_stops_the_data_path() {
     .await;
 
     stop.store(true, Ordering::Relaxed);
-    let first_failure = writer.await.expect("writer");
+    let (first_failure, acked) = writer.await.expect("writer");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    println!("writes while the ring leader was killed three times: {ok} ok, {failed} failed");
+    println!("writes while the ring leader was killed four times: {ok} ok, {failed} failed");
     assert!(ok > 0);
     assert_eq!(
         failed, 0,
         "the data path never stopped: first failure {first_failure:?}"
     );
+    // Every acknowledged write reads back, across the join's handoff.
+    for i in acked {
+        let r = c
+            .req(Method::GET, &format!("/v1/kv/ringgroup/k{i}"))
+            .send()
+            .await
+            .expect("read");
+        assert_eq!(r.status().as_u16(), 200, "k{i}");
+        let body = r.text().await.expect("body");
+        assert_eq!(body, format!("v{i}"), "k{i}");
+    }
 }

@@ -116,7 +116,8 @@ pub use dynamo_core::error::ErrorDetail;
 pub use dynamo_core::ids::{BucketName, NodeId, PartitionId, RingEpoch, VolumeId};
 pub use dynamo_core::wire::cluster::{
     AllBuckets, AntiEntropyStatus, BucketScope, ChangeKindName, ChangeProgress, ChangeSummary, ClusterView,
-    Handoff, KeyPlacement, NodeRegistration, NodeState, NodeStatus, Permission,
+    Handoff, KeyPlacement, NodeRegistration, NodeState, NodeStatus, Permission, RingGroupStatus,
+    RingReplicaStatus,
 };
 pub use dynamo_core::wire::public::{BatchOp, BatchOpKind, BatchResult, KeyList};
 pub use dynamo_core::wire::{BucketProps, BucketPropsPatch, ConflictMode, SiblingView};

@@ -158,7 +158,21 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     // Ready once the ring service has answered at least once: before that no token but
     // the root one can be checked and no key routed.
     let gate = cache.clone();
-    let readiness = Readiness::new().with_gate(move || gate.current().map(|_| ()));
+    // Past the silence bound it stays ready on purpose (docs/security.md: a balancer that
+    // dropped every coordinator of a partitioned ring service would stop the data path
+    // too) but says that scoped tokens are refused.
+    let silent = cache.clone();
+    let max_silence = Duration::from_millis(config.max_ring_silence_ms);
+    let readiness = Readiness::new()
+        .with_gate(move || gate.current().map(|_| ()))
+        .with_note(move || {
+            silent.silence().filter(|s| *s > max_silence).map(|s| {
+                format!(
+                    "no ring service replica has answered for {} s (more than --max-ring-silence-ms): scoped tokens are refused until one does; the root token and the data path still serve",
+                    s.as_secs()
+                )
+            })
+        });
     let app_state = api::AppState {
         member_client: client.clone(),
         coord: coord.clone(),

@@ -179,6 +179,7 @@ async fn scoped_tokens_fail_closed_when_the_ring_service_is_silent() {
         .await
         .expect("the metric");
     assert!(contact > 1.7e9, "a Unix time: {contact}");
+    assert_eq!(readyz(&c.url).await, (200, "ready".to_owned()));
 
     up.store(false, std::sync::atomic::Ordering::SeqCst);
     eventually("the scoped token is refused", || async {
@@ -189,11 +190,29 @@ async fn scoped_tokens_fail_closed_when_the_ring_service_is_silent() {
     assert_eq!(body["error"]["code"], "ring_unavailable", "{body}");
     assert!(retry.is_some());
     assert_eq!(status(&c.url, TOKEN).await.0, 200, "the root token still works");
+    // Still ready (the data path serves), and /readyz says why scoped tokens fail.
+    let (ready, text) = readyz(&c.url).await;
+    assert_eq!(ready, 200);
+    assert!(
+        text.starts_with("ready; degraded:") && text.contains("scoped tokens are refused"),
+        "{text}"
+    );
 
     up.store(true, std::sync::atomic::Ordering::SeqCst);
     eventually("the scoped token works again", || async {
         status(&c.url, &secret).await.0 == 200
     })
     .await;
+    assert_eq!(readyz(&c.url).await, (200, "ready".to_owned()));
     c.stop().await;
+}
+
+/// `/readyz`'s status and body.
+async fn readyz(url: &str) -> (u16, String) {
+    let r = dynamo_testkit::unsigned_http()
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    (r.status().as_u16(), r.text().await.expect("body"))
 }

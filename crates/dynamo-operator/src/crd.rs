@@ -72,7 +72,7 @@ pub struct DynamoClusterSpec {
     /// N, R and W of buckets without their own properties; N is also the ring's N.
     #[serde(default)]
     pub defaults: QuorumSpec,
-    /// The ring service (membership).
+    /// The ring service (membership), a Raft group of replicas.
     #[serde(default)]
     pub ring: RingSpec,
     /// The storage nodes.
@@ -130,16 +130,21 @@ pub struct QuorumSpec {
     pub write_quorum: u8,
 }
 
-/// The ring service.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+/// The ring service: one Raft group, a pod and a volume per replica.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RingSpec {
-    /// Must be 1: the ring service is one instance owning its state on one volume until
-    /// it runs on Raft (issue 15).
-    #[serde(default = "one")]
-    #[schemars(range(min = 1, max = 1))]
+    /// Replicas of the ring group, odd (1, 3, 5 or 7): a majority must be up for
+    /// membership, token and bucket changes, so 3 survive the loss of one pod and 5 of
+    /// two, while an even count survives no more than the odd one below it. The group
+    /// only grows (the leader adds new replicas; nothing removes one), so a lower count
+    /// is refused.
+    #[serde(default = "three")]
+    #[schemars(range(min = 1, max = 7))]
+    #[x_kube(validation = Rule::new("self % 2 == 1").message("ring replicas must be odd (1, 3, 5 or 7)"))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("the ring group only grows"))]
     pub replicas: i32,
-    /// Its volume (`state.json`).
+    /// Each replica's volume (`raft/`: the group's log and snapshots).
     #[serde(default = "default_ring_volume")]
     pub persistence: PersistenceSpec,
     /// Its container's resources.
@@ -434,7 +439,7 @@ impl Default for QuorumSpec {
 impl Default for RingSpec {
     fn default() -> Self {
         RingSpec {
-            replicas: 1,
+            replicas: 3,
             persistence: default_ring_volume(),
             resources: None,
         }
@@ -492,10 +497,6 @@ fn default_storage_volume() -> PersistenceSpec {
     }
 }
 
-fn one() -> i32 {
-    1
-}
-
 fn two() -> i32 {
     2
 }
@@ -521,6 +522,36 @@ mod tests {
     }
 
     #[test]
+    fn ring_replicas_are_odd_and_only_grow_by_cel_rules() {
+        // Goal: the API server refuses an even ring group and a smaller one (the group
+        // only grows); the schema alone bounds the count to 1..=7.
+        let crd = serde_json::to_value(DynamoCluster::crd()).expect("json");
+        let r = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["ring"]["properties"]["replicas"];
+        let rules = r["x-kubernetes-validations"]
+            .as_array()
+            .expect("rules on ring replicas");
+        assert!(
+            rules
+                .iter()
+                .any(|x| x["rule"] == "self % 2 == 1"
+                    && x["message"].as_str().is_some_and(|m| m.contains("odd"))),
+            "{r}"
+        );
+        assert!(
+            rules
+                .iter()
+                .any(|x| x["rule"] == "self >= oldSelf" && x["message"] == "the ring group only grows"),
+            "{r}"
+        );
+        assert_eq!(
+            (r["minimum"].as_f64(), r["maximum"].as_f64()),
+            (Some(1.0), Some(7.0)),
+            "{r}"
+        );
+    }
+
+    #[test]
     fn a_minimal_spec_takes_the_charts_defaults() {
         let spec: DynamoClusterSpec = serde_json::from_value(serde_json::json!({})).expect("empty spec");
         assert_eq!(spec.partitions, 256);
@@ -538,7 +569,7 @@ mod tests {
                 spec.coordinator.replicas,
                 spec.ring.replicas
             ),
-            (3, 2, 1)
+            (3, 2, 3)
         );
         assert_eq!(spec.storage.pvc_retention_policy.when_scaled, Retention::Retain);
         assert_eq!(spec.secret("dc", SecretKind::RootToken).name, "dc-root-token");

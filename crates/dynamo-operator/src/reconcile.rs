@@ -4,8 +4,9 @@
 //! 1. skip unless this replica holds the leader Lease;
 //! 2. make sure the finalizer is on (or, when the cluster is being deleted, clean up and
 //!    take it off);
-//! 3. observe: the storage StatefulSets, their pods' readiness, the cluster view through
-//!    the coordinators' public API (with the root token read from its Secret);
+//! 3. observe: the storage StatefulSets, their pods' readiness, the ring StatefulSet (its
+//!    size and immutable pod management policy), the cluster view through the
+//!    coordinators' public API (with the root token read from its Secret);
 //! 4. decide with [`plan::plan`];
 //! 5. server-side apply every owned object, the storage StatefulSets with the plan's
 //!    replica counts and rolling-update partitions (an Event when a lowered partition
@@ -41,7 +42,7 @@ use crate::error::Error;
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::plan::{self, Observed, Plan, Revisions, SetObserved, Step};
-use crate::resources::{self, FIELD_MANAGER, Names, Owned};
+use crate::resources::{self, FIELD_MANAGER, LiveRing, Names, Owned};
 
 /// Requeue while something is under way (pods starting, a handoff running).
 pub const BUSY_REQUEUE: Duration = Duration::from_secs(10);
@@ -213,6 +214,27 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
         })
         .collect();
 
+    // Observe the ring StatefulSet: the group never shrinks, and its pod management
+    // policy cannot change.
+    let ring_sts = sts_api
+        .get_opt(&names.ring())
+        .await
+        .map_err(Error::kube(format!("get statefulset {}", names.ring())))?;
+    let ring_spec = ring_sts.as_ref().and_then(|s| s.spec.as_ref());
+    let ring = LiveRing {
+        replicas: ring_spec.and_then(|s| s.replicas),
+        pod_management_policy: ring_spec.and_then(|s| s.pod_management_policy.clone()),
+    };
+    let ring_refused = ring.refusal(dc);
+    if ring_refused.is_some() {
+        tracing::warn!(
+            cluster = %names.cluster,
+            spec = dc.spec.ring.replicas,
+            live = ?ring.replicas,
+            "ring group shrink refused: its replicas are kept"
+        );
+    }
+
     // Observe the membership (an answer or why not: never a reconcile error).
     let membership = membership_client(dc, &names, ctx).await;
     let view = match &membership {
@@ -230,7 +252,7 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
     tracing::debug!(cluster = %names.cluster, ?plan, "plan");
 
     // Apply every owned object.
-    for o in resources::owned(dc, &plan.replicas, &plan.partitions) {
+    for o in resources::owned(dc, &plan.replicas, &plan.partitions, &ring) {
         apply_owned(client, &ns, &o).await?;
     }
     if let Some(pod) = plan.upgrade.as_ref().and_then(|u| u.updating.as_ref()) {
@@ -255,6 +277,11 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
     if let Ok(c) = &membership {
         step_error = begin(dc, ctx, c, &plan.step).await;
     }
+    // A refused ring shrink is reported as Degraded with whatever else went wrong.
+    let step_error = match (step_error, ring_refused) {
+        (Some(e), Some(r)) => Some(format!("{e}; {r}")),
+        (e, r) => e.or(r),
+    };
 
     // Report.
     let old = dc.status.clone().unwrap_or_default();

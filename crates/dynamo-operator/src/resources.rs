@@ -1,7 +1,7 @@
 //! The objects the operator owns for a `DynamoCluster`, built as server-side-apply
-//! bodies: the ring StatefulSet and its headless Service, the storage StatefulSet(s) and
-//! their headless Service, the coordinator Deployment and Service, and the
-//! PodDisruptionBudgets.
+//! bodies: the ring StatefulSet (one pod per replica of the ring's Raft group) and its
+//! headless Service, the storage StatefulSet(s) and their headless Service, the
+//! coordinator Deployment and Service, and the PodDisruptionBudgets.
 //!
 //! They mirror what the Helm chart renders (`helm/dynamo/templates/`): the same names
 //! (`<cluster>-ring`, `<cluster>-storage[-<zone>]`, `<cluster>-coordinator`), ports,
@@ -28,6 +28,8 @@ pub const SECRETS_DIR: &str = "/etc/dynamo/secrets";
 pub const FIELD_MANAGER: &str = "dynamo-operator";
 /// The uid (and gid) every container runs as.
 const UID: i64 = 10001;
+/// The downward API path of a StatefulSet pod's ordinal (the label Kubernetes 1.30+ sets).
+const POD_INDEX_FIELD: &str = "metadata.labels['apps.kubernetes.io/pod-index']";
 
 /// One object to apply: its kind (for the API path) and body.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,9 +95,33 @@ impl Names {
         format!("{service}.{}.svc.{}", self.namespace, self.domain)
     }
 
-    /// The ring service's URL.
-    pub fn ring_url(&self) -> String {
-        format!("{}://{}:{RING_PORT}", self.scheme, self.host(&self.ring()))
+    /// The URLs of a ring group of `replicas` replicas, in id order: replica `i` is pod
+    /// `<cluster>-ring-<i>`, reached by its own name under the headless Service (a Raft
+    /// peer must reach that one replica, not whichever pod the Service name resolves to).
+    pub fn ring_replica_urls(&self, replicas: i32) -> Vec<String> {
+        let ring = self.ring();
+        let host = self.host(&ring);
+        (0..replicas)
+            .map(|i| format!("{}://{ring}-{i}.{host}:{RING_PORT}", self.scheme))
+            .collect()
+    }
+
+    /// `DYNAMO_REPLICAS` of every ring replica: `0=<url>,1=<url>,...`, the same list for
+    /// all of them (a replica's id is its pod's ordinal).
+    pub fn ring_replicas(&self, replicas: i32) -> String {
+        self.ring_replica_urls(replicas)
+            .iter()
+            .enumerate()
+            .map(|(i, url)| format!("{i}={url}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The ring service's URLs for storage nodes and coordinators (`DYNAMO_RING_URL`):
+    /// every replica's, comma-separated; they fail over from one to the next, and any
+    /// replica answers reads and forwards writes to its leader.
+    pub fn ring_url(&self, replicas: i32) -> String {
+        self.ring_replica_urls(replicas).join(",")
     }
 
     /// The coordinators' URL: where the operator joins and decommissions nodes.
@@ -131,14 +157,56 @@ impl Names {
     }
 }
 
+/// What the live ring StatefulSet already fixes, if it exists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveRing {
+    /// Its replica count.
+    pub replicas: Option<i32>,
+    /// Its `podManagementPolicy`, which a StatefulSet never changes.
+    pub pod_management_policy: Option<String>,
+}
+
+impl LiveRing {
+    /// The ring group's size to apply: the spec's, but never fewer than the live
+    /// StatefulSet's pods. The group only grows: the leader adds replicas, nothing removes
+    /// one, so a shrunk StatefulSet would leave the group counting votes of pods that are
+    /// gone. The CRD refuses a lower `spec.ring.replicas` (a CEL rule); this holds even
+    /// under a CRD that predates the rule.
+    pub fn replicas(&self, dc: &DynamoCluster) -> i32 {
+        dc.spec.ring.replicas.max(self.replicas.unwrap_or(0))
+    }
+
+    /// Why the spec's ring size is not applied, when it is below the live one.
+    pub fn refusal(&self, dc: &DynamoCluster) -> Option<String> {
+        let live = self.replicas?;
+        (dc.spec.ring.replicas < live).then(|| {
+            format!(
+                "the ring group only grows: spec.ring.replicas {} is below its {live} replicas, which are kept",
+                dc.spec.ring.replicas
+            )
+        })
+    }
+}
+
 /// Every object of `dc`, with `storage_replicas[i]` pods in storage set `i` and its
 /// rolling update's partition at `storage_partitions[i]` (the plan's, never derived from
-/// the spec directly: see `plan`).
-pub fn owned(dc: &DynamoCluster, storage_replicas: &[i32], storage_partitions: &[i32]) -> Vec<Owned> {
+/// the spec directly: see `plan`), and the ring StatefulSet shaped by what `ring`
+/// already fixes.
+pub fn owned(
+    dc: &DynamoCluster,
+    storage_replicas: &[i32],
+    storage_partitions: &[i32],
+    ring: &LiveRing,
+) -> Vec<Owned> {
     let names = Names::of(dc);
+    let ring_replicas = ring.replicas(dc);
     let mut out = vec![
-        headless(dc, &names, &names.ring(), "ring", RING_PORT, false),
-        ring_statefulset(dc, &names),
+        // Replicas vote and replicate by their pods' names from the moment they start,
+        // before they are ready.
+        headless(dc, &names, &names.ring(), "ring", RING_PORT, true),
+        ring_statefulset(dc, &names, ring_replicas, ring),
+        // Peers and the ring service reach a node by name while it starts (a handoff
+        // pulls into a node before it is a member).
         headless(dc, &names, &names.storage(), "storage", STORAGE_PORT, true),
     ];
     for ((set, replicas), partition) in dc
@@ -148,14 +216,28 @@ pub fn owned(dc: &DynamoCluster, storage_replicas: &[i32], storage_partitions: &
         .zip(storage_replicas)
         .zip(storage_partitions)
     {
-        out.push(storage_statefulset(dc, &names, set, *replicas, *partition));
+        out.push(storage_statefulset(
+            dc,
+            &names,
+            set,
+            *replicas,
+            *partition,
+            ring_replicas,
+        ));
     }
     out.push(coordinator_service(dc, &names));
-    out.push(coordinator_deployment(dc, &names));
+    out.push(coordinator_deployment(dc, &names, ring_replicas));
+    // A majority of the ring group always stays up: 1 of 3, 2 of 5 may go. A group of one
+    // may still be moved; the data path serves from its cached rings meanwhile.
+    out.push(pdb(
+        dc,
+        &names,
+        "ring",
+        i64::from(((ring_replicas - 1) / 2).max(1)),
+    ));
     let n = i64::from(dc.spec.defaults.replicas);
     let quorum = i64::from(dc.spec.defaults.read_quorum.max(dc.spec.defaults.write_quorum));
     // N - max(R, W) nodes down still leave every key a read and a write quorum.
-    out.push(pdb(dc, &names, "ring", 1));
     out.push(pdb(dc, &names, "storage", (n - quorum).max(1)));
     out.push(pdb(dc, &names, "coordinator", 1));
     out
@@ -203,8 +285,7 @@ fn headless(
         "ports": [{"name": "api", "port": port, "targetPort": "api", "protocol": "TCP"}],
     });
     if not_ready {
-        // Peers and the ring service reach a node by name while it starts (a handoff
-        // pulls into a node before it is a member).
+        // Each pod's name resolves before the pod is ready (the callers say why).
         spec["publishNotReadyAddresses"] = json!(true);
     }
     Owned {
@@ -397,11 +478,15 @@ fn claim(names: &Names, component: &str, size: &str, class: &Option<String>) -> 
     }])
 }
 
-fn ring_statefulset(dc: &DynamoCluster, names: &Names) -> Owned {
+/// The ring StatefulSet: `replicas` pods, pod `i` replica `i` of the group.
+fn ring_statefulset(dc: &DynamoCluster, names: &Names, replicas: i32, live: &LiveRing) -> Owned {
     let name = names.ring();
     let mut env = common_env(dc, RING_PORT);
     env.extend([
         env_var("DYNAMO_CONTROL_KEY_FILE", format!("{SECRETS_DIR}/control-key")),
+        // The replica's id is its pod's ordinal (Kubernetes 1.30+ sets this label).
+        json!({"name": "DYNAMO_REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": POD_INDEX_FIELD}}}),
+        env_var("DYNAMO_REPLICAS", names.ring_replicas(replicas)),
         env_var("DYNAMO_DATA_DIR", "/var/lib/dynamo"),
         env_var("DYNAMO_PARTITIONS", dc.spec.partitions.to_string()),
         env_var("DYNAMO_N", dc.spec.defaults.replicas.to_string()),
@@ -417,6 +502,21 @@ fn ring_statefulset(dc: &DynamoCluster, names: &Names) -> Owned {
         60,
     );
     let p = &dc.spec.ring.persistence;
+    let mut pod = pod_spec(
+        json!([c]),
+        volumes(dc, names, &[SecretKind::MemberKey, SecretKind::ControlKey]),
+    );
+    // One machine's loss should not take a majority of the group with it.
+    pod["topologySpreadConstraints"] = json!([{
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": names.selector("ring")},
+    }]);
+    // All replicas start together, so the group forms in one election (OrderedReady
+    // would start each only once the previous one is ready). The field is immutable: a
+    // StatefulSet made by an older operator keeps its policy, or every apply would fail.
+    let policy = live.pod_management_policy.as_deref().unwrap_or("Parallel");
     Owned {
         kind: "StatefulSet",
         name: name.clone(),
@@ -425,16 +525,14 @@ fn ring_statefulset(dc: &DynamoCluster, names: &Names) -> Owned {
             "kind": "StatefulSet",
             "metadata": metadata(dc, names, &name, "ring"),
             "spec": {
-                "replicas": dc.spec.ring.replicas,
+                "replicas": replicas,
                 "serviceName": name,
-                "podManagementPolicy": "OrderedReady",
+                "podManagementPolicy": policy,
+                // Still one pod at a time, whatever the policy.
                 "updateStrategy": {"type": "RollingUpdate"},
                 "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
                 "selector": {"matchLabels": names.selector("ring")},
-                "template": {
-                    "metadata": {"labels": names.labels("ring")},
-                    "spec": pod_spec(json!([c]), volumes(dc, names, &[SecretKind::MemberKey, SecretKind::ControlKey])),
-                },
+                "template": {"metadata": {"labels": names.labels("ring")}, "spec": pod},
                 "volumeClaimTemplates": claim(names, "ring", &p.size, &p.storage_class),
             },
         }),
@@ -451,6 +549,7 @@ fn storage_statefulset(
     set: &StorageSet,
     replicas: i32,
     partition: i32,
+    ring_replicas: i32,
 ) -> Owned {
     let mut env =
         vec![json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})];
@@ -459,7 +558,7 @@ fn storage_statefulset(
         env_var("DYNAMO_DATA_DIR", "/var/lib/dynamo"),
         env_var("DYNAMO_PARTITIONS", dc.spec.partitions.to_string()),
         env_var("DYNAMO_DURABILITY", dc.spec.storage.durability.clone()),
-        env_var("DYNAMO_RING_URL", names.ring_url()),
+        env_var("DYNAMO_RING_URL", names.ring_url(ring_replicas)),
         env_var(
             "DYNAMO_ADVERTISE_ADDRESS",
             format!(
@@ -531,7 +630,7 @@ fn storage_statefulset(
     }
 }
 
-fn coordinator_deployment(dc: &DynamoCluster, names: &Names) -> Owned {
+fn coordinator_deployment(dc: &DynamoCluster, names: &Names, ring_replicas: i32) -> Owned {
     let name = names.coordinator();
     let mut env = common_env(dc, COORDINATOR_PORT);
     let d = &dc.spec.defaults;
@@ -539,7 +638,7 @@ fn coordinator_deployment(dc: &DynamoCluster, names: &Names) -> Owned {
         env_var("DYNAMO_CONTROL_KEY_FILE", format!("{SECRETS_DIR}/control-key")),
         env_var("DYNAMO_CONTEXT_KEY_FILE", format!("{SECRETS_DIR}/context-key")),
         env_var("DYNAMO_ROOT_TOKEN_FILE", format!("{SECRETS_DIR}/root-token")),
-        env_var("DYNAMO_RING_URL", names.ring_url()),
+        env_var("DYNAMO_RING_URL", names.ring_url(ring_replicas)),
         env_var("DYNAMO_DEFAULT_N", d.replicas.to_string()),
         env_var("DYNAMO_DEFAULT_R", d.read_quorum.to_string()),
         env_var("DYNAMO_DEFAULT_W", d.write_quorum.to_string()),
@@ -619,7 +718,7 @@ mod tests {
         ] {
             let dc = cluster(spec);
             let sets = dc.spec.storage_sets("dc").len();
-            for o in owned(&dc, &vec![3; sets], &vec![2; sets]) {
+            for o in owned(&dc, &vec![3; sets], &vec![2; sets], &LiveRing::default()) {
                 match o.kind {
                     "StatefulSet" => round_trips::<StatefulSet>(&o),
                     "Deployment" => round_trips::<Deployment>(&o),
@@ -642,7 +741,7 @@ mod tests {
         let dc = cluster(
             json!({"storage": {"replicas": 5}, "defaults": {"replicas": 3, "readQuorum": 2, "writeQuorum": 2}}),
         );
-        let all = owned(&dc, &[4], &[3]);
+        let all = owned(&dc, &[4], &[3], &LiveRing::default());
         let by = |name: &str, kind: &str| {
             all.iter()
                 .find(|o| o.name == name && o.kind == kind)
@@ -679,7 +778,12 @@ mod tests {
             env["DYNAMO_ADVERTISE_ADDRESS"],
             "http://$(POD_NAME).dc-storage.ns.svc.cluster.local:7100"
         );
-        assert_eq!(env["DYNAMO_RING_URL"], "http://dc-ring.ns.svc.cluster.local:7000");
+        assert_eq!(
+            env["DYNAMO_RING_URL"],
+            "http://dc-ring-0.dc-ring.ns.svc.cluster.local:7000,\
+             http://dc-ring-1.dc-ring.ns.svc.cluster.local:7000,\
+             http://dc-ring-2.dc-ring.ns.svc.cluster.local:7000"
+        );
         assert!(
             !env.contains_key("DYNAMO_CONTROL_KEY_FILE"),
             "storage nodes never get the control key"
@@ -705,7 +809,7 @@ mod tests {
             by("dc-storage", "Service")["spec"]["publishNotReadyAddresses"],
             true
         );
-        assert_eq!(by("dc-ring", "StatefulSet")["spec"]["replicas"], 1);
+        assert_eq!(by("dc-ring", "StatefulSet")["spec"]["replicas"], 3);
         // The chart's ServiceMonitors name each scrape job by this label.
         for (service, job) in [
             ("dc-ring", "dynamo-ring"),
@@ -725,5 +829,132 @@ mod tests {
                 .is_none(),
             "only Services are scrape targets"
         );
+    }
+
+    /// The apply body of `kind` `name` among `all`.
+    fn body(all: &[Owned], name: &str, kind: &str) -> Value {
+        all.iter()
+            .find(|o| o.name == name && o.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .body
+            .clone()
+    }
+
+    /// The env of the first container of a workload's body, by name.
+    fn env_of(workload: &Value) -> BTreeMap<String, Value> {
+        workload["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap_or_default().to_owned(), e.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_ring_runs_as_a_group_of_replicas_named_by_their_pods() {
+        // Goal: each ring pod gets its ordinal as its replica id and the same list of
+        // every replica's per-pod URL; storage nodes and coordinators get those URLs; the
+        // pods start together, spread over machines, resolve before they are ready, and a
+        // drain keeps a majority. Method: build the objects for groups of 1, 3 and 5.
+        for (replicas, max_unavailable) in [(1, 1), (3, 1), (5, 2)] {
+            let dc = cluster(json!({"ring": {"replicas": replicas}}));
+            let all = owned(&dc, &[3], &[3], &LiveRing::default());
+            let sts = body(&all, "dc-ring", "StatefulSet");
+            assert_eq!(sts["spec"]["replicas"], replicas);
+            assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+            assert_eq!(sts["spec"]["updateStrategy"], json!({"type": "RollingUpdate"}));
+            let spread = &sts["spec"]["template"]["spec"]["topologySpreadConstraints"];
+            assert_eq!(
+                spread,
+                &json!([{
+                    "maxSkew": 1,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {
+                        "app.kubernetes.io/name": "dynamo",
+                        "app.kubernetes.io/instance": "dc",
+                        "app.kubernetes.io/component": "ring",
+                    }},
+                }])
+            );
+            let env = env_of(&sts);
+            assert_eq!(
+                env["DYNAMO_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"],
+                "metadata.labels['apps.kubernetes.io/pod-index']"
+            );
+            let urls: Vec<String> = (0..replicas)
+                .map(|i| format!("http://dc-ring-{i}.dc-ring.ns.svc.cluster.local:7000"))
+                .collect();
+            let listed: Vec<String> = urls.iter().enumerate().map(|(i, u)| format!("{i}={u}")).collect();
+            assert_eq!(env["DYNAMO_REPLICAS"]["value"], listed.join(","));
+            for (name, kind) in [("dc-storage", "StatefulSet"), ("dc-coordinator", "Deployment")] {
+                assert_eq!(
+                    env_of(&body(&all, name, kind))["DYNAMO_RING_URL"]["value"],
+                    urls.join(","),
+                    "{name}"
+                );
+            }
+            let svc = body(&all, "dc-ring", "Service");
+            assert_eq!(svc["spec"]["clusterIP"], "None");
+            assert_eq!(svc["spec"]["publishNotReadyAddresses"], true);
+            assert_eq!(
+                body(&all, "dc-ring", "PodDisruptionBudget")["spec"]["maxUnavailable"],
+                max_unavailable,
+                "{replicas} replicas"
+            );
+        }
+    }
+
+    #[test]
+    fn ring_urls_follow_tls() {
+        let dc = cluster(json!({"tls": {"secretName": "t"}}));
+        let names = Names::of(&dc);
+        assert_eq!(
+            names.ring_replicas(2),
+            "0=https://dc-ring-0.dc-ring.ns.svc.cluster.local:7000,\
+             1=https://dc-ring-1.dc-ring.ns.svc.cluster.local:7000"
+        );
+        assert!(
+            names
+                .ring_url(3)
+                .split(',')
+                .all(|u| u.starts_with("https://dc-ring-"))
+        );
+    }
+
+    #[test]
+    fn a_live_ring_keeps_its_policy_and_never_shrinks() {
+        // Goal: a ring StatefulSet made by an older operator (OrderedReady, immutable) is
+        // applied with its own policy, not refused by the API server on every reconcile;
+        // and a spec below the live group's size never shrinks it (the group only grows).
+        let dc = cluster(json!({"ring": {"replicas": 3}}));
+        let older = LiveRing {
+            replicas: Some(1),
+            pod_management_policy: Some("OrderedReady".into()),
+        };
+        let all = owned(&dc, &[3], &[3], &older);
+        let sts = body(&all, "dc-ring", "StatefulSet");
+        assert_eq!(sts["spec"]["podManagementPolicy"], "OrderedReady");
+        assert_eq!(sts["spec"]["replicas"], 3, "growing 1 -> 3 goes ahead");
+        assert_eq!(older.refusal(&dc), None);
+
+        let bigger = LiveRing {
+            replicas: Some(5),
+            pod_management_policy: Some("Parallel".into()),
+        };
+        let all = owned(&dc, &[3], &[3], &bigger);
+        assert_eq!(body(&all, "dc-ring", "StatefulSet")["spec"]["replicas"], 5);
+        assert_eq!(
+            env_of(&body(&all, "dc-coordinator", "Deployment"))["DYNAMO_RING_URL"]["value"]
+                .as_str()
+                .map(|v| v.split(',').count()),
+            Some(5)
+        );
+        assert_eq!(
+            body(&all, "dc-ring", "PodDisruptionBudget")["spec"]["maxUnavailable"],
+            2
+        );
+        let why = bigger.refusal(&dc).expect("a refusal");
+        assert!(why.contains("only grows") && why.contains('5'), "{why}");
     }
 }

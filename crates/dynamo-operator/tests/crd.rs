@@ -34,4 +34,5 @@ fn the_example_is_a_dynamo_cluster() {
         serde_saphyr::from_str(&read("deploy/examples/dynamocluster.yaml")).expect("the example parses");
     assert_eq!(dc.spec.storage.replicas, 3);
     assert_eq!(dc.spec.partitions, 256);
+    assert_eq!(dc.spec.ring.replicas, 3);
 }

@@ -60,6 +60,9 @@ struct World {
     statefulsets: BTreeMap<String, i64>,
     /// `spec.updateStrategy.rollingUpdate.partition` of each, as last applied.
     partitions: BTreeMap<String, i64>,
+    /// `spec.podManagementPolicy` of each: immutable, so an apply that changes it is
+    /// refused (422), as the real API server does.
+    policies: BTreeMap<String, String>,
     /// `status.currentRevision` and `status.updateRevision` of each, as the test plays
     /// the StatefulSet controller.
     revisions: BTreeMap<String, (String, String)>,
@@ -148,6 +151,9 @@ fn answer(world: &mut World, call: &Call) -> (u16, Value) {
                         sts["spec"]["updateStrategy"] =
                             json!({"type": "RollingUpdate", "rollingUpdate": {"partition": p}});
                     }
+                    if let Some(p) = world.policies.get(name) {
+                        sts["spec"]["podManagementPolicy"] = json!(p);
+                    }
                     if let Some((current, update)) = world.revisions.get(name) {
                         sts["status"] =
                             json!({"replicas": r, "currentRevision": current, "updateRevision": update});
@@ -162,6 +168,14 @@ fn answer(world: &mut World, call: &Call) -> (u16, Value) {
             let replicas = call.body["spec"]["replicas"]
                 .as_i64()
                 .expect("replicas in the apply body");
+            let policy = call.body["spec"]["podManagementPolicy"]
+                .as_str()
+                .expect("a podManagementPolicy in the apply body")
+                .to_owned();
+            if world.policies.get(&name).is_some_and(|p| *p != policy) {
+                return (422, status(422, "Invalid"));
+            }
+            world.policies.insert(name.clone(), policy);
             if let Some(p) = call.body["spec"]["updateStrategy"]["rollingUpdate"]["partition"].as_i64() {
                 world.partitions.insert(name.clone(), p);
             }
@@ -762,6 +776,71 @@ async fn scale_down_decommissions_first_and_shrinks_only_after_the_handoff_is_co
     assert_eq!(sts_patches(&h.take_log()), vec![3]);
     assert_eq!(h.stored_status()["phase"], "Running");
     assert_eq!(h.stored_status()["storage"], "3/3");
+}
+
+/// The ring StatefulSet's apply bodies, in order.
+fn ring_patches(log: &[Call]) -> Vec<Value> {
+    log.iter()
+        .filter(|c| {
+            c.is(
+                "PATCH",
+                &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/dc-ring"),
+            )
+        })
+        .map(|c| c.body.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_older_ring_statefulset_keeps_its_policy_grows_and_never_shrinks() {
+    // Goal: a ring StatefulSet an older operator made (one replica, OrderedReady, a field
+    // the API server refuses to change) is applied with its own policy rather than failing
+    // every reconcile, and grows to the spec's three replicas; a spec below the live group
+    // (possible only under a CRD without the `oldSelf` rule) never shrinks it, and the
+    // status says why. Method: the fake API server holds that StatefulSet and refuses a
+    // policy change with 422.
+    let h = harness(dc_json(3, true), true).await;
+    {
+        let mut w = h.world.lock().expect("world");
+        w.statefulsets.insert("dc-ring".into(), 1);
+        w.policies.insert("dc-ring".into(), "OrderedReady".into());
+    }
+    h.set_view(view(&[]));
+    h.reconcile().await.expect("reconcile");
+    let ring = ring_patches(&h.take_log());
+    assert_eq!(ring.len(), 1);
+    assert_eq!(ring[0]["spec"]["podManagementPolicy"], "OrderedReady");
+    assert_eq!(ring[0]["spec"]["replicas"], 3);
+    assert_eq!(condition(&h.stored_status(), "Degraded")["status"], "False");
+
+    h.world.lock().expect("world").dc["spec"]["ring"] = json!({"replicas": 1});
+    h.reconcile().await.expect("reconcile");
+    let ring = ring_patches(&h.take_log());
+    assert_eq!(ring[0]["spec"]["replicas"], 3, "the group only grows");
+    let degraded = condition(&h.stored_status(), "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the ring group only grows")),
+        "{degraded}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_ring_statefulset_starts_its_replicas_together() {
+    // Goal: a new cluster's ring StatefulSet is Parallel with the spec's three replicas.
+    let h = harness(dc_json(3, true), true).await;
+    h.set_view(view(&[]));
+    h.reconcile().await.expect("reconcile");
+    let ring = ring_patches(&h.take_log());
+    assert_eq!(
+        (
+            &ring[0]["spec"]["podManagementPolicy"],
+            &ring[0]["spec"]["replicas"]
+        ),
+        (&json!("Parallel"), &json!(3))
+    );
 }
 
 #[tokio::test]

@@ -365,6 +365,7 @@ async fn get_ring_group(State(svc): State<AppState>) -> Result<Json<RingGroupSta
             "the ring group has no leader",
         ));
     };
+    let voters: std::collections::BTreeSet<_> = m.membership_config.membership().voter_ids().collect();
     let replicas = svc
         .group
         .replicas
@@ -375,6 +376,7 @@ async fn get_ring_group(State(svc): State<AppState>) -> Result<Json<RingGroupSta
                 id: *id,
                 url: url.clone(),
                 leader: *id == leader,
+                voter: voters.contains(id),
                 matched_index,
                 lag,
             }

@@ -89,8 +89,9 @@ pub struct Config {
 
     /// Every replica of the ring group, this one included: `id=url,id=url,...` (e.g.
     /// `0=http://ring-0:7000,1=http://ring-1:7000,2=http://ring-2:7000`). Empty: a
-    /// group of this one replica. Fixed for the group's life: all replicas must be given
-    /// the same list.
+    /// group of this one replica. All replicas must be given the same list; a longer one
+    /// later grows the group (the leader adds the new replicas), a shorter one never
+    /// shrinks it.
     #[arg(long, env = "DYNAMO_REPLICAS", default_value = "")]
     pub replicas: String,
 

@@ -258,6 +258,7 @@ pub async fn run(
     );
     workers.spawn(liveness::LivenessTicker { svc: svc.clone() });
     workers.spawn(raft::Leadership::new(svc.clone()));
+    workers.spawn(raft::grow::Grow::new(svc.clone()));
     if let Some(file) = legacy {
         raft::migrate(&svc, file).await?;
     }
@@ -276,11 +277,8 @@ pub async fn run(
         |_, _| Role::Control,
         raft::MAX_RPC_BODY_BYTES,
     );
-    let raft_routes = internal::guard(
-        raft::net::routes(svc.raft.clone(), svc.group.canonical()),
-        raft_door,
-    )
-    .layer(axum::extract::DefaultBodyLimit::max(raft::MAX_RPC_BODY_BYTES));
+    let raft_routes = internal::guard(raft::net::routes(svc.raft.clone(), svc.group.clone()), raft_door)
+        .layer(axum::extract::DefaultBodyLimit::max(raft::MAX_RPC_BODY_BYTES));
     let app = serve::with_common_layers(
         internal::guard(api::routes(svc.clone()), door).merge(raft_routes),
         serve::health_routes(readiness.clone(), registry),

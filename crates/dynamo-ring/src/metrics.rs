@@ -35,6 +35,9 @@ pub struct RingMetrics {
     pub raft_applied_index: IntGauge,
     /// On the leader: entries each follower lacks behind the leader's last log index.
     pub raft_replication_lag: prometheus::IntGaugeVec,
+    /// Voters of the group's configuration as this replica knows it (fewer than
+    /// `--replicas` names while the group grows).
+    pub raft_voters: IntGauge,
 }
 
 impl RingMetrics {
@@ -97,6 +100,10 @@ impl RingMetrics {
                 ),
                 &["replica"],
             )?,
+            raft_voters: IntGauge::new(
+                "dynamo_ring_raft_voters",
+                "Voting replicas of the ring group's configuration as this replica knows it",
+            )?,
         };
         // Every result's series exists from the start, so a dashboard shows 0 rather
         // than nothing.
@@ -114,6 +121,7 @@ impl RingMetrics {
         registry.register(Box::new(m.raft_last_log_index.clone()))?;
         registry.register(Box::new(m.raft_applied_index.clone()))?;
         registry.register(Box::new(m.raft_replication_lag.clone()))?;
+        registry.register(Box::new(m.raft_voters.clone()))?;
         Ok(m)
     }
 

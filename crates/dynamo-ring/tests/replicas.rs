@@ -1,7 +1,7 @@
 //! The ring service as a group of three replica processes (issue 15): one leader, writes
 //! through any replica, the leader killed (-9) in the middle of a token creation, a bucket
 //! change and a membership change, a replica that was down catching up, and a wiped one
-//! rejoining.
+//! rejoining, and a group of one growing to three.
 
 mod common;
 
@@ -82,8 +82,21 @@ struct Group {
 
 impl Group {
     async fn start() -> Group {
+        let mut g = Group::prepare();
+        let list = g.list.clone();
+        for r in &mut g.replicas {
+            r.start(&list);
+        }
+        for r in &g.replicas {
+            dynamo_testkit::wait_ready(&r.url()).await;
+        }
+        g
+    }
+
+    /// Three replicas, none started.
+    fn prepare() -> Group {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut replicas: Vec<Replica> = (0..3)
+        let replicas: Vec<Replica> = (0..3)
             .map(|i| Replica {
                 id: i,
                 port: dynamo_testkit::stable_port(),
@@ -96,12 +109,6 @@ impl Group {
             .map(|r| format!("{}={}", r.id, r.url()))
             .collect::<Vec<_>>()
             .join(",");
-        for r in &mut replicas {
-            r.start(&list);
-        }
-        for r in &replicas {
-            dynamo_testkit::wait_ready(&r.url()).await;
-        }
         Group {
             _dir: dir,
             replicas,
@@ -376,6 +383,70 @@ async fn the_leader_killed_mid_change_loses_nothing_and_replicas_catch_up() {
             c.try_wait().expect("wait").is_none(),
             "replica {} is still running",
             r.id
+        );
+    }
+}
+
+// Goal: a group of one (a chart install with one ring pod, or a migrated single
+// instance) grows to three when its replicas are given the longer list: the new replicas
+// catch up as learners, then vote, so the first replica's loss no longer stops the group,
+// and nothing written before the growth is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_one_grows_to_three_and_then_survives_its_first_replica() {
+    let mut g = Group::prepare();
+    let alone = format!("0={}", g.replicas[0].url());
+    g.replicas[0].start(&alone);
+    dynamo_testkit::wait_ready(&g.replicas[0].url()).await;
+    assert_eq!(g.leader().await, 0);
+    let (s, body) = call(
+        "PUT",
+        &format!("{}/internal/v1/buckets/before", g.replicas[0].url()),
+        Some(json!({"r": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    // The new replicas start with the longer list, then the first is restarted with it
+    // (as a StatefulSet scaled up and rolled).
+    let list = g.list.clone();
+    g.replicas[1].start(&list);
+    g.replicas[2].start(&list);
+    g.replicas[0].kill9();
+    restart(&mut g, 0).await;
+    until("the leader reports three voters", || async {
+        let (s, body) = call(
+            "GET",
+            &format!("{}/internal/v1/ring-group", g.replicas[0].url()),
+            None,
+        )
+        .await;
+        let voters = body["replicas"]
+            .as_array()
+            .map(|r| r.iter().filter(|r| r["voter"] == true).count());
+        (s == StatusCode::OK && voters == Some(3)).then_some(())
+    })
+    .await;
+    let grown = g.converged().await;
+    assert!(grown.buckets.keys().any(|b| b.as_str() == "before"), "{grown:?}");
+
+    // Replicas 1 and 2 vote now: with replica 0 gone they elect a leader and commit.
+    let l = g.leader().await;
+    let new = kill_leader_during(&mut g, "after growing", async {}).await;
+    let (s, body) = call(
+        "PUT",
+        &format!("{}/internal/v1/buckets/after", g.replicas[new].url()),
+        Some(json!({"r": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let after = g.converged().await;
+    assert!(after.version > grown.version);
+    restart(&mut g, l).await;
+    let all = g.converged().await;
+    for b in ["before", "after"] {
+        assert!(
+            all.buckets.keys().any(|r| r.as_str() == b),
+            "bucket {b} in {all:?}"
         );
     }
 }

@@ -51,12 +51,17 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// ring service": `Err` says why it is not met.
 type Gate = Arc<dyn Fn() -> Result<(), ApiError> + Send + Sync>;
 
+/// A degraded condition that leaves the service ready but that `/readyz` names, e.g. the
+/// coordinator refusing scoped tokens while no ring replica answers: `Some` says what.
+type Note = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// Whether the service should receive traffic; `/readyz` answers from it: the flag that
 /// [`serve`] raises once it accepts and lowers at shutdown, and the service's own gate.
 #[derive(Clone, Default)]
 pub struct Readiness {
     flag: Arc<AtomicBool>,
     gate: Option<Gate>,
+    note: Option<Note>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -64,6 +69,7 @@ impl std::fmt::Debug for Readiness {
         f.debug_struct("Readiness")
             .field("flag", &self.flag.load(Ordering::SeqCst))
             .field("gate", &self.gate.is_some())
+            .field("note", &self.note.is_some())
             .finish()
     }
 }
@@ -77,6 +83,14 @@ impl Readiness {
     /// Adds a condition `/readyz` also needs (its error is the answer while it fails).
     pub fn with_gate(mut self, gate: impl Fn() -> Result<(), ApiError> + Send + Sync + 'static) -> Self {
         self.gate = Some(Arc::new(gate));
+        self
+    }
+
+    /// Adds a degraded condition `/readyz` names while ready (`200`, `ready; degraded:
+    /// <note>`): one a probe must not act on, since taking the service out of rotation
+    /// would not help, but an operator reading the probe should see.
+    pub fn with_note(mut self, note: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
+        self.note = Some(Arc::new(note));
         self
     }
 
@@ -116,10 +130,15 @@ pub fn health_routes(readiness: Readiness, registry: Arc<Registry>) -> Router {
         .route(
             "/readyz",
             get(move || {
-                let ready = readiness.check();
+                let ready = readiness
+                    .check()
+                    .map(|()| readiness.note.as_ref().and_then(|n| n()));
                 async move {
                     match ready {
-                        Ok(()) => (StatusCode::OK, "ready").into_response(),
+                        Ok(None) => (StatusCode::OK, "ready".to_owned()).into_response(),
+                        Ok(Some(note)) => {
+                            (StatusCode::OK, format!("ready; degraded: {note}")).into_response()
+                        }
                         Err(e) => e.into_response(),
                     }
                 }

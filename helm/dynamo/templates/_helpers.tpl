@@ -81,8 +81,40 @@ app.kubernetes.io/part-of: dynamo
 {{- printf "%s.%s.svc.%s" (index . 1) $ctx.Release.Namespace $ctx.Values.cluster.domain -}}
 {{- end -}}
 
+{{/* The ring replicas' URLs in id order, as a JSON list: replica i is the pod
+`<ring>-i`, reached by its own name under the headless Service (a Raft peer must reach
+one replica, not whichever the Service name resolves to). */}}
+{{- define "dynamo.ringReplicaURLs" -}}
+{{- $ring := include "dynamo.ringService" . -}}
+{{- $host := include "dynamo.serviceHost" (list . $ring) -}}
+{{- $urls := list -}}
+{{- range $i := until (int .Values.ring.replicas) -}}
+{{- $urls = append $urls (printf "%s://%s-%d.%s:%d" (include "dynamo.scheme" $) $ring $i $host (int $.Values.ring.port)) -}}
+{{- end -}}
+{{- toJson $urls -}}
+{{- end -}}
+
+{{/* DYNAMO_REPLICAS of every ring replica: `0=<url of pod 0>,1=<url of pod 1>,...`, the
+same list for all of them (a replica's id is its pod's ordinal). */}}
+{{- define "dynamo.ringReplicas" -}}
+{{- $items := list -}}
+{{- range $i, $url := include "dynamo.ringReplicaURLs" . | fromJsonArray -}}
+{{- $items = append $items (printf "%d=%s" $i $url) -}}
+{{- end -}}
+{{- join "," $items -}}
+{{- end -}}
+
+{{/* DYNAMO_RING_URL of storage nodes and coordinators: every ring replica's URL,
+comma-separated; they fail over from one to the next, and any replica answers reads and
+forwards writes to its leader. */}}
 {{- define "dynamo.ringURL" -}}
-{{- printf "%s://%s:%d" (include "dynamo.scheme" .) (include "dynamo.serviceHost" (list . (include "dynamo.ringService" .))) (int .Values.ring.port) -}}
+{{- include "dynamo.ringReplicaURLs" . | fromJsonArray | join "," -}}
+{{- end -}}
+
+{{/* Ring replicas a voluntary disruption may take at once: max(1, (replicas - 1) / 2),
+which leaves a majority of the group up (a group of one has none to keep). */}}
+{{- define "dynamo.ringMaxUnavailable" -}}
+{{- max 1 (div (sub (int .Values.ring.replicas) 1) 2) -}}
 {{- end -}}
 
 {{- define "dynamo.coordinatorURL" -}}

@@ -9,6 +9,7 @@ mod wait;
 use clap::{Args, Subcommand};
 use dynamo_client::{
     AntiEntropyStatus, ChangeKindName, ClusterView, Handoff, NodeId, NodeRegistration, NodeState,
+    RingGroupStatus,
 };
 use indicatif::HumanBytes;
 
@@ -301,6 +302,41 @@ fn view_text(view: &ClusterView, now_ms: u64) -> String {
             &handoffs,
         ));
     }
+    out.push_str(&ring_group_text(view.ring_group.as_ref()));
+    out
+}
+
+/// The ring service's replicas: who leads, who votes, how far behind each one is.
+fn ring_group_text(group: Option<&RingGroupStatus>) -> String {
+    let Some(g) = group else {
+        // The coordinator asks the ring service as it makes the view: no answer means no
+        // leader or no replica reachable from it, which an operator must see.
+        return "ring service: no leader answered\n".into();
+    };
+    let rows: Vec<Vec<String>> = g
+        .replicas
+        .iter()
+        .map(|r| {
+            let role = match (r.leader, r.voter) {
+                (true, _) => "leader",
+                (false, true) => "follower",
+                (false, false) => "learner (being added)",
+            };
+            vec![
+                r.id.to_string(),
+                role.into(),
+                r.url.clone(),
+                r.lag.map_or_else(|| "-".into(), |l| l.to_string()),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "ring service: {} replicas, leader {} (term {})\n",
+        g.replicas.len(),
+        g.leader,
+        g.term
+    );
+    out.push_str(&output::table(&["REPLICA", "ROLE", "URL", "LAG"], &rows));
     out
 }
 
@@ -323,6 +359,44 @@ mod tests {
 
     fn id(s: &str) -> NodeId {
         NodeId::new(s).expect("id")
+    }
+
+    #[test]
+    fn the_ring_group_shows_its_leader_voters_and_lag() {
+        use dynamo_client::RingReplicaStatus;
+        let replica = |id: u64, leader: bool, voter: bool, lag: Option<u64>| RingReplicaStatus {
+            id,
+            url: format!("http://ring-{id}:7000"),
+            leader,
+            voter,
+            matched_index: lag.map(|l| 40 - l),
+            lag,
+        };
+        let g = RingGroupStatus {
+            leader: 1,
+            term: 7,
+            applied_index: Some(40),
+            replicas: vec![
+                replica(0, false, true, Some(0)),
+                replica(1, true, true, Some(0)),
+                replica(2, false, false, None),
+            ],
+        };
+        let text = ring_group_text(Some(&g));
+        assert!(
+            text.starts_with("ring service: 3 replicas, leader 1 (term 7)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0        follower               http://ring-0:7000  0"),
+            "{text}"
+        );
+        assert!(text.contains("1        leader "), "{text}");
+        assert!(
+            text.contains("2        learner (being added)  http://ring-2:7000  -"),
+            "{text}"
+        );
+        assert_eq!(ring_group_text(None), "ring service: no leader answered\n");
     }
 
     #[test]

@@ -338,6 +338,10 @@ pub struct RingReplicaStatus {
     pub url: String,
     /// True for the leader.
     pub leader: bool,
+    /// True for a replica of the group's voting configuration; a replica named in the
+    /// list but still being added (a learner catching up) is not one yet.
+    #[serde(default)]
+    pub voter: bool,
     /// The last log index the leader knows it holds (absent before the first append
     /// reached it).
     #[serde(default, skip_serializing_if = "Option::is_none")]

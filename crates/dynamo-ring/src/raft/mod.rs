@@ -17,14 +17,15 @@
 //! data directory (`raft/`), every write fsynced before it is acknowledged; the applied
 //! state is rebuilt at start from the last snapshot and the log after it.
 //!
-//! **The group** is fixed by flags (`--replica-id`, `--replicas`): on Kubernetes the
+//! **The group** is named by flags (`--replica-id`, `--replicas`): on Kubernetes the
 //! StatefulSet's stable pod names. The replica with the lowest id initializes a group
 //! whose log is empty (openraft: initializing with the same members is safe to repeat),
 //! and migrates a single-instance `state.json` into it while the group holds nothing
-//! (`migrate`).
+//! (`migrate`). A longer list later grows the group; it never shrinks ([`grow`]).
 //!
 //! Layout: `log` (the log store), `sm` (the state machine and snapshots), `net` (the
-//! RPCs between replicas, signed with the control key).
+//! RPCs between replicas, signed with the control key), `grow` (the leader adding
+//! configured replicas).
 
 // openraft's storage traits return its `StorageError` (large); the helpers that feed
 // them return it too rather than boxing and unboxing at every call.
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::StateFile;
 
+pub mod grow;
 pub mod log;
 pub mod net;
 pub mod sm;
@@ -113,6 +115,29 @@ impl Group {
             .map(|(id, url)| format!("{id}={url}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Whether `theirs` (another replica's canonical list) names this group: the lists
+    /// share an id and agree on the URL of every id both name. Equal lists agree, and so
+    /// do a list and its extension while the group grows (a replica restarted with the
+    /// longer list talks to one not yet restarted); a foreign group on a reused address
+    /// names some shared id at another URL.
+    pub fn agrees_with(&self, theirs: &str) -> bool {
+        let mut shared = false;
+        for entry in theirs.split(',') {
+            let Some((id, url)) = entry.split_once('=') else {
+                return false;
+            };
+            let Ok(id) = id.parse::<ReplicaId>() else {
+                return false;
+            };
+            match self.replicas.get(&id) {
+                Some(mine) if mine == url => shared = true,
+                Some(_) => return false,
+                None => {}
+            }
+        }
+        shared
     }
 
     /// The members as openraft nodes.
@@ -214,6 +239,8 @@ impl dynamo_server::worker::Worker for Leadership {
         g.raft_applied_index.set(index(m.last_applied.map(|l| l.index)));
         let leading = m.current_leader == Some(me);
         g.raft_is_leader.set(i64::from(leading));
+        g.raft_voters
+            .set(i64::try_from(m.membership_config.membership().voter_ids().count()).unwrap_or(i64::MAX));
         g.raft_replication_lag.reset();
         if let Some(repl) = &m.replication {
             for id in repl.keys().filter(|id| **id != me) {
@@ -309,4 +336,35 @@ pub(crate) async fn migrate(
     svc.take_office(true);
     tracing::info!(version, from = %path.display(), "single-instance state migrated into the ring group");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(me: ReplicaId, list: &[(ReplicaId, &str)]) -> Group {
+        Group {
+            me,
+            replicas: list.iter().map(|(id, url)| (*id, (*url).to_owned())).collect(),
+        }
+    }
+
+    #[test]
+    fn a_group_agrees_with_its_own_list_and_its_extension_not_with_a_foreign_one() {
+        let three = group(1, &[(0, "http://a"), (1, "http://b"), (2, "http://c")]);
+        let one = group(0, &[(0, "http://a")]);
+        assert!(three.agrees_with(&three.canonical()));
+        assert!(three.agrees_with(&one.canonical()), "the group before it grew");
+        assert!(one.agrees_with(&three.canonical()), "the group after it grew");
+        for foreign in [
+            "0=http://elsewhere",
+            "0=http://a,1=http://elsewhere",
+            "5=http://z",
+            "",
+            "garbage",
+            "x=http://a",
+        ] {
+            assert!(!three.agrees_with(foreign), "{foreign:?}");
+        }
+    }
 }

@@ -7,10 +7,10 @@
 //! | `POST /internal/v1/raft/vote` | `VoteRequest` | `Result<VoteResponse, RaftError>` |
 //! | `POST /internal/v1/raft/snapshot` | `InstallSnapshotRequest` (a chunk) | `Result<InstallSnapshotResponse, RaftError<InstallSnapshotError>>` |
 //!
-//! Every RPC names the group it belongs to ([`GROUP_HEADER`]: the canonical replica
-//! list), and a replica refuses one from another group with `403 forbidden`: two groups
-//! sharing a control key (a misconfigured list, a reused address) must never count each
-//! other's votes or entries.
+//! Every RPC names the group it belongs to ([`GROUP_HEADER`]: the sender's canonical
+//! replica list), and a replica refuses one from another group with `403 forbidden`
+//! ([`super::Group::agrees_with`]): two groups sharing a control key (a misconfigured
+//! list, a reused address) must never count each other's votes or entries.
 //!
 //! A connection failure is `Unreachable` (openraft backs off before retrying it), any
 //! other failure a `NetworkError`.
@@ -142,8 +142,8 @@ impl RaftNetwork<TypeConfig> for Connection {
     }
 }
 
-/// The RPC routes, served to the other replicas of `group` (its canonical list).
-pub fn routes(raft: Raft, group: String) -> Router {
+/// The RPC routes, served to the other replicas of `group`.
+pub fn routes(raft: Raft, group: super::Group) -> Router {
     Router::new()
         .route(APPEND, post(append))
         .route(VOTE, post(vote))
@@ -157,16 +157,16 @@ pub fn routes(raft: Raft, group: String) -> Router {
 
 /// Refuses an RPC from another group (module doc).
 async fn same_group(
-    State(group): State<std::sync::Arc<String>>,
+    State(group): State<std::sync::Arc<super::Group>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let theirs = req.headers().get(GROUP_HEADER).and_then(|v| v.to_str().ok());
-    if theirs != Some(group.as_str()) {
+    if !theirs.is_some_and(|t| group.agrees_with(t)) {
         return dynamo_server::ApiError::new(
             dynamo_core::ErrorCode::Forbidden,
-            "a consensus message from another ring group (its replica list differs from this one's)",
+            "a consensus message from another ring group (its replica list names a replica at another URL, or none of this group's)",
         )
         .into_response();
     }
