@@ -109,16 +109,19 @@ async fn read(c: &Cluster, url: &str, path: &str) -> (StatusCode, Value, Option<
 
 /// Applies `op` until it is acknowledged, reusing one `Idempotency-Key` so that a retry
 /// of an attempt that did apply (its answer lost to the kill) applies nothing new.
+/// Returns the answer and how many earlier attempts got a `503` (each may have applied).
 /// Panics when it is not acknowledged within [`OP_DEADLINE`] or is refused.
-async fn apply_acked(c: &Cluster, url: &str, path: &str, op: &Value, key: &str) -> Value {
+async fn apply_acked(c: &Cluster, url: &str, path: &str, op: &Value, key: &str) -> (Value, i64) {
     let started = std::time::Instant::now();
+    let mut unknown = 0;
     loop {
         let r = post(c, url, path, op, None, Some(key)).await;
         let status = r.status();
         let body: Value = r.json().await.unwrap_or(Value::Null);
         if status == StatusCode::OK {
-            return body;
+            return (body, unknown);
         }
+        unknown += 1;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{op}: {body}");
         assert!(started.elapsed() < OP_DEADLINE, "{op} not acknowledged: {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -372,12 +375,16 @@ async fn crdt_calls_answer_their_contract() {
 }
 
 // Goal: concurrent increments through two coordinators, with a storage node killed while
-// they run, sum exactly: every acknowledged increment counts once, none twice. Method:
-// 10 clients, 20 increments each of different sizes, each retried under its own
-// Idempotency-Key until acknowledged; the node coordinating the key is killed midway
-// and stays down; the value read through both coordinators is the sum of all increments.
+// they run: every acknowledged increment counts, and one counts twice only where the
+// documented limit allows it (docs/api.md, "Idempotent retries"): its first attempt got
+// an indeterminate 503 from the killed node, whose replication of it landed after the
+// retry was applied elsewhere. Method: 10 clients, 20 increments each of different sizes,
+// each retried under its own Idempotency-Key until acknowledged; the node coordinating
+// the key is killed midway and stays down; the value read through both coordinators is
+// at least the sum of all increments and at most that plus each increment once more per
+// attempt of it that answered 503 (exactly the sum when none did).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_counter_increments_with_a_node_killed_sum_exactly() {
+async fn concurrent_counter_increments_with_a_node_killed_count_once_unless_retried() {
     let mut c = Cluster::start(Options::default()).await;
     let other = c.start_coordinator("coordinator-2").await;
     let urls = [c.url(), other.url()];
@@ -389,11 +396,11 @@ async fn concurrent_counter_increments_with_a_node_killed_sum_exactly() {
     let client = |id: usize| {
         let urls = urls.clone();
         async move {
-            let mut sum = 0i64;
+            let (mut sum, mut retried_sum) = (0i64, 0i64);
             for i in 0..20usize {
                 let by = (id * 20 + i) as i64 % 7 + 1;
                 let url = &urls[(id + i) % 2];
-                apply_acked(
+                let (_, unknown) = apply_acked(
                     cluster,
                     url,
                     path,
@@ -403,8 +410,9 @@ async fn concurrent_counter_increments_with_a_node_killed_sum_exactly() {
                 .await;
                 acked_ref.fetch_add(1, Ordering::Relaxed);
                 sum += by;
+                retried_sum += by * unknown;
             }
-            sum
+            (sum, retried_sum)
         }
     };
     let killer = async {
@@ -421,13 +429,18 @@ async fn concurrent_counter_increments_with_a_node_killed_sum_exactly() {
         killed_at < 200,
         "the node was killed while clients ran ({killed_at} acknowledged)"
     );
-    let expected: i64 = sums.iter().sum();
+    let expected: i64 = sums.iter().map(|s| s.0).sum();
+    let retried: i64 = sums.iter().map(|s| s.1).sum();
     for url in &urls {
         let (status, value, _) = read(&c, url, path).await;
-        assert_eq!(
-            (status, value),
-            (StatusCode::OK, json!(expected)),
-            "through {url}"
+        assert_eq!(status, StatusCode::OK, "through {url}");
+        let value = value.as_i64().expect("a counter's value");
+        println!(
+            "through {url}: {value}; acknowledged increments sum to {expected}, retried ones to {retried}"
+        );
+        assert!(
+            (expected..=expected + retried).contains(&value),
+            "through {url}: {value} is not within [{expected}, {expected} + {retried} retried]"
         );
     }
     c.nodes[victim].kill9();
