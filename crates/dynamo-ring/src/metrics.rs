@@ -38,6 +38,11 @@ pub struct RingMetrics {
     /// Voters of the group's configuration as this replica knows it (fewer than
     /// `--replicas` names while the group grows).
     pub raft_voters: IntGauge,
+    /// Index of the last entry this replica's latest snapshot covers (-1: none).
+    pub raft_snapshot_index: IntGauge,
+    /// Index of the last entry purged from this replica's log (-1: none): a replica that
+    /// lacks entries up to here can only catch up from a snapshot.
+    pub raft_purged_index: IntGauge,
 }
 
 impl RingMetrics {
@@ -104,6 +109,14 @@ impl RingMetrics {
                 "dynamo_ring_raft_voters",
                 "Voting replicas of the ring group's configuration as this replica knows it",
             )?,
+            raft_snapshot_index: IntGauge::new(
+                "dynamo_ring_raft_snapshot_index",
+                "Index of the last entry this replica's latest snapshot covers (-1: none)",
+            )?,
+            raft_purged_index: IntGauge::new(
+                "dynamo_ring_raft_purged_index",
+                "Index of the last entry purged from this replica's log (-1: none)",
+            )?,
         };
         // Every result's series exists from the start, so a dashboard shows 0 rather
         // than nothing.
@@ -122,6 +135,8 @@ impl RingMetrics {
         registry.register(Box::new(m.raft_applied_index.clone()))?;
         registry.register(Box::new(m.raft_replication_lag.clone()))?;
         registry.register(Box::new(m.raft_voters.clone()))?;
+        registry.register(Box::new(m.raft_snapshot_index.clone()))?;
+        registry.register(Box::new(m.raft_purged_index.clone()))?;
         Ok(m)
     }
 

@@ -450,3 +450,57 @@ async fn a_group_of_one_grows_to_three_and_then_survives_its_first_replica() {
         );
     }
 }
+
+// Goal: a replica down while the leader's log moved past it (snapshots taken, the log
+// before them purged) catches up from a snapshot and serves the same state. Method: kill
+// a follower, commit changes until the leader has purged entries past the follower's
+// last one (so the log alone cannot bring it back), restart it and compare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_purged_log_catches_up_from_a_snapshot() {
+    let mut g = Group::start().await;
+    let l = g.leader().await;
+    let url = g.replicas[l].url();
+    let (s, body) = call(
+        "PUT",
+        &format!("{url}/internal/v1/buckets/first"),
+        Some(json!({"r": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    g.converged().await;
+    let follower = (l + 1) % 3;
+    g.replicas[follower].kill9();
+    let gauge = |url: String, name: &'static str| async move {
+        let text = dynamo_testkit::scrape(&client(), &url).await.expect("scrape");
+        dynamo_testkit::sample(&text, name).expect(name)
+    };
+    // What the follower can hold at most: everything the leader had when it was killed.
+    let behind = gauge(url.clone(), "dynamo_ring_raft_last_log_index").await;
+
+    let mut changes = 0;
+    loop {
+        let purged = gauge(url.clone(), "dynamo_ring_raft_purged_index").await;
+        if purged > behind {
+            break;
+        }
+        assert!(changes < 2_000, "no purge past {behind} after {changes} changes");
+        let (s, body) = call(
+            "PUT",
+            &format!("{url}/internal/v1/buckets/churn"),
+            Some(json!({"r": 1 + changes % 2})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        changes += 1;
+    }
+    println!("{changes} changes purged the leader's log past the follower's last entry {behind}");
+
+    restart(&mut g, follower).await;
+    let s = g.converged().await;
+    assert!(s.buckets.keys().any(|b| b.as_str() == "churn"), "{s:?}");
+    let installed = gauge(g.replicas[follower].url(), "dynamo_ring_raft_snapshot_index").await;
+    assert!(
+        installed > behind,
+        "the follower holds a snapshot past its old log ({installed} > {behind})"
+    );
+}

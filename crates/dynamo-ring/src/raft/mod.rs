@@ -237,6 +237,8 @@ impl dynamo_server::worker::Worker for Leadership {
             .set(m.current_leader.map_or(-1, |l| i64::try_from(l).unwrap_or(-1)));
         g.raft_last_log_index.set(index(m.last_log_index));
         g.raft_applied_index.set(index(m.last_applied.map(|l| l.index)));
+        g.raft_snapshot_index.set(index(m.snapshot.map(|l| l.index)));
+        g.raft_purged_index.set(index(m.purged.map(|l| l.index)));
         let leading = m.current_leader == Some(me);
         g.raft_is_leader.set(i64::from(leading));
         g.raft_voters
