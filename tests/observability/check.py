@@ -85,6 +85,8 @@ SEVERITIES = {"critical", "warning", "info"}
 RUN_TIMEOUT_S = 150
 CLUSTER_START_TIMEOUT_S = 60
 STORAGE_NODES = 3
+# Replicas of the ring group `dynamo dev` starts (its default), on ring_port + i.
+RING_REPLICAS = 3
 
 
 class Failures:
@@ -330,8 +332,8 @@ class Cluster:
         self.port = free_port(taken)
         taken.add(self.port)
         # Ring replica i listens on ring_port + i (three by default).
-        self.ring_port = free_port_run(3, taken)
-        taken.update(range(self.ring_port, self.ring_port + 3))
+        self.ring_port = free_port_run(RING_REPLICAS, taken)
+        taken.update(range(self.ring_port, self.ring_port + RING_REPLICAS))
         self.storage_port = free_port_run(STORAGE_NODES, taken)
         self.dir = Path(tempfile.mkdtemp(prefix="dynamo-obs-"))
         self.proc: subprocess.Popen | None = None
@@ -363,6 +365,9 @@ class Cluster:
 
     def urls(self) -> dict[str, str]:
         u = {"coordinator": f"http://127.0.0.1:{self.port}", "ring": f"http://127.0.0.1:{self.ring_port}"}
+        # Every ring replica: only the leader has the replication-lag series.
+        for i in range(1, RING_REPLICAS):
+            u[f"ring-{i}"] = f"http://127.0.0.1:{self.ring_port + i}"
         for i in range(STORAGE_NODES):
             u[f"storage node-{i}"] = f"http://127.0.0.1:{self.storage_port + i}"
         return u
@@ -519,7 +524,7 @@ class Prometheus:
         config["rule_files"] = [str(ALERTS)]
         u = self.cluster.urls()
         ports = {
-            "dynamo-ring": [u["ring"]],
+            "dynamo-ring": [v for k, v in u.items() if k.startswith("ring")],
             "dynamo-coordinator": [u["coordinator"]],
             "dynamo-storage": [v for k, v in u.items() if k.startswith("storage")],
         }
