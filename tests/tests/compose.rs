@@ -2,7 +2,7 @@
 //!
 //! Builds the image offline (the Dockerfile's `prebuilt` target with this build's
 //! binaries, on a Debian base made by `scripts/docker-image.sh`), starts the compose
-//! cluster (ring service, 3 storage nodes, 2 coordinators, each its own container on its
+//! cluster (3 ring replicas, 3 storage nodes, 2 coordinators, each its own container on its
 //! own network), writes and reads through both coordinators, then: a storage node cut off
 //! the network (`docker network disconnect`), a hung one (`docker pause`), one killed
 //! (`docker kill -s KILL`) and started again on its volume, and one whose volume is
