@@ -220,14 +220,15 @@ nap() {
 }
 
 # ------------------------------------------------------------------------------ ports
-# One block of 16 consecutive free loopback ports: etcd clients +0..2, peers +3..5, the
-# sync cluster +6 (coordinator), +7 (ring), +8..10 (nodes), the buffered one +11..15.
-BASE=$(python3 "$HELPER" ports 16)
+# One block of 20 consecutive free loopback ports: etcd clients +0..2, peers +3..5, the
+# sync cluster +6 (coordinator), +7..9 (the three ring replicas), +10..12 (nodes), the
+# other clusters (one at a time) +13..19 the same way.
+BASE=$(python3 "$HELPER" ports 20)
 ETCD_CLIENT=("$BASE" $((BASE + 1)) $((BASE + 2)))
 ETCD_PEER=($((BASE + 3)) $((BASE + 4)) $((BASE + 5)))
 ETCD_ENDPOINTS="http://127.0.0.1:${ETCD_CLIENT[0]},http://127.0.0.1:${ETCD_CLIENT[1]},http://127.0.0.1:${ETCD_CLIENT[2]}"
 MAIN_PORT=$((BASE + 6))
-BUF_PORT=$((BASE + 11))
+BUF_PORT=$((BASE + 13))
 
 # ------------------------------------------------------------------------------ start
 start_etcd() {
@@ -272,7 +273,7 @@ start_dev() {
     local name=$1 port=$2 durability=$3 out=$TMP/$1.out
     : >"$out"
     env "${@:4}" "$DYNAMO" --data-dir "$TMP/$name" dev --nodes 3 --partitions "$PARTITIONS" \
-        --port "$port" --ring-port $((port + 1)) --storage-port $((port + 2)) \
+        --port "$port" --ring-port $((port + 1)) --storage-port $((port + 4)) \
         --n 3 --r 2 --w 2 --durability "$durability" >"$out" 2>&1 &
     DEV_PID=$!
     DEV_PIDS+=("$DEV_PID")
