@@ -8,8 +8,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dynamo_testkit::free_port;
-
 const WAIT: Duration = Duration::from_secs(90);
 
 /// Starts `dynamo dev` and waits for its "ready" line; returns the child.
@@ -96,14 +94,13 @@ async fn put_get(port: u16, token: &str, put: Option<&str>) -> String {
     r.text().await.expect("body")
 }
 
-/// Three free ports in a row (storage nodes, and the ring replicas, take base, base+1,
-/// base+2), by a bounded search.
-fn three_free_ports() -> u16 {
-    let start = free_port();
-    (0..50)
-        .map(|i| start.wrapping_add(i * 7))
-        .find(|&p| (0..3).all(|d| std::net::TcpListener::bind(("127.0.0.1", p + d)).is_ok()))
-        .expect("three free ports in a row")
+/// Ports for one `dynamo dev`: the coordinator's, the first ring replica's and the first
+/// storage node's (each of those three takes base, base+1, base+2), from one run of free
+/// ports below the ephemeral range, so none collides with another or with a connection's
+/// port while the cluster restarts.
+fn dev_ports() -> (u16, u16, u16) {
+    let base = dynamo_testkit::stable_port_run(7);
+    (base, base + 1, base + 4)
 }
 
 // Goal: `dynamo dev --tls` runs every hop over TLS with a throw-away CA: the CLI (which
@@ -115,8 +112,7 @@ fn three_free_ports() -> u16 {
 async fn dev_tls_runs_every_hop_over_tls_with_a_throw_away_ca() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    let (port, ring) = (free_port(), three_free_ports());
-    let storage = three_free_ports();
+    let (port, ring, storage) = dev_ports();
     let dev = start_dev_with(&data, port, ring, storage, &["--tls"]);
     let ca = data.join("tls").join("ca.pem");
     assert!(ca.is_file(), "the CA certificate is written for clients");
@@ -189,8 +185,7 @@ async fn dev_tls_runs_every_hop_over_tls_with_a_throw_away_ca() {
 async fn dev_runs_a_cluster_that_keeps_its_data_across_restarts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    // The ring replicas and the storage nodes each take base, base+1, base+2.
-    let (port, ring, storage) = (free_port(), three_free_ports(), three_free_ports());
+    let (port, ring, storage) = dev_ports();
 
     let dev = start_dev(&data, port, ring, storage);
     let token = std::fs::read_to_string(data.join("root-token")).expect("root token written");

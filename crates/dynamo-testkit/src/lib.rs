@@ -152,18 +152,30 @@ pub fn free_port() -> u16 {
 /// # Panics
 /// When no port can be bound after a bounded search.
 pub fn stable_port() -> u16 {
+    stable_port_run(1)
+}
+
+/// Returns the first of `n` consecutive loopback ports below the kernel's ephemeral range
+/// that are all free right now: for a program given a base port that takes the next ones
+/// too (`dynamo dev`'s ring replicas and storage nodes). As [`stable_port`], a port an
+/// outgoing connection cannot take meanwhile.
+///
+/// # Panics
+/// When no such run is found after a bounded search, or `n` is 0.
+pub fn stable_port_run(n: u16) -> u16 {
+    assert!(n > 0, "a run of no ports");
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
         .unwrap_or(32_768);
-    let (from, to) = (10_000u16, low.max(10_001));
+    let (from, to) = (10_000u16, low.saturating_sub(n).max(10_001));
     for _ in 0..1000 {
-        let port = rand::random_range(from..to);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let base = rand::random_range(from..to);
+        if (0..n).all(|d| std::net::TcpListener::bind(("127.0.0.1", base + d)).is_ok()) {
+            return base;
         }
     }
-    panic!("no free port below the ephemeral range");
+    panic!("no run of {n} free ports below the ephemeral range");
 }
 
 /// Returns an address where nothing listens (a killed node: connection refused).
