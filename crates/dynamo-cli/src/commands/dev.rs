@@ -366,7 +366,46 @@ pub async fn run(global: &GlobalArgs, args: &DevArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Local(format!("{e:#}")))
 }
 
+/// The port ranges the services take: the coordinator's port, the ring replicas' and the
+/// storage nodes' runs. Overlapping ranges are refused before anything starts: a service
+/// whose port another one holds cannot start, and the one holding it would answer its
+/// readiness probe, so the cluster would only hang at the first join.
+fn check_ports(args: &DevArgs) -> anyhow::Result<()> {
+    let ranges = [
+        ("the coordinator (--port)", args.port, 1u16),
+        (
+            "the ring replicas (--ring-port)",
+            args.ring_port,
+            args.ring_replicas,
+        ),
+        (
+            "the storage nodes (--storage-port)",
+            args.storage_port,
+            args.nodes,
+        ),
+    ];
+    for (what, first, count) in ranges {
+        if u32::from(first) + u32::from(count) > 65_536 || first == 0 {
+            bail!("{what} need {count} port(s) from {first}: past the last port or port 0");
+        }
+    }
+    for (i, (a, fa, ca)) in ranges.iter().enumerate() {
+        for (b, fb, cb) in &ranges[i + 1..] {
+            let (ea, eb) = (u32::from(*fa) + u32::from(*ca), u32::from(*fb) + u32::from(*cb));
+            if u32::from(*fa) < eb && u32::from(*fb) < ea {
+                bail!(
+                    "{a} take ports {fa}-{} and {b} {fb}-{}: they overlap; give ports that leave room for each",
+                    ea - 1,
+                    eb - 1
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run_cluster(data_dir: &Path, args: &DevArgs) -> anyhow::Result<()> {
+    check_ports(args)?;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -558,4 +597,54 @@ async fn start(
     let ready = wait_ready(http, &mut coord, &coord_url, logs).await;
     services.push(coord);
     ready
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        dev: DevArgs,
+    }
+
+    fn args(flags: &[&str]) -> DevArgs {
+        Cmd::try_parse_from(std::iter::once("dev").chain(flags.iter().copied()))
+            .expect("flags")
+            .dev
+    }
+
+    #[test]
+    fn overlapping_port_ranges_are_refused_before_anything_starts() {
+        assert!(check_ports(&args(&[])).is_ok(), "the defaults");
+        let e = check_ports(&args(&["--ring-port", "7000", "--storage-port", "7002"]))
+            .expect_err("ring 7000-7002 and storage 7002-7004");
+        assert!(
+            e.to_string()
+                .contains("the ring replicas (--ring-port) take ports 7000-7002 and the storage nodes (--storage-port) 7002-7004"),
+            "{e}"
+        );
+        assert!(
+            check_ports(&args(&["--port", "7101"])).is_err(),
+            "the coordinator on node-1's port"
+        );
+        assert!(
+            check_ports(&args(&[
+                "--ring-port",
+                "7000",
+                "--ring-replicas",
+                "1",
+                "--storage-port",
+                "7001"
+            ]))
+            .is_ok(),
+            "one ring replica leaves 7001 free"
+        );
+        assert!(
+            check_ports(&args(&["--storage-port", "65535"])).is_err(),
+            "past the last port"
+        );
+    }
 }
